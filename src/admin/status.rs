@@ -1,0 +1,169 @@
+//! `/mpp/status`: one [`Status`] built from the facts and the snapshot, rendered as JSON or
+//! as a self-contained HTML page (no scripts, no outside assets).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use maud::{DOCTYPE, PreEscaped, html};
+use serde::Serialize;
+
+use super::Facts;
+use crate::selection::Snapshot;
+
+/// Everything the status page shows.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub started_at: String,
+    pub uptime_seconds: u64,
+    pub strategy: String,
+    pub strategy_description: String,
+    pub comparison_metric: &'static str,
+    pub selection_interval: String,
+    pub affinity_options: String,
+    pub discovery: String,
+    pub discovery_error: Option<String>,
+    pub selection_round: u64,
+    pub last_round_at: Option<String>,
+    pub last_round_millis: u64,
+    pub selection_reason: String,
+    pub candidates: Vec<CandidateStatus>,
+}
+
+/// One candidate on the status page.
+#[derive(Debug, Serialize)]
+pub struct CandidateStatus {
+    pub url: String,
+    pub id: String,
+    pub selected: bool,
+    pub viable: bool,
+    pub ready: bool,
+    pub answers_up: bool,
+    /// Seconds since the replica's process started, from its `process_start_time_seconds`.
+    pub uptime_seconds: Option<u64>,
+    /// The comparison value: samples ingested since it started.
+    pub samples: Option<f64>,
+    /// For `minimum-history`: whether it holds enough history.
+    pub has_history: Option<bool>,
+    pub last_probe_error: Option<String>,
+    pub probe_millis: u64,
+}
+
+impl Status {
+    /// The status as of `snapshot`.
+    pub fn new(facts: &Facts, snapshot: &Snapshot) -> Self {
+        let now = SystemTime::now();
+        let unix_now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: humantime::format_rfc3339_seconds(facts.started).to_string(),
+            uptime_seconds: now.duration_since(facts.started).unwrap_or_default().as_secs(),
+            strategy: facts.strategy.to_string(),
+            strategy_description: facts.strategy.description(),
+            comparison_metric: facts.strategy.comparison(),
+            selection_interval: humantime::format_duration(facts.interval).to_string(),
+            affinity_options: facts.affinity.to_string(),
+            discovery: facts.discovery.clone(),
+            discovery_error: snapshot.discovery_error.clone(),
+            selection_round: snapshot.round,
+            last_round_at: (snapshot.round > 0)
+                .then(|| humantime::format_rfc3339_seconds(snapshot.taken_at).to_string()),
+            last_round_millis: snapshot.round_took.as_millis() as u64,
+            selection_reason: snapshot.reason.clone(),
+            candidates: snapshot
+                .candidates
+                .iter()
+                .map(|c| CandidateStatus {
+                    url: c.backend.url().to_string(),
+                    id: c.backend.id().to_string(),
+                    selected: c.selected,
+                    viable: c.probe.viable(),
+                    ready: c.probe.ready,
+                    answers_up: c.probe.answers_up,
+                    uptime_seconds: c.probe.start_time.map(|s| (unix_now - s).max(0.0) as u64),
+                    samples: c.probe.samples,
+                    has_history: c.probe.has_history,
+                    last_probe_error: c.probe.error.clone(),
+                    probe_millis: c.probe.took.as_millis() as u64,
+                })
+                .collect(),
+        }
+    }
+
+    /// The HTML page.
+    pub fn html(&self) -> String {
+        let selected = self.candidates.iter().filter(|c| c.selected).count();
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    meta http-equiv="refresh" content="10";
+                    title { "mpp: cluster status" }
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    h1 { "Multi-Prometheus Proxy" }
+                    p.summary {
+                        strong { (selected) " of " (self.candidates.len()) } " replicas selected"
+                        " · " (self.selection_reason)
+                    }
+                    @if let Some(error) = &self.discovery_error {
+                        p.error { "Discovery failed; serving from the last good set: " (error) }
+                    }
+                    table.facts {
+                        tr { th { "Version" } td { (self.version) } }
+                        tr { th { "Uptime" } td { (duration(self.uptime_seconds)) " (since " (self.started_at) ")" } }
+                        tr { th { "Strategy" } td { code { (self.strategy) } " — " (self.strategy_description) } }
+                        tr { th { "Comparison metric" } td { (self.comparison_metric) } }
+                        tr { th { "Selection interval" } td { (self.selection_interval) } }
+                        tr { th { "Affinity" } td { (self.affinity_options) } }
+                        tr { th { "Discovery" } td { (self.discovery) } }
+                        tr {
+                            th { "Last selection" }
+                            td {
+                                "round " (self.selection_round)
+                                @if let Some(at) = &self.last_round_at { " at " (at) }
+                                " (" (self.last_round_millis) " ms)"
+                            }
+                        }
+                    }
+                    h2 { "Candidates" }
+                    table.candidates {
+                        thead { tr {
+                            th { "Replica" } th { "Selected" } th { "Viable" } th { "Uptime" }
+                            th { "Samples ingested" } th { "History" } th { "Last probe error" }
+                        } }
+                        tbody {
+                            @for c in &self.candidates {
+                                tr class=(if c.selected { "selected" } else if c.viable { "viable" } else { "down" }) {
+                                    td { a href=(c.url) { (c.url) } }
+                                    td { @if c.selected { "yes" } @else { "no" } }
+                                    td { @if c.viable { "yes" } @else { "no" } }
+                                    td { @match c.uptime_seconds { Some(s) => (duration(s)), None => "—" } }
+                                    td.num { @match c.samples { Some(n) => (format!("{n:.0}")), None => "—" } }
+                                    td { @match c.has_history { Some(true) => "enough", Some(false) => "too little", None => "—" } }
+                                    td.err { (c.last_probe_error.as_deref().unwrap_or("")) }
+                                }
+                            }
+                        }
+                    }
+                    p.foot { "JSON: " code { "curl -H 'Accept: application/json' …/mpp/status" } " · metrics at " a href="/mpp/metrics" { "/mpp/metrics" } }
+                }
+            }
+        }
+        .into_string()
+    }
+}
+
+fn duration(seconds: u64) -> String {
+    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;background:#fafafa}\
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.5em}\
+table{border-collapse:collapse;background:#fff}th,td{padding:.35em .8em;border:1px solid #ddd;text-align:left;vertical-align:top}\
+table.facts th{background:#f0f0f0;width:12em}table.candidates th{background:#e8eef7}\
+tr.selected td{background:#e6f6e6}tr.down td{background:#fbeaea}td.num{text-align:right;font-variant-numeric:tabular-nums}\
+td.err{color:#a00;max-width:40em;word-break:break-word}.error{color:#a00;font-weight:bold}.summary{font-size:1.1em}\
+.foot{color:#666;font-size:.9em;margin-top:2em}";

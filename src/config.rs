@@ -1,0 +1,372 @@
+//! The command line, in two stages: [`Args`] is what clap reads (flags and `MPP_*`
+//! variables, with the original mpp's names and defaults), [`Config`] is the validated,
+//! typed result the rest of the program runs on. Nothing after this module parses a string
+//! from the command line again.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+use crate::proxy::affinity::AffinityOptions;
+use crate::strategy::Strategy;
+
+/// The flags and environment variables, as the original mpp spells them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mpp",
+    version,
+    about = "Multi-Prometheus proxy: routes queries to one of several HA Prometheus replicas",
+    long_about = "Launch a dynamically configured proxy over multiple prometheus endpoints \
+                  which selects endpoints based on configurable criteria.",
+    disable_version_flag = true
+)]
+pub struct Args {
+    /// The path to a kubeconfig file used to communicate with the kubernetes api server to
+    /// locate prometheus instances
+    #[arg(long, env = "MPP_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The service name used to locate prometheus endpoints; takes precedence over
+    /// 'kube-pod-label-selector' (also read from MPP_KUBE_SERVICE_NAME)
+    #[arg(long, env = "MPP_SERVICE_NAME", value_name = "NAME")]
+    pub kube_service_name: Option<String>,
+
+    /// The label selector used to find prometheus pods
+    #[arg(long, env = "MPP_KUBE_POD_LABEL_SELECTOR", value_name = "SELECTOR")]
+    pub kube_pod_label_selector: Option<String>,
+
+    /// The namespace in which prometheus pods/endpoints exist
+    #[arg(long, env = "MPP_KUBE_NAMESPACE", default_value = "default", value_name = "NAMESPACE")]
+    pub kube_namespace: String,
+
+    /// The port (name or number) where prometheus is listening on individual pods/endpoints
+    #[arg(long, env = "MPP_KUBE_PORT", value_name = "PORT")]
+    pub kube_port: Option<String>,
+
+    /// The URL for the marathon API endpoint used to locate prometheus instances
+    #[arg(long, env = "MPP_MARATHON_URL", value_name = "URL")]
+    pub marathon_url: Option<String>,
+
+    /// A comma-separated list of marathon app IDs whose tasks will be queried for prometheus
+    /// endpoints
+    #[arg(long, env = "MPP_MARATHON_APPS", value_name = "APPS")]
+    pub marathon_apps: Option<String>,
+
+    /// Whether connections to https endpoints with unverifiable certs are allowed
+    #[arg(short = 'k', long, env = "MPP_INSECURE_CERTS")]
+    pub insecure: bool,
+
+    /// The principal secret used to handle authentication with marathon
+    #[arg(long, env = "MPP_MARATHON_PRINCIPAL_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub marathon_principal_secret: Option<String>,
+
+    /// The authentication endpoint to use with the 'marathon-principal-secret', overriding the
+    /// value contained within the secret
+    #[arg(long, env = "MPP_MARATHON_AUTH_ENDPOINT", value_name = "URL")]
+    pub marathon_auth_endpoint: Option<String>,
+
+    /// A file path containing a list of endpoints to use, one per line. This file is re-read at
+    /// every selection interval and whenever it changes
+    #[arg(long, env = "MPP_ENDPOINTS_FILE", value_name = "PATH")]
+    pub endpoints_file: Option<PathBuf>,
+
+    /// The strategy to use for choosing viable prometheus endpoint(s) from those located:
+    /// 'single-most-data', 'random' or 'minimum-history:DURATION'
+    #[arg(
+        long,
+        env = "MPP_ROUTING_STRATEGY",
+        default_value = "single-most-data",
+        value_name = "STRATEGY",
+        value_parser = parse_strategy
+    )]
+    pub routing_strategy: Strategy,
+
+    /// The interval at which selections are performed; a selection is also performed at once
+    /// upon backend failures
+    #[arg(
+        long,
+        env = "MPP_SELECTION_INTERVAL",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_interval
+    )]
+    pub selection_interval: Duration,
+
+    /// A comma-separated list of sticky-session modes to enable: 'cookies' and 'sourceip'
+    #[arg(
+        long,
+        env = "MPP_AFFINITY_OPTIONS",
+        default_value = "cookies",
+        value_name = "OPTIONS",
+        value_parser = parse_affinity
+    )]
+    pub affinity_options: AffinityOptions,
+
+    /// The port on which the proxy will listen (on all addresses, IPv6 and IPv4)
+    #[arg(
+        long,
+        env = "MPP_PORT",
+        default_value_t = 9090,
+        value_name = "PORT",
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub port: u16,
+
+    /// Listen on this exact address instead (e.g. 127.0.0.1:9090, [::1]:0); overrides --port
+    #[arg(long, env = "MPP_LISTEN_ADDRESS", value_name = "ADDR")]
+    pub listen_address: Option<SocketAddr>,
+
+    /// The largest request body buffered for retries (e.g. 16MiB, 512KiB, 1048576);
+    /// larger requests are refused with 413
+    #[arg(
+        long,
+        env = "MPP_MAX_REQUEST_BODY",
+        default_value = "16MiB",
+        value_name = "SIZE",
+        value_parser = parse_size
+    )]
+    pub max_request_body: u64,
+
+    /// Log debugging information
+    #[arg(short = 'V', long, env = "MPP_VERBOSE")]
+    pub verbose: bool,
+
+    /// Print the version
+    #[arg(short = 'v', long, action = ArgAction::Version)]
+    pub version: Option<bool>,
+}
+
+/// Where candidates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryConfig {
+    /// An endpoints file, one backend URL per line.
+    File(PathBuf),
+}
+
+/// The validated configuration that [`crate::run`] starts from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to find candidates.
+    pub discovery: DiscoveryConfig,
+    /// How candidates are chosen for traffic.
+    pub strategy: Strategy,
+    /// Time between two selection rounds when nothing triggers one earlier.
+    pub selection_interval: Duration,
+    /// Which sticky-session modes are on.
+    pub affinity: AffinityOptions,
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// Whether certificates of https backends go unverified.
+    pub insecure: bool,
+    /// The largest request body buffered (and so replayable); larger ones get 413.
+    pub max_request_body: u64,
+    /// Whether debug logging is on.
+    pub verbose: bool,
+}
+
+/// A command line that parsed but does not make sense.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "no discovery configured: set --endpoints-file, --marathon-url with --marathon-apps, \
+         or --kube-service-name / --kube-pod-label-selector"
+    )]
+    NoDiscovery,
+    #[error("--marathon-url '{0}' needs --marathon-apps (a comma-separated list of app ids)")]
+    MarathonWithoutApps(String),
+    #[error("--marathon-apps '{0}' needs --marathon-url")]
+    AppsWithoutMarathon(String),
+    #[error("--marathon-url '{0}' is not an http(s) URL")]
+    BadMarathonUrl(String),
+    #[error("--kube-port '{0}' is neither a port number (1-65535) nor a port name")]
+    BadKubePort(String),
+    #[error("more than one discovery configured ({0}); choose one")]
+    ManyDiscoveries(String),
+    #[error("{0} discovery is not available in this version of mpp yet; use --endpoints-file")]
+    NotYetAvailable(&'static str),
+}
+
+impl Config {
+    /// Validates what clap parsed. `kube_service_name_env` is `MPP_KUBE_SERVICE_NAME`, the
+    /// second name the service-name flag answers to.
+    pub fn from_args(args: Args, kube_service_name_env: Option<String>) -> Result<Self, ConfigError> {
+        let kube_service = args.kube_service_name.or(kube_service_name_env).filter(|s| !s.is_empty());
+        let kube = kube_service.is_some() || args.kube_pod_label_selector.is_some();
+        if let Some(port) = &args.kube_port {
+            validate_kube_port(port)?;
+        }
+        let marathon = match (&args.marathon_url, &args.marathon_apps) {
+            (Some(url), Some(_)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError::BadMarathonUrl(url.clone()));
+                }
+                true
+            }
+            (Some(url), None) => return Err(ConfigError::MarathonWithoutApps(url.clone())),
+            (None, Some(apps)) => return Err(ConfigError::AppsWithoutMarathon(apps.clone())),
+            (None, None) => false,
+        };
+        let file = args.endpoints_file.is_some();
+        let chosen: Vec<&str> = [
+            (file, "--endpoints-file"),
+            (marathon, "--marathon-url"),
+            (kube, "--kube-service-name/--kube-pod-label-selector"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        if chosen.len() > 1 {
+            return Err(ConfigError::ManyDiscoveries(chosen.join(", ")));
+        }
+        let discovery = match args.endpoints_file {
+            Some(path) => DiscoveryConfig::File(path),
+            None if marathon => return Err(ConfigError::NotYetAvailable("Marathon")),
+            None if kube => return Err(ConfigError::NotYetAvailable("Kubernetes")),
+            None => return Err(ConfigError::NoDiscovery),
+        };
+        let listen =
+            args.listen_address.unwrap_or_else(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.port)));
+        Ok(Config {
+            discovery,
+            strategy: args.routing_strategy,
+            selection_interval: args.selection_interval,
+            affinity: args.affinity_options,
+            listen,
+            insecure: args.insecure,
+            max_request_body: args.max_request_body,
+            verbose: args.verbose,
+        })
+    }
+
+    /// Parses a command line (program name first) the way `main` does, for tests and tools.
+    pub fn parse_from<I, T>(args: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = Args::try_parse_from(args).map_err(|e| e.to_string())?;
+        Config::from_args(args, None).map_err(|e| e.to_string())
+    }
+}
+
+fn validate_kube_port(port: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::BadKubePort(port.to_string());
+    if port.bytes().all(|b| b.is_ascii_digit()) {
+        return match port.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(bad()),
+        };
+    }
+    // An IANA_SVC_NAME, as Kubernetes requires of port names.
+    let valid_name = port.len() <= 15
+        && port.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && port.bytes().any(|b| b.is_ascii_lowercase())
+        && !port.starts_with('-')
+        && !port.ends_with('-')
+        && !port.contains("--");
+    if valid_name { Ok(()) } else { Err(bad()) }
+}
+
+/// Parses a Go-style duration (`500ms`, `10s`, `1m30s`, `2h`).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("empty duration; expected e.g. 10s, 500ms, 1m30s".into());
+    }
+    humantime::parse_duration(value)
+        .map_err(|e| format!("'{value}' is not a duration ({e}); expected e.g. 10s, 500ms, 1m30s"))
+}
+
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    let d = parse_duration(value)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("'{value}' is too short; the interval must be at least 100ms"));
+    }
+    Ok(d)
+}
+
+fn parse_strategy(value: &str) -> Result<Strategy, String> {
+    value.parse()
+}
+
+fn parse_affinity(value: &str) -> Result<AffinityOptions, String> {
+    value.parse()
+}
+
+/// Parses a byte size: a plain number of bytes, or a number with `KiB`, `MiB`, `GiB` (also
+/// `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let number: u64 =
+        digits.parse().map_err(|_| format!("'{value}' is not a size; expected e.g. 16MiB, 512KiB, 1048576"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("'{value}' has an unknown unit '{other}'; use KiB, MiB or GiB")),
+    };
+    number.checked_mul(factor).filter(|n| *n > 0).ok_or_else(|| format!("'{value}' is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        Config::parse_from(std::iter::once("mpp").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = parse(&["--endpoints-file", "/tmp/x"]).unwrap();
+        assert_eq!(c.strategy, Strategy::SingleMostData);
+        assert_eq!(c.selection_interval, Duration::from_secs(10));
+        assert!(c.affinity.cookies && !c.affinity.source_ip);
+        assert_eq!(c.listen.port(), 9090);
+        assert_eq!(c.max_request_body, 16 << 20);
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("ten").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn bad_combinations_name_the_flag() {
+        let e = parse(&["--marathon-url", "http://m:8080"]).unwrap_err();
+        assert!(e.contains("--marathon-apps"), "{e}");
+        let e = parse(&[]).unwrap_err();
+        assert!(e.contains("no discovery"), "{e}");
+        let e = parse(&["--endpoints-file", "f", "--kube-port=-x"]).unwrap_err();
+        assert!(e.contains("--kube-port '-x'"), "{e}");
+        let e = parse(&["--kube-service-name", "prom"]).unwrap_err();
+        assert!(e.contains("Kubernetes"), "{e}");
+    }
+
+    #[test]
+    fn kube_ports_accept_names_and_numbers() {
+        assert!(validate_kube_port("9090").is_ok());
+        assert!(validate_kube_port("web").is_ok());
+        assert!(validate_kube_port("0").is_err());
+        assert!(validate_kube_port("70000").is_err());
+        assert!(validate_kube_port("Web").is_err());
+    }
+}

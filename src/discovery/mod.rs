@@ -1,0 +1,61 @@
+//! Discovery: where the *candidates* (the backends that may serve) come from. Each source
+//! has its own file; [`Discovery`] is what the selection loop calls once a round, plus a
+//! signal (`changed`) a source sends when it knows its set has changed, so that the loop
+//! runs a round at once instead of waiting for the interval. Keeping the last good set when a
+//! source fails is the selection loop's job, not the source's.
+
+mod file;
+
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+
+use crate::backend::Backend;
+use crate::config::DiscoveryConfig;
+
+pub use file::{FileDiscovery, parse_endpoints};
+
+/// A discovery source that failed this round.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The endpoints file could not be read.
+    #[error("cannot read endpoints file '{path}': {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The endpoints file holds no valid endpoint (while being rewritten, say).
+    #[error("endpoints file '{path}' lists no valid endpoint")]
+    Empty { path: PathBuf },
+    /// The endpoints file cannot be watched for changes.
+    #[error("cannot watch endpoints file '{path}' for changes: {detail}")]
+    Watch { path: PathBuf, detail: String },
+}
+
+/// The configured source of candidates.
+pub enum Discovery {
+    /// An endpoints file, re-read every round and whenever it changes.
+    File(FileDiscovery),
+}
+
+impl Discovery {
+    /// Starts the configured source. Fails when the source cannot work at all (an endpoints
+    /// file that does not exist at start-up, say), so that a mistake shows at once.
+    /// `changed` is signalled whenever the source sees its set change.
+    pub fn start(config: &DiscoveryConfig, changed: mpsc::Sender<()>) -> Result<Self, DiscoveryError> {
+        match config {
+            DiscoveryConfig::File(path) => Ok(Discovery::File(FileDiscovery::start(path.clone(), changed)?)),
+        }
+    }
+
+    /// The current candidates, in a stable order.
+    pub async fn candidates(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
+        match self {
+            Discovery::File(file) => file.candidates().await,
+        }
+    }
+
+    /// What the source is, for the log and the status page.
+    pub fn describe(&self) -> String {
+        match self {
+            Discovery::File(file) => format!("endpoints file {}", file.path().display()),
+        }
+    }
+}

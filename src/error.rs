@@ -1,0 +1,122 @@
+//! What can go wrong with a proxied request, whether it may be retried, and the one mapping
+//! from error to the HTTP answer the client gets (a Prometheus-API-style JSON error).
+
+use std::error::Error as StdError;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// The body of every answer mpp gives: a backend's streamed answer, or one of our own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Why a request got no answer from a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request body is larger than `--max-request-body`.
+    #[error("request body is larger than the limit of {limit} bytes (--max-request-body)")]
+    BodyTooLarge { limit: u64 },
+    /// The client's body could not be read.
+    #[error("could not read the request body: {0}")]
+    BadRequestBody(String),
+    /// The request cannot be forwarded as it is.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No replica is selected.
+    #[error("no Prometheus replica is available: {0}")]
+    NoReplica(String),
+    /// Every attempt failed; this is the last failure.
+    #[error("Prometheus replica {backend} failed: {detail}")]
+    Upstream { backend: String, detail: String },
+}
+
+impl ProxyError {
+    /// The HTTP status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequestBody(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `errorType` of the Prometheus API error body.
+    fn error_type(&self) -> &'static str {
+        match self {
+            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody(_) | ProxyError::BadRequest(_) => "bad_data",
+            ProxyError::NoReplica(_) => "unavailable",
+            ProxyError::Upstream { .. } => "unavailable",
+        }
+    }
+
+    /// The answer to send: the status, and `{"status":"error","errorType":..,"error":..}`.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "status": "error",
+            "errorType": self.error_type(),
+            "error": self.to_string(),
+        });
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+/// How one attempt on one backend failed, and so whether another attempt is safe.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// The connection could not be made: nothing was sent, so any request may be retried.
+    Connect(String),
+    /// The request may have reached the backend; only a read-only request may be replayed.
+    Sent(String),
+    /// The backend answered 503 (typically: not ready, replaying its WAL).
+    Unavailable,
+}
+
+impl AttemptError {
+    /// Whether another backend may be tried. `replayable`: the request is read-only.
+    pub fn retryable(&self, replayable: bool) -> bool {
+        match self {
+            AttemptError::Connect(_) => true,
+            AttemptError::Sent(_) | AttemptError::Unavailable => replayable,
+        }
+    }
+
+    /// Classifies a client error.
+    pub fn from_client(error: &hyper_util::client::legacy::Error) -> Self {
+        if error.is_connect() {
+            AttemptError::Connect(error_chain(error))
+        } else {
+            AttemptError::Sent(error_chain(error))
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Connect(e) => write!(f, "connection failed: {e}"),
+            AttemptError::Sent(e) => write!(f, "request failed: {e}"),
+            AttemptError::Unavailable => f.write_str("answered 503 Service Unavailable"),
+        }
+    }
+}
+
+/// An error with its sources, `outer: inner: innermost`; hyper's own messages alone
+/// ("client error (Connect)") do not say what happened.
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text
+}

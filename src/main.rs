@@ -1,0 +1,67 @@
+//! The `mpp` binary: parse the command line, start logging, run until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use mpp::config::{Args, Config};
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let config = match Config::from_args(args, std::env::var("MPP_KUBE_SERVICE_NAME").ok()) {
+        Ok(config) => config,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    init_tracing(config.verbose);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mpp: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(async {
+        let listener = mpp::bind(&config).await?;
+        mpp::run(config, listener, shutdown_signal()).await
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mpp: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line naming the flag and the bad value, exit status 2 (as for any usage error).
+fn usage_error(message: &str) -> ExitCode {
+    let line = message.lines().next().unwrap_or(message).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    eprintln!("mpp: error: {line}");
+    ExitCode::from(2)
+}
+
+fn init_tracing(verbose: bool) {
+    let default = if verbose { "mpp=debug,info" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MPP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot listen for signals; stop mpp with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,212 @@
+//! Probing: asking one backend how it is. A probe answers three questions, each within its
+//! own deadline so that one hung replica delays nothing else: is it *viable* (answers
+//! `/-/ready` and an instant query for `up` within [`READY_TIMEOUT`]), how much data has it
+//! ingested (from its `/metrics`), and, for `minimum-history`, does it hold data old enough.
+//! A whole probe never takes longer than [`PROBE_TIMEOUT`].
+
+pub mod exposition;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Request, header};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+
+use crate::backend::Backend;
+use crate::client::HttpClient;
+use crate::error::error_chain;
+
+/// How long a replica may take to say it is ready and to answer the `up` query.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one whole probe may take, `/metrics` included.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest probe answer read (a replica's `/metrics` is typically under 200 KiB).
+const MAX_PROBE_BODY: usize = 16 << 20;
+
+/// The counter of samples written to the head block: Prometheus 2.x and 3.x (2.42 and later
+/// split it by `type`, so it is summed over its series).
+pub const SAMPLES_METRIC: &str = "prometheus_tsdb_head_samples_appended_total";
+/// Prometheus 1.x's counter, read when the 2.x one is absent.
+pub const SAMPLES_METRIC_1X: &str = "prometheus_local_storage_ingested_samples_total";
+
+/// What one probe learned about a backend.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Probe {
+    /// `/-/ready` answered 2xx in time.
+    pub ready: bool,
+    /// An instant query for `up` answered `"status":"success"` in time.
+    pub answers_up: bool,
+    /// Samples ingested since the replica started, when `/metrics` could be read.
+    pub samples: Option<f64>,
+    /// The replica's process start time (Unix seconds), from `process_start_time_seconds`.
+    pub start_time: Option<f64>,
+    /// Whether it has `up` samples at now minus the minimum history (asked only for
+    /// `minimum-history`).
+    pub has_history: Option<bool>,
+    /// The first thing that went wrong, if anything did.
+    pub error: Option<String>,
+    /// How long the probe took.
+    pub took: Duration,
+}
+
+impl Probe {
+    /// A viable replica may serve traffic.
+    pub fn viable(&self) -> bool {
+        self.ready && self.answers_up
+    }
+
+    fn note(&mut self, error: String) {
+        self.error.get_or_insert(error);
+    }
+}
+
+/// Probes backends with the shared client.
+#[derive(Clone)]
+pub struct Prober {
+    client: HttpClient,
+    history: Option<Duration>,
+}
+
+impl Prober {
+    /// `history` is the minimum history to ask about, if the strategy needs it.
+    pub fn new(client: HttpClient, history: Option<Duration>) -> Self {
+        Prober { client, history }
+    }
+
+    /// Probes one backend; never takes longer than [`PROBE_TIMEOUT`] and never fails: what
+    /// went wrong is recorded in the [`Probe`].
+    pub async fn probe(&self, backend: &Backend) -> Probe {
+        let started = Instant::now();
+        let mut probe = Probe::default();
+        let viability = tokio::time::timeout(READY_TIMEOUT, async {
+            tokio::join!(self.get(backend, "/-/ready"), self.query_has_result(backend, "count(up)", None))
+        });
+        let metrics = self.get(backend, "/metrics");
+        let history = async {
+            match self.history {
+                Some(d) => Some(self.query_has_result(backend, "count(up)", Some(d)).await),
+                None => None,
+            }
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, async { tokio::join!(viability, metrics, history) }).await {
+            Err(_) => probe.note(format!("no complete answer within {PROBE_TIMEOUT:?}")),
+            Ok((viability, metrics, history)) => {
+                match viability {
+                    Err(_) => probe.note(format!("not ready within {READY_TIMEOUT:?}")),
+                    Ok((ready, up)) => {
+                        probe.ready = ready.map_err(|e| probe.note(e)).is_ok();
+                        probe.answers_up = up.map_err(|e| probe.note(e)).is_ok();
+                    }
+                }
+                match metrics.and_then(|body| read_metrics(&body)) {
+                    Ok((samples, start_time)) => {
+                        probe.samples = samples;
+                        probe.start_time = start_time;
+                    }
+                    Err(e) => probe.note(e),
+                }
+                probe.has_history = history.and_then(|h| h.map_err(|e| probe.note(e)).ok());
+            }
+        }
+        probe.took = started.elapsed();
+        probe
+    }
+
+    /// Runs an instant query (at now minus `ago`, if given); `Ok(true)` when it returned at
+    /// least one series.
+    async fn query_has_result(&self, backend: &Backend, query: &str, ago: Option<Duration>) -> Result<bool, String> {
+        let mut path = format!("/api/v1/query?query={}", encode_query(query));
+        if let Some(ago) = ago {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let at = now.saturating_sub(ago).as_secs_f64();
+            path.push_str(&format!("&time={at:.3}"));
+        }
+        let body = self.get(backend, &path).await?;
+        let answer: QueryAnswer =
+            serde_json::from_slice(&body).map_err(|e| format!("query {query}: not a Prometheus API answer ({e})"))?;
+        if answer.status != "success" {
+            return Err(format!("query {query}: {}", answer.error.unwrap_or(answer.status)));
+        }
+        Ok(answer.data.is_some_and(|d| !d.result.is_empty()))
+    }
+
+    async fn get(&self, backend: &Backend, path: &str) -> Result<Bytes, String> {
+        let what = path.split('?').next().unwrap_or(path);
+        let pq: PathAndQuery = path.parse().map_err(|e| format!("GET {what}: {e}"))?;
+        let uri = backend.uri(&pq).map_err(|e| format!("GET {what}: {e}"))?;
+        let request = Request::get(uri)
+            .header(header::ACCEPT, "text/plain;version=0.0.4, application/json;q=0.9, */*;q=0.1")
+            .header(header::USER_AGENT, concat!("mpp/", env!("CARGO_PKG_VERSION"), " (probe)"))
+            .body(Full::default())
+            .map_err(|e| format!("GET {what}: {e}"))?;
+        let response = self.client.request(request).await.map_err(|e| format!("GET {what}: {}", error_chain(&e)))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("GET {what}: reading the answer: {}", error_chain(e.as_ref())))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("GET {what}: HTTP {status}"));
+        }
+        Ok(body)
+    }
+}
+
+/// Reads the samples counter and the process start time from a `/metrics` answer.
+fn read_metrics(body: &[u8]) -> Result<(Option<f64>, Option<f64>), String> {
+    let text = std::str::from_utf8(body).map_err(|_| "GET /metrics: not UTF-8 text".to_string())?;
+    let samples = exposition::parse(text).map_err(|e| format!("GET /metrics: {e}"))?;
+    let ingested = exposition::sum(&samples, SAMPLES_METRIC).or_else(|| exposition::sum(&samples, SAMPLES_METRIC_1X));
+    let start = exposition::sum(&samples, "process_start_time_seconds");
+    Ok((ingested, start))
+}
+
+/// Percent-encodes a PromQL expression for a query string.
+fn encode_query(query: &str) -> String {
+    let mut out = String::with_capacity(query.len() * 3);
+    for b in query.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct QueryAnswer {
+    status: String,
+    error: Option<String>,
+    data: Option<QueryData>,
+}
+
+#[derive(Deserialize)]
+struct QueryData {
+    #[serde(default)]
+    result: Vec<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_2x_counter_and_falls_back_to_1x() {
+        let two = b"prometheus_tsdb_head_samples_appended_total{type=\"float\"} 10\n\
+            prometheus_tsdb_head_samples_appended_total{type=\"histogram\"} 5\n\
+            process_start_time_seconds 100\n";
+        assert_eq!(read_metrics(two).unwrap(), (Some(15.0), Some(100.0)));
+        let one = b"prometheus_local_storage_ingested_samples_total 7\n";
+        assert_eq!(read_metrics(one).unwrap(), (Some(7.0), None));
+        assert!(read_metrics(b"m{ 1\n").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn encodes_promql() {
+        assert_eq!(encode_query("count(up)"), "count%28up%29");
+    }
+}

@@ -1,0 +1,230 @@
+//! The request path: everything outside `/mpp/` is forwarded to a selected replica. One
+//! request: read (and cap) the body so it can be replayed, pick the replica (affinity first,
+//! else by strategy), make an *attempt*, and on a failure that is safe to retry make another
+//! on a different replica. The answer streams back as it arrives. This path only loads the
+//! published [`Snapshot`]; it never waits for the selection loop, it only signals it.
+
+pub mod affinity;
+pub mod forward;
+pub mod retry;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header, request};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+use crate::backend::Backend;
+use crate::client::HttpClient;
+use crate::error::{AttemptError, ProxyBody, ProxyError};
+use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
+use crate::selection::Snapshot;
+use affinity::{Affinity, AffinityOptions};
+
+/// How long a replica may take to start answering a request. Prometheus gives up on a query
+/// after `--query.timeout` (2 minutes by default); this only bounds a replica that hangs.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// The request path's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: HttpClient,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    affinity: Affinity,
+    reselect: mpsc::Sender<()>,
+    max_body: u64,
+}
+
+/// What the proxy needs from the rest of the program.
+pub struct ProxySettings {
+    /// The backend client.
+    pub client: HttpClient,
+    /// The published selection.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Where to count.
+    pub metrics: Arc<Metrics>,
+    /// The sticky-session modes.
+    pub affinity: AffinityOptions,
+    /// Signals the selection loop that a replica failed.
+    pub reselect: mpsc::Sender<()>,
+    /// The largest request body accepted.
+    pub max_body: u64,
+}
+
+/// A request, read and ready to be sent to any replica.
+struct Prepared {
+    parts: request::Parts,
+    body: Bytes,
+    outgoing_headers: HeaderMap,
+    path_and_query: PathAndQuery,
+    client: IpAddr,
+    replayable: bool,
+}
+
+impl Proxy {
+    /// The request path over the given state.
+    pub fn new(settings: ProxySettings) -> Self {
+        Proxy {
+            inner: Arc::new(Inner {
+                client: settings.client,
+                snapshot: settings.snapshot,
+                metrics: settings.metrics,
+                affinity: Affinity::new(settings.affinity),
+                reselect: settings.reselect,
+                max_body: settings.max_body,
+            }),
+        }
+    }
+
+    /// Forwards one request; always produces an answer (a JSON error at worst).
+    pub async fn handle(&self, request: Request<Incoming>, peer: IpAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        match self.forward(request, peer, started).await {
+            Ok(response) => response,
+            Err(error) => {
+                let response = error.into_response();
+                let labels = RequestLabels { backend: "none".into(), code: response.status().as_u16() };
+                self.inner.metrics.requests.get_or_create(&labels).inc();
+                response
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        peer: IpAddr,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let prepared = self.prepare(request, peer).await?;
+        let inner = &*self.inner;
+        let mut snapshot = inner.snapshot.load_full();
+        let mut backend = match inner.affinity.preferred(&snapshot, &prepared.parts.headers, prepared.client) {
+            Some((backend, sticky)) => {
+                inner.metrics.affinity_hits.get_or_create(&AffinityLabels { r#type: sticky.label() }).inc();
+                backend
+            }
+            None => {
+                retry::next_backend(&snapshot, &[]).ok_or_else(|| ProxyError::NoReplica(snapshot.reason.clone()))?
+            }
+        };
+        let mut tried: Vec<Arc<Backend>> = Vec::with_capacity(retry::MAX_ATTEMPTS);
+        loop {
+            let (failure, unavailable) = match self.attempt(&prepared, &backend).await {
+                Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && prepared.replayable => {
+                    (AttemptError::Unavailable, Some(response))
+                }
+                Ok(response) => return Ok(self.answer(response, &backend, &snapshot, &prepared, started)),
+                Err(failure) => (failure, None),
+            };
+            tracing::debug!(backend = %backend, error = %failure, "attempt failed");
+            // The selection loop re-probes at once; this request does not wait for it.
+            let _ = inner.reselect.try_send(());
+            tried.push(backend.clone());
+            let next = if tried.len() < retry::MAX_ATTEMPTS && failure.retryable(prepared.replayable) {
+                snapshot = inner.snapshot.load_full();
+                retry::next_backend(&snapshot, &tried)
+            } else {
+                None
+            };
+            match (next, unavailable) {
+                (Some(next), _) => {
+                    inner.metrics.retries.get_or_create(&BackendLabels { backend: backend.url_label() }).inc();
+                    backend = next;
+                }
+                (None, Some(response)) => return Ok(self.answer(response, &backend, &snapshot, &prepared, started)),
+                (None, None) => {
+                    tracing::warn!(backend = %backend, error = %failure, attempts = tried.len(), "request failed on every attempt");
+                    return Err(ProxyError::Upstream {
+                        backend: backend.url().to_string(),
+                        detail: failure.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads the body (up to the limit) and works out everything the attempts share.
+    async fn prepare(&self, request: Request<Incoming>, peer: IpAddr) -> Result<Prepared, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let limit = self.inner.max_body;
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ProxyError::BodyTooLarge { limit }
+                } else {
+                    ProxyError::BadRequestBody(crate::error::error_chain(e.as_ref()))
+                }
+            })?
+            .to_bytes();
+        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if !path_and_query.path().starts_with('/') {
+            return Err(ProxyError::BadRequest(format!("request target '{path_and_query}' is not a path")));
+        }
+        Ok(Prepared {
+            client: affinity::client_address(&parts.headers, peer),
+            replayable: retry::replayable(&parts.method, path_and_query.path()),
+            outgoing_headers: forward::request_headers(parts.headers.clone(), peer),
+            path_and_query,
+            parts,
+            body,
+        })
+    }
+
+    /// One try of the request on one backend, until the answer's headers arrive.
+    async fn attempt(&self, prepared: &Prepared, backend: &Backend) -> Result<Response<Incoming>, AttemptError> {
+        let uri = backend.uri(&prepared.path_and_query).map_err(|e| AttemptError::Connect(e.to_string()))?;
+        let mut request = Request::new(Full::new(prepared.body.clone()));
+        *request.method_mut() = prepared.parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = prepared.outgoing_headers.clone();
+        match tokio::time::timeout(ANSWER_TIMEOUT, self.inner.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(AttemptError::from_client(&e)),
+            Err(_) => Err(AttemptError::Sent(format!("no answer within {ANSWER_TIMEOUT:?}"))),
+        }
+    }
+
+    /// The backend's answer, made ready for the client; its body streams through untouched.
+    fn answer(
+        &self,
+        response: Response<Incoming>,
+        backend: &Arc<Backend>,
+        snapshot: &Snapshot,
+        prepared: &Prepared,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = response.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        if let Ok(value) = HeaderValue::from_str(backend.url()) {
+            parts.headers.insert(forward::SERVED_BY.clone(), value);
+        }
+        let inner = &*self.inner;
+        inner.affinity.remember(snapshot, &prepared.parts.headers, prepared.client, backend, &mut parts.headers);
+        let label = backend.url_label();
+        inner
+            .metrics
+            .request_duration
+            .get_or_create(&BackendLabels { backend: label.clone() })
+            .observe(started.elapsed().as_secs_f64());
+        inner.metrics.requests.get_or_create(&RequestLabels { backend: label, code: parts.status.as_u16() }).inc();
+        Response::from_parts(parts, Either::Left(body))
+    }
+}

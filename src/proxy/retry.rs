@@ -1,0 +1,81 @@
+//! The retry policy: which requests may be replayed on another replica, how many attempts a
+//! request gets, and where the next attempt goes.
+
+use std::sync::Arc;
+
+use http::Method;
+use rand::RngExt;
+
+use crate::backend::Backend;
+use crate::selection::Snapshot;
+
+/// Attempts per request: the first plus up to two retries, as the original promises.
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// Prometheus API paths that only read, and so may be sent again even when a first attempt
+/// may have reached a replica. Matched as path suffixes so that a route prefix is allowed.
+const READ_ONLY_POSTS: &[&str] = &[
+    "/api/v1/query",
+    "/api/v1/query_range",
+    "/api/v1/query_exemplars",
+    "/api/v1/series",
+    "/api/v1/labels",
+    "/api/v1/format_query",
+    "/api/v1/parse_query",
+];
+
+/// Whether a request only reads: GET, HEAD and OPTIONS, and POSTs to the query API. Writes
+/// (remote write, admin calls, `/-/reload`) are never replayed once they may have been sent.
+pub fn replayable(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => true,
+        Method::POST => READ_ONLY_POSTS.iter().any(|p| path.ends_with(p)),
+        _ => false,
+    }
+}
+
+/// The replica for the next attempt: a selected one not tried yet, chosen at random; else
+/// any viable one not tried yet (for `single-most-data`, whose selection is one replica).
+pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+    let untried = |b: &&Arc<Backend>| !tried.contains(b);
+    pick_random(snapshot.selected.iter().filter(untried).collect())
+        .or_else(|| pick_random(snapshot.viable.iter().filter(untried).collect()))
+}
+
+fn pick_random(pool: Vec<&Arc<Backend>>) -> Option<Arc<Backend>> {
+    match pool.len() {
+        0 => None,
+        1 => Some(pool[0].clone()),
+        n => Some(pool[rand::rng().random_range(0..n)].clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(url: &str) -> Arc<Backend> {
+        Arc::new(Backend::parse(url).unwrap())
+    }
+
+    #[test]
+    fn only_reads_are_replayable() {
+        assert!(replayable(&Method::GET, "/api/v1/admin/tsdb/snapshot"));
+        assert!(replayable(&Method::POST, "/api/v1/query"));
+        assert!(replayable(&Method::POST, "/prom/api/v1/query_range"));
+        assert!(!replayable(&Method::POST, "/api/v1/admin/tsdb/delete_series"));
+        assert!(!replayable(&Method::POST, "/api/v1/write"));
+        assert!(!replayable(&Method::PUT, "/-/reload"));
+    }
+
+    #[test]
+    fn next_backend_avoids_tried_and_falls_back_to_viable() {
+        let (a, b) = (backend("http://a:1"), backend("http://b:1"));
+        let mut snapshot = Snapshot::empty();
+        snapshot.selected = vec![a.clone()];
+        snapshot.viable = vec![a.clone(), b.clone()];
+        assert_eq!(next_backend(&snapshot, &[]), Some(a.clone()));
+        assert_eq!(next_backend(&snapshot, std::slice::from_ref(&a)), Some(b.clone()));
+        assert_eq!(next_backend(&snapshot, &[a, b]), None);
+    }
+}

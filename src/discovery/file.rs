@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::DiscoveryError;
@@ -90,7 +90,9 @@ fn watch(path: &Path, changed: mpsc::Sender<()>) -> Result<notify::RecommendedWa
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        if event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
+        // Reading the file ourselves raises access events; only changes count.
+        let changes = matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_));
+        if changes && event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
             // A full channel means a round is already due; that round reads the change.
             let _ = changed.try_send(());
         }

@@ -102,7 +102,7 @@ impl Prober {
                 }
                 match metrics.and_then(|body| read_metrics(&body)) {
                     Ok((samples, start_time)) => {
-                        probe.samples = samples;
+                        probe.samples = Some(samples);
                         probe.start_time = start_time;
                     }
                     Err(e) => probe.note(e),
@@ -156,10 +156,14 @@ impl Prober {
 }
 
 /// Reads the samples counter and the process start time from a `/metrics` answer.
-fn read_metrics(body: &[u8]) -> Result<(Option<f64>, Option<f64>), String> {
+fn read_metrics(body: &[u8]) -> Result<(f64, Option<f64>), String> {
     let text = std::str::from_utf8(body).map_err(|_| "GET /metrics: not UTF-8 text".to_string())?;
     let samples = exposition::parse(text).map_err(|e| format!("GET /metrics: {e}"))?;
-    let ingested = exposition::sum(&samples, SAMPLES_METRIC).or_else(|| exposition::sum(&samples, SAMPLES_METRIC_1X));
+    // Prometheus 2.42+ creates the counter's series with the first sample of each type, so a
+    // replica that has ingested nothing yet has none: that is zero, not unknown.
+    let ingested = exposition::sum(&samples, SAMPLES_METRIC)
+        .or_else(|| exposition::sum(&samples, SAMPLES_METRIC_1X))
+        .unwrap_or(0.0);
     let start = exposition::sum(&samples, "process_start_time_seconds");
     Ok((ingested, start))
 }
@@ -199,9 +203,10 @@ mod tests {
         let two = b"prometheus_tsdb_head_samples_appended_total{type=\"float\"} 10\n\
             prometheus_tsdb_head_samples_appended_total{type=\"histogram\"} 5\n\
             process_start_time_seconds 100\n";
-        assert_eq!(read_metrics(two).unwrap(), (Some(15.0), Some(100.0)));
+        assert_eq!(read_metrics(two).unwrap(), (15.0, Some(100.0)));
         let one = b"prometheus_local_storage_ingested_samples_total 7\n";
-        assert_eq!(read_metrics(one).unwrap(), (Some(7.0), None));
+        assert_eq!(read_metrics(one).unwrap(), (7.0, None));
+        assert_eq!(read_metrics(b"up 1\n").unwrap(), (0.0, None));
         assert!(read_metrics(b"m{ 1\n").unwrap_err().contains("line 1"));
     }
 

@@ -1,0 +1,363 @@
+//! Test support: real Prometheus servers on loopback, mpp started in-process on port 0, a
+//! small HTTP client and waiting with deadlines. Every process a test starts is stopped by
+//! a guard's `Drop`, even when the test fails.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// Waits until `check` returns true, polling every 50 ms; panics with `what` at the deadline.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The path of a tool from Debian's `prometheus` package; fails the test, saying how to
+/// install it, when it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!("`{name}` is not installed; these tests run real Prometheus servers: apt-get install -y prometheus")
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
+}
+
+/// A real Prometheus server on loopback, scraping itself every second, with its data in a
+/// temporary folder. Killed when dropped.
+pub struct Prometheus {
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+    extra_targets: Vec<String>,
+}
+
+impl Prometheus {
+    /// Starts a replica and waits until it is ready.
+    pub async fn start() -> Prometheus {
+        Self::start_with(&[], None).await
+    }
+
+    /// Starts a replica that also scrapes `targets` (`host:port`, metrics at `/mpp/metrics`)
+    /// and, if `history` is given, holds backfilled `up` samples reaching that far back.
+    pub async fn start_with(targets: &[String], history: Option<Duration>) -> Prometheus {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        if let Some(history) = history {
+            backfill_up(dir.path(), history);
+        }
+        let mut prometheus =
+            Prometheus { child: None, dir, port: 0, extra_targets: targets.to_vec() };
+        prometheus.launch().await;
+        prometheus
+    }
+
+    async fn launch(&mut self) {
+        for _ in 0..5 {
+            let port = if self.port == 0 { free_port() } else { self.port };
+            self.write_config(port);
+            let log = std::fs::File::create(self.dir.path().join("prometheus.log")).expect("log file");
+            let child = Command::new(tool("prometheus"))
+                .arg(format!("--config.file={}", self.dir.path().join("prometheus.yml").display()))
+                .arg(format!("--storage.tsdb.path={}", self.dir.path().join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--log.level=warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start prometheus");
+            self.child = Some(child);
+            if self.wait_ready(port).await {
+                self.port = port;
+                return;
+            }
+            self.kill();
+            if self.port != 0 {
+                break;
+            }
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default();
+        panic!("prometheus did not become ready; its log:\n{log}");
+    }
+
+    async fn wait_ready(&mut self, port: u16) -> bool {
+        let url = format!("http://127.0.0.1:{port}/-/ready");
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false; // exited: the port was taken, most likely
+            }
+            if get(&url).await.is_ok_and(|a| a.status == StatusCode::OK) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    fn write_config(&self, port: u16) {
+        let mut config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n  - job_name: prometheus\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+        );
+        if !self.extra_targets.is_empty() {
+            let targets: Vec<String> = self.extra_targets.iter().map(|t| format!("'{t}'")).collect();
+            config.push_str(&format!(
+                "  - job_name: mpp\n    metrics_path: /mpp/metrics\n    static_configs: [{{targets: [{}]}}]\n",
+                targets.join(", ")
+            ));
+        }
+        std::fs::write(self.dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data, and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `TERM`) with the `kill` command.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+            assert!(status.is_ok_and(|s| s.success()), "kill -{signal} failed");
+        }
+    }
+
+    /// Its samples-appended counter, read from its own `/metrics`.
+    pub async fn samples(&self) -> f64 {
+        let answer = get(&format!("{}/metrics", self.url())).await.expect("read /metrics");
+        let samples = mpp::probe::exposition::parse(&answer.text()).expect("parse /metrics");
+        mpp::probe::exposition::sum(&samples, mpp::probe::SAMPLES_METRIC).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped process must be continued to die promptly of SIGKILL's reaping.
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
+        }
+        self.kill();
+    }
+}
+
+/// Writes `up` samples every 30 s from `history` ago until 10 minutes ago into a TSDB block
+/// in `dir/data`, with promtool's backfilling.
+fn backfill_up(dir: &Path, history: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let (from, to) = (now - history.as_secs(), now - 600);
+    let mut text = String::from("# HELP up backfilled\n# TYPE up gauge\n");
+    let mut t = from;
+    while t < to {
+        text.push_str(&format!("up{{job=\"backfill\",instance=\"old\"}} 1 {t}\n"));
+        t += 30;
+    }
+    text.push_str("# EOF\n");
+    let input = dir.join("backfill.om");
+    std::fs::write(&input, text).expect("write backfill input");
+    let output = Command::new(tool("promtool"))
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(dir.join("data"))
+        .output()
+        .expect("run promtool");
+    assert!(output.status.success(), "promtool backfill failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// mpp running in-process on a loopback port, stopped (gracefully) when dropped.
+pub struct Mpp {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Mpp {
+    /// Starts mpp with these flags, listening on `127.0.0.1:0`.
+    pub async fn start(args: &[&str]) -> Mpp {
+        Self::start_on("127.0.0.1:0", args).await
+    }
+
+    /// Starts mpp with these flags, listening on `listen` (e.g. `[::1]:0`).
+    pub async fn start_on(listen: &str, args: &[&str]) -> Mpp {
+        let argv = ["mpp", "--listen-address", listen].into_iter().chain(args.iter().copied());
+        let config = mpp::Config::parse_from(argv).expect("valid test command line");
+        let listener = mpp::bind(&config).await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(mpp::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Mpp { addr, stop: Some(stop), task: Some(task) }
+    }
+
+    /// The URL of `path` through the proxy.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `/mpp/status` as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        let answer = send(Request::get(self.url("/mpp/status")).header("accept", "application/json"), Bytes::new())
+            .await
+            .expect("GET /mpp/status");
+        serde_json::from_slice(&answer.body).expect("status is JSON")
+    }
+
+    /// The URLs of the selected replicas, from `/mpp/status`.
+    pub async fn selected(&self) -> Vec<String> {
+        self.candidates_where("selected").await
+    }
+
+    /// The URLs of the candidates whose boolean `field` is true, from `/mpp/status`.
+    pub async fn candidates_where(&self, field: &str) -> Vec<String> {
+        let status = self.status().await;
+        status["candidates"]
+            .as_array()
+            .expect("candidates")
+            .iter()
+            .filter(|c| c[field].as_bool() == Some(true))
+            .map(|c| c["url"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Waits until exactly `urls` are selected (in any order).
+    pub async fn wait_selected(&self, urls: &[&str]) {
+        let mut want: Vec<String> = urls.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_until(&format!("selection {want:?}"), Duration::from_secs(20), || {
+            let want = want.clone();
+            async move {
+                let mut got = self.selected().await;
+                got.sort();
+                got == want
+            }
+        })
+        .await;
+    }
+
+    /// Stops mpp and waits for it to finish draining.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().map(|s| s.send(()));
+        self.task.take().unwrap().await.expect("mpp task panicked")
+    }
+}
+
+impl Drop for Mpp {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// An answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The replica named by `MPP.ServedBy`.
+    pub fn served_by(&self) -> Option<String> {
+        self.headers.get("mpp.servedby").map(|v| v.to_str().unwrap().to_string())
+    }
+
+    /// The value `Set-Cookie` gives `MPP.Route`, if any.
+    pub fn route_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix("MPP.Route="))
+            .map(|v| v.split(';').next().unwrap().to_string())
+    }
+}
+
+type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> &'static TestClient {
+    static CLIENT: std::sync::OnceLock<TestClient> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(5)).build_http()
+    })
+}
+
+/// Sends a request and reads the whole answer (10 s at most).
+pub async fn send(request: http::request::Builder, body: Bytes) -> Result<Answer, String> {
+    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let work = async {
+        let response = client().request(request).await.map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| format!("reading the body: {e}"))?.to_bytes();
+        Ok(Answer { status: parts.status, headers: parts.headers, body })
+    };
+    tokio::time::timeout(Duration::from_secs(10), work).await.map_err(|_| "no answer within 10s".to_string())?
+}
+
+/// GET `url`.
+pub async fn get(url: &str) -> Result<Answer, String> {
+    send(Request::get(url), Bytes::new()).await
+}
+
+/// POST a form to `url`.
+pub async fn post_form(url: &str, form: &str) -> Result<Answer, String> {
+    let request = Request::post(url).header("content-type", "application/x-www-form-urlencoded");
+    send(request, Bytes::from(form.to_string())).await
+}
+
+/// Writes an endpoints file listing `urls` into `dir` and returns its path.
+pub fn endpoints_file(dir: &Path, urls: &[String]) -> PathBuf {
+    let path = dir.join("endpoints");
+    std::fs::write(&path, urls.join("\n") + "\n").expect("write endpoints file");
+    path
+}

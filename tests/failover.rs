@@ -28,7 +28,11 @@ fn load(mpp: &Mpp, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::Jo
                     n += 1;
                     let outcome = answer.and_then(|a| {
                         let ok = a.status == 200 && a.text().contains("\"status\":\"success\"");
-                        if ok { Ok(a.served_by().unwrap_or_default()) } else { Err(format!("{}: {}", a.status, a.text())) }
+                        if ok {
+                            Ok(a.served_by().unwrap_or_default())
+                        } else {
+                            Err(format!("{}: {}", a.status, a.text()))
+                        }
                     });
                     outcomes.push((sent, outcome));
                 }
@@ -69,7 +73,10 @@ async fn kill_serving_replica_under_load(strategy: &str) {
     let after: Vec<&String> =
         outcomes.iter().filter(|(t, _)| *t > killed_at).map(|(_, o)| o.as_ref().unwrap()).collect();
     assert!(before > 20 && after.len() > 20, "too little load: {before} before, {} after", after.len());
-    assert!(after.iter().all(|served| **served == second.url()), "a request after the kill was served by the dead replica");
+    assert!(
+        after.iter().all(|served| **served == second.url()),
+        "a request after the kill was served by the dead replica"
+    );
     mpp.wait_selected(&[&second.url()]).await;
 }
 

@@ -71,8 +71,8 @@ async fn minimum_history_serves_from_all_viable_when_none_is_old_enough() {
     let b = Prometheus::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = endpoints_file(dir.path(), &[a.url(), b.url()]);
-    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--routing-strategy", "minimum-history:6h"])
-        .await;
+    let mpp =
+        Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--routing-strategy", "minimum-history:6h"]).await;
     mpp.wait_selected(&[&a.url(), &b.url()]).await;
     let status = mpp.status().await;
     assert!(status["selection_reason"].as_str().unwrap().contains("no viable replica holds 6h"), "{status}");

@@ -74,8 +74,7 @@ impl Prometheus {
         if let Some(history) = history {
             backfill_up(dir.path(), history);
         }
-        let mut prometheus =
-            Prometheus { child: None, dir, port: 0, extra_targets: targets.to_vec() };
+        let mut prometheus = Prometheus { child: None, dir, port: 0, extra_targets: targets.to_vec() };
         prometheus.launch().await;
         prometheus
     }
@@ -327,9 +326,7 @@ type TestClient = Client<HttpConnector, Full<Bytes>>;
 
 fn client() -> &'static TestClient {
     static CLIENT: std::sync::OnceLock<TestClient> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(5)).build_http()
-    })
+    CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(5)).build_http())
 }
 
 /// Sends a request and reads the whole answer (10 s at most).

@@ -90,6 +90,7 @@ pub struct Args {
         env = "MPP_SELECTION_INTERVAL",
         default_value = "10s",
         value_name = "DURATION",
+        allow_hyphen_values = true,
         value_parser = parse_interval
     )]
     pub selection_interval: Duration,

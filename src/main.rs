@@ -1,5 +1,6 @@
 //! The `mpp` binary: parse the command line, start logging, run until SIGTERM or SIGINT.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -51,7 +52,8 @@ fn init_tracing(verbose: bool) {
     let default = if verbose { "mpp=debug,info" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MPP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 async fn shutdown_signal() {

@@ -103,7 +103,7 @@ fn select_most_data(probes: &[&Probe], viable: &[usize], incumbent: Option<usize
     // Highest count first; equal counts fall back to candidate order, which is stable.
     let best =
         viable.iter().copied().reduce(|a, b| if samples(b) > samples(a) { b } else { a }).expect("viable is not empty");
-    if let Some(inc) = incumbent.filter(|i| viable.contains(i)) {
+    if let Some(inc) = incumbent.filter(|&i| i != best && viable.contains(&i)) {
         if samples(best) <= samples(inc) * (1.0 + MOST_DATA_MARGIN) {
             return Choice {
                 selected: vec![inc],

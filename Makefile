@@ -1,0 +1,35 @@
+# mpp: `make demo` runs two Prometheus replicas behind mpp; `make test` checks everything.
+
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: all build release test lint unit demo deps clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+# Debian's prometheus package (prometheus and promtool): the tests and the demo run real servers.
+deps:
+	@scripts/install-deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: deps lint
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test --no-fail-fast; \
+	fi
+
+demo: deps release
+	scripts/demo.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,154 @@
+//! The `mpp` binary's command line: the original's flags and defaults, one clear line and
+//! exit status 2 for every bad input, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const MPP: &str = env!("CARGO_BIN_EXE_mpp");
+
+/// Runs mpp with `args` (and no MPP_* variables) and returns (exit code, stdout, stderr).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(MPP);
+    command.args(args);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MPP_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
+    let output = command.output().expect("run mpp");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+#[test]
+fn bad_command_lines_exit_2_with_one_line_naming_the_flag_and_value() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let f = file.path().to_str().unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--endpoints-file", f, "--routing-strategy", "fastest"], &["--routing-strategy", "fastest"]),
+        (&["--endpoints-file", f, "--routing-strategy", "minimum-history"], &["--routing-strategy", "minimum-history"]),
+        (&["--endpoints-file", f, "--routing-strategy", "minimum-history:soon"], &["--routing-strategy", "soon"]),
+        (&["--endpoints-file", f, "--selection-interval", "10"], &["--selection-interval", "10"]),
+        (&["--endpoints-file", f, "--selection-interval", "-1s"], &["--selection-interval", "-1s"]),
+        (&["--endpoints-file", f, "--affinity-options", "cookies,stickers"], &["--affinity-options", "stickers"]),
+        (&["--endpoints-file", f, "--port", "70000"], &["--port", "70000"]),
+        (&["--endpoints-file", f, "--port", "0"], &["--port", "0"]),
+        (&["--endpoints-file", f, "--max-request-body", "lots"], &["--max-request-body", "lots"]),
+        (&[], &["no discovery configured", "--endpoints-file"]),
+        (&["--marathon-url", "http://marathon:8080"], &["--marathon-url", "--marathon-apps"]),
+        (&["--endpoints-file", f, "--kube-port", "Not_A_Port"], &["--kube-port", "Not_A_Port"]),
+        (&["--endpoints-file", f, "--no-such-flag"], &["--no-such-flag"]),
+    ];
+    for (args, expected) in cases {
+        let (code, _, stderr) = run(args, &[]);
+        assert_eq!(code, 2, "{args:?} exited {code}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?} printed more than one line: {stderr}");
+        for word in *expected {
+            assert!(stderr.contains(word), "{args:?}: '{stderr}' does not mention {word}");
+        }
+        assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    }
+}
+
+#[test]
+fn environment_variables_are_read_and_validated_like_flags() {
+    let (code, _, stderr) = run(&[], &[("MPP_ENDPOINTS_FILE", "/x"), ("MPP_ROUTING_STRATEGY", "bogus")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("bogus"), "{stderr}");
+    let (code, _, stderr) = run(&[], &[("MPP_KUBE_SERVICE_NAME", "prometheus")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("Kubernetes discovery is not available"), "{stderr}");
+}
+
+#[test]
+fn a_missing_endpoints_file_is_a_start_up_error_naming_the_path() {
+    let (code, _, stderr) =
+        run(&["--endpoints-file", "/nonexistent/endpoints", "--listen-address", "127.0.0.1:0"], &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("/nonexistent/endpoints"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn version_and_help_flags_match_the_original() {
+    for flag in ["-v", "--version"] {
+        let (code, stdout, _) = run(&[flag], &[]);
+        assert_eq!(code, 0);
+        assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+    }
+    let (code, stdout, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--kubeconfig",
+        "--kube-service-name",
+        "--kube-pod-label-selector",
+        "--kube-namespace",
+        "--kube-port",
+        "--marathon-url",
+        "--marathon-apps",
+        "--insecure",
+        "--marathon-principal-secret",
+        "--marathon-auth-endpoint",
+        "--endpoints-file",
+        "--routing-strategy",
+        "--selection-interval",
+        "--affinity-options",
+        "--port",
+        "--verbose",
+        "MPP_SERVICE_NAME",
+        "MPP_INSECURE_CERTS",
+        "[default: 9090]",
+        "[default: single-most-data]",
+        "[default: 10s]",
+        "[default: cookies]",
+        "[default: default]",
+    ] {
+        assert!(stdout.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_exits_0() {
+    let replica = common::Prometheus::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    let mut child = Command::new(MPP)
+        .args(["--endpoints-file", file.to_str().unwrap(), "--listen-address", "127.0.0.1:0"])
+        .env("MPP_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Guard(u32);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg("-9").arg(self.0.to_string()).stderr(Stdio::null()).status();
+        }
+    }
+    let _guard = Guard(child.id());
+    // The start-up line carries the address the kernel gave.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("mpp exited before starting").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let answer = common::get(&format!("http://{addr}/api/v1/query?query=up")).await.unwrap();
+    assert_eq!(answer.status, 200);
+
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "mpp did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("SIGTERM received")), "{rest:?}");
+}

@@ -1,14 +1,17 @@
 //! A *backend*: one Prometheus replica's base URL, as discovery found it, with the stable
-//! opaque id that affinity cookies carry instead of the address.
+//! opaque id that affinity cookies carry instead of the address, and its live [`Health`].
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use tokio::sync::Notify;
 
-/// One Prometheus replica. Cheap to compare; shared as `Arc<Backend>` across snapshots so
-/// that the same replica keeps the same identity from one selection round to the next.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// One Prometheus replica. Compared and hashed by URL; shared as `Arc<Backend>` across
+/// snapshots so that the same replica keeps its identity and health from one selection round
+/// to the next.
+#[derive(Debug, Clone)]
 pub struct Backend {
     url: Arc<str>,
     id: String,
@@ -16,6 +19,21 @@ pub struct Backend {
     authority: Authority,
     /// A path prefix such as `/prometheus` (no trailing slash), or empty.
     prefix: String,
+    health: Arc<Health>,
+}
+
+impl PartialEq for Backend {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+    }
+}
+
+impl Eq for Backend {}
+
+impl std::hash::Hash for Backend {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.url.hash(state);
+    }
 }
 
 impl Backend {
@@ -47,7 +65,7 @@ impl Backend {
         let prefix = uri.path().trim_end_matches('/').to_string();
         let url: Arc<str> = format!("{scheme}://{authority}{prefix}").into();
         let id = format!("{:016x}", fnv1a(url.as_bytes()));
-        Ok(Backend { url, id, scheme, authority, prefix })
+        Ok(Backend { url, id, scheme, authority, prefix, health: Arc::default() })
     }
 
     /// The normalized base URL, as shown in logs, metrics and the `MPP.ServedBy` header.
@@ -66,6 +84,11 @@ impl Backend {
         &self.id
     }
 
+    /// What the liveness checks and live traffic currently say about this replica.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// The URL of `path_and_query` on this backend (the prefix, if any, is prepended).
     pub fn uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
         let builder = Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone());
@@ -80,6 +103,68 @@ impl Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.url)
+    }
+}
+
+/// Consecutive failed attempts on live traffic after which a replica is ejected.
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+
+/// A replica's live state, between selection rounds: whether it is *down* (a liveness check
+/// failed, or live traffic failed on it [`EJECT_AFTER_FAILURES`] times in a row) and a
+/// signal for requests waiting on it. Written by the liveness loop, the selection loop and
+/// the request path alike, so it is only atomics: nobody waits for anybody to change it.
+#[derive(Debug, Default)]
+pub struct Health {
+    down: AtomicBool,
+    failures: AtomicU32,
+    went_down: Notify,
+}
+
+impl Health {
+    /// Whether requests must stay away from this replica.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Takes the replica out and wakes the requests waiting on it; `true` if it was up.
+    pub fn mark_down(&self) -> bool {
+        let was_up = !self.down.swap(true, Ordering::AcqRel);
+        if was_up {
+            self.went_down.notify_waiters();
+        }
+        was_up
+    }
+
+    /// Puts the replica back after a passing probe; `true` if it was down.
+    pub fn mark_up(&self) -> bool {
+        self.failures.store(0, Ordering::Relaxed);
+        self.down.swap(false, Ordering::AcqRel)
+    }
+
+    /// Counts a failed attempt; `true` if this failure ejected the replica.
+    pub fn record_failure(&self) -> bool {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        failures >= EJECT_AFTER_FAILURES && self.mark_down()
+    }
+
+    /// Counts a successful attempt (ends a run of failures).
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Completes once the replica is down (at once if it already is).
+    pub async fn wait_down(&self) {
+        loop {
+            let notified = self.went_down.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_down() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -109,6 +194,22 @@ mod tests {
         assert_ne!(a.id(), Backend::parse("http://b:9090").unwrap().id());
         assert!(!a.id().contains("9090"));
         assert_eq!(a.id().len(), 16);
+    }
+
+    #[tokio::test]
+    async fn consecutive_failures_eject_and_wake_waiters() {
+        let b = Arc::new(Backend::parse("http://a:9090").unwrap());
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.health().wait_down().await }
+        });
+        assert!(!b.health().record_failure());
+        b.health().record_success();
+        assert!(!b.health().record_failure() && !b.health().record_failure());
+        assert!(b.health().record_failure(), "the third failure in a row ejects");
+        waiter.await.unwrap();
+        assert!(b.health().is_down());
+        assert!(b.health().mark_up() && !b.health().is_down());
     }
 
     #[test]

@@ -130,6 +130,39 @@ pub struct Args {
     )]
     pub max_request_body: u64,
 
+    /// How often every candidate's /-/ready is checked, apart from selection rounds; a replica
+    /// that fails it is out of traffic at once
+    #[arg(
+        long,
+        env = "MPP_LIVENESS_INTERVAL",
+        default_value = "1s",
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        value_parser = parse_interval
+    )]
+    pub liveness_interval: Duration,
+
+    /// How long a client may take to send a request's headers before its connection is closed
+    #[arg(
+        long,
+        env = "MPP_HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        value_parser = parse_interval
+    )]
+    pub header_read_timeout: Duration,
+
+    /// The most client connections served at once; further clients wait in the listen queue
+    #[arg(
+        long,
+        env = "MPP_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
+
     /// Log debugging information
     #[arg(short = 'V', long, env = "MPP_VERBOSE")]
     pub verbose: bool,
@@ -155,6 +188,12 @@ pub struct Config {
     pub strategy: Strategy,
     /// Time between two selection rounds when nothing triggers one earlier.
     pub selection_interval: Duration,
+    /// Time between two liveness checks of every candidate.
+    pub liveness_interval: Duration,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// The most client connections served at once.
+    pub max_connections: u32,
     /// Which sticky-session modes are on.
     pub affinity: AffinityOptions,
     /// Where the proxy listens.
@@ -233,6 +272,9 @@ impl Config {
             discovery,
             strategy: args.routing_strategy,
             selection_interval: args.selection_interval,
+            liveness_interval: args.liveness_interval,
+            header_read_timeout: args.header_read_timeout,
+            max_connections: args.max_connections,
             affinity: args.affinity_options,
             listen,
             insecure: args.insecure,

@@ -26,7 +26,10 @@ pub enum ProxyError {
     /// No replica is selected.
     #[error("no Prometheus replica is available: {0}")]
     NoReplica(String),
-    /// Every attempt failed; this is the last failure.
+    /// Every attempt failed without a replica answering; this is the last failure.
+    #[error("no Prometheus replica is available: the last one tried, {backend}, {detail}")]
+    Unavailable { backend: String, detail: String },
+    /// The request may have reached a replica and failed there, and may not be replayed.
     #[error("Prometheus replica {backend} failed: {detail}")]
     Upstream { backend: String, detail: String },
 }
@@ -37,7 +40,7 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequestBody(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoReplica(_) | ProxyError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -46,8 +49,7 @@ impl ProxyError {
     fn error_type(&self) -> &'static str {
         match self {
             ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody(_) | ProxyError::BadRequest(_) => "bad_data",
-            ProxyError::NoReplica(_) => "unavailable",
-            ProxyError::Upstream { .. } => "unavailable",
+            ProxyError::NoReplica(_) | ProxyError::Unavailable { .. } | ProxyError::Upstream { .. } => "unavailable",
         }
     }
 
@@ -74,6 +76,8 @@ pub enum AttemptError {
     Sent(String),
     /// The backend answered 503 (typically: not ready, replaying its WAL).
     Unavailable,
+    /// The replica was found down (liveness, ejection) while this attempt waited on it.
+    Abandoned,
 }
 
 impl AttemptError {
@@ -81,8 +85,14 @@ impl AttemptError {
     pub fn retryable(&self, replayable: bool) -> bool {
         match self {
             AttemptError::Connect(_) => true,
-            AttemptError::Sent(_) | AttemptError::Unavailable => replayable,
+            AttemptError::Sent(_) | AttemptError::Unavailable | AttemptError::Abandoned => replayable,
         }
+    }
+
+    /// Whether the replica is known not to have handled the request (so the client's
+    /// answer is "unavailable", 503, rather than "failed", 502).
+    pub fn nothing_answered(&self) -> bool {
+        matches!(self, AttemptError::Connect(_) | AttemptError::Unavailable | AttemptError::Abandoned)
     }
 
     /// Classifies a client error.
@@ -101,6 +111,7 @@ impl std::fmt::Display for AttemptError {
             AttemptError::Connect(e) => write!(f, "connection failed: {e}"),
             AttemptError::Sent(e) => write!(f, "request failed: {e}"),
             AttemptError::Unavailable => f.write_str("answered 503 Service Unavailable"),
+            AttemptError::Abandoned => f.write_str("was found down while the request waited"),
         }
     }
 }

@@ -17,6 +17,7 @@
 //! - [`probe`]: asking one replica how it is (and the exposition-format parser).
 //! - [`strategy`]: `single-most-data`, `minimum-history`, `random`: probes to a selection.
 //! - [`selection`]: the background loop that publishes the [`selection::Snapshot`].
+//! - [`liveness`]: the one-second `/-/ready` check that takes dead or hung replicas out.
 //! - [`proxy`]: the request path: affinity, attempts, retries, header rewriting.
 //! - [`admin`]: `/mpp/health`, `/mpp/metrics`, `/mpp/status`.
 //! - [`metrics`]: every exported metric.
@@ -32,6 +33,7 @@ pub mod client;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod liveness;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
@@ -73,6 +75,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         discovery = %facts.discovery,
         strategy = %config.strategy,
         interval = ?config.selection_interval,
+        liveness_interval = ?config.liveness_interval,
+        max_connections = config.max_connections,
         affinity = %config.affinity,
         max_request_body = config.max_request_body,
         insecure = config.insecure,
@@ -90,6 +94,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     // One round before serving, so that the first request already has a selection.
     selector.round().await;
     let selection = tokio::spawn(selector.run(reselect_rx));
+    let liveness = tokio::spawn(liveness::run(
+        snapshot.clone(),
+        probe::Prober::new(client.clone(), None),
+        config.liveness_interval,
+        reselect.clone(),
+    ));
     let proxy = proxy::Proxy::new(proxy::ProxySettings {
         client,
         snapshot: snapshot.clone(),
@@ -99,8 +109,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         max_body: config.max_request_body,
     });
     let admin = admin::Admin::new(snapshot, metrics, facts);
-    server::serve(listener, proxy, admin, shutdown).await;
+    let limits =
+        server::Limits { header_read_timeout: config.header_read_timeout, max_connections: config.max_connections };
+    server::serve(listener, proxy, admin, limits, shutdown).await;
     selection.abort();
+    liveness.abort();
     Ok(())
 }
 

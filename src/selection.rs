@@ -90,7 +90,8 @@ pub struct Selector {
     metrics: Arc<Metrics>,
     last_good: Vec<Arc<Backend>>,
     incumbent: Option<Arc<Backend>>,
-    viability: HashMap<Arc<Backend>, bool>,
+    /// Whether each replica (by URL) was viable in the last round, to log changes only.
+    viability: HashMap<Arc<str>, bool>,
     round: u64,
 }
 
@@ -141,7 +142,12 @@ impl Selector {
         self.round += 1;
         let discovery_error = match self.discovery.candidates().await {
             Ok(found) => {
-                self.last_good = found.into_iter().map(Arc::new).collect();
+                // The same replica keeps its Arc, and so its health, across rounds.
+                let known = std::mem::take(&mut self.last_good);
+                self.last_good = found
+                    .into_iter()
+                    .map(|b| known.iter().find(|k| ***k == b).cloned().unwrap_or_else(|| Arc::new(b)))
+                    .collect();
                 None
             }
             Err(e) => {
@@ -199,10 +205,16 @@ impl Selector {
         let mut now = HashMap::with_capacity(candidates.len());
         for (backend, probe) in candidates.iter().zip(probes) {
             let viable = probe.viable();
+            // A full probe is the freshest word on a replica: it ends an ejection or makes one.
+            if viable {
+                backend.health().mark_up();
+            } else {
+                backend.health().mark_down();
+            }
             if !viable {
                 self.metrics.probe_failures.get_or_create(&BackendLabels { backend: backend.url_label() }).inc();
             }
-            match (self.viability.get(backend), viable) {
+            match (self.viability.get(backend.url()), viable) {
                 (Some(true), false) | (None, false) => tracing::warn!(
                     backend = %backend,
                     error = probe.error.as_deref().unwrap_or("not ready"),
@@ -212,9 +224,9 @@ impl Selector {
                 (None, true) => tracing::info!(backend = %backend, "new replica is viable"),
                 _ => {}
             }
-            now.insert(backend.clone(), viable);
+            now.insert(backend.url_label(), viable);
         }
-        for gone in self.viability.keys().filter(|b| !now.contains_key(*b)) {
+        for gone in self.viability.keys().filter(|url| !now.contains_key(*url)) {
             tracing::info!(backend = %gone, "replica is no longer a candidate");
         }
         self.viability = now;

@@ -114,6 +114,14 @@ impl Prober {
         probe
     }
 
+    /// The liveness check: `/-/ready` answers 2xx within `timeout`.
+    pub async fn ready(&self, backend: &Backend, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.get(backend, "/-/ready")).await {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(format!("GET /-/ready: no answer within {timeout:?}")),
+        }
+    }
+
     /// Runs an instant query (at now minus `ago`, if given); `Ok(true)` when it returned at
     /// least one series.
     async fn query_has_result(&self, backend: &Backend, query: &str, ago: Option<Duration>) -> Result<bool, String> {

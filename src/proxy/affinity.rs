@@ -105,13 +105,14 @@ impl Affinity {
             return None;
         }
         if self.options.cookies {
-            if let Some(backend) = route_cookie(headers).and_then(|id| snapshot.selected_by_id(id)) {
+            let pinned = route_cookie(headers).and_then(|id| snapshot.selected_by_id(id));
+            if let Some(backend) = pinned.filter(|b| !b.health().is_down()) {
                 return Some((backend.clone(), Sticky::Cookie));
             }
         }
         let table = self.table.as_ref()?;
         let pinned = table.lock().unwrap_or_else(|e| e.into_inner()).get(&client).cloned()?;
-        snapshot.selected.contains(&pinned).then_some((pinned, Sticky::SourceIp))
+        (snapshot.selected.contains(&pinned) && !pinned.health().is_down()).then_some((pinned, Sticky::SourceIp))
     }
 
     /// Pins the client to the replica that served it: a `Set-Cookie` on the answer when the

@@ -146,9 +146,11 @@ impl Proxy {
                 (None, Some(response)) => return Ok(self.answer(response, &backend, &snapshot, &prepared, started)),
                 (None, None) => {
                     tracing::warn!(backend = %backend, error = %failure, attempts = tried.len(), "request failed on every attempt");
-                    return Err(ProxyError::Upstream {
-                        backend: backend.url().to_string(),
-                        detail: failure.to_string(),
+                    let (backend, detail) = (backend.url().to_string(), failure.to_string());
+                    return Err(if failure.nothing_answered() {
+                        ProxyError::Unavailable { backend, detail }
+                    } else {
+                        ProxyError::Upstream { backend, detail }
                     });
                 }
             }
@@ -195,11 +197,30 @@ impl Proxy {
         *request.method_mut() = prepared.parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = prepared.outgoing_headers.clone();
-        match tokio::time::timeout(ANSWER_TIMEOUT, self.inner.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(AttemptError::from_client(&e)),
-            Err(_) => Err(AttemptError::Sent(format!("no answer within {ANSWER_TIMEOUT:?}"))),
+        let send = tokio::time::timeout(ANSWER_TIMEOUT, self.inner.client.request(request));
+        // A query waiting on a replica that the liveness check or other requests have since
+        // found dead or hung moves on; writes wait for their answer.
+        let abandon = async {
+            if prepared.replayable { backend.health().wait_down().await } else { std::future::pending().await }
+        };
+        let result = tokio::select! {
+            result = send => match result {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) => Err(AttemptError::from_client(&e)),
+                Err(_) => Err(AttemptError::Sent(format!("no answer within {ANSWER_TIMEOUT:?}"))),
+            },
+            () = abandon => Err(AttemptError::Abandoned),
+        };
+        match &result {
+            Ok(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => backend.health().record_success(),
+            Err(AttemptError::Abandoned) => {}
+            _ => {
+                if backend.health().record_failure() {
+                    tracing::warn!(backend = %backend, "replica failed live traffic repeatedly; ejected until it passes a probe");
+                }
+            }
         }
+        result
     }
 
     /// The backend's answer, made ready for the client; its body streams through untouched.

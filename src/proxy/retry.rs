@@ -34,10 +34,10 @@ pub fn replayable(method: &Method, path: &str) -> bool {
     }
 }
 
-/// The replica for the next attempt: a selected one not tried yet, chosen at random; else
-/// any viable one not tried yet (for `single-most-data`, whose selection is one replica).
+/// The replica for the next attempt: a selected one not tried yet and not down, chosen at
+/// random; else any such viable one (for `single-most-data`, whose selection is one replica).
 pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-    let untried = |b: &&Arc<Backend>| !tried.contains(b);
+    let untried = |b: &&Arc<Backend>| !tried.contains(b) && !b.health().is_down();
     pick_random(snapshot.selected.iter().filter(untried).collect())
         .or_else(|| pick_random(snapshot.viable.iter().filter(untried).collect()))
 }
@@ -76,6 +76,8 @@ mod tests {
         snapshot.viable = vec![a.clone(), b.clone()];
         assert_eq!(next_backend(&snapshot, &[]), Some(a.clone()));
         assert_eq!(next_backend(&snapshot, std::slice::from_ref(&a)), Some(b.clone()));
-        assert_eq!(next_backend(&snapshot, &[a, b]), None);
+        assert_eq!(next_backend(&snapshot, &[a.clone(), b.clone()]), None);
+        b.health().mark_down();
+        assert_eq!(next_backend(&snapshot, std::slice::from_ref(&a)), None, "a replica that is down is skipped");
     }
 }

@@ -59,6 +59,7 @@ pub struct Prometheus {
     dir: TempDir,
     port: u16,
     extra_targets: Vec<String>,
+    unready_answers: usize,
 }
 
 impl Prometheus {
@@ -74,7 +75,7 @@ impl Prometheus {
         if let Some(history) = history {
             backfill_up(dir.path(), history);
         }
-        let mut prometheus = Prometheus { child: None, dir, port: 0, extra_targets: targets.to_vec() };
+        let mut prometheus = Prometheus { child: None, dir, port: 0, extra_targets: targets.to_vec(), unready_answers: 0 };
         prometheus.launch().await;
         prometheus
     }
@@ -114,12 +115,19 @@ impl Prometheus {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false; // exited: the port was taken, most likely
             }
-            if get(&url).await.is_ok_and(|a| a.status == StatusCode::OK) {
-                return true;
+            match get(&url).await {
+                Ok(a) if a.status == StatusCode::OK => return true,
+                Ok(a) if a.status == StatusCode::SERVICE_UNAVAILABLE => self.unready_answers += 1,
+                _ => {}
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+
+    /// How many times it answered 503 while starting (up to now, restarts included).
+    pub fn unready_answers(&self) -> usize {
+        self.unready_answers
     }
 
     fn write_config(&self, port: u16) {
@@ -150,8 +158,8 @@ impl Prometheus {
         }
     }
 
-    /// Starts it again on the same port and data, and waits until it is ready.
-    pub async fn restart(&mut self) {
+    /// Starts it again on the same port and data (after a kill), and waits until it is ready.
+    pub async fn start_again(&mut self) {
         self.kill();
         self.launch().await;
     }

@@ -75,7 +75,8 @@ impl Prometheus {
         if let Some(history) = history {
             backfill_up(dir.path(), history);
         }
-        let mut prometheus = Prometheus { child: None, dir, port: 0, extra_targets: targets.to_vec(), unready_answers: 0 };
+        let mut prometheus =
+            Prometheus { child: None, dir, port: 0, extra_targets: targets.to_vec(), unready_answers: 0 };
         prometheus.launch().await;
         prometheus
     }

@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build release test lint unit demo deps clean
+.PHONY: all build release test lint demo deps bench bench-deps clean
 
 all: build
 
@@ -30,6 +30,13 @@ test: deps lint
 
 demo: deps release
 	scripts/demo.sh
+
+# wrk, nginx and HAProxy from Debian: the benchmark's load and references.
+bench-deps:
+	@scripts/install-deps.sh bench
+
+bench: bench-deps release
+	python3 bench/bench.py
 
 clean:
 	$(CARGO) clean

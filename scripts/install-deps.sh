@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need from Debian: prometheus and promtool.
+# Installs what the tests and the demo need from Debian: prometheus and promtool; with the
+# argument `bench`, what the benchmark needs: wrk, nginx, HAProxy and curl.
 # As root it installs them; otherwise it says what to install and fails.
 set -euo pipefail
 
+if [ "${1:-}" = bench ]; then
+    tools=(wrk nginx haproxy curl); packages=(wrk nginx-light haproxy curl)
+else
+    tools=(prometheus promtool); packages=(prometheus)
+fi
 missing=()
-for tool in prometheus promtool; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+for tool in "${tools[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "missing: ${missing[*]}; install Debian's prometheus package: sudo apt-get install -y prometheus" >&2
+    echo "missing: ${missing[*]}; install them: sudo apt-get install -y ${packages[*]}" >&2
     exit 1
 fi
-echo "installing Debian's prometheus package (for: ${missing[*]})" >&2
+echo "installing from Debian: ${packages[*]} (for: ${missing[*]})" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-# The package starts a system-wide Prometheus on :9090 where systemd runs; the demo wants
-# that port for mpp, and the tests need no system service.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
-    systemctl stop prometheus || true
-    systemctl disable prometheus >/dev/null 2>&1 || true
-fi
-command -v prometheus >/dev/null && command -v promtool >/dev/null
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+# The packages start system-wide services where systemd runs; the demo wants :9090 for mpp,
+# and neither the tests nor the benchmark need a system service.
+for service in prometheus nginx haproxy; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+        systemctl stop "$service" || true
+        systemctl disable "$service" >/dev/null 2>&1 || true
+    fi
+done
+export PATH="$PATH:/usr/sbin"
+for tool in "${tools[@]}"; do command -v "$tool" >/dev/null; done

@@ -19,6 +19,8 @@ pub struct Backend {
     authority: Authority,
     /// A path prefix such as `/prometheus` (no trailing slash), or empty.
     prefix: String,
+    /// The `MPP.ServedBy` value, made once rather than per answer.
+    served_by: http::HeaderValue,
     health: Arc<Health>,
 }
 
@@ -65,7 +67,9 @@ impl Backend {
         let prefix = uri.path().trim_end_matches('/').to_string();
         let url: Arc<str> = format!("{scheme}://{authority}{prefix}").into();
         let id = format!("{:016x}", fnv1a(url.as_bytes()));
-        Ok(Backend { url, id, scheme, authority, prefix, health: Arc::default() })
+        let served_by =
+            http::HeaderValue::from_str(&url).map_err(|_| format!("'{text}' is not a valid header value"))?;
+        Ok(Backend { url, id, scheme, authority, prefix, served_by, health: Arc::default() })
     }
 
     /// The normalized base URL, as shown in logs, metrics and the `MPP.ServedBy` header.
@@ -82,6 +86,11 @@ impl Backend {
     /// so that any mpp replica behind a load balancer honours another's cookie.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The URL as a header value, for `MPP.ServedBy`.
+    pub fn served_by(&self) -> &http::HeaderValue {
+        &self.served_by
     }
 
     /// What the liveness checks and live traffic currently say about this replica.

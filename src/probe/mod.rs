@@ -132,12 +132,7 @@ impl Prober {
             path.push_str(&format!("&time={at:.3}"));
         }
         let body = self.get(backend, &path).await?;
-        let answer: QueryAnswer =
-            serde_json::from_slice(&body).map_err(|e| format!("query {query}: not a Prometheus API answer ({e})"))?;
-        if answer.status != "success" {
-            return Err(format!("query {query}: {}", answer.error.unwrap_or(answer.status)));
-        }
-        Ok(answer.data.is_some_and(|d| !d.result.is_empty()))
+        query_has_result(&body).map_err(|e| format!("query {query}: {e}"))
     }
 
     async fn get(&self, backend: &Backend, path: &str) -> Result<Bytes, String> {
@@ -174,6 +169,16 @@ fn read_metrics(body: &[u8]) -> Result<(f64, Option<f64>), String> {
         .unwrap_or(0.0);
     let start = exposition::sum(&samples, "process_start_time_seconds");
     Ok((ingested, start))
+}
+
+/// Reads a Prometheus API answer to an instant query: `Ok(true)` when it succeeded with at
+/// least one result, `Ok(false)` when it succeeded empty, the API's error otherwise.
+pub fn query_has_result(body: &[u8]) -> Result<bool, String> {
+    let answer: QueryAnswer = serde_json::from_slice(body).map_err(|e| format!("not a Prometheus API answer ({e})"))?;
+    if answer.status != "success" {
+        return Err(answer.error.unwrap_or(answer.status));
+    }
+    Ok(answer.data.is_some_and(|d| !d.result.is_empty()))
 }
 
 /// Percent-encodes a PromQL expression for a query string.
@@ -216,6 +221,16 @@ mod tests {
         assert_eq!(read_metrics(one).unwrap(), (7.0, None));
         assert_eq!(read_metrics(b"up 1\n").unwrap(), (0.0, None));
         assert!(read_metrics(b"m{ 1\n").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn reads_query_answers() {
+        let vector = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]}]}}"#;
+        assert_eq!(query_has_result(vector), Ok(true));
+        assert_eq!(query_has_result(br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#), Ok(false));
+        let error = br#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
+        assert_eq!(query_has_result(error), Err("parse error".into()));
+        assert!(query_has_result(b"<html>").is_err());
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl Affinity {
 }
 
 /// The value of the `MPP.Route` cookie, if the request carries one.
-fn route_cookie(headers: &HeaderMap) -> Option<&str> {
+pub fn route_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header, request};
+use http::{HeaderMap, Request, Response, StatusCode, header, request};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
@@ -234,9 +234,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
-        if let Ok(value) = HeaderValue::from_str(backend.url()) {
-            parts.headers.insert(forward::SERVED_BY.clone(), value);
-        }
+        parts.headers.insert(forward::SERVED_BY.clone(), backend.served_by().clone());
         let inner = &*self.inner;
         inner.affinity.remember(snapshot, &prepared.parts.headers, prepared.client, backend, &mut parts.headers);
         let label = backend.url_label();

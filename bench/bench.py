@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""mpp's benchmark harness (`make bench`).
+
+Measures, side by side in one run and in alternation (direct, mpp, nginx, HAProxy, repeated),
+the throughput and latency of the same fast backend reached directly and through each proxy,
+under the same wrk load; then mpp's memory (idle, and while streaming 4 x 1 GB), its time to
+the first proxied answer, and the duration of one selection round over 200 candidates of
+which 20 accept connections and never answer. Writes BENCHMARKS.md.
+
+Everything listens on 127.0.0.1; every process started here is stopped at the end.
+Needs: wrk, nginx (nginx-light), haproxy, curl; and mpp built in release mode.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MPP = ROOT / "target" / "release" / "mpp"
+QUERY = "/api/v1/query?query=up"
+VECTOR = ('{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up",'
+          '"instance":"127.0.0.1:9090","job":"prometheus"},"value":[1700000000.000,"1"]}]}}')
+MARKER = "<!-- profile: kept by bench.py -->"
+METRICS = 'prometheus_tsdb_head_samples_appended_total{type="float"} 123456\nprocess_start_time_seconds 1.7e9\n'
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.02)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+
+
+def rss_kib(pid, field="VmRSS"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+class Processes:
+    """Starts processes and stops them all at the end, whatever happens."""
+
+    def __init__(self, work):
+        self.work = work
+        self.children = []
+
+    def start(self, name, argv, **kw):
+        log = open(self.work / f"{name}.log", "w")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kw)
+        self.children.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop_all(self):
+        for p in reversed(self.children):
+            self.stop(p)
+
+
+def nginx_backend(procs, work, ports, big_file):
+    """A fast backend answering like Prometheus, on every port of `ports`."""
+    listens = "\n".join(f"    listen 127.0.0.1:{p} reuseport backlog=4096;" for p in ports)
+    conf = work / "backend.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/backend.pid;
+error_log {work}/backend-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+{listens}
+    location = /api/v1/query {{ default_type application/json; return 200 '{VECTOR}'; }}
+    location = /metrics {{ default_type text/plain; return 200 '{METRICS}'; }}
+    location = /-/ready {{ default_type text/plain; return 200 'Prometheus Server is Ready.'; }}
+    location = /big {{ alias {big_file}; }}
+  }}
+}}
+""")
+    return procs.start("backend", ["nginx", "-c", str(conf), "-p", str(work)])
+
+
+def nginx_proxy(procs, work, port, backend):
+    conf = work / "proxy-nginx.conf"
+    conf.write_text(f"""
+worker_processes 2;
+daemon off;
+pid {work}/proxy-nginx.pid;
+error_log {work}/proxy-nginx-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream prometheus {{ server 127.0.0.1:{backend}; keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://prometheus;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    return procs.start("proxy-nginx", ["nginx", "-c", str(conf), "-p", str(work)])
+
+
+def haproxy(procs, work, port, backend):
+    conf = work / "haproxy.cfg"
+    conf.write_text(f"""
+global
+  nbthread 2
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend prometheus
+backend prometheus
+  server p1 127.0.0.1:{backend}
+""")
+    return procs.start("haproxy", ["haproxy", "-f", str(conf), "-db"])
+
+
+def start_mpp(procs, work, port, endpoints, name="mpp", extra=()):
+    ep = work / f"{name}-endpoints"
+    ep.write_text("".join(f"http://127.0.0.1:{p}\n" for p in endpoints))
+    argv = [str(MPP), "--endpoints-file", str(ep), "--listen-address", f"127.0.0.1:{port}", *extra]
+    return procs.start(name, argv, env={**os.environ, "NO_COLOR": "1"})
+
+
+def parse_duration_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url, connections, seconds):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = parse_duration_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = parse_duration_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": errors}
+
+
+def throughput(targets, rounds, seconds):
+    results = {}
+    for connections in (32, 256):
+        for _ in range(rounds):
+            for name, url in targets:
+                r = wrk(url, connections, seconds)
+                results.setdefault((connections, name), []).append(r)
+                print(f"  c={connections:<3} {name:<8} {r['rps']:>9.0f} req/s  p50 {r['p50']:.2f} ms  "
+                      f"p99 {r['p99']:.2f} ms  errors {r['errors']}", flush=True)
+    summary = {}
+    for key, runs in results.items():
+        summary[key] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
+        summary[key]["errors"] = sum(r["errors"] for r in runs)
+    return summary
+
+
+def stream_peak_rss(procs, work, backend_port, size_bytes, clients):
+    port = free_port()
+    p = start_mpp(procs, work, port, [backend_port], name="mpp-stream")
+    wait_http(f"http://127.0.0.1:{port}/mpp/health")
+    urls = [f"http://127.0.0.1:{port}/big"] * clients
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], rss_kib(p.pid))
+            except Exception:
+                pass
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    curls = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", u],
+                              stdout=subprocess.PIPE, text=True) for u in urls]
+    sizes = [int(c.communicate()[0] or 0) for c in curls]
+    took = time.monotonic() - started
+    done.set()
+    sampler.join()
+    hwm = rss_kib(p.pid, "VmHWM")
+    procs.stop(p)
+    return {"peak_kib": max(peak[0], hwm), "sizes": sizes, "seconds": took}
+
+
+def idle_rss_and_first_answer(procs, work, backend_port):
+    port = free_port()
+    started = time.monotonic()
+    p = start_mpp(procs, work, port, [backend_port], name="mpp-start")
+    first = None
+    while time.monotonic() - started < 10:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {QUERY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    first = time.monotonic() - started
+                    break
+        except OSError:
+            time.sleep(0.001)
+    time.sleep(2)
+    idle = rss_kib(p.pid)
+    procs.stop(p)
+    return {"first_answer_ms": first * 1000 if first else None, "idle_kib": idle}
+
+
+def selection_round(procs, work, healthy_ports):
+    """200 candidates: the 180 healthy backend ports and 20 sockets that accept and never answer."""
+    hung = []
+    for _ in range(20):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1024)  # the kernel completes handshakes; nobody ever reads or answers
+        hung.append(s)
+    ports = list(healthy_ports) + [s.getsockname()[1] for s in hung]
+    port = free_port()
+    p = start_mpp(procs, work, port, ports, name="mpp-round", extra=["--selection-interval", "10s"])
+    wait_http(f"http://127.0.0.1:{port}/mpp/health", timeout=15)
+    with urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/mpp/status", headers={"Accept": "application/json"})) as r:
+        status = json.load(r)
+    procs.stop(p)
+    for s in hung:
+        s.close()
+    viable = sum(1 for c in status["candidates"] if c["viable"])
+    return {"round_ms": status["last_round_millis"], "candidates": len(status["candidates"]), "viable": viable}
+
+
+def machine():
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    def version(argv):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except Exception:
+            return "unknown"
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "kernel": platform.release(),
+        "nginx": version(["nginx", "-v"]), "haproxy": version(["haproxy", "-v"]),
+        "wrk": version(["wrk", "--version"]), "mpp": version([str(MPP), "--version"]),
+    }
+
+
+def report(m, summary, stream, start, rnd, args):
+    lines = ["# Benchmarks", "",
+             "Written by `make bench` (`bench/bench.py`); numbers from the last run on the machine below.",
+             "All four targets serve the same fast backend (nginx returning a fixed Prometheus",
+             "answer) on 127.0.0.1, under the same `wrk -t1` load, measured in alternation",
+             f"(direct, mpp, nginx, HAProxy; {args.rounds} rounds of {args.seconds} s each); figures are medians.", "",
+             "## Machine", ""]
+    for k, v in m.items():
+        lines.append(f"- {k}: {v}")
+    lines += ["", "## Throughput and latency", "",
+              "| connections | target | requests/s | p50 ms | p99 ms | errors |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for (c, name), s in sorted(summary.items(), key=lambda kv: (kv[0][0], ["direct", "mpp", "nginx", "haproxy"].index(kv[0][1]))):
+        lines.append(f"| {c} | {name} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['errors']} |")
+    lines += ["", "| connections | mpp/nginx req/s | mpp/HAProxy req/s | mpp/direct req/s | mpp/nginx p99 |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for c in (32, 256):
+        mp, ng, ha, di = (summary[(c, n)] for n in ("mpp", "nginx", "haproxy", "direct"))
+        lines.append(f"| {c} | {mp['rps'] / ng['rps']:.2f} | {mp['rps'] / ha['rps']:.2f} | "
+                     f"{mp['rps'] / di['rps']:.2f} | {mp['p99'] / ng['p99']:.2f} |")
+    gib = stream["sizes"]
+    lines += ["", "## Memory and start-up", "",
+              f"- Peak RSS while {len(gib)} clients each stream a {args.stream_gib} GiB answer through mpp: "
+              f"**{stream['peak_kib'] / 1024:.1f} MiB** (bytes received: {', '.join(str(s) for s in gib)}; "
+              f"{stream['seconds']:.1f} s).",
+              f"- Idle RSS after start-up: **{start['idle_kib'] / 1024:.1f} MiB**.",
+              f"- From process start to the first proxied answer: **{start['first_answer_ms']:.1f} ms**.",
+              f"- One selection round over {rnd['candidates']} candidates, 20 of which accept connections and "
+              f"never answer: **{rnd['round_ms']} ms** ({rnd['viable']} viable; the probe timeout is 3 s).", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--stream-gib", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx", "haproxy", "curl"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy curl")
+    if not MPP.exists():
+        sys.exit("build mpp first: cargo build --release")
+
+    with tempfile.TemporaryDirectory(prefix="mpp-bench-") as tmp:
+        work = Path(tmp)
+        big = work / "big"
+        with open(big, "wb") as f:
+            f.truncate(args.stream_gib << 30)  # sparse: costs no disk
+        procs = Processes(work)
+        try:
+            backend_ports = [free_port() for _ in range(180)]
+            backend = backend_ports[0]
+            nginx_backend(procs, work, backend_ports, big)
+            wait_http(f"http://127.0.0.1:{backend}/-/ready")
+            ports = {name: free_port() for name in ("mpp", "nginx", "haproxy")}
+            start_mpp(procs, work, ports["mpp"], [backend])
+            nginx_proxy(procs, work, ports["nginx"], backend)
+            haproxy(procs, work, ports["haproxy"], backend)
+            for name, port in ports.items():
+                wait_http(f"http://127.0.0.1:{port}{QUERY}")
+            targets = [("direct", f"http://127.0.0.1:{backend}{QUERY}")] + \
+                      [(name, f"http://127.0.0.1:{port}{QUERY}") for name, port in ports.items()]
+            print("throughput and latency:", flush=True)
+            summary = throughput(targets, args.rounds, args.seconds)
+            print("streaming, start-up and a selection round:", flush=True)
+            stream = stream_peak_rss(procs, work, backend, args.stream_gib << 30, 4)
+            start = idle_rss_and_first_answer(procs, work, backend)
+            rnd = selection_round(procs, work, backend_ports)
+        finally:
+            procs.stop_all()
+    text = report(machine(), summary, stream, start, rnd, args)
+    print(text)
+    # Everything from the marker on (the profile notes) is written by hand and kept.
+    out = Path(args.out)
+    kept = ""
+    if out.exists() and MARKER in out.read_text():
+        kept = out.read_text()[out.read_text().index(MARKER):]
+    out.write_text(text + "\n" + kept)
+
+
+if __name__ == "__main__":
+    main()

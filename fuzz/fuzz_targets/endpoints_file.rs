@@ -1,0 +1,20 @@
+//! The endpoints file: never panics; every backend it yields re-parses to itself and builds
+//! request URLs.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mpp::backend::Backend;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (backends, problems) = mpp::discovery::parse_endpoints(text);
+    for backend in &backends {
+        let again = Backend::parse(backend.url()).expect("a normalized URL parses again");
+        assert_eq!(again.url(), backend.url());
+        assert_eq!(again.id(), backend.id());
+        backend.uri(&http::uri::PathAndQuery::from_static("/api/v1/query?query=up")).expect("request URL");
+    }
+    for (line, _) in problems {
+        assert!(line >= 1 && line <= text.lines().count());
+    }
+});

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
+use crate::discovery::MarathonConfig;
 use crate::proxy::affinity::AffinityOptions;
 use crate::strategy::Strategy;
 
@@ -173,10 +174,12 @@ pub struct Args {
 }
 
 /// Where candidates come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum DiscoveryConfig {
     /// An endpoints file, one backend URL per line.
     File(PathBuf),
+    /// Marathon apps' tasks.
+    Marathon(MarathonConfig),
 }
 
 /// The validated configuration that [`crate::run`] starts from.
@@ -218,8 +221,8 @@ pub enum ConfigError {
     MarathonWithoutApps(String),
     #[error("--marathon-apps '{0}' needs --marathon-url")]
     AppsWithoutMarathon(String),
-    #[error("--marathon-url '{0}' is not an http(s) URL")]
-    BadMarathonUrl(String),
+    #[error("{0}")]
+    Marathon(String),
     #[error("--kube-port '{0}' is neither a port number (1-65535) nor a port name")]
     BadKubePort(String),
     #[error("more than one discovery configured ({0}); choose one")]
@@ -238,20 +241,23 @@ impl Config {
             validate_kube_port(port)?;
         }
         let marathon = match (&args.marathon_url, &args.marathon_apps) {
-            (Some(url), Some(_)) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(ConfigError::BadMarathonUrl(url.clone()));
-                }
-                true
-            }
+            (Some(url), Some(apps)) => Some(
+                MarathonConfig::new(
+                    url,
+                    apps,
+                    args.marathon_principal_secret.as_deref(),
+                    args.marathon_auth_endpoint.as_deref(),
+                )
+                .map_err(ConfigError::Marathon)?,
+            ),
             (Some(url), None) => return Err(ConfigError::MarathonWithoutApps(url.clone())),
             (None, Some(apps)) => return Err(ConfigError::AppsWithoutMarathon(apps.clone())),
-            (None, None) => false,
+            (None, None) => None,
         };
         let file = args.endpoints_file.is_some();
         let chosen: Vec<&str> = [
             (file, "--endpoints-file"),
-            (marathon, "--marathon-url"),
+            (marathon.is_some(), "--marathon-url"),
             (kube, "--kube-service-name/--kube-pod-label-selector"),
         ]
         .into_iter()
@@ -260,11 +266,11 @@ impl Config {
         if chosen.len() > 1 {
             return Err(ConfigError::ManyDiscoveries(chosen.join(", ")));
         }
-        let discovery = match args.endpoints_file {
-            Some(path) => DiscoveryConfig::File(path),
-            None if marathon => return Err(ConfigError::NotYetAvailable("Marathon")),
-            None if kube => return Err(ConfigError::NotYetAvailable("Kubernetes")),
-            None => return Err(ConfigError::NoDiscovery),
+        let discovery = match (args.endpoints_file, marathon) {
+            (Some(path), _) => DiscoveryConfig::File(path),
+            (None, Some(marathon)) => DiscoveryConfig::Marathon(marathon),
+            (None, None) if kube => return Err(ConfigError::NotYetAvailable("Kubernetes")),
+            (None, None) => return Err(ConfigError::NoDiscovery),
         };
         let listen =
             args.listen_address.unwrap_or_else(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.port)));
@@ -312,14 +318,63 @@ fn validate_kube_port(port: &str) -> Result<(), ConfigError> {
     if valid_name { Ok(()) } else { Err(bad()) }
 }
 
-/// Parses a Go-style duration (`500ms`, `10s`, `1m30s`, `2h`).
+/// Parses a duration in Go's syntax (`500ms`, `10s`, `1m30s`, `2h`, `1.5h`; units `ns`, `us`,
+/// `µs`, `ms`, `s`, `m`, `h`), as the original mpp's flags take them. Written here rather
+/// than taken from `humantime`, which accepts other syntax (`2 days`) and panicked on
+/// overflowing input found by fuzzing.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err("empty duration; expected e.g. 10s, 500ms, 1m30s".into());
+    const HINT: &str = "expected e.g. 10s, 500ms, 1m30s";
+    let text = value.trim();
+    let bad = |why: &str| format!("'{text}' is not a duration ({why}); {HINT}");
+    if text == "0" {
+        return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(value)
-        .map_err(|e| format!("'{value}' is not a duration ({e}); expected e.g. 10s, 500ms, 1m30s"))
+    if text.starts_with('-') {
+        return Err(bad("negative"));
+    }
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut nanos: u128 = 0;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        rest = after;
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(bad("a number without a unit")),
+            _ => return Err(bad(&format!("unknown unit '{unit}'"))),
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+            return Err(bad("expected a number before the unit"));
+        }
+        let too_long = || bad("out of range");
+        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_long())? };
+        // Digits beyond the 18th of a fraction are below a nanosecond for any unit here.
+        let fraction = &fraction[..fraction.len().min(18)];
+        let fraction_nanos = if fraction.is_empty() {
+            0
+        } else {
+            let digits: u128 = fraction.parse().map_err(|_| too_long())?;
+            digits * scale / 10u128.pow(fraction.len() as u32)
+        };
+        nanos = whole
+            .checked_mul(scale)
+            .and_then(|n| n.checked_add(fraction_nanos))
+            .and_then(|n| n.checked_add(nanos))
+            .filter(|n| *n <= u128::from(u64::MAX))
+            .ok_or_else(too_long)?;
+    }
+    Ok(Duration::from_nanos(nanos as u64))
 }
 
 fn parse_interval(value: &str) -> Result<Duration, String> {
@@ -379,8 +434,21 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("ten").is_err());
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("300us").unwrap(), Duration::from_micros(300));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["-1s", "ten", "10", "1d", "1h 30m", "", "s", ".s", "1..5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overflowing_durations_are_errors_not_panics() {
+        // Found by fuzzing: humantime 2.4 panicked on this.
+        let input = format!("{}50s0.50s3.50s70000088z627n2662726w", "0".repeat(221));
+        assert!(parse_duration(&input).is_err());
+        assert!(parse_duration("99999999999999999999999999999999999999999h").unwrap_err().contains("out of range"));
+        assert!(parse_duration("5124096h").unwrap_err().contains("out of range"));
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let client = client::build(config.insecure).context("cannot set up the backend client")?;
     // Capacity 1: signals that arrive while a round is already due collapse into it.
     let (reselect, reselect_rx) = mpsc::channel(1);
-    let discovery = discovery::Discovery::start(&config.discovery, reselect.clone())?;
+    let discovery = discovery::Discovery::start(&config.discovery, &client, reselect.clone())?;
     let facts = admin::Facts {
         started,
         strategy: config.strategy,

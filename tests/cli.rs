@@ -53,6 +53,29 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_flag_and_value() {
 }
 
 #[test]
+fn bad_marathon_secrets_are_start_up_errors_that_never_print_the_secret() {
+    let key = "-----BEGIN RSA PRIVATE KEY-----\\nSECRETSTUFF\\n-----END RSA PRIVATE KEY-----";
+    let cases = [
+        (r#"{"uid": "mpp", "private_key": "SECRETSTUFF"#.to_string(), "not valid JSON"),
+        (r#"{"private_key": "SECRETSTUFF", "login_endpoint": "http://l"}"#.to_string(), "lacks the field 'uid'"),
+        (r#"{"uid": "mpp", "login_endpoint": "http://l", "x": "SECRETSTUFF"}"#.to_string(), "'private_key'"),
+        (
+            format!(r#"{{"uid": "mpp", "private_key": "{key}", "login_endpoint": "http://l"}}"#),
+            "not a PEM RSA private key",
+        ),
+        (r#"{"uid": "mpp", "password": "SECRETSTUFF"}"#.to_string(), "login_endpoint"),
+    ];
+    for (secret, expected) in cases {
+        let args = ["--marathon-url", "http://m:8080", "--marathon-apps", "/prometheus"];
+        let (code, _, stderr) = run(&args, &[("MPP_MARATHON_PRINCIPAL_SECRET", &secret)]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("--marathon-principal-secret") && stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("SECRETSTUFF"), "the secret was printed: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
 fn environment_variables_are_read_and_validated_like_flags() {
     let (code, _, stderr) = run(&[], &[("MPP_ENDPOINTS_FILE", "/x"), ("MPP_ROUTING_STRATEGY", "bogus")]);
     assert_eq!(code, 2);

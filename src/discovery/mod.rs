@@ -4,16 +4,21 @@
 //! runs a round at once instead of waiting for the interval. Keeping the last good set when a
 //! source fails is the selection loop's job, not the source's.
 
+mod dcos;
 mod file;
+mod marathon;
 
 use std::path::PathBuf;
 
 use tokio::sync::mpsc;
 
 use crate::backend::Backend;
+use crate::client::HttpClient;
 use crate::config::DiscoveryConfig;
 
+pub use dcos::PrincipalSecret;
 pub use file::{FileDiscovery, parse_endpoints};
+pub use marathon::{MarathonConfig, MarathonDiscovery};
 
 /// A discovery source that failed this round.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +29,9 @@ pub enum DiscoveryError {
     /// The endpoints file holds no valid endpoint (while being rewritten, say).
     #[error("endpoints file '{path}' lists no valid endpoint")]
     Empty { path: PathBuf },
+    /// Marathon (or the DC/OS login) could not be asked or refused.
+    #[error("Marathon: {0}")]
+    Marathon(String),
     /// The endpoints file cannot be watched for changes.
     #[error("cannot watch endpoints file '{path}' for changes: {detail}")]
     Watch { path: PathBuf, detail: String },
@@ -33,15 +41,25 @@ pub enum DiscoveryError {
 pub enum Discovery {
     /// An endpoints file, re-read every round and whenever it changes.
     File(FileDiscovery),
+    /// Marathon apps, polled every round.
+    Marathon(Box<MarathonDiscovery>),
 }
 
 impl Discovery {
     /// Starts the configured source. Fails when the source cannot work at all (an endpoints
     /// file that does not exist at start-up, say), so that a mistake shows at once.
     /// `changed` is signalled whenever the source sees its set change.
-    pub fn start(config: &DiscoveryConfig, changed: mpsc::Sender<()>) -> Result<Self, DiscoveryError> {
+    /// `client` is the backend client, also used to ask Marathon and the DC/OS login.
+    pub fn start(
+        config: &DiscoveryConfig,
+        client: &HttpClient,
+        changed: mpsc::Sender<()>,
+    ) -> Result<Self, DiscoveryError> {
         match config {
             DiscoveryConfig::File(path) => Ok(Discovery::File(FileDiscovery::start(path.clone(), changed)?)),
+            DiscoveryConfig::Marathon(marathon) => {
+                Ok(Discovery::Marathon(Box::new(MarathonDiscovery::new(marathon.clone(), client.clone()))))
+            }
         }
     }
 
@@ -49,6 +67,7 @@ impl Discovery {
     pub async fn candidates(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
         match self {
             Discovery::File(file) => file.candidates().await,
+            Discovery::Marathon(marathon) => marathon.candidates().await,
         }
     }
 
@@ -56,6 +75,12 @@ impl Discovery {
     pub fn describe(&self) -> String {
         match self {
             Discovery::File(file) => format!("endpoints file {}", file.path().display()),
+            Discovery::Marathon(marathon) => {
+                let c = marathon.config();
+                let apps: Vec<String> = c.apps.iter().map(|a| format!("/{a}")).collect();
+                let auth = if c.secret.is_some() { " (DC/OS login)" } else { "" };
+                format!("Marathon {} apps {}{auth}", c.url, apps.join(","))
+            }
         }
     }
 }

@@ -1,0 +1,238 @@
+//! Marathon discovery: the running, healthy tasks of the configured apps, polled every
+//! selection round. A candidate is a task's `host` and first port. Behind DC/OS, requests
+//! carry `Authorization: token=...` from a service-account login; a 401 logs in again once.
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::Full;
+use serde::Deserialize;
+
+use super::DiscoveryError;
+use super::dcos::{PrincipalSecret, send};
+use crate::backend::Backend;
+use crate::client::HttpClient;
+
+/// How to reach Marathon, validated from the flags.
+#[derive(Debug, Clone)]
+pub struct MarathonConfig {
+    /// The API's base URL, path prefix (such as `/service/marathon`) included, no trailing `/`.
+    pub url: String,
+    /// App ids without the leading `/` (nested groups keep their inner `/`).
+    pub apps: Vec<String>,
+    /// The DC/OS service account, if Marathon needs one.
+    pub secret: Option<PrincipalSecret>,
+    /// Overrides the secret's login endpoint.
+    pub auth_endpoint: Option<String>,
+}
+
+impl MarathonConfig {
+    /// Validates `--marathon-url`, `--marathon-apps`, the secret and the auth endpoint.
+    pub fn new(url: &str, apps: &str, secret: Option<&str>, auth_endpoint: Option<&str>) -> Result<Self, String> {
+        let url = url.trim().trim_end_matches('/').to_string();
+        match url.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none() => {}
+            _ => return Err(format!("--marathon-url '{url}' is not an http(s) URL")),
+        }
+        let apps: Vec<String> =
+            apps.split(',').map(|a| a.trim().trim_matches('/').to_string()).filter(|a| !a.is_empty()).collect();
+        if apps.is_empty() {
+            return Err("--marathon-apps lists no app id".into());
+        }
+        if let Some(bad) = apps.iter().find(|a| !a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))) {
+            return Err(format!("--marathon-apps has an invalid app id '{bad}'"));
+        }
+        let secret =
+            secret.map(PrincipalSecret::parse).transpose().map_err(|e| format!("--marathon-principal-secret {e}"))?;
+        let auth_endpoint = auth_endpoint.map(str::trim).filter(|e| !e.is_empty()).map(String::from);
+        if let Some(endpoint) = &auth_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(format!("--marathon-auth-endpoint '{endpoint}' is not an http(s) URL"));
+            }
+        }
+        if let Some(secret) = &secret {
+            if auth_endpoint.is_none() && secret.login_endpoint().is_none() {
+                return Err("--marathon-principal-secret lacks the field 'login_endpoint' \
+                            (or give --marathon-auth-endpoint)"
+                    .into());
+            }
+        }
+        Ok(MarathonConfig { url, apps, secret, auth_endpoint })
+    }
+}
+
+/// Polls Marathon for the apps' tasks.
+pub struct MarathonDiscovery {
+    config: MarathonConfig,
+    client: HttpClient,
+    /// The DC/OS token of the last login; kept until Marathon refuses it.
+    token: Option<String>,
+}
+
+/// The part of Marathon's task object (`GET /v2/apps/{id}/tasks`) that matters here.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Task {
+    host: String,
+    #[serde(default)]
+    ports: Vec<u16>,
+    /// `TASK_RUNNING` and so on; absent in old Marathon versions, where listed means running.
+    state: Option<String>,
+    #[serde(default)]
+    health_check_results: Vec<HealthCheckResult>,
+}
+
+#[derive(Debug, Deserialize)]
+struct HealthCheckResult {
+    alive: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Tasks {
+    tasks: Vec<Task>,
+}
+
+impl MarathonDiscovery {
+    /// Discovery over `config`, talking through `client`.
+    pub fn new(config: MarathonConfig, client: HttpClient) -> Self {
+        MarathonDiscovery { config, client, token: None }
+    }
+
+    /// The configuration, for descriptions.
+    pub fn config(&self) -> &MarathonConfig {
+        &self.config
+    }
+
+    /// Every running, healthy task of every app, in app order.
+    pub async fn candidates(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
+        if self.config.secret.is_some() && self.token.is_none() {
+            self.login().await?;
+        }
+        let mut backends = Vec::new();
+        for app in self.config.apps.clone() {
+            let tasks = match self.tasks(&app).await? {
+                Answer::Tasks(tasks) => tasks,
+                Answer::Refused if self.config.secret.is_some() => {
+                    // The token expired or was revoked: one new login, one more try.
+                    tracing::info!(app = %app, "Marathon refused the token; logging in again");
+                    self.login().await?;
+                    match self.tasks(&app).await? {
+                        Answer::Tasks(tasks) => tasks,
+                        Answer::Refused => {
+                            return Err(marathon_error(format!("app '/{app}': HTTP 401 even after a fresh login")));
+                        }
+                    }
+                }
+                Answer::Refused => {
+                    return Err(marathon_error(format!("app '/{app}': HTTP 401 (set --marathon-principal-secret)")));
+                }
+            };
+            for task in tasks.tasks {
+                if let Some(backend) = candidate(&task) {
+                    if !backends.contains(&backend) {
+                        backends.push(backend);
+                    }
+                }
+            }
+        }
+        Ok(backends)
+    }
+
+    async fn login(&mut self) -> Result<(), DiscoveryError> {
+        self.token = None;
+        let secret = self.config.secret.as_ref().expect("login is only called with a secret");
+        let endpoint = self
+            .config
+            .auth_endpoint
+            .as_deref()
+            .or(secret.login_endpoint())
+            .expect("validated: a secret comes with a login endpoint");
+        let token = secret.login(&self.client, endpoint).await.map_err(marathon_error)?;
+        tracing::info!(uid = secret.uid(), "logged in to DC/OS");
+        self.token = Some(token);
+        Ok(())
+    }
+
+    /// One app's tasks, or word that Marathon refused the token (so the caller can log in).
+    async fn tasks(&self, app: &str) -> Result<Answer, DiscoveryError> {
+        let url = format!("{}/v2/apps/{}/tasks", self.config.url, app);
+        let mut request = Request::get(&url).header(header::ACCEPT, "application/json");
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("token={token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| marathon_error(format!("app '/{app}': bad URL {url}: {e}")))?;
+        let (status, body) =
+            send(&self.client, request).await.map_err(|e| marathon_error(format!("app '/{app}': GET {url}: {e}")))?;
+        if status == StatusCode::UNAUTHORIZED {
+            return Ok(Answer::Refused);
+        }
+        if !status.is_success() {
+            return Err(marathon_error(format!("app '/{app}': GET {url}: HTTP {status}")));
+        }
+        serde_json::from_slice(&body)
+            .map(Answer::Tasks)
+            .map_err(|e| marathon_error(format!("app '/{app}': GET {url}: not a task list ({e})")))
+    }
+}
+
+/// What Marathon said about one app.
+enum Answer {
+    Tasks(Tasks),
+    /// HTTP 401: the token is missing, expired or revoked.
+    Refused,
+}
+
+fn marathon_error(detail: String) -> DiscoveryError {
+    DiscoveryError::Marathon(detail)
+}
+
+/// The backend a task serves, if it is running, healthy and has a port.
+fn candidate(task: &Task) -> Option<Backend> {
+    let running = task.state.as_deref().is_none_or(|s| s == "TASK_RUNNING");
+    let healthy = task.health_check_results.iter().all(|h| h.alive);
+    let port = *task.ports.first()?;
+    if !running || !healthy || task.host.is_empty() {
+        return None;
+    }
+    let host = if task.host.contains(':') { format!("[{}]", task.host) } else { task.host.clone() };
+    Backend::parse(&format!("http://{host}:{port}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(json: &str) -> Task {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn only_running_healthy_tasks_with_ports_are_candidates() {
+        let ok = task(
+            r#"{"host":"10.0.0.1","ports":[31000,31001],"state":"TASK_RUNNING","healthCheckResults":[{"alive":true}]}"#,
+        );
+        assert_eq!(candidate(&ok).unwrap().url(), "http://10.0.0.1:31000");
+        assert!(candidate(&task(r#"{"host":"10.0.0.1","ports":[1],"state":"TASK_STAGING"}"#)).is_none());
+        assert!(
+            candidate(&task(r#"{"host":"10.0.0.1","ports":[1],"healthCheckResults":[{"alive":false}]}"#)).is_none()
+        );
+        assert!(candidate(&task(r#"{"host":"10.0.0.1","ports":[]}"#)).is_none());
+        assert_eq!(candidate(&task(r#"{"host":"fd00::1","ports":[9090]}"#)).unwrap().url(), "http://[fd00::1]:9090");
+    }
+
+    #[test]
+    fn flags_are_validated() {
+        let c = MarathonConfig::new("http://m:8080/service/marathon/", "/prom, /group/prom-b,", None, None).unwrap();
+        assert_eq!(c.url, "http://m:8080/service/marathon");
+        assert_eq!(c.apps, ["prom", "group/prom-b"]);
+        assert!(MarathonConfig::new("m:8080", "a", None, None).unwrap_err().contains("--marathon-url"));
+        assert!(MarathonConfig::new("http://m", " , ", None, None).unwrap_err().contains("no app id"));
+        assert!(MarathonConfig::new("http://m", "a?b", None, None).unwrap_err().contains("'a?b'"));
+        let no_endpoint = MarathonConfig::new("http://m", "a", Some(r#"{"uid":"u","password":"p"}"#), None);
+        assert!(no_endpoint.unwrap_err().contains("login_endpoint"));
+        let overridden =
+            MarathonConfig::new("http://m", "a", Some(r#"{"uid":"u","password":"p"}"#), Some("http://l/acs"));
+        assert!(overridden.is_ok());
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
-use crate::discovery::MarathonConfig;
+use crate::discovery::{KubernetesConfig, LabelSelector, MarathonConfig, PortRef, Target};
 use crate::proxy::affinity::AffinityOptions;
 use crate::strategy::Strategy;
 
@@ -180,6 +180,8 @@ pub enum DiscoveryConfig {
     File(PathBuf),
     /// Marathon apps' tasks.
     Marathon(MarathonConfig),
+    /// A Kubernetes service or pods.
+    Kubernetes(KubernetesConfig),
 }
 
 /// The validated configuration that [`crate::run`] starts from.
@@ -223,12 +225,10 @@ pub enum ConfigError {
     AppsWithoutMarathon(String),
     #[error("{0}")]
     Marathon(String),
-    #[error("--kube-port '{0}' is neither a port number (1-65535) nor a port name")]
-    BadKubePort(String),
+    #[error("{0}")]
+    Kubernetes(String),
     #[error("more than one discovery configured ({0}); choose one")]
     ManyDiscoveries(String),
-    #[error("{0} discovery is not available in this version of mpp yet; use --endpoints-file")]
-    NotYetAvailable(&'static str),
 }
 
 impl Config {
@@ -236,10 +236,13 @@ impl Config {
     /// second name the service-name flag answers to.
     pub fn from_args(args: Args, kube_service_name_env: Option<String>) -> Result<Self, ConfigError> {
         let kube_service = args.kube_service_name.or(kube_service_name_env).filter(|s| !s.is_empty());
-        let kube = kube_service.is_some() || args.kube_pod_label_selector.is_some();
-        if let Some(port) = &args.kube_port {
-            validate_kube_port(port)?;
-        }
+        let kube = kubernetes(
+            args.kubeconfig,
+            kube_service,
+            args.kube_pod_label_selector,
+            args.kube_namespace,
+            args.kube_port.as_deref(),
+        )?;
         let marathon = match (&args.marathon_url, &args.marathon_apps) {
             (Some(url), Some(apps)) => Some(
                 MarathonConfig::new(
@@ -258,7 +261,7 @@ impl Config {
         let chosen: Vec<&str> = [
             (file, "--endpoints-file"),
             (marathon.is_some(), "--marathon-url"),
-            (kube, "--kube-service-name/--kube-pod-label-selector"),
+            (kube.is_some(), "--kube-service-name/--kube-pod-label-selector"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -266,11 +269,11 @@ impl Config {
         if chosen.len() > 1 {
             return Err(ConfigError::ManyDiscoveries(chosen.join(", ")));
         }
-        let discovery = match (args.endpoints_file, marathon) {
-            (Some(path), _) => DiscoveryConfig::File(path),
-            (None, Some(marathon)) => DiscoveryConfig::Marathon(marathon),
-            (None, None) if kube => return Err(ConfigError::NotYetAvailable("Kubernetes")),
-            (None, None) => return Err(ConfigError::NoDiscovery),
+        let discovery = match (args.endpoints_file, marathon, kube) {
+            (Some(path), _, _) => DiscoveryConfig::File(path),
+            (None, Some(marathon), _) => DiscoveryConfig::Marathon(marathon),
+            (None, None, Some(kube)) => DiscoveryConfig::Kubernetes(kube),
+            (None, None, None) => return Err(ConfigError::NoDiscovery),
         };
         let listen =
             args.listen_address.unwrap_or_else(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.port)));
@@ -300,22 +303,42 @@ impl Config {
     }
 }
 
-fn validate_kube_port(port: &str) -> Result<(), ConfigError> {
-    let bad = || ConfigError::BadKubePort(port.to_string());
-    if port.bytes().all(|b| b.is_ascii_digit()) {
-        return match port.parse::<u16>() {
-            Ok(n) if n > 0 => Ok(()),
-            _ => Err(bad()),
-        };
+/// Validates the Kubernetes flags; `None` when neither a service nor a selector is given.
+fn kubernetes(
+    kubeconfig: Option<PathBuf>,
+    service: Option<String>,
+    selector: Option<String>,
+    namespace: String,
+    port: Option<&str>,
+) -> Result<Option<KubernetesConfig>, ConfigError> {
+    let port = port.map(PortRef::parse).transpose().map_err(ConfigError::Kubernetes)?;
+    let target = match (service, selector.filter(|s| !s.trim().is_empty())) {
+        // The service takes precedence, as in the original.
+        (Some(service), _) => {
+            let valid = service.len() <= 63
+                && service.starts_with(|c: char| c.is_ascii_lowercase())
+                && service.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !service.ends_with('-');
+            if !valid {
+                return Err(ConfigError::Kubernetes(format!(
+                    "--kube-service-name '{service}' is not a valid service name (lowercase letters, digits and '-')"
+                )));
+            }
+            Target::Service(service)
+        }
+        (None, Some(selector)) => Target::Pods(
+            LabelSelector::parse(&selector)
+                .map_err(|e| ConfigError::Kubernetes(format!("--kube-pod-label-selector '{selector}': {e}")))?,
+        ),
+        (None, None) => return Ok(None),
+    };
+    let namespace_ok = !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !namespace_ok {
+        return Err(ConfigError::Kubernetes(format!("--kube-namespace '{namespace}' is not a valid namespace")));
     }
-    // An IANA_SVC_NAME, as Kubernetes requires of port names.
-    let valid_name = port.len() <= 15
-        && port.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && port.bytes().any(|b| b.is_ascii_lowercase())
-        && !port.starts_with('-')
-        && !port.ends_with('-')
-        && !port.contains("--");
-    if valid_name { Ok(()) } else { Err(bad()) }
+    Ok(Some(KubernetesConfig { kubeconfig, namespace, target, port }))
 }
 
 /// Parses a duration in Go's syntax (`500ms`, `10s`, `1m30s`, `2h`, `1.5h`; units `ns`, `us`,
@@ -375,6 +398,33 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
             .ok_or_else(too_long)?;
     }
     Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it, without zero parts: `30h`,
+/// `1h30m`, `1m0.5s` is written `1m500ms`. `parse_duration(&format_duration(d)) == d`.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (value, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if value > 0 {
+            out.push_str(&format!("{value}{unit}"));
+        }
+    }
+    let nanos = d.subsec_nanos();
+    if nanos > 0 {
+        if nanos % 1_000_000 == 0 {
+            out.push_str(&format!("{}ms", nanos / 1_000_000));
+        } else if nanos % 1_000 == 0 {
+            out.push_str(&format!("{}us", nanos / 1_000));
+        } else {
+            out.push_str(&format!("{nanos}ns"));
+        }
+    }
+    out
 }
 
 fn parse_interval(value: &str) -> Result<Duration, String> {
@@ -443,6 +493,20 @@ mod tests {
     }
 
     #[test]
+    fn durations_print_as_they_parse() {
+        for (d, text) in [
+            (Duration::from_secs(108_000), "30h"),
+            (Duration::from_secs(5400), "1h30m"),
+            (Duration::from_millis(60_500), "1m500ms"),
+            (Duration::from_nanos(1_000_001), "1000001ns"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d);
+        }
+    }
+
+    #[test]
     fn overflowing_durations_are_errors_not_panics() {
         // Found by fuzzing: humantime 2.4 panicked on this.
         let input = format!("{}50s0.50s3.50s70000088z627n2662726w", "0".repeat(221));
@@ -468,16 +532,11 @@ mod tests {
         assert!(e.contains("no discovery"), "{e}");
         let e = parse(&["--endpoints-file", "f", "--kube-port=-x"]).unwrap_err();
         assert!(e.contains("--kube-port '-x'"), "{e}");
-        let e = parse(&["--kube-service-name", "prom"]).unwrap_err();
-        assert!(e.contains("Kubernetes"), "{e}");
-    }
-
-    #[test]
-    fn kube_ports_accept_names_and_numbers() {
-        assert!(validate_kube_port("9090").is_ok());
-        assert!(validate_kube_port("web").is_ok());
-        assert!(validate_kube_port("0").is_err());
-        assert!(validate_kube_port("70000").is_err());
-        assert!(validate_kube_port("Web").is_err());
+        let e = parse(&["--kube-pod-label-selector", "app in (a"]).unwrap_err();
+        assert!(e.contains("--kube-pod-label-selector 'app in (a'"), "{e}");
+        let e = parse(&["--kube-service-name", "Prom_1"]).unwrap_err();
+        assert!(e.contains("--kube-service-name 'Prom_1'"), "{e}");
+        let e = parse(&["--endpoints-file", "f", "--kube-service-name", "prom"]).unwrap_err();
+        assert!(e.contains("more than one discovery"), "{e}");
     }
 }

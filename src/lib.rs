@@ -12,7 +12,7 @@
 //! ```
 //!
 //! - [`config`]: the command line (flags and `MPP_*` variables) into a validated [`Config`].
-//! - [`discovery`]: where candidates come from (the endpoints file).
+//! - [`discovery`]: where candidates come from (endpoints file, Marathon, Kubernetes).
 //! - [`backend`]: one replica's URL and its opaque id.
 //! - [`probe`]: asking one replica how it is (and the exposition-format parser).
 //! - [`strategy`]: `single-most-data`, `minimum-history`, `random`: probes to a selection.
@@ -56,12 +56,14 @@ pub use config::Config;
 /// Fails only when it cannot start (the endpoints file is missing, say).
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let started = SystemTime::now();
+    // kube builds its TLS from rustls' process-wide provider; make it `ring`, the one in use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(metrics::Metrics::new());
     let snapshot = Arc::new(ArcSwap::from_pointee(selection::Snapshot::empty()));
     let client = client::build(config.insecure).context("cannot set up the backend client")?;
     // Capacity 1: signals that arrive while a round is already due collapse into it.
     let (reselect, reselect_rx) = mpsc::channel(1);
-    let discovery = discovery::Discovery::start(&config.discovery, &client, reselect.clone())?;
+    let discovery = discovery::Discovery::start(&config.discovery, &client, reselect.clone()).await?;
     let facts = admin::Facts {
         started,
         strategy: config.strategy,

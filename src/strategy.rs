@@ -33,7 +33,7 @@ impl Strategy {
                 .to_string(),
             Strategy::MinimumHistory(d) => format!(
                 "each request goes to a random viable replica holding at least {} of history",
-                humantime::format_duration(*d)
+                crate::config::format_duration(*d)
             ),
             Strategy::Random => "each request goes to a random viable replica".to_string(),
         }
@@ -76,7 +76,7 @@ impl Strategy {
                     Choice {
                         reason: format!(
                             "no viable replica holds {} of history yet; serving from all {} viable",
-                            humantime::format_duration(*d),
+                            crate::config::format_duration(*d),
                             viable.len()
                         ),
                         selected: viable,
@@ -87,7 +87,7 @@ impl Strategy {
                             "{} of {} viable replicas hold {} of history",
                             old_enough.len(),
                             viable.len(),
-                            humantime::format_duration(*d)
+                            crate::config::format_duration(*d)
                         ),
                         selected: old_enough,
                     }
@@ -153,14 +153,9 @@ impl fmt::Display for Strategy {
         match self {
             Strategy::SingleMostData => f.write_str("single-most-data"),
             Strategy::Random => f.write_str("random"),
-            Strategy::MinimumHistory(d) => write!(f, "minimum-history:{}", go_duration(*d)),
+            Strategy::MinimumHistory(d) => write!(f, "minimum-history:{}", crate::config::format_duration(*d)),
         }
     }
-}
-
-/// Formats a duration without spaces, as Go would (`1h30m`), so it reads like the flag.
-fn go_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string().replace(' ', "")
 }
 
 #[cfg(test)]
@@ -187,6 +182,9 @@ mod tests {
         assert!("minimum-history:soon".parse::<Strategy>().is_err());
         assert!("minimum-history:0s".parse::<Strategy>().is_err());
         assert!("fastest".parse::<Strategy>().unwrap_err().contains("'fastest'"));
+        // Found by fuzzing: 30h printed as "1day 6h", which did not parse back.
+        let s: Strategy = "minimum-history:0h30h".parse().unwrap();
+        assert_eq!(s.to_string().parse::<Strategy>(), Ok(s));
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl Status {
             strategy: facts.strategy.to_string(),
             strategy_description: facts.strategy.description(),
             comparison_metric: facts.strategy.comparison(),
-            selection_interval: humantime::format_duration(facts.interval).to_string(),
+            selection_interval: crate::config::format_duration(facts.interval),
             affinity_options: facts.affinity.to_string(),
             discovery: facts.discovery.clone(),
             discovery_error: snapshot.discovery_error.clone(),

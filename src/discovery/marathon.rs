@@ -126,11 +126,9 @@ impl MarathonDiscovery {
                     return Err(marathon_error(format!("app '/{app}': HTTP 401 (set --marathon-principal-secret)")));
                 }
             };
-            for task in tasks.tasks {
-                if let Some(backend) = candidate(&task) {
-                    if !backends.contains(&backend) {
-                        backends.push(backend);
-                    }
+            for backend in tasks {
+                if !backends.contains(&backend) {
+                    backends.push(backend);
                 }
             }
         }
@@ -170,21 +168,28 @@ impl MarathonDiscovery {
         if !status.is_success() {
             return Err(marathon_error(format!("app '/{app}': GET {url}: HTTP {status}")));
         }
-        serde_json::from_slice(&body)
+        candidates_from_tasks(&body)
             .map(Answer::Tasks)
-            .map_err(|e| marathon_error(format!("app '/{app}': GET {url}: not a task list ({e})")))
+            .map_err(|e| marathon_error(format!("app '/{app}': GET {url}: {e}")))
     }
 }
 
 /// What Marathon said about one app.
 enum Answer {
-    Tasks(Tasks),
+    Tasks(Vec<Backend>),
     /// HTTP 401: the token is missing, expired or revoked.
     Refused,
 }
 
 fn marathon_error(detail: String) -> DiscoveryError {
     DiscoveryError::Marathon(detail)
+}
+
+/// Reads Marathon's answer to `GET /v2/apps/{id}/tasks`: the backends of its running,
+/// healthy tasks, in order.
+pub fn candidates_from_tasks(body: &[u8]) -> Result<Vec<Backend>, String> {
+    let tasks: Tasks = serde_json::from_slice(body).map_err(|e| format!("not a task list ({e})"))?;
+    Ok(tasks.tasks.iter().filter_map(candidate).collect())
 }
 
 /// The backend a task serves, if it is running, healthy and has a port.

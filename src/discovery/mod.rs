@@ -6,6 +6,7 @@
 
 mod dcos;
 mod file;
+mod kubernetes;
 mod marathon;
 
 use std::path::PathBuf;
@@ -18,7 +19,8 @@ use crate::config::DiscoveryConfig;
 
 pub use dcos::PrincipalSecret;
 pub use file::{FileDiscovery, parse_endpoints};
-pub use marathon::{MarathonConfig, MarathonDiscovery};
+pub use kubernetes::{KubernetesConfig, KubernetesDiscovery, LabelSelector, PortRef, Target};
+pub use marathon::{MarathonConfig, MarathonDiscovery, candidates_from_tasks};
 
 /// A discovery source that failed this round.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,9 @@ pub enum DiscoveryError {
     /// The endpoints file holds no valid endpoint (while being rewritten, say).
     #[error("endpoints file '{path}' lists no valid endpoint")]
     Empty { path: PathBuf },
+    /// The Kubernetes API could not be used (or the watch has not listed yet).
+    #[error("Kubernetes: {0}")]
+    Kubernetes(String),
     /// Marathon (or the DC/OS login) could not be asked or refused.
     #[error("Marathon: {0}")]
     Marathon(String),
@@ -43,6 +48,8 @@ pub enum Discovery {
     File(FileDiscovery),
     /// Marathon apps, polled every round.
     Marathon(Box<MarathonDiscovery>),
+    /// A Kubernetes service's endpoints or a set of pods, watched.
+    Kubernetes(Box<KubernetesDiscovery>),
 }
 
 impl Discovery {
@@ -50,7 +57,7 @@ impl Discovery {
     /// file that does not exist at start-up, say), so that a mistake shows at once.
     /// `changed` is signalled whenever the source sees its set change.
     /// `client` is the backend client, also used to ask Marathon and the DC/OS login.
-    pub fn start(
+    pub async fn start(
         config: &DiscoveryConfig,
         client: &HttpClient,
         changed: mpsc::Sender<()>,
@@ -60,6 +67,9 @@ impl Discovery {
             DiscoveryConfig::Marathon(marathon) => {
                 Ok(Discovery::Marathon(Box::new(MarathonDiscovery::new(marathon.clone(), client.clone()))))
             }
+            DiscoveryConfig::Kubernetes(kubernetes) => {
+                Ok(Discovery::Kubernetes(Box::new(KubernetesDiscovery::start(kubernetes.clone(), changed).await?)))
+            }
         }
     }
 
@@ -68,6 +78,7 @@ impl Discovery {
         match self {
             Discovery::File(file) => file.candidates().await,
             Discovery::Marathon(marathon) => marathon.candidates().await,
+            Discovery::Kubernetes(kubernetes) => kubernetes.candidates(),
         }
     }
 
@@ -81,6 +92,7 @@ impl Discovery {
                 let auth = if c.secret.is_some() { " (DC/OS login)" } else { "" };
                 format!("Marathon {} apps {}{auth}", c.url, apps.join(","))
             }
+            Discovery::Kubernetes(kubernetes) => kubernetes.describe(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod kubernetes;
 pub mod marathon;
 
 use std::future::Future;
@@ -231,6 +232,10 @@ impl Mpp {
 
     /// Starts mpp with these flags, listening on `listen` (e.g. `[::1]:0`).
     pub async fn start_on(listen: &str, args: &[&str]) -> Mpp {
+        // MPP_TEST_LOG=mpp=debug shows mpp's log while debugging a test.
+        if let Ok(filter) = std::env::var("MPP_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
         let argv = ["mpp", "--listen-address", listen].into_iter().chain(args.iter().copied());
         let config = mpp::Config::parse_from(argv).expect("valid test command line");
         let listener = mpp::bind(&config).await.expect("bind");

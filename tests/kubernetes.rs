@@ -1,0 +1,194 @@
+//! Kubernetes discovery against a fake API server (list and watch of k8s-openapi objects,
+//! bearer-token auth), in front of real Prometheus replicas.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::kubernetes::{FakeKubernetes, pod, slice};
+use common::{Mpp, Prometheus, get, wait_until};
+
+fn port(p: &Prometheus) -> u16 {
+    p.url().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Counts client errors of a steady query loop until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    errors: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(mpp: &Mpp) -> Load {
+        let (stop, errors, requests) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let task = tokio::spawn({
+            let (stop, errors, requests, url) =
+                (stop.clone(), errors.clone(), requests.clone(), mpp.url("/api/v1/query?query=up"));
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    if !get(&url).await.is_ok_and(|a| a.status == 200) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Load { stop, errors, requests, task }
+    }
+
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let (errors, requests) = (self.errors.load(Ordering::Relaxed), self.requests.load(Ordering::Relaxed));
+        assert_eq!(errors, 0, "{errors} of {requests} requests failed");
+        assert!(requests > 20, "too little load: {requests}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_mode_uses_the_ready_endpoints_of_that_service_only() {
+    let (a, b) = (Prometheus::start().await, Prometheus::start().await);
+    let api = FakeKubernetes::start().await;
+    api.apply_slice(&slice("monitoring", "prometheus-a", "prometheus", port(&a), true));
+    api.apply_slice(&slice("monitoring", "prometheus-b", "prometheus", port(&b), true));
+    api.apply_slice(&slice("monitoring", "prometheus-c", "prometheus", 1, false));
+    api.apply_slice(&slice("monitoring", "grafana", "grafana", 2, true));
+    api.apply_slice(&slice("default", "prometheus-elsewhere", "prometheus", 3, true));
+    let kubeconfig = api.kubeconfig();
+    let mpp = Mpp::start(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--kube-namespace",
+        "monitoring",
+        "--kube-service-name",
+        "prometheus",
+        "--routing-strategy",
+        "random",
+    ])
+    .await;
+    mpp.wait_selected(&[&a.url(), &b.url()]).await;
+    let status = mpp.status().await;
+    assert_eq!(status["candidates"].as_array().unwrap().len(), 2, "{status}");
+    assert!(api.label_selectors().contains(&"kubernetes.io/service-name=prometheus".to_string()));
+    assert_eq!(get(&mpp.url("/api/v1/query?query=up")).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_mode_uses_running_ready_pods_the_selector_names_in_the_namespace() {
+    let (a, b) = (Prometheus::start().await, Prometheus::start().await);
+    let api = FakeKubernetes::start().await;
+    let labels = [("app", "prometheus"), ("tier", "monitoring")];
+    api.apply_pod(&pod("monitoring", "prometheus-0", &labels, port(&a), true));
+    api.apply_pod(&pod("monitoring", "prometheus-1", &labels, port(&b), true));
+    api.apply_pod(&pod("monitoring", "prometheus-2", &labels, 1, false));
+    api.apply_pod(&pod("monitoring", "prometheus-canary", &[("app", "prometheus"), ("tier", "canary")], 2, true));
+    api.apply_pod(&pod("monitoring", "grafana-0", &[("app", "grafana")], 3, true));
+    api.apply_pod(&pod("other", "prometheus-0", &labels, 4, true));
+    let kubeconfig = api.kubeconfig();
+    let mpp = Mpp::start(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--kube-namespace",
+        "monitoring",
+        "--kube-pod-label-selector",
+        "app=prometheus, tier notin (canary), !deprecated",
+        "--kube-port",
+        "web",
+        "--routing-strategy",
+        "random",
+    ])
+    .await;
+    mpp.wait_selected(&[&a.url(), &b.url()]).await;
+    assert_eq!(mpp.status().await["candidates"].as_array().unwrap().len(), 2);
+    assert!(api.label_selectors().iter().any(|s| s.contains("tier notin (canary)")), "{:?}", api.label_selectors());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_added_and_removed_are_followed_within_seconds_without_client_errors() {
+    let (a, b) = (Prometheus::start().await, Prometheus::start().await);
+    let api = FakeKubernetes::start().await;
+    let labels = [("app", "prometheus")];
+    api.apply_pod(&pod("default", "prometheus-0", &labels, port(&a), true));
+    let kubeconfig = api.kubeconfig();
+    // An hour between rounds: only the watch can explain a quick change.
+    let mpp = Mpp::start(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--kube-pod-label-selector",
+        "app=prometheus",
+        "--routing-strategy",
+        "random",
+        "--selection-interval",
+        "1h",
+    ])
+    .await;
+    mpp.wait_selected(&[&a.url()]).await;
+    let load = Load::start(&mpp);
+
+    api.apply_pod(&pod("default", "prometheus-1", &labels, port(&b), true));
+    mpp.wait_selected(&[&a.url(), &b.url()]).await;
+    wait_until("the new replica to serve", Duration::from_secs(5), || async {
+        get(&mpp.url("/api/v1/query?query=up")).await.is_ok_and(|r| r.served_by() == Some(b.url()))
+    })
+    .await;
+    api.delete_pod("default", "prometheus-0");
+    mpp.wait_selected(&[&b.url()]).await;
+    // A pod turning unready leaves too.
+    api.apply_pod(&pod("default", "prometheus-0", &labels, port(&a), true));
+    mpp.wait_selected(&[&a.url(), &b.url()]).await;
+    api.apply_pod(&pod("default", "prometheus-1", &labels, port(&b), false));
+    mpp.wait_selected(&[&a.url()]).await;
+    load.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_outage_or_revoked_token_keeps_the_last_set_and_recovers() {
+    let (a, b) = (Prometheus::start().await, Prometheus::start().await);
+    let api = FakeKubernetes::start().await;
+    api.apply_slice(&slice("default", "prometheus-a", "prometheus", port(&a), true));
+    let kubeconfig = api.kubeconfig();
+    let mpp = Mpp::start(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--kube-service-name",
+        "prometheus",
+        "--selection-interval",
+        "300ms",
+    ])
+    .await;
+    mpp.wait_selected(&[&a.url()]).await;
+    let load = Load::start(&mpp);
+
+    for (break_it, expected) in [(0, "503"), (1, "401")] {
+        if break_it == 0 {
+            api.set_outage(true)
+        } else {
+            api.set_revoked(true)
+        }
+        wait_until(&format!("the status to show the API error ({expected})"), Duration::from_secs(10), || async {
+            mpp.status().await["discovery_error"].as_str().is_some_and(|e| e.contains("Kubernetes"))
+        })
+        .await;
+        assert_eq!(mpp.selected().await, vec![a.url()], "the last known set is kept");
+        if break_it == 0 {
+            api.set_outage(false)
+        } else {
+            api.set_revoked(false)
+        }
+        wait_until("the API error to clear", Duration::from_secs(15), || async {
+            mpp.status().await["discovery_error"].is_null()
+        })
+        .await;
+    }
+    api.apply_slice(&slice("default", "prometheus-b", "prometheus", port(&b), true));
+    wait_until("a change after the outage to be seen", Duration::from_secs(10), || async {
+        mpp.status().await["candidates"].as_array().unwrap().len() == 2
+    })
+    .await;
+    load.finish().await;
+}

@@ -39,6 +39,8 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_flag_and_value() {
         (&[], &["no discovery configured", "--endpoints-file"]),
         (&["--marathon-url", "http://marathon:8080"], &["--marathon-url", "--marathon-apps"]),
         (&["--endpoints-file", f, "--kube-port", "Not_A_Port"], &["--kube-port", "Not_A_Port"]),
+        (&["--kube-pod-label-selector", "app in (a,"], &["--kube-pod-label-selector", "app in (a,"]),
+        (&["--kube-service-name", "Prometheus_A"], &["--kube-service-name", "Prometheus_A"]),
         (&["--endpoints-file", f, "--no-such-flag"], &["--no-such-flag"]),
     ];
     for (args, expected) in cases {
@@ -80,9 +82,24 @@ fn environment_variables_are_read_and_validated_like_flags() {
     let (code, _, stderr) = run(&[], &[("MPP_ENDPOINTS_FILE", "/x"), ("MPP_ROUTING_STRATEGY", "bogus")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("bogus"), "{stderr}");
-    let (code, _, stderr) = run(&[], &[("MPP_KUBE_SERVICE_NAME", "prometheus")]);
-    assert_eq!(code, 2);
-    assert!(stderr.contains("Kubernetes discovery is not available"), "{stderr}");
+    // The second name of the service-name variable is read too: outside a cluster, and with
+    // no kubeconfig, that is a start-up error.
+    let (code, _, stderr) = run(&["--listen-address", "127.0.0.1:0"], &[("MPP_KUBE_SERVICE_NAME", "prometheus")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("in-cluster configuration"), "{stderr}");
+}
+
+#[test]
+fn a_kubeconfig_that_cannot_be_read_or_parsed_is_a_start_up_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = common::kubernetes::broken_kubeconfig(dir.path());
+    for path in ["/nonexistent/kubeconfig", broken.to_str().unwrap()] {
+        let args = ["--kubeconfig", path, "--kube-service-name", "prometheus", "--listen-address", "127.0.0.1:0"];
+        let (code, _, stderr) = run(&args, &[]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(path) && stderr.contains("kubeconfig"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[test]

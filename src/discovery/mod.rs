@@ -19,7 +19,9 @@ use crate::config::DiscoveryConfig;
 
 pub use dcos::PrincipalSecret;
 pub use file::{FileDiscovery, parse_endpoints};
-pub use kubernetes::{KubernetesConfig, KubernetesDiscovery, LabelSelector, PortRef, Target};
+pub use kubernetes::{
+    KubernetesConfig, KubernetesDiscovery, LabelSelector, PortRef, Target, pod_backend, slice_backends,
+};
 pub use marathon::{MarathonConfig, MarathonDiscovery, candidates_from_tasks};
 
 /// A discovery source that failed this round.

@@ -262,7 +262,7 @@ async fn follow<K>(
 }
 
 /// The ready endpoints of one EndpointSlice.
-fn slice_backends(slice: &EndpointSlice, port: Option<&PortRef>) -> Vec<Backend> {
+pub fn slice_backends(slice: &EndpointSlice, port: Option<&PortRef>) -> Vec<Backend> {
     let ports = slice.ports.as_deref().unwrap_or_default();
     let number = match port {
         Some(PortRef::Number(n)) => Some(i32::from(*n)),
@@ -283,7 +283,7 @@ fn slice_backends(slice: &EndpointSlice, port: Option<&PortRef>) -> Vec<Backend>
 }
 
 /// A pod's backend, if it matches the selector, runs, is ready and has the port.
-fn pod_backend(pod: &Pod, selector: &LabelSelector, port: Option<&PortRef>) -> Option<Backend> {
+pub fn pod_backend(pod: &Pod, selector: &LabelSelector, port: Option<&PortRef>) -> Option<Backend> {
     let empty = Default::default();
     let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
     if pod.metadata.deletion_timestamp.is_some() || !selector.matches(labels) {

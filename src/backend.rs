@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use tokio::sync::Notify;
 
 /// One Prometheus replica. Compared and hashed by URL; shared as `Arc<Backend>` across
 /// snapshots so that the same replica keeps its identity and health from one selection round
@@ -119,14 +118,13 @@ impl fmt::Display for Backend {
 pub const EJECT_AFTER_FAILURES: u32 = 3;
 
 /// A replica's live state, between selection rounds: whether it is *down* (a liveness check
-/// failed, or live traffic failed on it [`EJECT_AFTER_FAILURES`] times in a row) and a
-/// signal for requests waiting on it. Written by the liveness loop, the selection loop and
-/// the request path alike, so it is only atomics: nobody waits for anybody to change it.
+/// failed, or live traffic failed on it [`EJECT_AFTER_FAILURES`] times in a row). Written by
+/// the liveness loop, the selection loop and the request path alike, so it is only atomics:
+/// nobody locks or waits for anybody to change it.
 #[derive(Debug, Default)]
 pub struct Health {
     down: AtomicBool,
     failures: AtomicU32,
-    went_down: Notify,
 }
 
 impl Health {
@@ -135,13 +133,10 @@ impl Health {
         self.down.load(Ordering::Acquire)
     }
 
-    /// Takes the replica out and wakes the requests waiting on it; `true` if it was up.
+    /// Takes the replica out (requests waiting on it notice within 200 ms); `true` if it
+    /// was up.
     pub fn mark_down(&self) -> bool {
-        let was_up = !self.down.swap(true, Ordering::AcqRel);
-        if was_up {
-            self.went_down.notify_waiters();
-        }
-        was_up
+        !self.down.swap(true, Ordering::AcqRel)
     }
 
     /// Puts the replica back after a passing probe; `true` if it was down.
@@ -160,19 +155,6 @@ impl Health {
     pub fn record_success(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Completes once the replica is down (at once if it already is).
-    pub async fn wait_down(&self) {
-        loop {
-            let notified = self.went_down.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_down() {
-                return;
-            }
-            notified.await;
         }
     }
 }
@@ -205,18 +187,13 @@ mod tests {
         assert_eq!(a.id().len(), 16);
     }
 
-    #[tokio::test]
-    async fn consecutive_failures_eject_and_wake_waiters() {
+    #[test]
+    fn consecutive_failures_eject_until_a_passing_probe() {
         let b = Arc::new(Backend::parse("http://a:9090").unwrap());
-        let waiter = tokio::spawn({
-            let b = b.clone();
-            async move { b.health().wait_down().await }
-        });
         assert!(!b.health().record_failure());
         b.health().record_success();
         assert!(!b.health().record_failure() && !b.health().record_failure());
         assert!(b.health().record_failure(), "the third failure in a row ejects");
-        waiter.await.unwrap();
         assert!(b.health().is_down());
         assert!(b.health().mark_up() && !b.health().is_down());
     }

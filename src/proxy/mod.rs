@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod forward;
 pub mod retry;
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ use affinity::{Affinity, AffinityOptions};
 /// How long a replica may take to start answering a request. Prometheus gives up on a query
 /// after `--query.timeout` (2 minutes by default); this only bounds a replica that hangs.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(150);
+/// How often a waiting attempt looks whether its replica has been found down.
+const DOWN_CHECK: Duration = Duration::from_millis(200);
 
 /// The request path's shared state. Cheap to clone.
 #[derive(Clone)]
@@ -197,20 +200,7 @@ impl Proxy {
         *request.method_mut() = prepared.parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = prepared.outgoing_headers.clone();
-        let send = tokio::time::timeout(ANSWER_TIMEOUT, self.inner.client.request(request));
-        // A query waiting on a replica that the liveness check or other requests have since
-        // found dead or hung moves on; writes wait for their answer.
-        let abandon = async {
-            if prepared.replayable { backend.health().wait_down().await } else { std::future::pending().await }
-        };
-        let result = tokio::select! {
-            result = send => match result {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(e)) => Err(AttemptError::from_client(&e)),
-                Err(_) => Err(AttemptError::Sent(format!("no answer within {ANSWER_TIMEOUT:?}"))),
-            },
-            () = abandon => Err(AttemptError::Abandoned),
-        };
+        let result = self.wait_for_answer(self.inner.client.request(request), prepared.replayable, backend).await;
         match &result {
             Ok(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => backend.health().record_success(),
             Err(AttemptError::Abandoned) => {}
@@ -221,6 +211,34 @@ impl Proxy {
             }
         }
         result
+    }
+
+    /// Waits for the answer's headers. A query waiting on a replica that the liveness check
+    /// or other requests have since found down moves on (`Abandoned`); writes wait for their
+    /// answer. The replica's health is an atomic read every [`DOWN_CHECK`] rather than a
+    /// wake-up, so that no request registers with anything the background tasks lock.
+    async fn wait_for_answer<F>(
+        &self,
+        send: F,
+        replayable: bool,
+        backend: &Backend,
+    ) -> Result<Response<Incoming>, AttemptError>
+    where
+        F: Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
+    {
+        let started = Instant::now();
+        tokio::pin!(send);
+        loop {
+            match tokio::time::timeout(DOWN_CHECK, &mut send).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(e)) => return Err(AttemptError::from_client(&e)),
+                Err(_) if replayable && backend.health().is_down() => return Err(AttemptError::Abandoned),
+                Err(_) if started.elapsed() >= ANSWER_TIMEOUT => {
+                    return Err(AttemptError::Sent(format!("no answer within {ANSWER_TIMEOUT:?}")));
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// The backend's answer, made ready for the client; its body streams through untouched.

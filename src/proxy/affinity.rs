@@ -95,17 +95,18 @@ impl Affinity {
 
     /// The replica this client is pinned to, if it is still selected. Only consulted when
     /// more than one replica is selected.
+    /// `cookie` is the value of the request's `MPP.Route` cookie ([`route_cookie`]).
     pub fn preferred(
         &self,
         snapshot: &Snapshot,
-        headers: &HeaderMap,
+        cookie: Option<&str>,
         client: IpAddr,
     ) -> Option<(Arc<Backend>, Sticky)> {
         if snapshot.selected.len() < 2 {
             return None;
         }
         if self.options.cookies {
-            let pinned = route_cookie(headers).and_then(|id| snapshot.selected_by_id(id));
+            let pinned = cookie.and_then(|id| snapshot.selected_by_id(id));
             if let Some(backend) = pinned.filter(|b| !b.health().is_down()) {
                 return Some((backend.clone(), Sticky::Cookie));
             }
@@ -120,7 +121,7 @@ impl Affinity {
     pub fn remember(
         &self,
         snapshot: &Snapshot,
-        request: &HeaderMap,
+        cookie: Option<&str>,
         client: IpAddr,
         served: &Arc<Backend>,
         answer: &mut HeaderMap,
@@ -128,7 +129,7 @@ impl Affinity {
         if snapshot.selected.len() < 2 || !snapshot.selected.contains(served) {
             return;
         }
-        if self.options.cookies && route_cookie(request) != Some(served.id()) {
+        if self.options.cookies && cookie != Some(served.id()) {
             let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Lax", served.id());
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 answer.append(header::SET_COOKIE, value);

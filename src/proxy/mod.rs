@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Response, StatusCode, header, request};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
@@ -67,7 +67,9 @@ pub struct ProxySettings {
 
 /// A request, read and ready to be sent to any replica.
 struct Prepared {
-    parts: request::Parts,
+    method: Method,
+    /// The client's `MPP.Route` cookie, if any.
+    route_cookie: Option<String>,
     body: Bytes,
     outgoing_headers: HeaderMap,
     path_and_query: PathAndQuery,
@@ -113,7 +115,7 @@ impl Proxy {
         let prepared = self.prepare(request, peer).await?;
         let inner = &*self.inner;
         let mut snapshot = inner.snapshot.load_full();
-        let mut backend = match inner.affinity.preferred(&snapshot, &prepared.parts.headers, prepared.client) {
+        let mut backend = match inner.affinity.preferred(&snapshot, prepared.route_cookie.as_deref(), prepared.client) {
             Some((backend, sticky)) => {
                 inner.metrics.affinity_hits.get_or_create(&AffinityLabels { r#type: sticky.label() }).inc();
                 backend
@@ -185,10 +187,11 @@ impl Proxy {
         }
         Ok(Prepared {
             client: affinity::client_address(&parts.headers, peer),
+            route_cookie: affinity::route_cookie(&parts.headers).map(str::to_owned),
             replayable: retry::replayable(&parts.method, path_and_query.path()),
-            outgoing_headers: forward::request_headers(parts.headers.clone(), peer),
+            outgoing_headers: forward::request_headers(parts.headers, peer),
+            method: parts.method,
             path_and_query,
-            parts,
             body,
         })
     }
@@ -197,7 +200,7 @@ impl Proxy {
     async fn attempt(&self, prepared: &Prepared, backend: &Backend) -> Result<Response<Incoming>, AttemptError> {
         let uri = backend.uri(&prepared.path_and_query).map_err(|e| AttemptError::Connect(e.to_string()))?;
         let mut request = Request::new(Full::new(prepared.body.clone()));
-        *request.method_mut() = prepared.parts.method.clone();
+        *request.method_mut() = prepared.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = prepared.outgoing_headers.clone();
         let result = self.wait_for_answer(self.inner.client.request(request), prepared.replayable, backend).await;
@@ -254,7 +257,13 @@ impl Proxy {
         forward::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(forward::SERVED_BY.clone(), backend.served_by().clone());
         let inner = &*self.inner;
-        inner.affinity.remember(snapshot, &prepared.parts.headers, prepared.client, backend, &mut parts.headers);
+        inner.affinity.remember(
+            snapshot,
+            prepared.route_cookie.as_deref(),
+            prepared.client,
+            backend,
+            &mut parts.headers,
+        );
         let label = backend.url_label();
         inner
             .metrics

@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build release test lint demo deps bench bench-deps clean
+.PHONY: all build release test lint demo deps bench bench-deps soak clean
 
 all: build
 
@@ -37,6 +37,10 @@ bench-deps:
 
 bench: bench-deps release
 	python3 bench/bench.py
+
+# Ten minutes under GET and POST load while three real replicas are killed and restarted.
+soak: deps bench-deps release
+	python3 bench/soak.py
 
 clean:
 	$(CARGO) clean

@@ -36,10 +36,23 @@ MARKER = "<!-- profile: kept by bench.py -->"
 METRICS = 'prometheus_tsdb_head_samples_appended_total{type="float"} 123456\nprocess_start_time_seconds 1.7e9\n'
 
 
+def free_ports(n):
+    """`n` distinct free ports: each socket stays bound until all are chosen, so the kernel
+    cannot hand out the same port twice."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_http(url, timeout=10.0):
@@ -144,7 +157,7 @@ def haproxy(procs, work, port, backend):
     conf.write_text(f"""
 global
   nbthread 2
-  maxconn 20000
+  maxconn 4096
 defaults
   mode http
   timeout connect 2s
@@ -233,6 +246,8 @@ def stream_peak_rss(procs, work, backend_port, size_bytes, clients):
     sampler.join()
     hwm = rss_kib(p.pid, "VmHWM")
     procs.stop(p)
+    if any(size != size_bytes for size in sizes):
+        raise RuntimeError(f"streaming: expected {size_bytes} bytes per client, got {sizes}")
     return {"peak_kib": max(peak[0], hwm), "sizes": sizes, "seconds": took}
 
 
@@ -345,16 +360,18 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="mpp-bench-") as tmp:
         work = Path(tmp)
+        work.chmod(0o755)  # nginx's workers run unprivileged and must read the big file
         big = work / "big"
         with open(big, "wb") as f:
             f.truncate(args.stream_gib << 30)  # sparse: costs no disk
         procs = Processes(work)
         try:
-            backend_ports = [free_port() for _ in range(180)]
+            all_ports = free_ports(183)
+            backend_ports = all_ports[:180]
             backend = backend_ports[0]
             nginx_backend(procs, work, backend_ports, big)
             wait_http(f"http://127.0.0.1:{backend}/-/ready")
-            ports = {name: free_port() for name in ("mpp", "nginx", "haproxy")}
+            ports = dict(zip(("mpp", "nginx", "haproxy"), all_ports[180:]))
             start_mpp(procs, work, ports["mpp"], [backend])
             nginx_proxy(procs, work, ports["nginx"], backend)
             haproxy(procs, work, ports["haproxy"], backend)

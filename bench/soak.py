@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import MPP, Processes, free_port, rss_kib, wait_http
+from bench import MPP, Processes, free_ports, rss_kib, wait_http
 
 POST_SCRIPT = """
 wrk.method = "POST"
@@ -59,11 +59,10 @@ def main():
         work = Path(tmp)
         procs = Processes(work)
         try:
-            ports = [free_port() for _ in range(3)]
+            *ports, port = free_ports(4)
             replicas = [start_replica(procs, work, p) for p in ports]
             endpoints = work / "endpoints"
             endpoints.write_text("".join(f"http://127.0.0.1:{p}\n" for p in ports))
-            port = free_port()
             mpp = procs.start("mpp", [str(MPP), "--endpoints-file", str(endpoints), "--listen-address",
                                       f"127.0.0.1:{port}", "--routing-strategy", args.strategy])
             wait_http(f"http://127.0.0.1:{port}/mpp/health")

@@ -2,10 +2,12 @@
 //! opaque id that affinity cookies carry instead of the address, and its live [`Health`].
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+
+use crate::metrics::{BackendMetrics, Metrics};
 
 /// One Prometheus replica. Compared and hashed by URL; shared as `Arc<Backend>` across
 /// snapshots so that the same replica keeps its identity and health from one selection round
@@ -21,6 +23,8 @@ pub struct Backend {
     /// The `MPP.ServedBy` value, made once rather than per answer.
     served_by: http::HeaderValue,
     health: Arc<Health>,
+    /// Its request-path metrics, found on the first request it serves.
+    metrics: OnceLock<BackendMetrics>,
 }
 
 impl PartialEq for Backend {
@@ -68,7 +72,7 @@ impl Backend {
         let id = format!("{:016x}", fnv1a(url.as_bytes()));
         let served_by =
             http::HeaderValue::from_str(&url).map_err(|_| format!("'{text}' is not a valid header value"))?;
-        Ok(Backend { url, id, scheme, authority, prefix, served_by, health: Arc::default() })
+        Ok(Backend { url, id, scheme, authority, prefix, served_by, health: Arc::default(), metrics: OnceLock::new() })
     }
 
     /// The normalized base URL, as shown in logs, metrics and the `MPP.ServedBy` header.
@@ -95,6 +99,12 @@ impl Backend {
     /// What the liveness checks and live traffic currently say about this replica.
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// This backend's request-path metrics in `metrics` (looked up on the first call only;
+    /// there is one [`Metrics`] per process).
+    pub fn metrics(&self, metrics: &Metrics) -> &BackendMetrics {
+        self.metrics.get_or_init(|| metrics.backend(self.url.clone()))
     }
 
     /// The URL of `path_and_query` on this backend (the prefix, if any, is prepended).

@@ -164,6 +164,17 @@ pub struct Args {
     )]
     pub max_connections: u32,
 
+    /// Threads that serve client connections (0: one per CPU this process may use)
+    #[arg(
+        long,
+        env = "MPP_SERVING_THREADS",
+        default_value_t = 0,
+        value_name = "N",
+        allow_hyphen_values = true,
+        value_parser = clap::value_parser!(u16)
+    )]
+    pub serving_threads: u16,
+
     /// Log debugging information
     #[arg(short = 'V', long, env = "MPP_VERBOSE")]
     pub verbose: bool,
@@ -199,6 +210,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// The most client connections served at once.
     pub max_connections: u32,
+    /// Threads that serve client connections, each with its own backend connections.
+    pub serving_threads: usize,
     /// Which sticky-session modes are on.
     pub affinity: AffinityOptions,
     /// Where the proxy listens.
@@ -284,6 +297,10 @@ impl Config {
             liveness_interval: args.liveness_interval,
             header_read_timeout: args.header_read_timeout,
             max_connections: args.max_connections,
+            serving_threads: match args.serving_threads {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => usize::from(n),
+            },
             affinity: args.affinity_options,
             listen,
             insecure: args.insecure,
@@ -477,6 +494,15 @@ mod tests {
         assert!(c.affinity.cookies && !c.affinity.source_ip);
         assert_eq!(c.listen.port(), 9090);
         assert_eq!(c.max_request_body, 16 << 20);
+    }
+
+    #[test]
+    fn serving_threads_default_to_one_per_cpu() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(parse(&["--endpoints-file", "/tmp/x"]).unwrap().serving_threads, cpus);
+        assert_eq!(parse(&["--endpoints-file", "/tmp/x", "--serving-threads", "3"]).unwrap().serving_threads, 3);
+        let error = parse(&["--endpoints-file", "/tmp/x", "--serving-threads", "-1"]).unwrap_err();
+        assert!(error.contains("--serving-threads"), "{error}");
     }
 
     #[test]

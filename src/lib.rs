@@ -79,6 +79,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         interval = ?config.selection_interval,
         liveness_interval = ?config.liveness_interval,
         max_connections = config.max_connections,
+        serving_threads = config.serving_threads,
         affinity = %config.affinity,
         max_request_body = config.max_request_body,
         insecure = config.insecure,
@@ -103,20 +104,26 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         reselect.clone(),
     ));
     let proxy = proxy::Proxy::new(proxy::ProxySettings {
-        client,
+        client: client.clone(),
         snapshot: snapshot.clone(),
         metrics: metrics.clone(),
         affinity: config.affinity,
         reselect,
         max_body: config.max_request_body,
     });
+    // One proxy per serving thread, each with its own backend client, so that a thread's
+    // requests only ever use connections that thread drives (probes keep the first client).
+    let proxies = (0..config.serving_threads)
+        .map(|_| client::build(config.insecure).map(|client| proxy.with_client(client)))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("cannot set up the backend client")?;
     let admin = admin::Admin::new(snapshot, metrics, facts);
     let limits =
         server::Limits { header_read_timeout: config.header_read_timeout, max_connections: config.max_connections };
-    server::serve(listener, proxy, admin, limits, shutdown).await;
+    let served = server::serve(listener, proxies, admin, limits, shutdown).await;
     selection.abort();
     liveness.abort();
-    Ok(())
+    served
 }
 
 /// Binds the listening socket for `config`. For the default address (`[::]`), falls back to

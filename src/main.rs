@@ -21,7 +21,9 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e.to_string()),
     };
     init_tracing(config.verbose);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // This thread accepts connections and runs discovery, probes and selection; the
+    // connections themselves are served on one thread per CPU (see `mpp::server`).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("mpp: error: cannot start the runtime: {e}");

@@ -2,13 +2,15 @@
 //! Prometheus conventions; the README maps the original mpp's names to these.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 /// Labels of a proxied request.
@@ -41,7 +43,7 @@ pub struct RoundLabels {
     pub result: &'static str,
 }
 
-type HistogramFamily = Family<BackendLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<BackendLabels, DurationHistogram, fn() -> DurationHistogram>;
 
 /// All metrics, registered once at start-up and shared by the request path and the
 /// selection loop (counters are atomics; no lock is held across requests).
@@ -65,8 +67,62 @@ pub struct Metrics {
     pub probe_failures: Family<BackendLabels, Counter>,
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0])
+/// The upper bounds of `mpp_request_duration_seconds`, in seconds (`+Inf` follows).
+const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// A histogram of durations recorded with atomic additions only, so that requests on
+/// different threads never wait for each other or for a scrape of `/mpp/metrics` (the
+/// library's histogram takes a mutex per observation). The sum is kept in nanoseconds.
+#[derive(Clone, Debug, Default)]
+pub struct DurationHistogram {
+    inner: Arc<DurationCounts>,
+}
+
+#[derive(Debug, Default)]
+struct DurationCounts {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// Records one duration.
+    pub fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        let bucket = DURATION_BUCKETS.partition_point(|&bound| bound < seconds);
+        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for DurationHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for DurationHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.inner.buckets.iter().map(|count| count.load(Ordering::Relaxed));
+        let bounds = DURATION_BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> = bounds.zip(counts).collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// One backend's request-path metrics, looked up once and kept with the backend so that a
+/// request costs two atomic additions instead of two hash-map lookups.
+#[derive(Clone, Debug)]
+pub struct BackendMetrics {
+    /// `mpp_request_duration_seconds{backend}`.
+    pub duration: DurationHistogram,
+    /// `mpp_requests_total{backend, code="200"}`, the common case.
+    pub ok: Counter,
 }
 
 impl Metrics {
@@ -79,7 +135,7 @@ impl Metrics {
             "Proxied requests by the replica that answered and status code",
             requests.clone(),
         );
-        let request_duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let request_duration: HistogramFamily = Family::new_with_constructor(DurationHistogram::default);
         registry.register_with_unit(
             "mpp_request_duration",
             "Time from a request's arrival to its answer's headers, by replica",
@@ -118,6 +174,13 @@ impl Metrics {
             affinity_hits,
             probe_failures,
         }
+    }
+
+    /// The request-path metrics of the backend labelled `backend`.
+    pub fn backend(&self, backend: Arc<str>) -> BackendMetrics {
+        let duration = self.request_duration.get_or_create(&BackendLabels { backend: backend.clone() }).clone();
+        let ok = self.requests.get_or_create(&RequestLabels { backend, code: 200 }).clone();
+        BackendMetrics { duration, ok }
     }
 
     /// The OpenMetrics text of every metric.

@@ -34,14 +34,16 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(150);
 /// How often a waiting attempt looks whether its replica has been found down.
 const DOWN_CHECK: Duration = Duration::from_millis(200);
 
-/// The request path's shared state. Cheap to clone.
+/// The request path's state. Cheap to clone. Every serving thread has its own, made with
+/// [`Proxy::with_client`], so that its backend connections stay on that thread.
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
+    client: HttpClient,
 }
 
+/// What every serving thread shares.
 struct Inner {
-    client: HttpClient,
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     affinity: Affinity,
@@ -81,8 +83,8 @@ impl Proxy {
     /// The request path over the given state.
     pub fn new(settings: ProxySettings) -> Self {
         Proxy {
+            client: settings.client,
             inner: Arc::new(Inner {
-                client: settings.client,
                 snapshot: settings.snapshot,
                 metrics: settings.metrics,
                 affinity: Affinity::new(settings.affinity),
@@ -90,6 +92,11 @@ impl Proxy {
                 max_body: settings.max_body,
             }),
         }
+    }
+
+    /// The same proxy (selection, affinity table, metrics) over another backend client.
+    pub fn with_client(&self, client: HttpClient) -> Self {
+        Proxy { inner: self.inner.clone(), client }
     }
 
     /// Forwards one request; always produces an answer (a JSON error at worst).
@@ -124,7 +131,8 @@ impl Proxy {
                 retry::next_backend(&snapshot, &[]).ok_or_else(|| ProxyError::NoReplica(snapshot.reason.clone()))?
             }
         };
-        let mut tried: Vec<Arc<Backend>> = Vec::with_capacity(retry::MAX_ATTEMPTS);
+        // Allocates only when an attempt fails.
+        let mut tried: Vec<Arc<Backend>> = Vec::new();
         loop {
             let (failure, unavailable) = match self.attempt(&prepared, &backend).await {
                 Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && prepared.replayable => {
@@ -203,7 +211,7 @@ impl Proxy {
         *request.method_mut() = prepared.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = prepared.outgoing_headers.clone();
-        let result = self.wait_for_answer(self.inner.client.request(request), prepared.replayable, backend).await;
+        let result = self.wait_for_answer(self.client.request(request), prepared.replayable, backend).await;
         match &result {
             Ok(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => backend.health().record_success(),
             Err(AttemptError::Abandoned) => {}
@@ -264,13 +272,14 @@ impl Proxy {
             backend,
             &mut parts.headers,
         );
-        let label = backend.url_label();
-        inner
-            .metrics
-            .request_duration
-            .get_or_create(&BackendLabels { backend: label.clone() })
-            .observe(started.elapsed().as_secs_f64());
-        inner.metrics.requests.get_or_create(&RequestLabels { backend: label, code: parts.status.as_u16() }).inc();
+        let metrics = backend.metrics(&inner.metrics);
+        metrics.duration.observe(started.elapsed());
+        if parts.status == StatusCode::OK {
+            metrics.ok.inc();
+        } else {
+            let labels = RequestLabels { backend: backend.url_label(), code: parts.status.as_u16() };
+            inner.metrics.requests.get_or_create(&labels).inc();
+        }
         Response::from_parts(parts, Either::Left(body))
     }
 }

@@ -38,16 +38,19 @@ pub fn replayable(method: &Method, path: &str) -> bool {
 /// random; else any such viable one (for `single-most-data`, whose selection is one replica).
 pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
     let untried = |b: &&Arc<Backend>| !tried.contains(b) && !b.health().is_down();
-    pick_random(snapshot.selected.iter().filter(untried).collect())
-        .or_else(|| pick_random(snapshot.viable.iter().filter(untried).collect()))
+    pick_random(&snapshot.selected, untried).or_else(|| pick_random(&snapshot.viable, untried))
 }
 
-fn pick_random(pool: Vec<&Arc<Backend>>) -> Option<Arc<Backend>> {
-    match pool.len() {
-        0 => None,
-        1 => Some(pool[0].clone()),
-        n => Some(pool[rand::rng().random_range(0..n)].clone()),
-    }
+/// A random one of `pool` that passes `keep`, without collecting them (this runs on every
+/// request).
+fn pick_random(pool: &[Arc<Backend>], keep: impl Fn(&&Arc<Backend>) -> bool) -> Option<Arc<Backend>> {
+    let n = pool.iter().filter(&keep).count();
+    let index = match n {
+        0 => return None,
+        1 => 0,
+        n => rand::rng().random_range(0..n),
+    };
+    pool.iter().filter(&keep).nth(index).cloned()
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ use affinity::{Affinity, AffinityOptions};
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(150);
 /// How often a waiting attempt looks whether its replica has been found down.
 const DOWN_CHECK: Duration = Duration::from_millis(200);
+/// How long a last-resort attempt (on a replica already found down, because no other is
+/// left) waits for an answer before a query moves on.
+const LAST_RESORT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The request path's state. Cheap to clone. Every serving thread has its own, made with
 /// [`Proxy::with_client`], so that its backend connections stay on that thread.
@@ -122,44 +125,58 @@ impl Proxy {
         let prepared = self.prepare(request, peer).await?;
         let inner = &*self.inner;
         let mut snapshot = inner.snapshot.load_full();
+        // Nothing usable is left: every candidate is tried anyway before clients get a 503.
+        let mut last_resort = false;
         let mut backend = match inner.affinity.preferred(&snapshot, prepared.route_cookie.as_deref(), prepared.client) {
             Some((backend, sticky)) => {
                 inner.metrics.affinity_hits.get_or_create(&AffinityLabels { r#type: sticky.label() }).inc();
                 backend
             }
-            None => {
-                retry::next_backend(&snapshot, &[]).ok_or_else(|| ProxyError::NoReplica(snapshot.reason.clone()))?
-            }
+            None => match retry::next_backend(&snapshot, &[]) {
+                Some(backend) => backend,
+                None => {
+                    last_resort = true;
+                    retry::last_resort(&snapshot, &[]).ok_or_else(|| ProxyError::NoReplica(snapshot.reason.clone()))?
+                }
+            },
         };
         // Allocates only when an attempt fails.
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         loop {
-            let (failure, unavailable) = match self.attempt(&prepared, &backend).await {
+            let (failure, unavailable) = match self.attempt(&prepared, &backend, last_resort).await {
                 Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && prepared.replayable => {
                     (AttemptError::Unavailable, Some(response))
                 }
                 Ok(response) => return Ok(self.answer(response, &backend, &snapshot, &prepared, started)),
                 Err(failure) => (failure, None),
             };
-            tracing::debug!(backend = %backend, error = %failure, "attempt failed");
+            tracing::debug!(backend = %backend, error = %failure, last_resort, "attempt failed");
             // The selection loop re-probes at once; this request does not wait for it.
             let _ = inner.reselect.try_send(());
             tried.push(backend.clone());
             let next = if tried.len() < retry::MAX_ATTEMPTS && failure.retryable(prepared.replayable) {
                 snapshot = inner.snapshot.load_full();
-                retry::next_backend(&snapshot, &tried)
+                match retry::next_backend(&snapshot, &tried) {
+                    Some(next) => Some((next, false)),
+                    None if last_resort => retry::last_resort(&snapshot, &tried).map(|next| (next, true)),
+                    None => None,
+                }
             } else {
                 None
             };
             match (next, unavailable) {
-                (Some(next), _) => {
+                (Some((next, next_is_last_resort)), _) => {
                     inner.metrics.retries.get_or_create(&BackendLabels { backend: backend.url_label() }).inc();
-                    backend = next;
+                    (backend, last_resort) = (next, next_is_last_resort);
                 }
                 (None, Some(response)) => return Ok(self.answer(response, &backend, &snapshot, &prepared, started)),
                 (None, None) => {
                     tracing::warn!(backend = %backend, error = %failure, attempts = tried.len(), "request failed on every attempt");
-                    let (backend, detail) = (backend.url().to_string(), failure.to_string());
+                    let mut detail = failure.to_string();
+                    if last_resort {
+                        detail = format!("{detail} (tried although {})", snapshot.reason);
+                    }
+                    let backend = backend.url().to_string();
                     return Err(if failure.nothing_answered() {
                         ProxyError::Unavailable { backend, detail }
                     } else {
@@ -205,13 +222,19 @@ impl Proxy {
     }
 
     /// One try of the request on one backend, until the answer's headers arrive.
-    async fn attempt(&self, prepared: &Prepared, backend: &Backend) -> Result<Response<Incoming>, AttemptError> {
+    async fn attempt(
+        &self,
+        prepared: &Prepared,
+        backend: &Backend,
+        last_resort: bool,
+    ) -> Result<Response<Incoming>, AttemptError> {
         let uri = backend.uri(&prepared.path_and_query).map_err(|e| AttemptError::Connect(e.to_string()))?;
         let mut request = Request::new(Full::new(prepared.body.clone()));
         *request.method_mut() = prepared.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = prepared.outgoing_headers.clone();
-        let result = self.wait_for_answer(self.client.request(request), prepared.replayable, backend).await;
+        let patience = if last_resort { LAST_RESORT_PATIENCE } else { Duration::ZERO };
+        let result = self.wait_for_answer(self.client.request(request), prepared.replayable, backend, patience).await;
         match &result {
             Ok(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => backend.health().record_success(),
             Err(AttemptError::Abandoned) => {}
@@ -225,14 +248,16 @@ impl Proxy {
     }
 
     /// Waits for the answer's headers. A query waiting on a replica that the liveness check
-    /// or other requests have since found down moves on (`Abandoned`); writes wait for their
-    /// answer. The replica's health is an atomic read every [`DOWN_CHECK`] rather than a
+    /// or other requests have since found down moves on (`Abandoned`), after `patience` at
+    /// the earliest (a last-resort attempt gives a replica already known down some time);
+    /// writes wait for their answer. The replica's health is an atomic read every [`DOWN_CHECK`] rather than a
     /// wake-up, so that no request registers with anything the background tasks lock.
     async fn wait_for_answer<F>(
         &self,
         send: F,
         replayable: bool,
         backend: &Backend,
+        patience: Duration,
     ) -> Result<Response<Incoming>, AttemptError>
     where
         F: Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
@@ -243,7 +268,9 @@ impl Proxy {
             match tokio::time::timeout(DOWN_CHECK, &mut send).await {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(e)) => return Err(AttemptError::from_client(&e)),
-                Err(_) if replayable && backend.health().is_down() => return Err(AttemptError::Abandoned),
+                Err(_) if replayable && backend.health().is_down() && started.elapsed() >= patience => {
+                    return Err(AttemptError::Abandoned);
+                }
                 Err(_) if started.elapsed() >= ANSWER_TIMEOUT => {
                     return Err(AttemptError::Sent(format!("no answer within {ANSWER_TIMEOUT:?}")));
                 }

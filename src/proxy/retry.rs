@@ -41,6 +41,20 @@ pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<B
     pick_random(&snapshot.selected, untried).or_else(|| pick_random(&snapshot.viable, untried))
 }
 
+/// The replica for an attempt when no selected or viable replica is left (every probe and
+/// liveness check is failing): any candidate not tried yet, down or not. A replica too busy
+/// to answer its probes within their deadline may still answer queries; one that is gone
+/// refuses the connection at once.
+pub fn last_resort(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+    let n = snapshot.candidates.iter().filter(|c| !tried.contains(&c.backend)).count();
+    let index = match n {
+        0 => return None,
+        1 => 0,
+        n => rand::rng().random_range(0..n),
+    };
+    snapshot.candidates.iter().filter(|c| !tried.contains(&c.backend)).nth(index).map(|c| c.backend.clone())
+}
+
 /// A random one of `pool` that passes `keep`, without collecting them (this runs on every
 /// request).
 fn pick_random(pool: &[Arc<Backend>], keep: impl Fn(&&Arc<Backend>) -> bool) -> Option<Arc<Backend>> {
@@ -82,5 +96,26 @@ mod tests {
         assert_eq!(next_backend(&snapshot, &[a.clone(), b.clone()]), None);
         b.health().mark_down();
         assert_eq!(next_backend(&snapshot, std::slice::from_ref(&a)), None, "a replica that is down is skipped");
+    }
+
+    #[test]
+    fn last_resort_tries_every_candidate_down_or_not_once() {
+        use crate::selection::CandidateState;
+        let (a, b) = (backend("http://a:1"), backend("http://b:1"));
+        a.health().mark_down();
+        let mut snapshot = Snapshot::empty();
+        for backend in [&a, &b] {
+            snapshot.candidates.push(CandidateState {
+                backend: backend.clone(),
+                probe: Default::default(),
+                selected: false,
+            });
+        }
+        assert_eq!(next_backend(&snapshot, &[]), None, "nothing selected or viable");
+        let first = last_resort(&snapshot, &[]).expect("a candidate");
+        let second = last_resort(&snapshot, std::slice::from_ref(&first)).expect("the other candidate");
+        assert_ne!(first, second);
+        assert_eq!(last_resort(&snapshot, &[first, second]), None);
+        assert_eq!(last_resort(&Snapshot::empty(), &[]), None, "no candidates: nothing to try");
     }
 }

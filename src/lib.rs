@@ -23,7 +23,7 @@
 //! - [`metrics`]: every exported metric.
 //! - [`error`]: error kinds, retryability and the one mapping to HTTP answers.
 //! - [`client`]: the pooled http/https client to the replicas.
-//! - [`server`]: accepting connections and draining them on shutdown.
+//! - [`server`]: accepting connections, serving them on one thread per CPU, draining on shutdown.
 
 #![forbid(unsafe_code)]
 

@@ -60,7 +60,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(metrics::Metrics::new());
     let snapshot = Arc::new(ArcSwap::from_pointee(selection::Snapshot::empty()));
-    let client = client::build(config.insecure).context("cannot set up the backend client")?;
+    let backend_client = || client::build(config.insecure).context("cannot set up the backend client");
+    let client = backend_client()?;
     // Capacity 1: signals that arrive while a round is already due collapse into it.
     let (reselect, reselect_rx) = mpsc::channel(1);
     let discovery = discovery::Discovery::start(&config.discovery, &client, reselect.clone()).await?;
@@ -103,20 +104,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         config.liveness_interval,
         reselect.clone(),
     ));
+    // One proxy per serving thread, each with its own backend client, so that a thread's
+    // requests only ever use connections that thread drives (the probes keep `client`).
     let proxy = proxy::Proxy::new(proxy::ProxySettings {
-        client: client.clone(),
+        client: backend_client()?,
         snapshot: snapshot.clone(),
         metrics: metrics.clone(),
         affinity: config.affinity,
         reselect,
         max_body: config.max_request_body,
     });
-    // One proxy per serving thread, each with its own backend client, so that a thread's
-    // requests only ever use connections that thread drives (probes keep the first client).
-    let proxies = (0..config.serving_threads)
-        .map(|_| client::build(config.insecure).map(|client| proxy.with_client(client)))
-        .collect::<anyhow::Result<Vec<_>>>()
-        .context("cannot set up the backend client")?;
+    let mut proxies = vec![proxy.clone()];
+    for _ in 1..config.serving_threads {
+        proxies.push(proxy.with_client(backend_client()?));
+    }
     let admin = admin::Admin::new(snapshot, metrics, facts);
     let limits =
         server::Limits { header_read_timeout: config.header_read_timeout, max_connections: config.max_connections };

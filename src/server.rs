@@ -3,7 +3,7 @@
 //! shutdown stops accepting and lets in-flight requests finish within a grace period.
 //!
 //! Connections are served thread-per-core: the accepting task hands each new connection, in
-//! turn, to one of [`Limits::workers`] threads, each running its own single-threaded runtime
+//! turn, to one of the serving threads (`--serving-threads`), each running its own single-threaded runtime
 //! with its own [`Proxy`] (and so its own pool of backend connections). A request and the
 //! backend connection it uses then live on one thread from start to end: no work stealing,
 //! no cross-thread wake-ups, and no lock shared between workers on the way.
@@ -108,7 +108,9 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(grace_period = ?GRACE_PERIOD, "shutting down; letting in-flight requests finish");
-    let drained: Vec<_> = workers.into_iter().map(|w| w.drained).collect();
+    // Closing their channels tells the workers to drain; then wait for each.
+    let (channels, drained): (Vec<_>, Vec<_>) = workers.into_iter().map(|w| (w.connections, w.drained)).unzip();
+    drop(channels);
     for done in drained {
         let _ = done.await;
     }

@@ -250,8 +250,9 @@ impl Proxy {
     /// Waits for the answer's headers. A query waiting on a replica that the liveness check
     /// or other requests have since found down moves on (`Abandoned`), after `patience` at
     /// the earliest (a last-resort attempt gives a replica already known down some time);
-    /// writes wait for their answer. The replica's health is an atomic read every [`DOWN_CHECK`] rather than a
-    /// wake-up, so that no request registers with anything the background tasks lock.
+    /// writes wait for their answer. The replica's health is an atomic read every
+    /// [`DOWN_CHECK`] rather than a wake-up, so that no request registers with anything the
+    /// background tasks lock.
     async fn wait_for_answer<F>(
         &self,
         send: F,

@@ -38,7 +38,8 @@ pub fn replayable(method: &Method, path: &str) -> bool {
 /// random; else any such viable one (for `single-most-data`, whose selection is one replica).
 pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
     let untried = |b: &&Arc<Backend>| !tried.contains(b) && !b.health().is_down();
-    pick_random(&snapshot.selected, untried).or_else(|| pick_random(&snapshot.viable, untried))
+    pick_random(snapshot.selected.iter().filter(untried))
+        .or_else(|| pick_random(snapshot.viable.iter().filter(untried)))
 }
 
 /// The replica for an attempt when no selected or viable replica is left (every probe and
@@ -46,25 +47,17 @@ pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<B
 /// to answer its probes within their deadline may still answer queries; one that is gone
 /// refuses the connection at once.
 pub fn last_resort(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-    let n = snapshot.candidates.iter().filter(|c| !tried.contains(&c.backend)).count();
-    let index = match n {
-        0 => return None,
-        1 => 0,
-        n => rand::rng().random_range(0..n),
-    };
-    snapshot.candidates.iter().filter(|c| !tried.contains(&c.backend)).nth(index).map(|c| c.backend.clone())
+    pick_random(snapshot.candidates.iter().map(|c| &c.backend).filter(|b| !tried.contains(b)))
 }
 
-/// A random one of `pool` that passes `keep`, without collecting them (this runs on every
-/// request).
-fn pick_random(pool: &[Arc<Backend>], keep: impl Fn(&&Arc<Backend>) -> bool) -> Option<Arc<Backend>> {
-    let n = pool.iter().filter(&keep).count();
-    let index = match n {
+/// A random one of `pool`, without collecting it (this runs on every request).
+fn pick_random<'a>(pool: impl Iterator<Item = &'a Arc<Backend>> + Clone) -> Option<Arc<Backend>> {
+    let index = match pool.clone().count() {
         0 => return None,
         1 => 0,
         n => rand::rng().random_range(0..n),
     };
-    pool.iter().filter(&keep).nth(index).cloned()
+    pool.into_iter().nth(index).cloned()
 }
 
 #[cfg(test)]

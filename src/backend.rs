@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use tokio::sync::Semaphore;
 
 use crate::metrics::{BackendMetrics, Metrics};
 
@@ -25,6 +26,9 @@ pub struct Backend {
     health: Arc<Health>,
     /// Its request-path metrics, found on the first request it serves.
     metrics: OnceLock<BackendMetrics>,
+    /// One permit per request in flight to it (`--max-backend-connections`), made on the
+    /// first request.
+    connection_slots: OnceLock<Arc<Semaphore>>,
 }
 
 impl PartialEq for Backend {
@@ -72,7 +76,17 @@ impl Backend {
         let id = format!("{:016x}", fnv1a(url.as_bytes()));
         let served_by =
             http::HeaderValue::from_str(&url).map_err(|_| format!("'{text}' is not a valid header value"))?;
-        Ok(Backend { url, id, scheme, authority, prefix, served_by, health: Arc::default(), metrics: OnceLock::new() })
+        Ok(Backend {
+            url,
+            id,
+            scheme,
+            authority,
+            prefix,
+            served_by,
+            health: Arc::default(),
+            metrics: OnceLock::new(),
+            connection_slots: OnceLock::new(),
+        })
     }
 
     /// The normalized base URL, as shown in logs, metrics and the `MPP.ServedBy` header.
@@ -105,6 +119,12 @@ impl Backend {
     /// there is one [`Metrics`] per process).
     pub fn metrics(&self, metrics: &Metrics) -> &BackendMetrics {
         self.metrics.get_or_init(|| metrics.backend(self.url.clone()))
+    }
+
+    /// Its connection slots: `max` requests in flight at once (the same `max` on every call;
+    /// there is one setting per process).
+    pub fn connection_slots(&self, max: u32) -> &Arc<Semaphore> {
+        self.connection_slots.get_or_init(|| Arc::new(Semaphore::new(max as usize)))
     }
 
     /// The URL of `path_and_query` on this backend (the prefix, if any, is prepended).

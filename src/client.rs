@@ -22,8 +22,10 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// How long a TCP (and TLS) connection to a backend may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Builds the backend client. `insecure` turns certificate verification off.
-pub fn build(insecure: bool) -> anyhow::Result<HttpClient> {
+/// Builds the backend client. `insecure` turns certificate verification off;
+/// `max_idle_per_replica` bounds the idle connections kept to one replica (more would only
+/// exceed what `--max-backend-connections` lets be used at once).
+pub fn build(insecure: bool, max_idle_per_replica: u32) -> anyhow::Result<HttpClient> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
@@ -46,7 +48,7 @@ pub fn build(insecure: bool) -> anyhow::Result<HttpClient> {
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(max_idle_per_replica as usize)
         .build(connector))
 }
 

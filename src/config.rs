@@ -11,6 +11,7 @@ use clap::{ArgAction, Parser};
 
 use crate::discovery::{KubernetesConfig, LabelSelector, MarathonConfig, PortRef, Target};
 use crate::proxy::affinity::AffinityOptions;
+use crate::proxy::client_ip::TrustedProxies;
 use crate::strategy::Strategy;
 
 /// The flags and environment variables, as the original mpp spells them.
@@ -175,6 +176,97 @@ pub struct Args {
     )]
     pub serving_threads: u16,
 
+    /// How long a connection with no request in flight is kept open (keep-alive); longer
+    /// than clients keep idle connections (Go's 90s), so that the client closes first
+    #[arg(
+        long,
+        env = "MPP_IDLE_TIMEOUT",
+        default_value = "2m",
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        value_parser = parse_interval
+    )]
+    pub idle_timeout: Duration,
+
+    /// The slowest a request body may arrive, in bytes per second, once --header-read-timeout
+    /// has passed; slower clients get 408
+    #[arg(
+        long,
+        env = "MPP_REQUEST_BODY_MIN_RATE",
+        default_value = "1KiB",
+        value_name = "SIZE",
+        value_parser = parse_size
+    )]
+    pub request_body_min_rate: u64,
+
+    /// The memory all buffered request bodies may take together ('auto': an eighth of the
+    /// memory mpp may use, between 32MiB and 512MiB); requests beyond it get 503 with
+    /// Retry-After
+    #[arg(
+        long,
+        env = "MPP_REQUEST_BODY_BUDGET",
+        default_value = "auto",
+        value_name = "SIZE",
+        value_parser = parse_budget
+    )]
+    pub request_body_budget: Budget,
+
+    /// The most HTTP/2 streams (concurrent requests) one client connection may open
+    #[arg(
+        long,
+        env = "MPP_MAX_CONCURRENT_STREAMS",
+        default_value_t = 100,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// The most requests in flight to one replica, and so the most connections mpp opens to
+    /// it; further requests queue for up to 5s, then get 503 with Retry-After
+    #[arg(
+        long,
+        env = "MPP_MAX_BACKEND_CONNECTIONS",
+        default_value_t = 256,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_backend_connections: u32,
+
+    /// The most time one request may spend on all its attempts together; a query that names
+    /// no timeout passes the time left to the replica as Prometheus's 'timeout' parameter
+    #[arg(
+        long,
+        env = "MPP_REQUEST_TIMEOUT",
+        default_value = "2m",
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        value_parser = parse_interval
+    )]
+    pub request_timeout: Duration,
+
+    /// The peers (comma-separated address blocks, or 'none') whose X-Forwarded-For is
+    /// believed for source-IP affinity
+    #[arg(
+        long,
+        env = "MPP_TRUSTED_PROXIES",
+        default_value = "0.0.0.0/0,::/0",
+        value_name = "CIDRS",
+        value_parser = parse_trusted
+    )]
+    pub trusted_proxies: TrustedProxies,
+
+    /// How long mpp waits at start-up for discovery's first complete answer before it
+    /// accepts connections anyway
+    #[arg(
+        long,
+        env = "MPP_STARTUP_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        value_parser = parse_interval
+    )]
+    pub startup_timeout: Duration,
+
     /// Log debugging information
     #[arg(short = 'V', long, env = "MPP_VERBOSE")]
     pub verbose: bool,
@@ -220,8 +312,63 @@ pub struct Config {
     pub insecure: bool,
     /// The largest request body buffered (and so replayable); larger ones get 413.
     pub max_request_body: u64,
+    /// How long an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    /// The slowest accepted request body rate, bytes per second.
+    pub request_body_min_rate: u64,
+    /// The memory all buffered request bodies may take together, in bytes.
+    pub request_body_budget: u64,
+    /// The most HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// The most requests in flight to one replica.
+    pub max_backend_connections: u32,
+    /// The total time one request may spend on its attempts.
+    pub request_timeout: Duration,
+    /// Whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// How long start-up waits for discovery's first complete answer.
+    pub startup_timeout: Duration,
     /// Whether debug logging is on.
     pub verbose: bool,
+}
+
+/// `--request-body-budget`: a size, or sized for the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// An eighth of the memory limit (the cgroup's, else the machine's), within
+    /// [`Budget::AUTO_MIN`] and [`Budget::AUTO_MAX`].
+    Auto,
+    /// This many bytes.
+    Bytes(u64),
+}
+
+impl Budget {
+    /// The smallest automatic budget.
+    pub const AUTO_MIN: u64 = 32 << 20;
+    /// The largest automatic budget.
+    pub const AUTO_MAX: u64 = 512 << 20;
+
+    /// The budget in bytes, given the memory limit (if known).
+    pub fn bytes(self, memory_limit: Option<u64>) -> u64 {
+        match self {
+            Budget::Bytes(n) => n,
+            Budget::Auto => memory_limit.map_or(Self::AUTO_MIN * 4, |m| m / 8).clamp(Self::AUTO_MIN, Self::AUTO_MAX),
+        }
+    }
+}
+
+fn parse_budget(value: &str) -> Result<Budget, String> {
+    if value.trim().eq_ignore_ascii_case("auto") {
+        return Ok(Budget::Auto);
+    }
+    match parse_size(value)? {
+        0 => Err(format!("'{value}' is too small; give at least one byte, or 'auto'")),
+        n => Ok(Budget::Bytes(n)),
+    }
+}
+
+fn parse_trusted(value: &str) -> Result<TrustedProxies, String> {
+    value.parse()
 }
 
 /// A command line that parsed but does not make sense.
@@ -305,6 +452,14 @@ impl Config {
             listen,
             insecure: args.insecure,
             max_request_body: args.max_request_body,
+            idle_timeout: args.idle_timeout,
+            request_body_min_rate: args.request_body_min_rate,
+            request_body_budget: args.request_body_budget.bytes(crate::system::memory_limit()),
+            max_concurrent_streams: args.max_concurrent_streams,
+            max_backend_connections: args.max_backend_connections,
+            request_timeout: args.request_timeout,
+            trusted_proxies: args.trusted_proxies,
+            startup_timeout: args.startup_timeout,
             verbose: args.verbose,
         })
     }

@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod body;
 pub mod client;
 pub mod config;
 pub mod discovery;
@@ -40,30 +41,43 @@ pub mod proxy;
 pub mod selection;
 pub mod server;
 pub mod strategy;
+pub mod system;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 
 pub use config::Config;
 
+/// At start-up, how often the first rounds are retried while discovery has not answered
+/// (besides whenever it signals a change).
+const STARTUP_RETRY: Duration = Duration::from_millis(200);
+
 /// Runs mpp on `listener` until `shutdown` completes, then drains in-flight requests.
 /// Fails only when it cannot start (the endpoints file is missing, say).
+///
+/// Connections are accepted only once discovery has given its first complete answer and a
+/// selection round has run on it (at most `--startup-timeout`): clients that connect
+/// earlier wait in the listen queue instead of getting errors.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let started = SystemTime::now();
     // kube builds its TLS from rustls' process-wide provider; make it `ring`, the one in use.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    system::raise_open_files(config.max_connections);
     let metrics = Arc::new(metrics::Metrics::new());
     let snapshot = Arc::new(ArcSwap::from_pointee(selection::Snapshot::empty()));
-    let backend_client = || client::build(config.insecure).context("cannot set up the backend client");
+    let pseudonym = server::head::Pseudonym::random();
+    let backend_client =
+        || client::build(config.insecure, config.max_backend_connections).context("cannot set up the backend client");
     let client = backend_client()?;
     // Capacity 1: signals that arrive while a round is already due collapse into it.
-    let (reselect, reselect_rx) = mpsc::channel(1);
+    let (reselect, mut reselect_rx) = mpsc::channel(1);
     let discovery = discovery::Discovery::start(&config.discovery, &client, reselect.clone()).await?;
     let facts = admin::Facts {
         started,
@@ -83,10 +97,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         serving_threads = config.serving_threads,
         affinity = %config.affinity,
         max_request_body = config.max_request_body,
+        request_body_budget = config.request_body_budget,
+        request_timeout = ?config.request_timeout,
         insecure = config.insecure,
         "mpp starting"
     );
-    let prober = probe::Prober::new(client.clone(), config.strategy.history_needed());
+    let via = pseudonym.via().clone();
+    let prober = probe::Prober::new(client.clone(), config.strategy.history_needed(), via.clone());
     let mut selector = selection::Selector::new(
         discovery,
         prober,
@@ -95,15 +112,40 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         snapshot.clone(),
         metrics.clone(),
     );
-    // One round before serving, so that the first request already has a selection.
+    tokio::pin!(shutdown);
+    let startup = tokio::time::Instant::now();
     selector.round().await;
-    let selection = tokio::spawn(selector.run(reselect_rx));
-    let liveness = tokio::spawn(liveness::run(
+    while !selector.settled() {
+        if startup.elapsed() >= config.startup_timeout {
+            tracing::warn!(
+                waited = ?config.startup_timeout,
+                "discovery has not answered yet (--startup-timeout); accepting connections anyway"
+            );
+            break;
+        }
+        tokio::select! {
+            _ = reselect_rx.recv() => {}
+            () = tokio::time::sleep(STARTUP_RETRY) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+        selector.round().await;
+    }
+    // Dropped (and so aborted) with this function, whichever way it returns.
+    let mut background = JoinSet::new();
+    background.spawn(selector.run(reselect_rx));
+    background.spawn(liveness::run(
         snapshot.clone(),
-        probe::Prober::new(client.clone(), None),
+        probe::Prober::new(client.clone(), None, via),
         config.liveness_interval,
         reselect.clone(),
     ));
+    let body = proxy::body::BodyLimits {
+        max: config.max_request_body,
+        min_rate: config.request_body_min_rate,
+        grace: config.header_read_timeout,
+        budget: Arc::new(Semaphore::new(usize::try_from(config.request_body_budget).unwrap_or(usize::MAX >> 4))),
+        budget_bytes: config.request_body_budget,
+    };
     // One proxy per serving thread, each with its own backend client, so that a thread's
     // requests only ever use connections that thread drives (the probes keep `client`).
     let proxy = proxy::Proxy::new(proxy::ProxySettings {
@@ -112,18 +154,31 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         metrics: metrics.clone(),
         affinity: config.affinity,
         reselect,
-        max_body: config.max_request_body,
+        body,
+        request_timeout: config.request_timeout,
+        max_backend_connections: config.max_backend_connections,
+        pseudonym: pseudonym.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     let mut proxies = vec![proxy.clone()];
     for _ in 1..config.serving_threads {
         proxies.push(proxy.with_client(backend_client()?));
     }
-    let admin = admin::Admin::new(snapshot, metrics, facts);
-    let limits =
-        server::Limits { header_read_timeout: config.header_read_timeout, max_connections: config.max_connections };
-    let served = server::serve(listener, proxies, admin, limits, shutdown).await;
-    selection.abort();
-    liveness.abort();
+    let shared = server::Shared {
+        admin: admin::Admin::new(snapshot, metrics.clone(), facts),
+        metrics,
+        pseudonym,
+        limits: server::Limits {
+            deadlines: server::connection::Deadlines {
+                header_read_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
+            },
+            max_connections: config.max_connections,
+            max_concurrent_streams: config.max_concurrent_streams,
+        },
+    };
+    let served = server::serve(listener, proxies, shared, shutdown).await;
+    background.shutdown().await;
     served
 }
 

@@ -43,6 +43,13 @@ pub struct RoundLabels {
     pub result: &'static str,
 }
 
+/// A label naming why mpp closed a client connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// `header_timeout`, `idle` or `pressure`.
+    pub reason: &'static str,
+}
+
 type HistogramFamily = Family<BackendLabels, DurationHistogram, fn() -> DurationHistogram>;
 
 /// All metrics, registered once at start-up and shared by the request path and the
@@ -65,6 +72,8 @@ pub struct Metrics {
     pub affinity_hits: Family<AffinityLabels, Counter>,
     /// `mpp_probe_failures_total{backend}`: probes that found a replica not viable.
     pub probe_failures: Family<BackendLabels, Counter>,
+    /// `mpp_connections_closed_total{reason}`: client connections mpp closed for a deadline.
+    pub connections_closed: Family<CloseLabels, Counter>,
 }
 
 /// The upper bounds of `mpp_request_duration_seconds`, in seconds (`+Inf` follows).
@@ -162,6 +171,12 @@ impl Metrics {
             "Probes that found a replica not viable, by replica",
             probe_failures.clone(),
         );
+        let connections_closed = Family::default();
+        registry.register(
+            "mpp_connections_closed",
+            "Client connections closed by mpp for a deadline (header_timeout, idle, pressure)",
+            connections_closed.clone(),
+        );
         registry.register("mpp_build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics {
             registry,
@@ -173,6 +188,25 @@ impl Metrics {
             candidates,
             affinity_hits,
             probe_failures,
+            connections_closed,
+        }
+    }
+
+    /// Counts a connection closed for `reason`.
+    pub fn connection_closed(&self, reason: crate::server::connection::CloseReason) {
+        self.connections_closed.get_or_create(&CloseLabels { reason: reason.label() }).inc();
+    }
+
+    /// Removes every series of a replica that is no longer a candidate, so that pod churn
+    /// does not grow `/mpp/metrics` forever.
+    pub fn forget_backend(&self, backend: &Arc<str>) {
+        let labels = BackendLabels { backend: backend.clone() };
+        self.request_duration.remove(&labels);
+        self.retries.remove(&labels);
+        self.probe_failures.remove(&labels);
+        // Status codes are three digits; the family cannot be filtered, so every one is named.
+        for code in 100..600 {
+            self.requests.remove(&RequestLabels { backend: backend.clone(), code });
         }
     }
 

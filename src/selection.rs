@@ -57,6 +57,9 @@ pub struct Snapshot {
     /// The discovery error of this round, if it failed (the candidates are then the last
     /// good set).
     pub discovery_error: Option<String>,
+    /// Whether discovery has given a complete answer in this round or an earlier one: until
+    /// then an empty selection means "not known yet" rather than "nothing to serve".
+    pub settled: bool,
 }
 
 impl Snapshot {
@@ -71,6 +74,7 @@ impl Snapshot {
             viable: Vec::new(),
             reason: "no selection round has run yet".into(),
             discovery_error: None,
+            settled: false,
         }
     }
 
@@ -93,6 +97,7 @@ pub struct Selector {
     /// Whether each replica (by URL) was viable in the last round, to log changes only.
     viability: HashMap<Arc<str>, bool>,
     round: u64,
+    settled: bool,
 }
 
 impl Selector {
@@ -116,6 +121,7 @@ impl Selector {
             incumbent: None,
             viability: HashMap::new(),
             round: 0,
+            settled: false,
         }
     }
 
@@ -155,6 +161,7 @@ impl Selector {
                 Some(e.to_string())
             }
         };
+        self.settled |= discovery_error.is_none();
         let result = if discovery_error.is_some() { "discovery_error" } else { "ok" };
         self.metrics.selection_rounds.get_or_create(&RoundLabels { result }).inc();
 
@@ -197,7 +204,13 @@ impl Selector {
             viable,
             reason: choice.reason,
             discovery_error,
+            settled: self.settled,
         }));
+    }
+
+    /// Whether discovery has given a complete answer yet.
+    pub fn settled(&self) -> bool {
+        self.settled
     }
 
     /// Counts failed probes and logs each replica's change between viable and not.
@@ -228,6 +241,7 @@ impl Selector {
         }
         for gone in self.viability.keys().filter(|url| !now.contains_key(*url)) {
             tracing::info!(backend = %gone, "replica is no longer a candidate");
+            self.metrics.forget_backend(gone);
         }
         self.viability = now;
     }

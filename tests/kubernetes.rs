@@ -192,3 +192,32 @@ async fn an_api_outage_or_revoked_token_keeps_the_last_set_and_recovers() {
     .await;
     load.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_list_delays_accepting_instead_of_failing_the_first_requests() {
+    let replica = Prometheus::start().await;
+    let api = FakeKubernetes::start().await;
+    api.apply_slice(&slice("monitoring", "prometheus-a", "prometheus", port(&replica), true));
+    api.set_list_delay(Duration::from_millis(1500));
+    let kubeconfig = api.kubeconfig();
+    let mpp = Mpp::start(&[
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--kube-namespace",
+        "monitoring",
+        "--kube-service-name",
+        "prometheus",
+    ])
+    .await;
+    // Sent at once, while the first list is still on its way: they wait, then succeed.
+    let started = std::time::Instant::now();
+    let url = mpp.url("/api/v1/query?query=up");
+    let early = (0..10).map(|_| get(&url));
+    for answer in futures_util::future::join_all(early).await {
+        let answer = answer.expect("answered");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1400), "answered before the list arrived?");
+    let ready = get(&mpp.url("/mpp/ready")).await.unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.text());
+}

@@ -141,7 +141,8 @@ async fn a_key_the_cluster_does_not_know_is_refused_and_reported_without_leaking
     let marathon = FakeMarathon::start("").await;
     marathon.set_tasks("/prometheus", vec![task("/prometheus", 1, 1, "TASK_RUNNING", None)]);
     let secret = secret("other-account-pkcs8.pem", &marathon.login_url());
-    let mpp = mpp_for(&marathon, "/prometheus", &secret, &[]).await;
+    // Discovery never answers: mpp accepts connections once the start-up wait is over.
+    let mpp = mpp_for(&marathon, "/prometheus", &secret, &["--startup-timeout", "1s"]).await;
     let status = mpp.status().await;
     let error = status["discovery_error"].as_str().expect("the refused login is reported");
     assert!(error.contains("refused: HTTP 401"), "{error}");

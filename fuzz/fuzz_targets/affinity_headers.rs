@@ -21,5 +21,5 @@ fuzz_target!(|data: &[u8]| {
         assert!(headers["cookie"].to_str().unwrap().contains(route));
     }
     let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let _ = mpp::proxy::affinity::client_address(&headers, peer);
+    let _ = mpp::proxy::client_ip::TrustedProxies::everyone().client_address(&headers, peer);
 });

@@ -1,4 +1,5 @@
-//! The admin paths under `/mpp/`: `health` (liveness), `metrics` (OpenMetrics text) and
+//! The admin paths under `/mpp/`: `health` (liveness: the process answers), `ready`
+//! (readiness: at least one replica is selected), `metrics` (OpenMetrics text) and
 //! `status` (HTML, or JSON for `Accept: application/json`). All read one published
 //! [`Snapshot`]; none of them touches a backend.
 
@@ -55,6 +56,18 @@ impl Admin {
         }
         match request.uri().path() {
             "/mpp/health" => text(StatusCode::OK, "OK"),
+            "/mpp/ready" => {
+                let snapshot = self.snapshot.load();
+                if snapshot.selected.is_empty() {
+                    respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain; charset=utf-8",
+                        format!("not ready: {}\n", snapshot.reason),
+                    )
+                } else {
+                    text(StatusCode::OK, "ready")
+                }
+            }
             "/mpp/metrics" => respond(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -69,7 +82,10 @@ impl Admin {
                     respond(StatusCode::OK, "text/html; charset=utf-8", status.html())
                 }
             }
-            _ => text(StatusCode::NOT_FOUND, "not found; mpp serves /mpp/health, /mpp/metrics and /mpp/status\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; mpp serves /mpp/health, /mpp/ready, /mpp/metrics and /mpp/status\n",
+            ),
         }
     }
 }

@@ -23,12 +23,42 @@ pub struct MarathonConfig {
     pub secret: Option<PrincipalSecret>,
     /// Overrides the secret's login endpoint.
     pub auth_endpoint: Option<String>,
+    /// `Authorization: Basic …` from user info in `--marathon-url` (`http://user:pass@host`),
+    /// which `url` no longer carries, so that it never reaches a log or the status page.
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// A basic-auth header value; its `Debug` never shows it.
+#[derive(Clone)]
+pub struct BasicAuth(http::HeaderValue);
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BasicAuth(<redacted>)")
+    }
+}
+
+/// Splits user info (`user:password@`) out of a URL: the URL without it, and the
+/// `Authorization` value it stands for.
+fn take_user_info(url: &str) -> (String, Option<BasicAuth>) {
+    use base64::Engine as _;
+    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_string(), None) };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some((user_info, host)) = rest[..authority_end].rsplit_once('@') else { return (url.to_string(), None) };
+    let decode =
+        |part: &str| form_urlencoded::parse(format!("x={part}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    let (user, password) = user_info.split_once(':').unwrap_or((user_info, ""));
+    let credentials = format!("{}:{}", decode(user).unwrap_or_default(), decode(password).unwrap_or_default());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value = http::HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    (format!("{scheme}://{host}{}", &rest[authority_end..]), Some(BasicAuth(value)))
 }
 
 impl MarathonConfig {
     /// Validates `--marathon-url`, `--marathon-apps`, the secret and the auth endpoint.
     pub fn new(url: &str, apps: &str, secret: Option<&str>, auth_endpoint: Option<&str>) -> Result<Self, String> {
-        let url = url.trim().trim_end_matches('/').to_string();
+        let (url, basic_auth) = take_user_info(url.trim().trim_end_matches('/'));
         match url.parse::<http::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none() => {}
             _ => return Err(format!("--marathon-url '{url}' is not an http(s) URL")),
@@ -56,7 +86,7 @@ impl MarathonConfig {
                     .into());
             }
         }
-        Ok(MarathonConfig { url, apps, secret, auth_endpoint })
+        Ok(MarathonConfig { url, apps, secret, auth_endpoint, basic_auth })
     }
 }
 
@@ -156,6 +186,8 @@ impl MarathonDiscovery {
         let mut request = Request::get(&url).header(header::ACCEPT, "application/json");
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, format!("token={token}"));
+        } else if let Some(BasicAuth(basic)) = &self.config.basic_auth {
+            request = request.header(header::AUTHORIZATION, basic.clone());
         }
         let request = request
             .body(Full::new(Bytes::new()))
@@ -230,6 +262,11 @@ mod tests {
     fn flags_are_validated() {
         let c = MarathonConfig::new("http://m:8080/service/marathon/", "/prom, /group/prom-b,", None, None).unwrap();
         assert_eq!(c.url, "http://m:8080/service/marathon");
+        let with_user = MarathonConfig::new("http://ops:s%40cret@m:8080/marathon/", "a", None, None).unwrap();
+        assert_eq!(with_user.url, "http://m:8080/marathon", "credentials never stay in the URL");
+        assert!(!format!("{with_user:?}").contains("s@cret") && !format!("{with_user:?}").contains("czBjcmV0"));
+        let basic = with_user.basic_auth.unwrap().0;
+        assert_eq!(basic, "Basic b3BzOnNAY3JldA==", "ops:s@cret, percent-decoded");
         assert_eq!(c.apps, ["prom", "group/prom-b"]);
         assert!(MarathonConfig::new("m:8080", "a", None, None).unwrap_err().contains("--marathon-url"));
         assert!(MarathonConfig::new("http://m", " , ", None, None).unwrap_err().contains("no app id"));

@@ -67,12 +67,15 @@ impl Probe {
 pub struct Prober {
     client: HttpClient,
     history: Option<Duration>,
+    /// Sent as `Via`, so that a candidate that is mpp itself answers 508.
+    via: http::HeaderValue,
 }
 
 impl Prober {
     /// `history` is the minimum history to ask about, if the strategy needs it.
-    pub fn new(client: HttpClient, history: Option<Duration>) -> Self {
-        Prober { client, history }
+    /// `via` is this mpp's `Via` entry ([`crate::server::head::Pseudonym::via`]).
+    pub fn new(client: HttpClient, history: Option<Duration>, via: http::HeaderValue) -> Self {
+        Prober { client, history, via }
     }
 
     /// Probes one backend; never takes longer than [`PROBE_TIMEOUT`] and never fails: what
@@ -142,6 +145,7 @@ impl Prober {
         let request = Request::get(uri)
             .header(header::ACCEPT, "text/plain;version=0.0.4, application/json;q=0.9, */*;q=0.1")
             .header(header::USER_AGENT, concat!("mpp/", env!("CARGO_PKG_VERSION"), " (probe)"))
+            .header(header::VIA, self.via.clone())
             .body(Full::default())
             .map_err(|e| format!("GET {what}: {e}"))?;
         let response = self.client.request(request).await.map_err(|e| format!("GET {what}: {}", error_chain(&e)))?;
@@ -151,6 +155,12 @@ impl Prober {
             .await
             .map_err(|e| format!("GET {what}: reading the answer: {}", error_chain(e.as_ref())))?
             .to_bytes();
+        if status == http::StatusCode::LOOP_DETECTED {
+            return Err(format!(
+                "GET {what}: HTTP {status}: this endpoint is this mpp itself, or forwards back to it; \
+                 it is never selected (remove it from discovery)"
+            ));
+        }
         if !status.is_success() {
             return Err(format!("GET {what}: HTTP {status}"));
         }

@@ -26,7 +26,7 @@ const SOURCE_IP_ENTRIES: usize = 65_536;
 pub struct AffinityOptions {
     /// `cookies`: an `MPP.Route` cookie names the replica.
     pub cookies: bool,
-    /// `sourceip`: the client's address (first `X-Forwarded-For` entry, else the peer) does.
+    /// `sourceip`: the client's address (see [`super::client_ip`]) does.
     pub source_ip: bool,
 }
 
@@ -156,31 +156,6 @@ pub fn route_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value.trim().trim_matches('"'))
 }
 
-/// The client's address: the first entry of `X-Forwarded-For` when it parses, else the
-/// peer's address (IPv4-mapped IPv6 addresses shown as IPv4).
-pub fn client_address(headers: &HeaderMap, peer: IpAddr) -> IpAddr {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|first| parse_forwarded_ip(first.trim()))
-        .unwrap_or(peer)
-        .to_canonical()
-}
-
-/// An address as proxies write it: `1.2.3.4`, `2001:db8::1`, `[2001:db8::1]:443`, `1.2.3.4:80`.
-fn parse_forwarded_ip(text: &str) -> Option<IpAddr> {
-    if let Ok(ip) = text.parse() {
-        return Some(ip);
-    }
-    if let Some(rest) = text.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
-    }
-    let (host, port) = text.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    host.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,17 +181,5 @@ mod tests {
         let h = headers(&[("cookie", "a=1; MPP.Route=abc ; b=2")]);
         assert_eq!(route_cookie(&h), Some("abc"));
         assert_eq!(route_cookie(&headers(&[("cookie", "MPP.Routes=x")])), None);
-    }
-
-    #[test]
-    fn client_address_reads_forwarded_for_v4_and_v6() {
-        let peer: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(client_address(&HeaderMap::new(), peer), "127.0.0.1".parse::<IpAddr>().unwrap());
-        let h = headers(&[("x-forwarded-for", "2001:db8::1, 10.0.0.1")]);
-        assert_eq!(client_address(&h, peer), "2001:db8::1".parse::<IpAddr>().unwrap());
-        let h = headers(&[("x-forwarded-for", "[2001:db8::2]:443")]);
-        assert_eq!(client_address(&h, peer), "2001:db8::2".parse::<IpAddr>().unwrap());
-        let h = headers(&[("x-forwarded-for", "garbage")]);
-        assert_eq!(client_address(&h, peer), "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 }

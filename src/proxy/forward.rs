@@ -2,9 +2,11 @@
 //! `X-Forwarded-*` in, the `MPP.ServedBy` header on every answer.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Response};
 
 /// The header naming the replica that answered, as the original mpp calls it.
 pub static SERVED_BY: HeaderName = HeaderName::from_static("mpp.servedby");
@@ -44,11 +46,14 @@ pub fn request_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     let host = headers.remove(header::HOST);
     headers.remove(header::EXPECT);
-    let peer = peer.to_canonical().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {peer}"),
-        _ => peer,
-    };
+    let mut forwarded_for = String::new();
+    for earlier in headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
+        if !earlier.trim().is_empty() {
+            forwarded_for.push_str(earlier.trim());
+            forwarded_for.push_str(", ");
+        }
+    }
+    forwarded_for.push_str(&peer.to_canonical().to_string());
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
@@ -59,6 +64,49 @@ pub fn request_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
         headers.entry("x-forwarded-host").or_insert(host);
     }
     headers
+}
+
+/// Whether an answer is the Prometheus HTTP API's own (JSON, `errorType` and all): such an
+/// answer, error or not, goes to the client as it is. A replica that is not ready (replaying
+/// its WAL) answers 503 in plain text instead.
+pub fn is_api_answer<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
+}
+
+/// The query API paths that take Prometheus's `timeout` parameter.
+const TIMED_PATHS: [&str; 2] = ["/api/v1/query", "/api/v1/query_range"];
+
+/// Whether a request is a query that names no `timeout` (in its URL, or in its form body), so
+/// that mpp passes the time it has left on as one.
+pub fn wants_timeout(path_and_query: &PathAndQuery, headers: &HeaderMap, body: &[u8]) -> bool {
+    if !TIMED_PATHS.iter().any(|p| path_and_query.path().ends_with(p)) {
+        return false;
+    }
+    let names_timeout = |form: &[u8]| form_urlencoded::parse(form).any(|(name, _)| name == "timeout");
+    if path_and_query.query().is_some_and(|q| names_timeout(q.as_bytes())) {
+        return false;
+    }
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    !(form && names_timeout(body))
+}
+
+/// `path_and_query` with `timeout=<seconds>` added (Prometheus reads a bare number as seconds).
+pub fn with_timeout(path_and_query: &PathAndQuery, left: Duration) -> PathAndQuery {
+    let seconds = left.as_secs_f64().max(0.001);
+    let separator = match path_and_query.query() {
+        Some("") => "",
+        Some(_) => "&",
+        None => "?",
+    };
+    let text = format!("{path_and_query}{separator}timeout={seconds:.3}");
+    text.parse().unwrap_or_else(|_| path_and_query.clone())
 }
 
 #[cfg(test)]
@@ -81,5 +129,32 @@ mod tests {
         assert_eq!(out["x-forwarded-host"], "grafana.example:9090");
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out[header::ACCEPT], "application/json");
+    }
+
+    #[test]
+    fn forwarded_for_keeps_every_earlier_header_line() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "192.0.2.1".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.1, 10.0.0.2".parse().unwrap());
+        let out = request_headers(h, "127.0.0.1".parse().unwrap());
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(out["x-forwarded-for"], "192.0.2.1, 10.0.0.1, 10.0.0.2, 127.0.0.1");
+    }
+
+    #[test]
+    fn queries_without_a_timeout_get_the_time_left() {
+        let pq = |s: &str| s.parse::<PathAndQuery>().unwrap();
+        let none = HeaderMap::new();
+        assert!(wants_timeout(&pq("/api/v1/query?query=up"), &none, b""));
+        assert!(wants_timeout(&pq("/prom/api/v1/query_range?query=up&step=1"), &none, b""));
+        assert!(!wants_timeout(&pq("/api/v1/query?query=up&timeout=5s"), &none, b""));
+        assert!(!wants_timeout(&pq("/api/v1/series?match[]=up"), &none, b""));
+        let mut form = HeaderMap::new();
+        form.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+        assert!(!wants_timeout(&pq("/api/v1/query"), &form, b"query=up&timeout=1m"));
+        assert!(wants_timeout(&pq("/api/v1/query"), &form, b"query=up"));
+        let timed = with_timeout(&pq("/api/v1/query?query=up"), Duration::from_millis(119_500));
+        assert_eq!(timed.as_str(), "/api/v1/query?query=up&timeout=119.500");
+        assert_eq!(with_timeout(&pq("/api/v1/query"), Duration::ZERO).as_str(), "/api/v1/query?timeout=0.001");
     }
 }

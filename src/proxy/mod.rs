@@ -5,37 +5,48 @@
 //! published [`Snapshot`]; it never waits for the selection loop, it only signals it.
 
 pub mod affinity;
+pub mod body;
+pub mod client_ip;
 pub mod forward;
 pub mod retry;
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
 
 use crate::backend::Backend;
+use crate::body::Guarded;
 use crate::client::HttpClient;
+use crate::config::format_duration;
 use crate::error::{AttemptError, ProxyBody, ProxyError};
 use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
 use crate::selection::Snapshot;
+use crate::server::head::Pseudonym;
 use affinity::{Affinity, AffinityOptions};
+use body::{BodyLimits, Buffered};
+use client_ip::TrustedProxies;
 
-/// How long a replica may take to start answering a request. Prometheus gives up on a query
-/// after `--query.timeout` (2 minutes by default); this only bounds a replica that hangs.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(150);
 /// How often a waiting attempt looks whether its replica has been found down.
 const DOWN_CHECK: Duration = Duration::from_millis(200);
 /// How long a last-resort attempt (on a replica already found down, because no other is
 /// left) waits for an answer before a query moves on.
 const LAST_RESORT_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a request waits for one of a replica's connections (`--max-backend-connections`)
+/// before it is refused with 503 and `Retry-After`.
+const QUEUE_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a request that arrives before discovery's first complete answer waits for it.
+/// mpp accepts connections before that only when `--startup-timeout` has run out, so
+/// discovery is slow or broken by then: worth a short wait, not a long one per request.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The request path's state. Cheap to clone. Every serving thread has its own, made with
 /// [`Proxy::with_client`], so that its backend connections stay on that thread.
@@ -51,7 +62,11 @@ struct Inner {
     metrics: Arc<Metrics>,
     affinity: Affinity,
     reselect: mpsc::Sender<()>,
-    max_body: u64,
+    body: BodyLimits,
+    request_timeout: Duration,
+    max_backend_connections: u32,
+    pseudonym: Pseudonym,
+    trusted_proxies: TrustedProxies,
 }
 
 /// What the proxy needs from the rest of the program.
@@ -66,8 +81,16 @@ pub struct ProxySettings {
     pub affinity: AffinityOptions,
     /// Signals the selection loop that a replica failed.
     pub reselect: mpsc::Sender<()>,
-    /// The largest request body accepted.
-    pub max_body: u64,
+    /// How request bodies are read and paid for.
+    pub body: BodyLimits,
+    /// The total time a request may spend on its attempts.
+    pub request_timeout: Duration,
+    /// The most requests in flight to one replica (and so its connections in use).
+    pub max_backend_connections: u32,
+    /// This mpp's `Via` pseudonym.
+    pub pseudonym: Pseudonym,
+    /// The peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// A request, read and ready to be sent to any replica.
@@ -75,11 +98,22 @@ struct Prepared {
     method: Method,
     /// The client's `MPP.Route` cookie, if any.
     route_cookie: Option<String>,
-    body: Bytes,
+    body: Buffered,
     outgoing_headers: HeaderMap,
     path_and_query: PathAndQuery,
     client: IpAddr,
     replayable: bool,
+    /// A query that names no `timeout`: each attempt tells the replica the time left.
+    pass_timeout: bool,
+}
+
+/// How one attempt ended.
+enum Outcome {
+    /// An answer for the client (a Prometheus API error answer included).
+    Answer(Response<Incoming>, OwnedSemaphorePermit),
+    /// A failure; with the replica's own answer when it gave one (a 503 while not ready),
+    /// which the client gets if no other replica does better.
+    Failed(AttemptError, Option<(Response<Incoming>, OwnedSemaphorePermit)>),
 }
 
 impl Proxy {
@@ -92,7 +126,11 @@ impl Proxy {
                 metrics: settings.metrics,
                 affinity: Affinity::new(settings.affinity),
                 reselect: settings.reselect,
-                max_body: settings.max_body,
+                body: settings.body,
+                request_timeout: settings.request_timeout,
+                max_backend_connections: settings.max_backend_connections,
+                pseudonym: settings.pseudonym,
+                trusted_proxies: settings.trusted_proxies,
             }),
         }
     }
@@ -107,13 +145,16 @@ impl Proxy {
         let started = Instant::now();
         match self.forward(request, peer, started).await {
             Ok(response) => response,
-            Err(error) => {
-                let response = error.into_response();
-                let labels = RequestLabels { backend: "none".into(), code: response.status().as_u16() };
-                self.inner.metrics.requests.get_or_create(&labels).inc();
-                response
-            }
+            Err(error) => self.refuse(error),
         }
+    }
+
+    /// The answer to a request that is refused (counted like any other answer).
+    pub fn refuse(&self, error: ProxyError) -> Response<ProxyBody> {
+        let response = error.into_response();
+        let labels = RequestLabels { backend: "none".into(), code: response.status().as_u16() };
+        self.inner.metrics.requests.get_or_create(&labels).inc();
+        response
     }
 
     async fn forward(
@@ -124,7 +165,8 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let prepared = self.prepare(request, peer).await?;
         let inner = &*self.inner;
-        let mut snapshot = inner.snapshot.load_full();
+        let deadline = Instant::now() + inner.request_timeout;
+        let mut snapshot = self.settled_snapshot(deadline).await;
         // Nothing usable is left: every candidate is tried anyway before clients get a 503.
         let mut last_resort = false;
         let mut backend = match inner.affinity.preferred(&snapshot, prepared.route_cookie.as_deref(), prepared.client) {
@@ -143,16 +185,17 @@ impl Proxy {
         // Allocates only when an attempt fails.
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         loop {
-            let (failure, unavailable) = match self.attempt(&prepared, &backend, last_resort).await {
-                Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && prepared.replayable => {
-                    (AttemptError::Unavailable, Some(response))
+            let (failure, unavailable) = match self.attempt(&prepared, &backend, last_resort, deadline).await {
+                Outcome::Answer(response, slot) => {
+                    return Ok(self.answer(response, slot, &backend, &snapshot, &prepared, started));
                 }
-                Ok(response) => return Ok(self.answer(response, &backend, &snapshot, &prepared, started)),
-                Err(failure) => (failure, None),
+                Outcome::Failed(failure, answer) => (failure, answer),
             };
             tracing::debug!(backend = %backend, error = %failure, last_resort, "attempt failed");
-            // The selection loop re-probes at once; this request does not wait for it.
-            let _ = inner.reselect.try_send(());
+            if failure.counts_against_replica() {
+                // The selection loop re-probes at once; this request does not wait for it.
+                let _ = inner.reselect.try_send(());
+            }
             tried.push(backend.clone());
             let next = if tried.len() < retry::MAX_ATTEMPTS && failure.retryable(prepared.replayable) {
                 snapshot = inner.snapshot.load_full();
@@ -169,96 +212,152 @@ impl Proxy {
                     inner.metrics.retries.get_or_create(&BackendLabels { backend: backend.url_label() }).inc();
                     (backend, last_resort) = (next, next_is_last_resort);
                 }
-                (None, Some(response)) => return Ok(self.answer(response, &backend, &snapshot, &prepared, started)),
+                (None, Some((response, slot))) => {
+                    return Ok(self.answer(response, slot, &backend, &snapshot, &prepared, started));
+                }
                 (None, None) => {
                     tracing::warn!(backend = %backend, error = %failure, attempts = tried.len(), "request failed on every attempt");
-                    let mut detail = failure.to_string();
-                    if last_resort {
-                        detail = format!("{detail} (tried although {})", snapshot.reason);
-                    }
-                    let backend = backend.url().to_string();
-                    return Err(if failure.nothing_answered() {
-                        ProxyError::Unavailable { backend, detail }
-                    } else {
-                        ProxyError::Upstream { backend, detail }
-                    });
+                    return Err(self.failure(failure, &backend, &snapshot, last_resort));
                 }
             }
         }
     }
 
-    /// Reads the body (up to the limit) and works out everything the attempts share.
+    /// The client's answer when the last attempt failed.
+    fn failure(&self, failure: AttemptError, backend: &Backend, snapshot: &Snapshot, last_resort: bool) -> ProxyError {
+        let url = backend.url().to_string();
+        match failure {
+            AttemptError::TimedOut => {
+                ProxyError::Timeout { limit: format_duration(self.inner.request_timeout), backend: url }
+            }
+            AttemptError::Busy => ProxyError::Overloaded(format!(
+                "{url} has {} requests in flight (--max-backend-connections)",
+                self.inner.max_backend_connections
+            )),
+            failure => {
+                let mut detail = failure.to_string();
+                if last_resort {
+                    detail = format!("{detail} (tried although {})", snapshot.reason);
+                }
+                if failure.nothing_answered() {
+                    ProxyError::Unavailable { backend: url, detail }
+                } else {
+                    ProxyError::Upstream { backend: url, detail }
+                }
+            }
+        }
+    }
+
+    /// The published snapshot, once the first selection has settled: a request that arrives
+    /// while discovery is still listing (mpp gave up waiting for it at start-up) waits a
+    /// little rather than failing at once. Polls the snapshot, like waiting attempts, so that
+    /// requests register with nothing the background tasks lock.
+    async fn settled_snapshot(&self, deadline: Instant) -> Arc<Snapshot> {
+        let snapshot = self.inner.snapshot.load_full();
+        if snapshot.settled {
+            return snapshot;
+        }
+        let give_up = deadline.min(Instant::now() + STARTUP_PATIENCE);
+        loop {
+            let snapshot = self.inner.snapshot.load_full();
+            if snapshot.settled || Instant::now() >= give_up {
+                return snapshot;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reads the body (within the limits) and works out everything the attempts share.
     async fn prepare(&self, request: Request<Incoming>, peer: IpAddr) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
-        let limit = self.inner.max_body;
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(ProxyError::BodyTooLarge { limit });
-        }
-        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    ProxyError::BodyTooLarge { limit }
-                } else {
-                    ProxyError::BadRequestBody(crate::error::error_chain(e.as_ref()))
-                }
-            })?
-            .to_bytes();
         let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         if !path_and_query.path().starts_with('/') {
             return Err(ProxyError::BadRequest(format!("request target '{path_and_query}' is not a path")));
         }
+        let body = self.inner.body.read(&parts.headers, body).await?;
+        let pass_timeout = forward::wants_timeout(&path_and_query, &parts.headers, &body.bytes);
+        let client = self.inner.trusted_proxies.client_address(&parts.headers, peer);
+        let route_cookie = affinity::route_cookie(&parts.headers).map(str::to_owned);
+        let mut outgoing_headers = forward::request_headers(parts.headers, peer);
+        outgoing_headers.append(header::VIA, self.inner.pseudonym.via().clone());
         Ok(Prepared {
-            client: affinity::client_address(&parts.headers, peer),
-            route_cookie: affinity::route_cookie(&parts.headers).map(str::to_owned),
+            client,
+            route_cookie,
             replayable: retry::replayable(&parts.method, path_and_query.path()),
-            outgoing_headers: forward::request_headers(parts.headers, peer),
+            outgoing_headers,
             method: parts.method,
             path_and_query,
             body,
+            pass_timeout,
         })
     }
 
     /// One try of the request on one backend, until the answer's headers arrive.
-    async fn attempt(
-        &self,
-        prepared: &Prepared,
-        backend: &Backend,
-        last_resort: bool,
-    ) -> Result<Response<Incoming>, AttemptError> {
-        let uri = backend.uri(&prepared.path_and_query).map_err(|e| AttemptError::Connect(e.to_string()))?;
-        let mut request = Request::new(Full::new(prepared.body.clone()));
+    async fn attempt(&self, prepared: &Prepared, backend: &Backend, last_resort: bool, deadline: Instant) -> Outcome {
+        let slots = backend.connection_slots(self.inner.max_backend_connections);
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let queued = tokio::time::timeout_at(
+                    deadline.min(Instant::now() + QUEUE_PATIENCE),
+                    slots.clone().acquire_owned(),
+                );
+                match queued.await {
+                    Ok(Ok(slot)) => slot,
+                    Ok(Err(_)) | Err(_) => return Outcome::Failed(AttemptError::Busy, None),
+                }
+            }
+        };
+        let path_and_query = if prepared.pass_timeout {
+            forward::with_timeout(&prepared.path_and_query, deadline.saturating_duration_since(Instant::now()))
+        } else {
+            prepared.path_and_query.clone()
+        };
+        let uri = match backend.uri(&path_and_query) {
+            Ok(uri) => uri,
+            Err(e) => return Outcome::Failed(AttemptError::Connect(e.to_string()), None),
+        };
+        let mut request = Request::new(Full::new(prepared.body.bytes.clone()));
         *request.method_mut() = prepared.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = prepared.outgoing_headers.clone();
         let patience = if last_resort { LAST_RESORT_PATIENCE } else { Duration::ZERO };
-        let result = self.wait_for_answer(self.client.request(request), prepared.replayable, backend, patience).await;
-        match &result {
-            Ok(response) if response.status() != StatusCode::SERVICE_UNAVAILABLE => backend.health().record_success(),
-            Err(AttemptError::Abandoned) => {}
-            _ => {
+        let sent = self.client.request(request);
+        let outcome = match self.wait_for_answer(sent, prepared.replayable, backend, patience, deadline).await {
+            Ok(response)
+                if response.status() == StatusCode::SERVICE_UNAVAILABLE && !forward::is_api_answer(&response) =>
+            {
+                Outcome::Failed(AttemptError::Unavailable, prepared.replayable.then_some((response, slot)))
+            }
+            Ok(response) if response.status() == StatusCode::LOOP_DETECTED => Outcome::Failed(AttemptError::Loop, None),
+            Ok(response) => Outcome::Answer(response, slot),
+            Err(failure) => Outcome::Failed(failure, None),
+        };
+        match &outcome {
+            Outcome::Answer(..) => backend.health().record_success(),
+            Outcome::Failed(failure, _) if failure.counts_against_replica() => {
                 if backend.health().record_failure() {
                     tracing::warn!(backend = %backend, "replica failed live traffic repeatedly; ejected until it passes a probe");
                 }
             }
+            Outcome::Failed(..) => {}
         }
-        result
+        outcome
     }
 
-    /// Waits for the answer's headers. A query waiting on a replica that the liveness check
-    /// or other requests have since found down moves on (`Abandoned`), after `patience` at
-    /// the earliest (a last-resort attempt gives a replica already known down some time);
-    /// writes wait for their answer. The replica's health is an atomic read every
-    /// [`DOWN_CHECK`] rather than a wake-up, so that no request registers with anything the
-    /// background tasks lock.
+    /// Waits for the answer's headers, until `deadline` at the latest. A query waiting on a
+    /// replica that the liveness check or other requests have since found down moves on
+    /// (`Abandoned`), after `patience` at the earliest (a last-resort attempt gives a
+    /// replica already known down some time); writes wait for their answer. The replica's
+    /// health is an atomic read every [`DOWN_CHECK`] rather than a wake-up, so that no
+    /// request registers with anything the background tasks lock.
     async fn wait_for_answer<F>(
         &self,
         send: F,
         replayable: bool,
         backend: &Backend,
         patience: Duration,
+        deadline: Instant,
     ) -> Result<Response<Incoming>, AttemptError>
     where
         F: Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
@@ -266,24 +365,24 @@ impl Proxy {
         let started = Instant::now();
         tokio::pin!(send);
         loop {
-            match tokio::time::timeout(DOWN_CHECK, &mut send).await {
+            match tokio::time::timeout_at(deadline.min(Instant::now() + DOWN_CHECK), &mut send).await {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(e)) => return Err(AttemptError::from_client(&e)),
+                Err(_) if Instant::now() >= deadline => return Err(AttemptError::TimedOut),
                 Err(_) if replayable && backend.health().is_down() && started.elapsed() >= patience => {
                     return Err(AttemptError::Abandoned);
-                }
-                Err(_) if started.elapsed() >= ANSWER_TIMEOUT => {
-                    return Err(AttemptError::Sent(format!("no answer within {ANSWER_TIMEOUT:?}")));
                 }
                 Err(_) => {}
             }
         }
     }
 
-    /// The backend's answer, made ready for the client; its body streams through untouched.
+    /// The backend's answer, made ready for the client; its body streams through untouched,
+    /// holding the replica's connection slot until it is done.
     fn answer(
         &self,
         response: Response<Incoming>,
+        slot: OwnedSemaphorePermit,
         backend: &Arc<Backend>,
         snapshot: &Snapshot,
         prepared: &Prepared,
@@ -308,6 +407,6 @@ impl Proxy {
             let labels = RequestLabels { backend: backend.url_label(), code: parts.status.as_u16() };
             inner.metrics.requests.get_or_create(&labels).inc();
         }
-        Response::from_parts(parts, Either::Left(body))
+        Response::from_parts(parts, Either::Left(Guarded::new(body, slot)))
     }
 }

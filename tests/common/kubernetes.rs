@@ -112,6 +112,7 @@ struct State {
     outage: bool,
     revoked: bool,
     label_selectors: Vec<String>,
+    list_delay: std::time::Duration,
 }
 
 /// The fake API server; stops when dropped.
@@ -151,7 +152,14 @@ impl FakeKubernetes {
                 let (state, wake) = (state2.clone(), wake2.clone());
                 let service = service_fn(move |request: Request<Incoming>| {
                     let (state, wake) = (state.clone(), wake.clone());
-                    async move { Ok::<_, Infallible>(handle(request, &state, &wake)) }
+                    async move {
+                        let is_list = !request.uri().query().unwrap_or("").contains("watch=true");
+                        let delay = state.lock().unwrap().list_delay;
+                        if is_list && !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        Ok::<_, Infallible>(handle(request, &state, &wake))
+                    }
                 });
                 tokio::spawn(async move {
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -203,6 +211,12 @@ impl FakeKubernetes {
     pub fn set_revoked(&self, revoked: bool) {
         self.state.lock().unwrap().revoked = revoked;
         let _ = self.wake.send(());
+    }
+
+    /// Makes every list (not watch) request wait this long before it is answered, as a
+    /// busy API server does.
+    pub fn set_list_delay(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().list_delay = delay;
     }
 
     /// The label selectors clients asked for.

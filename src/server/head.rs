@@ -1,0 +1,118 @@
+//! Checks of a request's head that hyper leaves to us, made before anything is forwarded:
+//! each refusal names what is wrong. Kept apart (and public through [`crate::fuzzing`]) so
+//! that a fuzz target can throw arbitrary heads at it.
+
+use http::{Method, Request, Version, header};
+
+use crate::error::ProxyError;
+
+/// This mpp's pseudonym in `Via` headers (RFC 9110, section 7.6.3), random per process, so
+/// that a request that comes back to the same mpp is recognised (and refused with 508)
+/// while a chain of different mpp instances still works.
+#[derive(Debug, Clone)]
+pub struct Pseudonym {
+    token: String,
+    /// `1.1 mpp-…`: what this mpp appends to `Via` (requests to replicas are HTTP/1.1).
+    via: http::HeaderValue,
+}
+
+impl Pseudonym {
+    /// A new random pseudonym.
+    pub fn random() -> Self {
+        use rand::RngExt;
+        Self::from_token(format!("mpp-{:016x}", rand::rng().random::<u64>()))
+    }
+
+    /// The pseudonym with this token (for tests).
+    pub fn from_token(token: String) -> Self {
+        let via = http::HeaderValue::from_str(&format!("1.1 {token}")).expect("a pseudonym is a valid header value");
+        Pseudonym { token, via }
+    }
+
+    /// The `Via` entry this mpp adds.
+    pub fn via(&self) -> &http::HeaderValue {
+        &self.via
+    }
+
+    /// Whether any `Via` entry of `headers` is this mpp's.
+    pub fn seen_in(&self, headers: &http::HeaderMap) -> bool {
+        headers.get_all(header::VIA).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|entry| {
+            // `received-protocol received-by [comment]`
+            entry.split_whitespace().nth(1) == Some(self.token.as_str())
+        })
+    }
+}
+
+/// Whether the head may be served; the refusal otherwise. `proxied`: the request is for a
+/// replica (not an `/mpp/` path), and so subject to loop detection.
+pub fn check<B>(request: &Request<B>, pseudonym: &Pseudonym, proxied: bool) -> Result<(), ProxyError> {
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed("CONNECT".into()));
+    }
+    let headers = request.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest(format!("{hosts} Host headers; exactly one is allowed (RFC 9112, 3.2)")));
+    }
+    if hosts == 0 && request.version() == Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("no Host header; HTTP/1.1 requires one (RFC 9112, 3.2)".into()));
+    }
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let codings = value.to_str().unwrap_or("?");
+        if codings.split(',').map(str::trim).any(|c| !c.eq_ignore_ascii_case("chunked")) {
+            return Err(ProxyError::NotImplemented(format!(
+                "Transfer-Encoding '{codings}'; only chunked is supported"
+            )));
+        }
+    }
+    if proxied && pseudonym.seen_in(headers) {
+        return Err(ProxyError::LoopDetected(pseudonym.token.clone()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(lines: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::get("/api/v1/query?query=up");
+        for (name, value) in lines {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn status(result: Result<(), ProxyError>) -> u16 {
+        result.map_or_else(|e| e.status().as_u16(), |()| 200)
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_forwarded_safely() {
+        let us = Pseudonym::from_token("mpp-1".into());
+        assert_eq!(status(check(&request(&[("host", "a")]), &us, true)), 200);
+        assert_eq!(status(check(&request(&[]), &us, true)), 400, "no Host");
+        assert_eq!(status(check(&request(&[("host", "a"), ("host", "b")]), &us, true)), 400, "two Hosts");
+        let te = request(&[("host", "a"), ("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(status(check(&te, &us, true)), 501);
+        let chunked = request(&[("host", "a"), ("transfer-encoding", "chunked")]);
+        assert_eq!(status(check(&chunked, &us, true)), 200);
+        let connect = Request::connect("a:443").header("host", "a:443").body(()).unwrap();
+        assert_eq!(status(check(&connect, &us, true)), 405);
+        let mut http10 = request(&[]);
+        *http10.version_mut() = Version::HTTP_10;
+        assert_eq!(status(check(&http10, &us, true)), 200, "HTTP/1.0 needs no Host");
+    }
+
+    #[test]
+    fn a_request_that_came_through_this_mpp_is_a_loop_and_others_are_not() {
+        let us = Pseudonym::from_token("mpp-00ff".into());
+        let looped = request(&[("host", "a"), ("via", "1.1 proxy-a, 1.1 mpp-00ff")]);
+        assert_eq!(status(check(&looped, &us, true)), 508);
+        assert_eq!(status(check(&looped, &us, false)), 200, "admin paths are never forwarded");
+        let other = request(&[("host", "a"), ("via", "1.1 mpp-00ffee (mpp)"), ("via", "2 mpp-00f")]);
+        assert_eq!(status(check(&other, &us, true)), 200, "another mpp's pseudonym");
+        let another: http::HeaderMap = [(header::VIA, Pseudonym::random().via().clone())].into_iter().collect();
+        assert!(!Pseudonym::random().seen_in(&another), "two processes have different pseudonyms");
+    }
+}

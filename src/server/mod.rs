@@ -1,0 +1,264 @@
+//! The listener: accepts connections (HTTP/1.1, and HTTP/2 for clients that speak it in
+//! clear text), checks each request's head, hands `/mpp/` to the admin paths and everything
+//! else to the proxy, and on shutdown stops accepting and lets in-flight requests finish
+//! within a grace period. Every phase of a connection has a deadline ([`connection`]).
+//!
+//! Connections are served thread-per-core: the accepting task hands each new connection, in
+//! turn, to one of the serving threads (`--serving-threads`), each running its own
+//! single-threaded runtime with its own [`Proxy`] (and so its own pool of backend
+//! connections). A request and the backend connection it uses then live on one thread from
+//! start to end: no work stealing and no cross-thread wake-ups. What the threads share is
+//! atomics (metrics, health, budgets) and the source-IP affinity table's mutex, held for a
+//! map lookup and never across an `.await`.
+
+pub mod connection;
+pub mod head;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use http_body_util::Either;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+
+use crate::admin::Admin;
+use crate::body::Guarded;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use connection::{Activity, Deadlines, Metered, Pressure};
+use head::Pseudonym;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// The largest request head (request line and headers); larger ones get 431. Prometheus
+/// (Go's default) accepts 1 MB, so anything that works direct works through mpp.
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+/// The most header lines in a request head. hyper's default is 100; Go counts bytes only, so
+/// this is set high enough that the byte limit is what binds.
+pub const MAX_HEADERS: usize = 10_000;
+
+/// TCP keepalive on client connections: a peer that vanished without a word (a crashed
+/// host, a dropped NAT entry) is noticed within about two minutes.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_PROBES: u32 = 6;
+
+/// What one client may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The connection deadlines.
+    pub deadlines: Deadlines,
+    /// The most connections served at once; more wait in the kernel's listen queue.
+    pub max_connections: u32,
+    /// The most HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+}
+
+/// What every serving thread shares, besides its own proxy.
+#[derive(Clone)]
+pub struct Shared {
+    /// The admin paths.
+    pub admin: Admin,
+    /// Where connection closes are counted.
+    pub metrics: Arc<Metrics>,
+    /// This mpp's `Via` pseudonym.
+    pub pseudonym: Pseudonym,
+    /// The limits.
+    pub limits: Limits,
+}
+
+/// A connection on its way from the accepting task to a worker, with its slot under
+/// [`Limits::max_connections`].
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+}
+
+/// One serving thread: where to send it connections, and how to learn it has drained.
+struct Worker {
+    connections: mpsc::UnboundedSender<Accepted>,
+    drained: oneshot::Receiver<()>,
+}
+
+/// Serves until `shutdown` completes, then drains. `proxies` holds one proxy per serving
+/// thread (each with its own backend client); there is at least one.
+pub async fn serve(
+    listener: TcpListener,
+    proxies: Vec<Proxy>,
+    shared: Shared,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let max = shared.limits.max_connections as usize;
+    let slots = Arc::new(Semaphore::new(max));
+    let pressure = Pressure::new(slots.clone(), max);
+    let mut workers = Vec::with_capacity(proxies.len());
+    for (index, proxy) in proxies.into_iter().enumerate() {
+        workers.push(Worker::start(index, proxy, shared.clone(), pressure.clone())?);
+    }
+    anyhow::ensure!(!workers.is_empty(), "no serving thread to hand connections to");
+    let mut next = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, typically: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE_IDLE)
+            .with_interval(TCP_KEEPALIVE_INTERVAL)
+            .with_retries(TCP_KEEPALIVE_PROBES);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        // Leaves this runtime's reactor (and stays non-blocking) for the worker's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "cannot hand over a connection");
+                continue;
+            }
+        };
+        let accepted = Accepted { stream, peer, slot };
+        if workers[next].connections.send(accepted).is_err() {
+            tracing::error!(worker = next, "a serving thread has stopped; shutting down");
+            break;
+        }
+        next = (next + 1) % workers.len();
+    }
+    drop(listener);
+    tracing::info!(grace_period = ?GRACE_PERIOD, "shutting down; letting in-flight requests finish");
+    // Closing their channels tells the workers to drain; then wait for each.
+    let (channels, drained): (Vec<_>, Vec<_>) = workers.into_iter().map(|w| (w.connections, w.drained)).unzip();
+    drop(channels);
+    for done in drained {
+        let _ = done.await;
+    }
+    Ok(())
+}
+
+impl Worker {
+    /// Starts serving thread `index`; it serves what it is sent until the sender is dropped,
+    /// then drains its connections.
+    fn start(index: usize, proxy: Proxy, shared: Shared, pressure: Pressure) -> anyhow::Result<Worker> {
+        let (connections, incoming) = mpsc::unbounded_channel();
+        let (done, drained) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a serving thread's runtime")?;
+        std::thread::Builder::new()
+            .name(format!("mpp-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(serve_connections(incoming, proxy, shared, pressure));
+                let _ = done.send(());
+            })
+            .context("cannot start a serving thread")?;
+        Ok(Worker { connections, drained })
+    }
+}
+
+/// One worker's loop: serves every connection it is handed, and once the accepting task
+/// has stopped, gives in-flight requests [`GRACE_PERIOD`] to finish.
+async fn serve_connections(
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
+    proxy: Proxy,
+    shared: Shared,
+    pressure: Pressure,
+) {
+    let limits = shared.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The connection watcher keeps the header deadline (see `connection`).
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEADER_BYTES)
+        // Go (and so Prometheus) limits the head by size only; so does mpp.
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(connection::H2_PING_INTERVAL)
+        .keep_alive_timeout(connection::H2_PING_TIMEOUT);
+    let (shutdown, shutting_down) = watch::channel(false);
+    // Each connection task holds a clone; `recv` returns `None` once all have ended.
+    let (active, mut all_ended) = mpsc::channel::<()>(1);
+    while let Some(Accepted { stream, peer, slot }) = incoming.recv().await {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "cannot take over a connection");
+                continue;
+            }
+        };
+        let activity = Activity::new();
+        let service = {
+            let (proxy, shared, activity) = (proxy.clone(), shared.clone(), activity.clone());
+            service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let in_flight = activity.begin(request.version() == http::Version::HTTP_2);
+                let (proxy, shared) = (proxy.clone(), shared.clone());
+                async move {
+                    let response = respond(&proxy, &shared, request, peer).await;
+                    Ok::<_, Infallible>(response.map(|body| Guarded::new(body, in_flight)))
+                }
+            })
+        };
+        let io = TokioIo::new(Metered::new(stream, activity.clone()));
+        let connection = builder.serve_connection(io, service).into_owned();
+        let (shared, pressure, shutting_down, active) =
+            (shared.clone(), pressure.clone(), shutting_down.clone(), active.clone());
+        tokio::spawn(async move {
+            let (closed_for, error) =
+                connection::watch(connection, &activity, limits.deadlines, &pressure, shutting_down).await;
+            if let Some(reason) = closed_for {
+                shared.metrics.connection_closed(reason);
+                tracing::debug!(%peer, reason = reason.label(), "closed a connection");
+            }
+            if let Some(error) = error {
+                tracing::debug!(%peer, error = %crate::error::error_chain(error.as_ref()), "connection ended with an error");
+            }
+            drop(slot);
+            drop(active);
+        });
+    }
+    let _ = shutdown.send(true);
+    drop(active);
+    if tokio::time::timeout(GRACE_PERIOD, all_ended.recv()).await.is_err() {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// The answer to one request: a refusal of its head, the admin paths, or the proxy's.
+async fn respond(
+    proxy: &Proxy,
+    shared: &Shared,
+    request: http::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> http::Response<crate::error::ProxyBody> {
+    let admin_path = request.uri().path().starts_with("/mpp/");
+    if let Err(refusal) = head::check(&request, &shared.pseudonym, !admin_path) {
+        return proxy.refuse(refusal);
+    }
+    if admin_path { shared.admin.handle(&request).map(Either::Right) } else { proxy.handle(request, peer.ip()).await }
+}

@@ -23,7 +23,11 @@
 //! - [`metrics`]: every exported metric.
 //! - [`error`]: error kinds, retryability and the one mapping to HTTP answers.
 //! - [`client`]: the pooled http/https client to the replicas.
-//! - [`server`]: accepting connections, serving them on one thread per CPU, draining on shutdown.
+//! - [`server`]: accepting connections, serving them on one thread per CPU, each connection
+//!   held to its deadlines, request heads checked, draining on shutdown.
+//! - [`body`]: a response body that holds a slot (a request in flight, a replica connection)
+//!   until it is sent.
+//! - [`system`]: the memory and open-files limits of the process.
 
 #![forbid(unsafe_code)]
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Mpp, Prometheus, endpoints_file, get, wait_until};
+use common::{Mpp, Prometheus, endpoints_file, get, one_replica, wait_until};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
@@ -19,17 +19,6 @@ use http_body_util::{BodyExt, Full};
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An empty SETTINGS frame.
 const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
-
-async fn one_replica(args: &[&str]) -> (Prometheus, Mpp, tempfile::TempDir) {
-    let replica = Prometheus::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = endpoints_file(dir.path(), &[replica.url()]);
-    let mut all = vec!["--endpoints-file", file.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let mpp = Mpp::start(&all).await;
-    mpp.wait_selected(&[&replica.url()]).await;
-    (replica, mpp, dir)
-}
 
 /// A raw connection that has sent `bytes`.
 fn open(addr: SocketAddr, bytes: &[u8]) -> TcpStream {

@@ -7,18 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Mpp, Prometheus, endpoints_file, get, wait_until};
-
-async fn one_replica(args: &[&str]) -> (Prometheus, Mpp, tempfile::TempDir) {
-    let replica = Prometheus::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = endpoints_file(dir.path(), &[replica.url()]);
-    let mut all = vec!["--endpoints-file", file.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let mpp = Mpp::start(&all).await;
-    mpp.wait_selected(&[&replica.url()]).await;
-    (replica, mpp, dir)
-}
+use common::{Mpp, Prometheus, endpoints_file, get, one_replica, wait_until};
 
 /// Sends raw bytes on a new connection and returns the status line of the answer.
 fn raw(mpp: &Mpp, request: &[u8]) -> String {

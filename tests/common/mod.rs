@@ -374,3 +374,16 @@ pub fn endpoints_file(dir: &Path, urls: &[String]) -> PathBuf {
     std::fs::write(&path, urls.join("\n") + "\n").expect("write endpoints file");
     path
 }
+
+/// One real replica behind mpp (started with `args` besides the endpoints file), once it is
+/// selected. The folder holds the endpoints file; keep it as long as mpp runs.
+pub async fn one_replica(args: &[&str]) -> (Prometheus, Mpp, TempDir) {
+    let replica = Prometheus::start().await;
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let file = endpoints_file(dir.path(), &[replica.url()]);
+    let mut all = vec!["--endpoints-file", file.to_str().expect("a UTF-8 path")];
+    all.extend_from_slice(args);
+    let mpp = Mpp::start(&all).await;
+    mpp.wait_selected(&[&replica.url()]).await;
+    (replica, mpp, dir)
+}

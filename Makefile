@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build release test lint demo deps bench bench-deps soak clean
+.PHONY: all build release image test lint demo deps bench bench-deps soak clean
 
 all: build
 
@@ -13,7 +13,14 @@ build:
 release:
 	$(CARGO) build --release
 
-# Debian's prometheus package (prometheus and promtool): the tests and the demo run real servers.
+# The container image from the release binary, built with buildah from `Containerfile` (no
+# registry needed), tagged localhost/mpp:<version>; `make image IMAGE=registry/mpp:tag` names
+# it otherwise.
+image: deps release
+	scripts/image.sh target/release/mpp $(IMAGE)
+
+# From Debian: prometheus and promtool (the tests and the demo run real servers), and podman,
+# buildah and runc (the image and its test).
 deps:
 	@scripts/install-deps.sh
 

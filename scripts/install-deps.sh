@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need from Debian: prometheus and promtool; with the
-# argument `bench`, what the benchmark needs: wrk, nginx, HAProxy and curl.
+# Installs what the tests and the demo need from Debian: prometheus and promtool, and podman,
+# buildah and runc (`make image` and the container test); with the argument `bench`, what the
+# benchmark needs: wrk, nginx, HAProxy and curl.
 # As root it installs them; otherwise it says what to install and fails.
 set -euo pipefail
 
 if [ "${1:-}" = bench ]; then
     tools=(wrk nginx haproxy curl); packages=(wrk nginx-light haproxy curl)
 else
-    tools=(prometheus promtool); packages=(prometheus)
+    tools=(prometheus promtool podman buildah runc); packages=(prometheus podman buildah runc)
 fi
 missing=()
 for tool in "${tools[@]}"; do

@@ -1,6 +1,9 @@
-# A static mpp binary (musl) in an empty image, run as an unprivileged user.
-# Build: docker build -t mpp .   (not buildable on the development machine: it has no
-# Docker engine; the steps are the conventional ones and use only crates.io.)
+# mpp from source, for machines that reach an image registry (it starts FROM rust:1-alpine):
+# a static musl binary in an empty image, run as an unprivileged user. Where no registry is
+# reachable, `make image` builds the equivalent image from Containerfile (see the README).
+#   docker build --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" \
+#       --build-arg SOURCE=<repository URL> -t registry.example.com/monitoring/mpp:0.1.0 .
+#   docker push registry.example.com/monitoring/mpp:0.1.0
 FROM rust:1-alpine AS build
 RUN apk add --no-cache musl-dev
 WORKDIR /src
@@ -9,8 +12,18 @@ COPY src ./src
 RUN cargo build --release --locked && strip target/release/mpp
 
 FROM scratch
+ARG VERSION
+ARG REVISION
+ARG SOURCE
+LABEL org.opencontainers.image.title="mpp" \
+      org.opencontainers.image.description="Multi-Prometheus proxy: makes HA Prometheus replicas look like one server" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /src/target/release/mpp /mpp
 USER 65534:65534
 EXPOSE 9090
 ENTRYPOINT ["/mpp"]
+CMD ["--endpoints-file", "/etc/mpp/endpoints"]

@@ -1,12 +1,15 @@
 //! Every manifest in `deploy/kubernetes/` parses into its k8s-openapi type, with no field the
-//! type does not know (a misspelled field would otherwise be dropped silently), and the RBAC
-//! grants exactly what mpp reads.
+//! type does not know (a misspelled field would otherwise be dropped silently), the RBAC
+//! grants exactly what mpp reads, and mpp's pods run the image `make image` tags, under the
+//! runtime's default seccomp profile, spread over nodes, with a disruption budget.
 
 use std::path::Path;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -37,17 +40,37 @@ fn parse<T: DeserializeOwned + serde::Serialize>(file: &str, value: &serde_yaml:
 #[test]
 fn every_manifest_parses_into_its_kubernetes_type() {
     let docs = documents();
-    assert!(docs.len() >= 7, "expected the mpp and Prometheus manifests, found {}", docs.len());
+    assert!(docs.len() >= 8, "expected the mpp and Prometheus manifests, found {}", docs.len());
+    let (mut mpp_pods, mut budgeted) = (None, None);
     for (file, value) in &docs {
         match value["kind"].as_str().unwrap_or_else(|| panic!("{file}: a document without kind")) {
             "Deployment" => {
                 let d: Deployment = parse(file, value);
                 let spec = d.spec.unwrap();
                 assert_eq!(spec.replicas, Some(2));
-                let container = &spec.template.spec.unwrap().containers[0];
+                let pod = spec.template.spec.unwrap();
+                let container = &pod.containers[0];
                 let probe = container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
                 assert_eq!(probe.path.as_deref(), Some("/mpp/health"));
                 assert!(container.resources.as_ref().unwrap().requests.is_some());
+                // scripts/image.sh's default name for the binary of this version.
+                let image = format!("localhost/mpp:{}", env!("CARGO_PKG_VERSION"));
+                assert_eq!(container.image.as_deref(), Some(image.as_str()), "{file}: the image `make image` tags");
+                let security = pod.security_context.unwrap();
+                assert_eq!(security.run_as_non_root, Some(true));
+                assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
+                let spread = pod.topology_spread_constraints.unwrap_or_default();
+                let by_node = spread.iter().find(|c| c.topology_key == "kubernetes.io/hostname");
+                let by_node = by_node.unwrap_or_else(|| panic!("{file}: mpp pods are not spread over nodes"));
+                assert_eq!(by_node.when_unsatisfiable, "DoNotSchedule");
+                assert_eq!(by_node.node_taints_policy.as_deref(), Some("Honor"), "cordoned nodes must not count");
+                assert_eq!(by_node.label_selector, Some(spec.selector.clone()));
+                mpp_pods = Some(spec.selector);
+            }
+            "PodDisruptionBudget" => {
+                let spec = parse::<PodDisruptionBudget>(file, value).spec.unwrap();
+                assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+                budgeted = spec.selector;
             }
             "StatefulSet" => assert_eq!(parse::<StatefulSet>(file, value).spec.unwrap().replicas, Some(2)),
             "Service" => drop(parse::<Service>(file, value)),
@@ -63,4 +86,6 @@ fn every_manifest_parses_into_its_kubernetes_type() {
             other => panic!("{file}: no check for kind {other}"),
         }
     }
+    assert!(mpp_pods.is_some(), "no mpp Deployment");
+    assert_eq!(budgeted, mpp_pods, "the disruption budget selects exactly mpp's pods");
 }

@@ -8,9 +8,9 @@
 # The image holds the stripped binary, the shared libraries `ldd` lists for it, glibc's
 # name-service configuration (`nsswitch.conf`: /etc/hosts, then DNS; the runtime mounts
 # /etc/hosts and /etc/resolv.conf), the CA bundle and an /etc/passwd naming the unprivileged
-# user 65534. The labels org.opencontainers.image.{source,revision} come from git (the remote
-# `origin` and HEAD, `-dirty` when tracked files changed); IMAGE_SOURCE and IMAGE_REVISION
-# override them. The version is the binary's own (`mpp --version`).
+# user 65534. The label org.opencontainers.image.source is Cargo.toml's `repository`, else the
+# git remote `origin`; .revision is git's HEAD (`-dirty` when tracked files changed);
+# IMAGE_SOURCE and IMAGE_REVISION override them. .version is the binary's (`mpp --version`).
 set -euo pipefail
 
 binary=${1:?usage: scripts/image.sh BINARY [NAME]}
@@ -26,9 +26,10 @@ done
 
 version=$("$binary" --version | awk '{print $2}')
 name=${2:-localhost/mpp:$version}
-source=${IMAGE_SOURCE:-$(git -C "$root" remote get-url origin 2>/dev/null || true)}
+source=${IMAGE_SOURCE:-$(sed -nE 's/^repository *= *"(.*)"/\1/p' "$root/Cargo.toml")}
+source=${source:-$(git -C "$root" remote get-url origin 2>/dev/null || true)}
 if [ -z "$source" ]; then
-    echo "image: no git remote 'origin' to name the source repository; set IMAGE_SOURCE=<its URL>" >&2
+    echo "image: nothing names the source repository (no \`repository\` in Cargo.toml, no git remote 'origin'); set IMAGE_SOURCE=<its URL>" >&2
     exit 1
 fi
 source=$(sed -E 's#^git@([^:]+):#https://\1/#; s#\.git$##' <<<"$source")

@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,7 +35,10 @@ async fn image_serves_as_non_root_on_a_read_only_root_and_stops_cleanly_on_sigte
     let image = Image::build();
     let dir = tempfile::tempdir().unwrap();
     let by_name = b.url().replace("127.0.0.1", REPLICA_NAME);
-    common::endpoints_file(dir.path(), &[a.url(), by_name.clone()]);
+    let file = common::endpoints_file(dir.path(), &[a.url(), by_name.clone()]);
+    // Readable by the container's user whatever the umask (as a ConfigMap mount is).
+    std::fs::set_permissions(dir.path(), Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
     let port = free_port();
 
     let started = Instant::now();

@@ -51,7 +51,7 @@ fn every_manifest_parses_into_its_kubernetes_type() {
                 let pod = spec.template.spec.unwrap();
                 let container = &pod.containers[0];
                 let probe = container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
-                assert_eq!(probe.path.as_deref(), Some("/mpp/health"));
+                assert_eq!(probe.path.as_deref(), Some("/mpp/ready"));
                 assert!(container.resources.as_ref().unwrap().requests.is_some());
                 // scripts/image.sh's default name for the binary of this version.
                 let image = format!("localhost/mpp:{}", env!("CARGO_PKG_VERSION"));

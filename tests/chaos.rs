@@ -3,70 +3,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Mpp, Prometheus, endpoints_file, get, post_form};
-
-/// What one request saw: how long it took, and the replica or the error.
-struct Outcome {
-    took: Duration,
-    result: Result<String, String>,
-}
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    clients: Vec<tokio::task::JoinHandle<Vec<Outcome>>>,
-}
-
-impl Load {
-    /// `clients` loops of alternating GET and form-POST queries through `mpp`.
-    fn start(mpp: &Mpp, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = (0..clients)
-            .map(|client| {
-                let (get_url, post_url) = (mpp.url("/api/v1/query?query=up"), mpp.url("/api/v1/query"));
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let mut outcomes = Vec::new();
-                    let mut n = client;
-                    while !stop.load(Ordering::Relaxed) {
-                        let sent = Instant::now();
-                        let answer = if n % 2 == 0 {
-                            get(&get_url).await
-                        } else {
-                            post_form(&post_url, "query=count(up)").await
-                        };
-                        n += 1;
-                        let result = answer.and_then(|a| {
-                            if a.status == 200 && a.text().contains(r#""status":"success""#) {
-                                Ok(a.served_by().unwrap_or_default())
-                            } else {
-                                Err(format!("{}: {}", a.status, a.text()))
-                            }
-                        });
-                        outcomes.push(Outcome { took: sent.elapsed(), result });
-                    }
-                    outcomes
-                })
-            })
-            .collect();
-        Load { stop, clients }
-    }
-
-    /// Stops the load and returns every outcome; fails the test on any error.
-    async fn finish(self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut outcomes = Vec::new();
-        for client in self.clients {
-            outcomes.extend(client.await.unwrap());
-        }
-        let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.result.as_ref().err()).collect();
-        assert!(errors.is_empty(), "{} of {} requests failed: {errors:?}", errors.len(), outcomes.len());
-        outcomes
-    }
-}
+use common::load::Load;
+use common::{Mpp, Prometheus, endpoints_file};
 
 async fn three_replicas_behind_mpp(strategy: &str) -> (Vec<Prometheus>, Mpp, tempfile::TempDir) {
     let mut replicas = Vec::new();

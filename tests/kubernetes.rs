@@ -3,51 +3,14 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::kubernetes::{FakeKubernetes, pod, slice};
+use common::load::Load;
 use common::{Mpp, Prometheus, get, wait_until};
 
 fn port(p: &Prometheus) -> u16 {
     p.url().rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// Counts client errors of a steady query loop until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    errors: Arc<AtomicUsize>,
-    requests: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    fn start(mpp: &Mpp) -> Load {
-        let (stop, errors, requests) =
-            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let task = tokio::spawn({
-            let (stop, errors, requests, url) =
-                (stop.clone(), errors.clone(), requests.clone(), mpp.url("/api/v1/query?query=up"));
-            async move {
-                while !stop.load(Ordering::Relaxed) {
-                    requests.fetch_add(1, Ordering::Relaxed);
-                    if !get(&url).await.is_ok_and(|a| a.status == 200) {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-        Load { stop, errors, requests, task }
-    }
-
-    async fn finish(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        let (errors, requests) = (self.errors.load(Ordering::Relaxed), self.requests.load(Ordering::Relaxed));
-        assert_eq!(errors, 0, "{errors} of {requests} requests failed");
-        assert!(requests > 20, "too little load: {requests}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +91,7 @@ async fn replicas_added_and_removed_are_followed_within_seconds_without_client_e
     ])
     .await;
     mpp.wait_selected(&[&a.url()]).await;
-    let load = Load::start(&mpp);
+    let load = Load::start(&mpp, 2);
 
     api.apply_pod(&pod("default", "prometheus-1", &labels, port(&b), true));
     mpp.wait_selected(&[&a.url(), &b.url()]).await;
@@ -143,7 +106,8 @@ async fn replicas_added_and_removed_are_followed_within_seconds_without_client_e
     mpp.wait_selected(&[&a.url(), &b.url()]).await;
     api.apply_pod(&pod("default", "prometheus-1", &labels, port(&b), false));
     mpp.wait_selected(&[&a.url()]).await;
-    load.finish().await;
+    let outcomes = load.finish().await;
+    assert!(outcomes.len() > 20, "too little load: {}", outcomes.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +126,7 @@ async fn an_api_outage_or_revoked_token_keeps_the_last_set_and_recovers() {
     ])
     .await;
     mpp.wait_selected(&[&a.url()]).await;
-    let load = Load::start(&mpp);
+    let load = Load::start(&mpp, 2);
 
     for (break_it, expected) in [(0, "503"), (1, "401")] {
         if break_it == 0 {
@@ -190,7 +154,8 @@ async fn an_api_outage_or_revoked_token_keeps_the_last_set_and_recovers() {
         mpp.status().await["candidates"].as_array().unwrap().len() == 2
     })
     .await;
-    load.finish().await;
+    let outcomes = load.finish().await;
+    assert!(outcomes.len() > 20, "too little load: {}", outcomes.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod kubernetes;
+pub mod load;
 pub mod marathon;
 
 use std::future::Future;
@@ -341,9 +342,16 @@ impl Answer {
 
 type TestClient = Client<HttpConnector, Full<Bytes>>;
 
-fn client() -> &'static TestClient {
-    static CLIENT: std::sync::OnceLock<TestClient> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(5)).build_http())
+thread_local! {
+    /// One pooled client per thread: each test runs on threads of its own (its runtime's), so
+    /// no pooled connection outlives the runtime that drives it, as one static client's would
+    /// under `cargo test`, where a binary's tests share the process.
+    static CLIENT: TestClient =
+        Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(5)).build_http();
+}
+
+fn client() -> TestClient {
+    CLIENT.with(TestClient::clone)
 }
 
 /// Sends a request and reads the whole answer (10 s at most).

@@ -1,7 +1,10 @@
 //! The one HTTP client that talks to backends, for probes and proxied requests alike: pooled
 //! keep-alive connections, http and https (rustls, `ring`), certificates verified unless
-//! `--insecure`.
+//! `--insecure`. Towards the replicas it also takes the TLS part of Prometheus's
+//! `http_config` ([`TlsOptions`]: a CA file, a client certificate, a server name); discovery
+//! (Marathon, the DC/OS login) uses the plain one.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// The client type used for every call to a backend. Request bodies are buffered
@@ -22,28 +26,70 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// How long a TCP (and TLS) connection to a backend may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Builds the backend client. `insecure` turns certificate verification off;
-/// `max_idle_per_replica` bounds the idle connections kept to one replica (more would only
+/// How mpp's https connections to the replicas are made (`--backend-*` flags, `-k`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Accept any server certificate (`--insecure`).
+    pub insecure: bool,
+    /// Verify servers against this CA instead of the system's roots (`--backend-ca-file`).
+    pub ca_file: Option<PathBuf>,
+    /// Present this certificate and key (`--backend-cert-file`, `--backend-key-file`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Expect (and send as SNI) this name instead of the URL's host (`--backend-server-name`).
+    pub server_name: Option<ServerName<'static>>,
+}
+
+/// A TLS file for the replicas that cannot be used, named by its flag and path.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {}: {problem}", path.display())]
+pub struct TlsFileError {
+    flag: &'static str,
+    path: PathBuf,
+    problem: String,
+}
+
+/// Builds the client for discovery: `insecure` turns certificate verification off;
+/// `max_idle_per_replica` bounds the idle connections kept to one host (more would only
 /// exceed what `--max-backend-connections` lets be used at once).
 pub fn build(insecure: bool, max_idle_per_replica: u32) -> anyhow::Result<HttpClient> {
+    build_with(&TlsOptions { insecure, ..TlsOptions::default() }, max_idle_per_replica)
+}
+
+/// Builds the client for the replicas, with `options`' CA, client certificate and server name.
+pub fn build_with(options: &TlsOptions, max_idle_per_replica: u32) -> anyhow::Result<HttpClient> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
-    let tls = if insecure {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider))).with_no_client_auth()
+    let builder = if options.insecure {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
     } else {
-        builder.with_root_certificates(root_store()).with_no_client_auth()
+        let roots = match &options.ca_file {
+            Some(file) => ca_roots(file)?,
+            None => root_store(),
+        };
+        builder.with_root_certificates(roots)
+    };
+    let tls = match &options.client_cert {
+        Some((cert_file, key_file)) => {
+            let (certs, key) = client_identity(cert_file, key_file)?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| TlsFileError {
+                flag: "--backend-key-file",
+                path: key_file.clone(),
+                problem: format!("does not go with --backend-cert-file: {e}"),
+            })?
+        }
+        None => builder.with_no_client_auth(),
     };
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(30)));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+    let mut connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    if let Some(name) = &options.server_name {
+        connector = connector.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name.clone()));
+    }
+    let connector = connector.enable_http1().wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -52,8 +98,46 @@ pub fn build(insecure: bool, max_idle_per_replica: u32) -> anyhow::Result<HttpCl
         .build(connector))
 }
 
+/// The certificates of `--backend-ca-file`, the only roots trusted then (as Prometheus's
+/// `ca_file`).
+fn ca_roots(file: &Path) -> Result<rustls::RootCertStore, TlsFileError> {
+    let problem = |problem: String| TlsFileError { flag: "--backend-ca-file", path: file.to_path_buf(), problem };
+    let pem = std::fs::read(file).map_err(|e| problem(format!("cannot read it: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(format!("not a PEM certificate: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    if roots.add_parsable_certificates(certs).0 == 0 {
+        return Err(problem("holds no usable CA certificate".into()));
+    }
+    Ok(roots)
+}
+
+/// The client certificate chain and key of `--backend-cert-file` and `--backend-key-file`.
+fn client_identity(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsFileError> {
+    let cert_problem =
+        |problem: String| TlsFileError { flag: "--backend-cert-file", path: cert_file.to_path_buf(), problem };
+    let key_problem =
+        |problem: String| TlsFileError { flag: "--backend-key-file", path: key_file.to_path_buf(), problem };
+    let pem = std::fs::read(cert_file).map_err(|e| cert_problem(format!("cannot read it: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_problem(format!("not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(cert_problem("holds no PEM certificate".into()));
+    }
+    let pem = std::fs::read(key_file).map_err(|e| key_problem(format!("cannot read it: {e}")))?;
+    // The error says what was expected, never what the file holds.
+    let key = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| key_problem(format!("not a PEM private key (PKCS#1, PKCS#8 or SEC1): {e}")))?;
+    Ok((certs, key))
+}
+
 /// The system's trusted roots, or the Mozilla set where the system has none.
-fn root_store() -> rustls::RootCertStore {
+pub(crate) fn root_store() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {

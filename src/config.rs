@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
+use rustls::pki_types::ServerName;
+
+use crate::client::TlsOptions;
+use crate::credentials::CredentialsSource;
 use crate::discovery::{KubernetesConfig, LabelSelector, MarathonConfig, PortRef, Target};
 use crate::proxy::affinity::AffinityOptions;
 use crate::proxy::client_ip::TrustedProxies;
@@ -267,6 +271,48 @@ pub struct Args {
     )]
     pub startup_timeout: Duration,
 
+    /// A Prometheus web config file (exporter-toolkit's format) securing the listener: TLS,
+    /// client certificates, basic auth, response headers; read again when it changes
+    #[arg(long = "web.config.file", env = "MPP_WEB_CONFIG_FILE", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Leave /mpp/health and /mpp/ready open without basic auth (for health checks)
+    #[arg(long = "web.health-without-auth", env = "MPP_WEB_HEALTH_WITHOUT_AUTH")]
+    pub web_health_without_auth: bool,
+
+    /// Verify https replicas against this CA (PEM) instead of the system's roots
+    #[arg(long, env = "MPP_BACKEND_CA_FILE", value_name = "PATH")]
+    pub backend_ca_file: Option<PathBuf>,
+
+    /// Present this client certificate (PEM) to https replicas; needs --backend-key-file
+    #[arg(long, env = "MPP_BACKEND_CERT_FILE", value_name = "PATH")]
+    pub backend_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --backend-cert-file
+    #[arg(long, env = "MPP_BACKEND_KEY_FILE", value_name = "PATH")]
+    pub backend_key_file: Option<PathBuf>,
+
+    /// The name https replicas' certificates must carry (and SNI), instead of each URL's host
+    #[arg(long, env = "MPP_BACKEND_SERVER_NAME", value_name = "NAME")]
+    pub backend_server_name: Option<String>,
+
+    /// Authenticate to the replicas with basic auth as this user
+    #[arg(long, env = "MPP_BACKEND_BASIC_AUTH_USER", value_name = "USER")]
+    pub backend_basic_auth_user: Option<String>,
+
+    /// The file holding the basic auth password for the replicas (read again when it changes)
+    #[arg(long, env = "MPP_BACKEND_BASIC_AUTH_PASSWORD_FILE", value_name = "PATH")]
+    pub backend_basic_auth_password_file: Option<PathBuf>,
+
+    /// Authenticate to the replicas with the bearer token in this file (read again when it changes)
+    #[arg(long, env = "MPP_BACKEND_BEARER_TOKEN_FILE", value_name = "PATH")]
+    pub backend_bearer_token_file: Option<PathBuf>,
+
+    /// Send mpp's credentials to the replicas even when a client sent an Authorization header
+    /// of its own (by default the client's is forwarded unchanged)
+    #[arg(long, env = "MPP_BACKEND_REPLACE_AUTHORIZATION")]
+    pub backend_replace_authorization: bool,
+
     /// Log debugging information
     #[arg(short = 'V', long, env = "MPP_VERBOSE")]
     pub verbose: bool,
@@ -330,6 +376,16 @@ pub struct Config {
     pub startup_timeout: Duration,
     /// Whether debug logging is on.
     pub verbose: bool,
+    /// The web config file securing the listener (read at start-up by [`crate::run`]).
+    pub web_config_file: Option<PathBuf>,
+    /// Whether `/mpp/health` and `/mpp/ready` skip basic auth.
+    pub web_health_without_auth: bool,
+    /// How https connections to the replicas are verified and authenticated.
+    pub backend_tls: TlsOptions,
+    /// The credentials sent to the replicas, if any.
+    pub backend_credentials: Option<CredentialsSource>,
+    /// Whether mpp's credentials replace a client's own `Authorization` header.
+    pub backend_replace_authorization: bool,
 }
 
 /// `--request-body-budget`: a size, or sized for the machine.
@@ -389,6 +445,8 @@ pub enum ConfigError {
     Kubernetes(String),
     #[error("more than one discovery configured ({0}); choose one")]
     ManyDiscoveries(String),
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl Config {
@@ -435,6 +493,51 @@ impl Config {
             (None, None, Some(kube)) => DiscoveryConfig::Kubernetes(kube),
             (None, None, None) => return Err(ConfigError::NoDiscovery),
         };
+        let backend_tls = TlsOptions {
+            insecure: args.insecure,
+            ca_file: args.backend_ca_file,
+            client_cert: match (args.backend_cert_file, args.backend_key_file) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::Backend("--backend-cert-file needs --backend-key-file".into()));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Backend("--backend-key-file needs --backend-cert-file".into()));
+                }
+            },
+            server_name: args
+                .backend_server_name
+                .map(|name| {
+                    ServerName::try_from(name.clone()).map_err(|_| {
+                        ConfigError::Backend(format!("--backend-server-name '{name}' is not a DNS name or IP address"))
+                    })
+                })
+                .transpose()?,
+        };
+        let backend_credentials =
+            match (args.backend_basic_auth_user, args.backend_basic_auth_password_file, args.backend_bearer_token_file)
+            {
+                (Some(_), _, Some(_)) => {
+                    return Err(ConfigError::Backend(
+                        "--backend-basic-auth-user and --backend-bearer-token-file exclude each other; choose one"
+                            .into(),
+                    ));
+                }
+                (None, Some(_), _) => {
+                    return Err(ConfigError::Backend(
+                        "--backend-basic-auth-password-file needs --backend-basic-auth-user".into(),
+                    ));
+                }
+                (Some(user), password_file, None) => Some(CredentialsSource::Basic { user, password_file }),
+                (None, None, Some(token_file)) => Some(CredentialsSource::Bearer { token_file }),
+                (None, None, None) => None,
+            };
+        if args.backend_replace_authorization && backend_credentials.is_none() {
+            return Err(ConfigError::Backend(
+                "--backend-replace-authorization needs --backend-basic-auth-user or --backend-bearer-token-file".into(),
+            ));
+        }
         let listen =
             args.listen_address.unwrap_or_else(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.port)));
         Ok(Config {
@@ -461,6 +564,11 @@ impl Config {
             trusted_proxies: args.trusted_proxies,
             startup_timeout: args.startup_timeout,
             verbose: args.verbose,
+            web_config_file: args.web_config_file,
+            web_health_without_auth: args.web_health_without_auth,
+            backend_tls,
+            backend_credentials,
+            backend_replace_authorization: args.backend_replace_authorization,
         })
     }
 
@@ -703,6 +811,43 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("0").is_err());
         assert!(parse_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn backend_flags_make_tls_options_and_credentials() {
+        let c = parse(&[
+            "--endpoints-file=f",
+            "--backend-ca-file=ca.pem",
+            "--backend-cert-file=c.pem",
+            "--backend-key-file=k.pem",
+            "--backend-server-name=prometheus.internal",
+            "--backend-bearer-token-file=token",
+            "--backend-replace-authorization",
+        ])
+        .unwrap();
+        assert_eq!(c.backend_tls.ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(c.backend_tls.client_cert, Some(("c.pem".into(), "k.pem".into())));
+        assert_eq!(c.backend_tls.server_name, Some(ServerName::try_from("prometheus.internal").unwrap()));
+        assert_eq!(c.backend_credentials, Some(CredentialsSource::Bearer { token_file: "token".into() }));
+        assert!(c.backend_replace_authorization);
+        let c = parse(&["--endpoints-file=f", "--backend-basic-auth-user=mpp"]).unwrap();
+        assert_eq!(c.backend_credentials, Some(CredentialsSource::Basic { user: "mpp".into(), password_file: None }));
+        assert!(!c.backend_replace_authorization);
+    }
+
+    #[test]
+    fn inconsistent_backend_flags_name_the_flag() {
+        for (args, flag) in [
+            (&["--backend-cert-file=c.pem"][..], "--backend-cert-file needs --backend-key-file"),
+            (&["--backend-key-file=k.pem"][..], "--backend-key-file needs"),
+            (&["--backend-server-name=a b"][..], "--backend-server-name 'a b'"),
+            (&["--backend-basic-auth-password-file=p"][..], "needs --backend-basic-auth-user"),
+            (&["--backend-basic-auth-user=u", "--backend-bearer-token-file=t"][..], "exclude each other"),
+            (&["--backend-replace-authorization"][..], "--backend-replace-authorization needs"),
+        ] {
+            let e = parse(&[&["--endpoints-file=f"], args].concat()).unwrap_err();
+            assert!(e.contains(flag), "{e}");
+        }
     }
 
     #[test]

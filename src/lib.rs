@@ -22,12 +22,14 @@
 //! - [`admin`]: `/mpp/health`, `/mpp/metrics`, `/mpp/status`.
 //! - [`metrics`]: every exported metric.
 //! - [`error`]: error kinds, retryability and the one mapping to HTTP answers.
-//! - [`client`]: the pooled http/https client to the replicas.
+//! - [`client`]: the pooled http/https client to the replicas (CA, client certificate, server name).
+//! - [`credentials`]: the `Authorization` header sent to the replicas, from files read again.
 //! - [`server`]: accepting connections, serving them on one thread per CPU, each connection
 //!   held to its deadlines, request heads checked, draining on shutdown.
 //! - [`body`]: a response body that holds a slot (a request in flight, a replica connection)
 //!   until it is sent.
 //! - [`system`]: the memory and open-files limits of the process.
+//! - [`web`]: the listener's TLS, basic auth and headers, from the web config file.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +38,7 @@ pub mod backend;
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod credentials;
 pub mod discovery;
 pub mod error;
 pub mod liveness;
@@ -46,6 +49,7 @@ pub mod selection;
 pub mod server;
 pub mod strategy;
 pub mod system;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,12 +81,27 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let metrics = Arc::new(metrics::Metrics::new());
     let snapshot = Arc::new(ArcSwap::from_pointee(selection::Snapshot::empty()));
     let pseudonym = server::head::Pseudonym::random();
-    let backend_client =
-        || client::build(config.insecure, config.max_backend_connections).context("cannot set up the backend client");
+    let web = match &config.web_config_file {
+        Some(file) => Some(Arc::new(web::Web::load(file, config.web_health_without_auth)?)),
+        None => None,
+    };
+    let credentials = match &config.backend_credentials {
+        Some(source) => {
+            Some(Arc::new(credentials::Credentials::load(source.clone(), config.backend_replace_authorization)?))
+        }
+        None => None,
+    };
+    let backend_client = || {
+        client::build_with(&config.backend_tls, config.max_backend_connections)
+            .context("cannot set up the backend client")
+    };
     let client = backend_client()?;
+    // Discovery (Marathon, the DC/OS login) is not a replica: no replica credentials for it.
+    let discovery_client =
+        client::build(config.insecure, config.max_backend_connections).context("cannot set up the discovery client")?;
     // Capacity 1: signals that arrive while a round is already due collapse into it.
     let (reselect, mut reselect_rx) = mpsc::channel(1);
-    let discovery = discovery::Discovery::start(&config.discovery, &client, reselect.clone()).await?;
+    let discovery = discovery::Discovery::start(&config.discovery, &discovery_client, reselect.clone()).await?;
     let facts = admin::Facts {
         started,
         strategy: config.strategy,
@@ -104,10 +123,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         request_body_budget = config.request_body_budget,
         request_timeout = ?config.request_timeout,
         insecure = config.insecure,
+        web_config = web.as_ref().map_or_else(|| "none".into(), |web| web.describe()),
+        backend_credentials = credentials.as_ref().map_or_else(|| "none".into(), |c| c.describe()),
         "mpp starting"
     );
     let via = pseudonym.via().clone();
-    let prober = probe::Prober::new(client.clone(), config.strategy.history_needed(), via.clone());
+    let prober = probe::Prober::new(client.clone(), config.strategy.history_needed(), via.clone())
+        .with_credentials(credentials.clone());
     let mut selector = selection::Selector::new(
         discovery,
         prober,
@@ -139,7 +161,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     background.spawn(selector.run(reselect_rx));
     background.spawn(liveness::run(
         snapshot.clone(),
-        probe::Prober::new(client.clone(), None, via),
+        probe::Prober::new(client.clone(), None, via).with_credentials(credentials.clone()),
         config.liveness_interval,
         reselect.clone(),
     ));
@@ -163,12 +185,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         max_backend_connections: config.max_backend_connections,
         pseudonym: pseudonym.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
+        credentials: credentials.clone(),
     });
     let mut proxies = vec![proxy.clone()];
     for _ in 1..config.serving_threads {
         proxies.push(proxy.with_client(backend_client()?));
     }
+    if let Some(web) = &web {
+        background.spawn(web.clone().watch(metrics.web_config_last_reload_successful.clone()));
+    }
+    if let Some(credentials) = credentials {
+        background.spawn(credentials.watch());
+    }
     let shared = server::Shared {
+        web,
         admin: admin::Admin::new(snapshot, metrics.clone(), facts),
         metrics,
         pseudonym,

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub probe_failures: Family<BackendLabels, Counter>,
     /// `mpp_connections_closed_total{reason}`: client connections mpp closed for a deadline.
     pub connections_closed: Family<CloseLabels, Counter>,
+    /// `mpp_web_config_last_reload_successful`: 0 while the web config file (or a file it
+    /// names) is broken and the last good one is still in force.
+    pub web_config_last_reload_successful: Gauge,
 }
 
 /// The upper bounds of `mpp_request_duration_seconds`, in seconds (`+Inf` follows).
@@ -177,6 +180,14 @@ impl Metrics {
             "Client connections closed by mpp for a deadline (header_timeout, idle, pressure)",
             connections_closed.clone(),
         );
+        let web_config_last_reload_successful = Gauge::default();
+        // Nothing has failed until a web config file is read again and found broken.
+        web_config_last_reload_successful.set(1);
+        registry.register(
+            "mpp_web_config_last_reload_successful",
+            "Whether the web config file, and the files it names, were last read again without error",
+            web_config_last_reload_successful.clone(),
+        );
         registry.register("mpp_build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics {
             registry,
@@ -189,6 +200,7 @@ impl Metrics {
             affinity_hits,
             probe_failures,
             connections_closed,
+            web_config_last_reload_successful,
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod exposition;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 use crate::backend::Backend;
 use crate::client::HttpClient;
+use crate::credentials::Credentials;
 use crate::error::error_chain;
 
 /// How long a replica may take to say it is ready and to answer the `up` query.
@@ -69,13 +71,19 @@ pub struct Prober {
     history: Option<Duration>,
     /// Sent as `Via`, so that a candidate that is mpp itself answers 508.
     via: http::HeaderValue,
+    credentials: Option<Arc<Credentials>>,
 }
 
 impl Prober {
     /// `history` is the minimum history to ask about, if the strategy needs it.
     /// `via` is this mpp's `Via` entry ([`crate::server::head::Pseudonym::via`]).
     pub fn new(client: HttpClient, history: Option<Duration>, via: http::HeaderValue) -> Self {
-        Prober { client, history, via }
+        Prober { client, history, via, credentials: None }
+    }
+
+    /// The same prober, sending these credentials to the replicas.
+    pub fn with_credentials(self, credentials: Option<Arc<Credentials>>) -> Self {
+        Prober { credentials, ..self }
     }
 
     /// Probes one backend; never takes longer than [`PROBE_TIMEOUT`] and never fails: what
@@ -142,12 +150,15 @@ impl Prober {
         let what = path.split('?').next().unwrap_or(path);
         let pq: PathAndQuery = path.parse().map_err(|e| format!("GET {what}: {e}"))?;
         let uri = backend.uri(&pq).map_err(|e| format!("GET {what}: {e}"))?;
-        let request = Request::get(uri)
+        let mut request = Request::get(uri)
             .header(header::ACCEPT, "text/plain;version=0.0.4, application/json;q=0.9, */*;q=0.1")
             .header(header::USER_AGENT, concat!("mpp/", env!("CARGO_PKG_VERSION"), " (probe)"))
             .header(header::VIA, self.via.clone())
             .body(Full::default())
             .map_err(|e| format!("GET {what}: {e}"))?;
+        if let Some(credentials) = &self.credentials {
+            credentials.insert(request.headers_mut());
+        }
         let response = self.client.request(request).await.map_err(|e| format!("GET {what}: {}", error_chain(&e)))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_PROBE_BODY)

@@ -27,6 +27,7 @@ use crate::backend::Backend;
 use crate::body::Guarded;
 use crate::client::HttpClient;
 use crate::config::format_duration;
+use crate::credentials::Credentials;
 use crate::error::{AttemptError, ProxyBody, ProxyError};
 use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
 use crate::selection::Snapshot;
@@ -67,6 +68,7 @@ struct Inner {
     max_backend_connections: u32,
     pseudonym: Pseudonym,
     trusted_proxies: TrustedProxies,
+    credentials: Option<Arc<Credentials>>,
 }
 
 /// What the proxy needs from the rest of the program.
@@ -91,6 +93,8 @@ pub struct ProxySettings {
     pub pseudonym: Pseudonym,
     /// The peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
+    /// What mpp sends the replicas as `Authorization`, if anything.
+    pub credentials: Option<Arc<Credentials>>,
 }
 
 /// A request, read and ready to be sent to any replica.
@@ -131,6 +135,7 @@ impl Proxy {
                 max_backend_connections: settings.max_backend_connections,
                 pseudonym: settings.pseudonym,
                 trusted_proxies: settings.trusted_proxies,
+                credentials: settings.credentials,
             }),
         }
     }
@@ -280,6 +285,9 @@ impl Proxy {
         let route_cookie = affinity::route_cookie(&parts.headers).map(str::to_owned);
         let mut outgoing_headers = forward::request_headers(parts.headers, peer);
         outgoing_headers.append(header::VIA, self.inner.pseudonym.via().clone());
+        if let Some(credentials) = &self.inner.credentials {
+            credentials.apply(&mut outgoing_headers);
+        }
         Ok(Prepared {
             client,
             route_cookie,

@@ -1,7 +1,9 @@
 //! The listener: accepts connections (HTTP/1.1, and HTTP/2 for clients that speak it in
-//! clear text), checks each request's head, hands `/mpp/` to the admin paths and everything
-//! else to the proxy, and on shutdown stops accepting and lets in-flight requests finish
-//! within a grace period. Every phase of a connection has a deadline ([`connection`]).
+//! clear text or choose it by ALPN over TLS), checks each request's head, hands `/mpp/` to
+//! the admin paths and everything else to the proxy, and on shutdown stops accepting and lets
+//! in-flight requests finish within a grace period. Every phase of a connection has a
+//! deadline ([`connection`]). With a web config file, [`Web`] decides each connection's TLS
+//! and each request's admission and extra headers.
 //!
 //! Connections are served thread-per-core: the accepting task hands each new connection, in
 //! turn, to one of the serving threads (`--serving-threads`), each running its own
@@ -25,6 +27,7 @@ use http_body_util::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
@@ -32,6 +35,7 @@ use crate::admin::Admin;
 use crate::body::Guarded;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::web::Web;
 use connection::{Activity, Deadlines, Metered, Pressure};
 use head::Pseudonym;
 
@@ -64,6 +68,8 @@ pub struct Limits {
 /// What every serving thread shares, besides its own proxy.
 #[derive(Clone)]
 pub struct Shared {
+    /// The web config file's TLS, basic auth and headers, when one is given.
+    pub web: Option<Arc<Web>>,
     /// The admin paths.
     pub admin: Admin,
     /// Where connection closes are counted.
@@ -201,6 +207,9 @@ async fn serve_connections(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(connection::H2_PING_INTERVAL)
         .keep_alive_timeout(connection::H2_PING_TIMEOUT);
+    // Over TLS, the protocol is the one ALPN chose (HTTP/1.1 when the web config turns
+    // HTTP/2 off), not whatever the client's first bytes look like.
+    let (http1_only, http2_only) = (builder.clone().http1_only(), builder.clone().http2_only());
     let (shutdown, shutting_down) = watch::channel(false);
     // Each connection task holds a clone; `recv` returns `None` once all have ended.
     let (active, mut all_ended) = mpsc::channel::<()>(1);
@@ -212,35 +221,38 @@ async fn serve_connections(
                 continue;
             }
         };
-        let activity = Activity::new();
-        let service = {
-            let (proxy, shared, activity) = (proxy.clone(), shared.clone(), activity.clone());
-            service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let in_flight = activity.begin(request.version() == http::Version::HTTP_2);
-                let (proxy, shared) = (proxy.clone(), shared.clone());
-                async move {
-                    let response = respond(&proxy, &shared, request, peer).await;
-                    Ok::<_, Infallible>(response.map(|body| Guarded::new(body, in_flight)))
-                }
-            })
+        let connection = Connection {
+            proxy: proxy.clone(),
+            shared: shared.clone(),
+            pressure: pressure.clone(),
+            shutting_down: shutting_down.clone(),
+            peer,
         };
-        let io = TokioIo::new(Metered::new(stream, activity.clone()));
-        let connection = builder.serve_connection(io, service).into_owned();
-        let (shared, pressure, shutting_down, active) =
-            (shared.clone(), pressure.clone(), shutting_down.clone(), active.clone());
-        tokio::spawn(async move {
-            let (closed_for, error) =
-                connection::watch(connection, &activity, limits.deadlines, &pressure, shutting_down).await;
-            if let Some(reason) = closed_for {
-                shared.metrics.connection_closed(reason);
-                tracing::debug!(%peer, reason = reason.label(), "closed a connection");
+        let active = active.clone();
+        match shared.web.as_ref().and_then(|web| web.acceptor()) {
+            None => {
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    connection.serve(stream, &builder, false).await;
+                    drop((slot, active));
+                });
             }
-            if let Some(error) = error {
-                tracing::debug!(%peer, error = %crate::error::error_chain(error.as_ref()), "connection ended with an error");
+            Some(acceptor) => {
+                let (http1_only, http2_only) = (http1_only.clone(), http2_only.clone());
+                tokio::spawn(async move {
+                    // The handshake is part of "from accept to the first request".
+                    match tokio::time::timeout(limits.deadlines.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            connection.serve(stream, if h2 { &http2_only } else { &http1_only }, true).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake not done within --header-read-timeout"),
+                    }
+                    drop((slot, active));
+                });
             }
-            drop(slot);
-            drop(active);
-        });
+        }
     }
     let _ = shutdown.send(true);
     drop(active);
@@ -249,8 +261,78 @@ async fn serve_connections(
     }
 }
 
-/// The answer to one request: a refusal of its head, the admin paths, or the proxy's.
+/// One accepted connection, plain or TLS, and what serving it needs.
+struct Connection {
+    proxy: Proxy,
+    shared: Shared,
+    pressure: Pressure,
+    shutting_down: watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves `io` until it ends, held to its deadlines by [`connection::watch`].
+    async fn serve<I>(self, io: I, builder: &auto::Builder<TokioExecutor>, tls: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { proxy, shared, pressure, shutting_down, peer } = self;
+        let activity = Activity::new();
+        let service = {
+            let (shared, activity) = (shared.clone(), activity.clone());
+            service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let in_flight = activity.begin(request.version() == http::Version::HTTP_2);
+                let (proxy, shared) = (proxy.clone(), shared.clone());
+                async move {
+                    let response = respond(&proxy, &shared, request, peer, tls).await;
+                    Ok::<_, Infallible>(response.map(|body| Guarded::new(body, in_flight)))
+                }
+            })
+        };
+        let io = TokioIo::new(Metered::new(io, activity.clone()));
+        let connection = builder.serve_connection(io, service).into_owned();
+        let (closed_for, error) =
+            connection::watch(connection, &activity, shared.limits.deadlines, &pressure, shutting_down).await;
+        if let Some(reason) = closed_for {
+            shared.metrics.connection_closed(reason);
+            tracing::debug!(%peer, reason = reason.label(), "closed a connection");
+        }
+        if let Some(error) = error {
+            tracing::debug!(%peer, error = %crate::error::error_chain(error.as_ref()), "connection ended with an error");
+        }
+    }
+}
+
+/// The answer to one request: the web config's refusal (429, 401), or [`route`]'s, with the
+/// web config's headers.
 async fn respond(
+    proxy: &Proxy,
+    shared: &Shared,
+    mut request: http::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> http::Response<crate::error::ProxyBody> {
+    let Some(web) = &shared.web else { return route(proxy, shared, request, peer).await };
+    if let Err(refusal) = web.admit(&request).await {
+        let mut refusal = refusal.map(Either::Right);
+        web.decorate(refusal.headers_mut());
+        return refusal;
+    }
+    if web.requires_basic_auth() {
+        // The client's credentials were for mpp; they do not travel on to a replica.
+        request.headers_mut().remove(http::header::AUTHORIZATION);
+    }
+    if tls {
+        // Set here, unless an earlier proxy did, as the proxy sets `http` otherwise.
+        request.headers_mut().entry("x-forwarded-proto").or_insert(http::HeaderValue::from_static("https"));
+    }
+    let mut response = route(proxy, shared, request, peer).await;
+    web.decorate(response.headers_mut());
+    response
+}
+
+/// A refusal of the request's head, the admin paths, or the proxy's answer.
+async fn route(
     proxy: &Proxy,
     shared: &Shared,
     request: http::Request<hyper::body::Incoming>,

@@ -7,6 +7,7 @@
 pub mod kubernetes;
 pub mod load;
 pub mod marathon;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -5,10 +5,12 @@ Measures, side by side in one run and in alternation (direct, mpp, nginx, HAProx
 the throughput and latency of the same fast backend reached directly and through each proxy,
 under the same wrk load; then mpp's memory (idle, and while streaming 4 x 1 GB), its time to
 the first proxied answer, and the duration of one selection round over 200 candidates of
-which 20 accept connections and never answer. Writes BENCHMARKS.md.
+which 20 accept connections and never answer; and, over TLS, mpp (with a web config file)
+beside nginx terminating TLS in front of the same backend. Writes BENCHMARKS.md.
 
 Everything listens on 127.0.0.1; every process started here is stopped at the end.
-Needs: wrk, nginx (nginx-light), haproxy, curl; and mpp built in release mode.
+Needs: wrk, nginx (nginx-light), haproxy, curl, openssl; and mpp built in release mode.
+`--tls-only` runs just the TLS comparison and prints it (BENCHMARKS.md is left alone).
 """
 
 import argparse
@@ -28,7 +30,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MPP = ROOT / "target" / "release" / "mpp"
+# MPP_BIN points at another build (a debug one, for a smoke run of the harness itself).
+MPP = Path(os.environ.get("MPP_BIN", ROOT / "target" / "release" / "mpp")).resolve()
 QUERY = "/api/v1/query?query=up"
 VECTOR = ('{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up",'
           '"instance":"127.0.0.1:9090","job":"prometheus"},"value":[1700000000.000,"1"]}]}}')
@@ -150,6 +153,93 @@ http {{
 }}
 """)
     return procs.start("proxy-nginx", ["nginx", "-c", str(conf), "-p", str(work)])
+
+
+def self_signed_cert(work):
+    """A certificate for 127.0.0.1 valid for one day, made for this run (ECDSA P-256, what
+    both mpp and nginx then serve)."""
+    cert, key = work / "tls-cert.pem", work / "tls-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def nginx_tls_proxy(procs, work, port, backend, cert, key):
+    """nginx terminating TLS (HTTP/1.1, TLS 1.2 and 1.3) in front of the backend, as mpp does."""
+    conf = work / "proxy-nginx-tls.conf"
+    conf.write_text(f"""
+worker_processes 2;
+daemon off;
+pid {work}/proxy-nginx-tls.pid;
+error_log {work}/proxy-nginx-tls-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream prometheus {{ server 127.0.0.1:{backend}; keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{port} ssl backlog=4096;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://prometheus;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    return procs.start("proxy-nginx-tls", ["nginx", "-c", str(conf), "-p", str(work)])
+
+
+def mpp_tls(procs, work, port, backend, cert, key):
+    """mpp with a web config file that turns TLS on (no client certificates, no basic auth)."""
+    web = work / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    return start_mpp(procs, work, port, [backend], name="mpp-tls", extra=["--web.config.file", str(web)])
+
+
+def wait_https(url, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", url], capture_output=True, text=True)
+        if r.stdout == "200":
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+
+
+def tls_throughput(procs, work, backend, args):
+    """mpp and nginx, both terminating TLS for the same backend, measured in alternation."""
+    cert, key = self_signed_cert(work)
+    mpp_port, nginx_port = free_ports(2)
+    mpp_tls(procs, work, mpp_port, backend, cert, key)
+    nginx_tls_proxy(procs, work, nginx_port, backend, cert, key)
+    targets = [("mpp-tls", f"https://127.0.0.1:{mpp_port}{QUERY}"), ("nginx-tls", f"https://127.0.0.1:{nginx_port}{QUERY}")]
+    for _, url in targets:
+        wait_https(url)
+    print("over TLS:", flush=True)
+    return throughput(targets, args.rounds, args.seconds)
+
+
+def tls_report(summary):
+    lines = ["## Over TLS", "",
+             "mpp with a web config file (`tls_server_config` only) beside nginx terminating TLS, both in",
+             "front of the same backend over plain HTTP; the same certificate (ECDSA P-256), HTTP/1.1 with",
+             "keep-alive (wrk), so the figures are the cost of encryption on the request path, not of",
+             "handshakes.", "",
+             "| connections | target | requests/s | p50 ms | p99 ms | errors |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for (c, name), s in sorted(summary.items()):
+        lines.append(f"| {c} | {name} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['errors']} |")
+    lines += ["", "| connections | mpp-tls/nginx-tls req/s | mpp-tls/nginx-tls p99 |", "| --- | ---: | ---: |"]
+    for c in sorted({c for c, _ in summary}):
+        mp, ng = summary[(c, "mpp-tls")], summary[(c, "nginx-tls")]
+        lines.append(f"| {c} | {mp['rps'] / ng['rps']:.2f} | {mp['p99'] / ng['p99']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def haproxy(procs, work, port, backend):
@@ -313,7 +403,7 @@ def machine():
     }
 
 
-def report(m, summary, stream, start, rnd, args):
+def report(m, summary, stream, start, rnd, tls, args):
     lines = ["# Benchmarks", "",
              "Written by `make bench` (`bench/bench.py`); numbers from the last run on the machine below.",
              "All four targets serve the same fast backend (nginx returning a fixed Prometheus",
@@ -342,7 +432,7 @@ def report(m, summary, stream, start, rnd, args):
               f"- From process start to the first proxied answer: **{start['first_answer_ms']:.1f} ms**.",
               f"- One selection round over {rnd['candidates']} candidates, 20 of which accept connections and "
               f"never answer: **{rnd['round_ms']} ms** ({rnd['viable']} viable; the probe timeout is 3 s).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + tls_report(tls)
 
 
 def main():
@@ -351,10 +441,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--stream-gib", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--tls-only", action="store_true", help="only mpp and nginx over TLS; print, write nothing")
     args = ap.parse_args()
-    for tool in ("wrk", "nginx", "haproxy", "curl"):
+    for tool in ("wrk", "nginx", "haproxy", "curl", "openssl"):
         if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy curl")
+            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy curl openssl")
     if not MPP.exists():
         sys.exit("build mpp first: cargo build --release")
 
@@ -371,6 +462,9 @@ def main():
             backend = backend_ports[0]
             nginx_backend(procs, work, backend_ports, big)
             wait_http(f"http://127.0.0.1:{backend}/-/ready")
+            if args.tls_only:
+                print(tls_report(tls_throughput(procs, work, backend, args)))
+                return
             ports = dict(zip(("mpp", "nginx", "haproxy"), all_ports[180:]))
             start_mpp(procs, work, ports["mpp"], [backend])
             nginx_proxy(procs, work, ports["nginx"], backend)
@@ -385,9 +479,10 @@ def main():
             stream = stream_peak_rss(procs, work, backend, args.stream_gib << 30, 4)
             start = idle_rss_and_first_answer(procs, work, backend)
             rnd = selection_round(procs, work, backend_ports)
+            tls = tls_throughput(procs, work, backend, args)
         finally:
             procs.stop_all()
-    text = report(machine(), summary, stream, start, rnd, args)
+    text = report(machine(), summary, stream, start, rnd, tls, args)
     print(text)
     # Everything from the marker on (the profile notes) is written by hand and kept.
     out = Path(args.out)

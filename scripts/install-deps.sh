@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need from Debian: prometheus and promtool, and podman,
 # buildah and runc (`make image` and the container test); with the argument `bench`, what the
-# benchmark needs: wrk, nginx, HAProxy and curl.
+# benchmark needs: wrk, nginx, HAProxy, curl and openssl.
 # As root it installs them; otherwise it says what to install and fails.
 set -euo pipefail
 
 if [ "${1:-}" = bench ]; then
-    tools=(wrk nginx haproxy curl); packages=(wrk nginx-light haproxy curl)
+    tools=(wrk nginx haproxy curl openssl); packages=(wrk nginx-light haproxy curl openssl)
 else
     tools=(prometheus promtool podman buildah runc); packages=(prometheus podman buildah runc)
 fi

@@ -341,3 +341,39 @@ fn a_broken_web_config_stops_mpp_at_start_with_one_line_naming_file_and_field() 
     assert!(line.starts_with("mpp: error: web config file ") && line.contains("web.yml"), "{stderr}");
     assert!(line.contains("tls_server_config.cert_file") && line.contains("missing.pem"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(dir.path());
+    let web = dir.path().join("web.yml");
+    let text = format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+        path(&certs.server.cert),
+        path(&certs.server.key)
+    );
+    std::fs::write(&web, text).unwrap();
+    let endpoints = endpoints_file(dir.path(), &["http://127.0.0.1:1".into()]);
+    let mpp = Mpp::start(&[
+        "--endpoints-file",
+        &path(&endpoints),
+        "--web.config.file",
+        &path(&web),
+        "--header-read-timeout",
+        "1s",
+    ])
+    .await;
+    for (what, first_bytes) in
+        [("silent", &b""[..]), ("half a ClientHello", &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..])]
+    {
+        let mut socket = tokio::net::TcpStream::connect(mpp.addr).await.unwrap();
+        socket.write_all(first_bytes).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buffer = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buffer)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{what}: the connection should be closed, got {read:?}");
+        assert!(started.elapsed() >= Duration::from_millis(900), "{what}: closed too early");
+    }
+}

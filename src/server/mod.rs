@@ -222,6 +222,7 @@ async fn serve_connections(
             }
         };
         let connection = Connection {
+            activity: Activity::new(),
             proxy: proxy.clone(),
             shared: shared.clone(),
             pressure: pressure.clone(),
@@ -263,6 +264,8 @@ async fn serve_connections(
 
 /// One accepted connection, plain or TLS, and what serving it needs.
 struct Connection {
+    /// Made at accept, so that a TLS handshake counts towards the first request's deadline.
+    activity: Arc<Activity>,
     proxy: Proxy,
     shared: Shared,
     pressure: Pressure,
@@ -276,8 +279,7 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { proxy, shared, pressure, shutting_down, peer } = self;
-        let activity = Activity::new();
+        let Connection { activity, proxy, shared, pressure, shutting_down, peer } = self;
         let service = {
             let (shared, activity) = (shared.clone(), activity.clone());
             service_fn(move |request: http::Request<hyper::body::Incoming>| {

@@ -377,3 +377,42 @@ async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_header_dead
         assert!(started.elapsed() >= Duration::from_millis(900), "{what}: closed too early");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_auth_type_and_allowed_sans_admit_the_clients_go_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(dir.path());
+    let other_client = certs.clients.issue("prometheus", Usage::Client);
+    let endpoints = endpoints_file(dir.path(), &["http://127.0.0.1:1".into()]);
+    let (grafana, stranger, expired) = (Some(&certs.client), Some(&certs.stranger), Some(&certs.expired_client));
+    // (client_auth_type and extra lines, [(client certificate, admitted)])
+    let cases = [
+        ("RequestClientCert", vec![(None, true), (stranger, true), (grafana, true)]),
+        ("RequireAnyClientCert", vec![(None, false), (stranger, true), (expired, true)]),
+        ("VerifyClientCertIfGiven", vec![(None, true), (grafana, true), (stranger, false), (expired, false)]),
+        (
+            "RequireAndVerifyClientCert\n  client_allowed_sans: [grafana.clients.test]",
+            vec![(grafana, true), (Some(&other_client), false), (None, false)],
+        ),
+    ];
+    for (index, (auth, clients)) in cases.into_iter().enumerate() {
+        let web = dir.path().join(format!("web-{index}.yml"));
+        let ca = if auth.starts_with("Request") {
+            String::new()
+        } else {
+            format!("  client_ca_file: {}\n", path(&certs.clients.ca_file()))
+        };
+        let text = format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n{ca}  client_auth_type: {auth}\n",
+            path(&certs.server.cert),
+            path(&certs.server.key),
+        );
+        std::fs::write(&web, text).unwrap();
+        let mpp = Mpp::start(&["--endpoints-file", &path(&endpoints), "--web.config.file", &path(&web)]).await;
+        for (client, admitted) in clients {
+            let answer = curl(&https(&mpp, "/mpp/health"), &certs.curl_args(client));
+            let who = client.map_or("no certificate".into(), |c| c.cert.display().to_string());
+            assert_eq!(answer.status == 200, admitted, "{auth} with {who}: {answer:?}");
+        }
+    }
+}

@@ -16,8 +16,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::client_cert::ClientCert;
 
 /// The client type used for every call to a backend. Request bodies are buffered
 /// (`Full<Bytes>`) so that a request can be replayed on another replica.
@@ -48,6 +50,12 @@ pub struct TlsFileError {
     problem: String,
 }
 
+impl TlsFileError {
+    pub(crate) fn new(flag: &'static str, path: &Path, problem: String) -> Self {
+        TlsFileError { flag, path: path.to_path_buf(), problem }
+    }
+}
+
 /// Builds the client for discovery: `insecure` turns certificate verification off;
 /// `max_idle_per_replica` bounds the idle connections kept to one host (more would only
 /// exceed what `--max-backend-connections` lets be used at once).
@@ -71,12 +79,8 @@ pub fn build_with(options: &TlsOptions, max_idle_per_replica: u32) -> anyhow::Re
     };
     let tls = match &options.client_cert {
         Some((cert_file, key_file)) => {
-            let (certs, key) = client_identity(cert_file, key_file)?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| TlsFileError {
-                flag: "--backend-key-file",
-                path: key_file.clone(),
-                problem: format!("does not go with --backend-cert-file: {e}"),
-            })?
+            let client_cert = ClientCert::load(cert_file, key_file, builder.crypto_provider().clone())?;
+            builder.with_client_cert_resolver(Arc::new(client_cert))
         }
         None => builder.with_no_client_auth(),
     };
@@ -111,29 +115,6 @@ fn ca_roots(file: &Path) -> Result<rustls::RootCertStore, TlsFileError> {
         return Err(problem("holds no usable CA certificate".into()));
     }
     Ok(roots)
-}
-
-/// The client certificate chain and key of `--backend-cert-file` and `--backend-key-file`.
-fn client_identity(
-    cert_file: &Path,
-    key_file: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsFileError> {
-    let cert_problem =
-        |problem: String| TlsFileError { flag: "--backend-cert-file", path: cert_file.to_path_buf(), problem };
-    let key_problem =
-        |problem: String| TlsFileError { flag: "--backend-key-file", path: key_file.to_path_buf(), problem };
-    let pem = std::fs::read(cert_file).map_err(|e| cert_problem(format!("cannot read it: {e}")))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_problem(format!("not a PEM certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(cert_problem("holds no PEM certificate".into()));
-    }
-    let pem = std::fs::read(key_file).map_err(|e| key_problem(format!("cannot read it: {e}")))?;
-    // The error says what was expected, never what the file holds.
-    let key = PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| key_problem(format!("not a PEM private key (PKCS#1, PKCS#8 or SEC1): {e}")))?;
-    Ok((certs, key))
 }
 
 /// The system's trusted roots, or the Mozilla set where the system has none.

@@ -23,6 +23,7 @@
 //! - [`metrics`]: every exported metric.
 //! - [`error`]: error kinds, retryability and the one mapping to HTTP answers.
 //! - [`client`]: the pooled http/https client to the replicas (CA, client certificate, server name).
+//! - `client_cert`: the client certificate presented to the replicas, read again on change.
 //! - [`credentials`]: the `Authorization` header sent to the replicas, from files read again.
 //! - [`server`]: accepting connections, serving them on one thread per CPU, each connection
 //!   held to its deadlines, request heads checked, draining on shutdown.
@@ -37,6 +38,7 @@ pub mod admin;
 pub mod backend;
 pub mod body;
 pub mod client;
+pub(crate) mod client_cert;
 pub mod config;
 pub mod credentials;
 pub mod discovery;

@@ -209,7 +209,9 @@ async fn serve_connections(
         .keep_alive_timeout(connection::H2_PING_TIMEOUT);
     // Over TLS, the protocol is the one ALPN chose (HTTP/1.1 when the web config turns
     // HTTP/2 off), not whatever the client's first bytes look like.
-    let (http1_only, http2_only) = (builder.clone().http1_only(), builder.clone().http2_only());
+    // Shared by the connection tasks; each makes its own copy once, in `into_owned`.
+    let (http1_only, http2_only) = (Arc::new(builder.clone().http1_only()), Arc::new(builder.clone().http2_only()));
+    let builder = Arc::new(builder);
     let (shutdown, shutting_down) = watch::channel(false);
     // Each connection task holds a clone; `recv` returns `None` once all have ended.
     let (active, mut all_ended) = mpsc::channel::<()>(1);

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::tls::SecuredReplica;
+use common::tls::{RecordingReplica, SecuredReplica};
 use common::{Mpp, endpoints_file, get, send, wait_until};
 use http::Request;
 
@@ -108,4 +108,42 @@ async fn without_the_password_or_the_certificate_the_replica_is_not_viable() {
         assert!(mpp.candidates_where("viable").await.is_empty(), "{what}");
         assert_eq!(get(&mpp.url("/api/v1/query?query=up")).await.unwrap().status, query_status, "{what}");
     }
+}
+
+/// The `Authorization` header of the last request for `path` the replica got.
+fn last_authorization(replica: &RecordingReplica, path: &str) -> Option<String> {
+    let requests = replica.requests_for(path);
+    requests.last()?.get("authorization").map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_file_reaches_probes_and_queries_and_is_read_again_when_it_changes() {
+    let replica = RecordingReplica::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    let endpoints = endpoints_file(dir.path(), std::slice::from_ref(&replica.url));
+    let mpp = start_mpp(&[
+        format!("--endpoints-file={}", endpoints.display()),
+        format!("--backend-bearer-token-file={}", token.display()),
+    ])
+    .await;
+    mpp.wait_selected(&[&replica.url]).await;
+    assert_eq!(last_authorization(&replica, "/-/ready").as_deref(), Some("Bearer first-token"));
+    assert_eq!(get(&mpp.url("/api/v1/labels")).await.unwrap().status, 200);
+    assert_eq!(last_authorization(&replica, "/api/v1/labels").as_deref(), Some("Bearer first-token"));
+
+    // A projected service-account token is replaced in place by the kubelet.
+    std::fs::write(&token, "second-token\n").unwrap();
+    wait_until("probes carry the new token", Duration::from_secs(10), || async {
+        last_authorization(&replica, "/-/ready").as_deref() == Some("Bearer second-token")
+    })
+    .await;
+    assert_eq!(get(&mpp.url("/api/v1/labels")).await.unwrap().status, 200);
+    assert_eq!(last_authorization(&replica, "/api/v1/labels").as_deref(), Some("Bearer second-token"));
+
+    // A client's own header goes through unchanged.
+    let request = Request::get(mpp.url("/api/v1/labels")).header("authorization", "Bearer the-clients-own");
+    assert_eq!(send(request, Bytes::new()).await.unwrap().status, 200);
+    assert_eq!(last_authorization(&replica, "/api/v1/labels").as_deref(), Some("Bearer the-clients-own"));
 }

@@ -416,3 +416,20 @@ async fn each_client_auth_type_and_allowed_sans_admit_the_clients_go_would() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_replicas_see_https_and_never_the_password_given_to_mpp() {
+    let replica = common::tls::RecordingReplica::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(dir.path());
+    let web = secure_web_config(dir.path(), &certs);
+    let endpoints = endpoints_file(dir.path(), std::slice::from_ref(&replica.url));
+    let mpp = Mpp::start(&["--endpoints-file", &path(&endpoints), "--web.config.file", &path(&web)]).await;
+    let authenticated = plus(certs.curl_args(Some(&certs.client)), &["--user", &format!("{USER}:{PASSWORD}")]);
+    let answer = curl(&https(&mpp, "/api/v1/labels"), &authenticated);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = replica.requests_for("/api/v1/labels");
+    let head = seen.last().expect("the replica got the request");
+    assert_eq!(head["x-forwarded-proto"], "https");
+    assert!(head.get("authorization").is_none(), "mpp's own credentials went on: {head:?}");
+}

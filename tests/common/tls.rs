@@ -323,3 +323,57 @@ scrape_configs:
         write_atomically(&self.own_password_file, password);
     }
 }
+
+/// A stand-in replica on loopback that answers probes like Prometheus and records the head
+/// of every request it gets, to show what mpp sends replicas. Stopped when dropped.
+pub struct RecordingReplica {
+    pub url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordingReplica {
+    pub async fn start() -> RecordingReplica {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    record.lock().unwrap().push((request.uri().path().to_string(), request.headers().clone()));
+                    let body = match request.uri().path() {
+                        "/metrics" => "prometheus_tsdb_head_samples_appended_total 1\n",
+                        "/api/v1/query" => {
+                            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[0,"1"]}]}}"#
+                        }
+                        _ => r#"{"status":"success","data":[]}"#,
+                    };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from(body))))
+                    }
+                });
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        RecordingReplica { url, seen, task }
+    }
+
+    /// The heads of the requests for `path` so far, oldest first.
+    pub fn requests_for(&self, path: &str) -> Vec<http::HeaderMap> {
+        self.seen.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, h)| h.clone()).collect()
+    }
+}
+
+impl Drop for RecordingReplica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -50,9 +50,11 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
-    tls_server_config: RawTls,
-    http_server_config: RawHttp,
-    rate_limit: RawRateLimit,
+    // Options, so that a section left empty (every field commented out) reads as absent,
+    // as in Go, rather than as a type error.
+    tls_server_config: Option<RawTls>,
+    http_server_config: Option<RawHttp>,
+    rate_limit: Option<RawRateLimit>,
     basic_auth_users: Option<BTreeMap<String, Secret>>,
 }
 
@@ -220,15 +222,16 @@ impl WebConfig {
             serde_yaml::from_str(text).map_err(|e| WebConfigError::new(file, "", e.to_string()))?
         };
         let dir = file.parent().unwrap_or(Path::new("."));
-        let tls = tls_settings(file, dir, raw.tls_server_config)?;
-        let headers = headers(file, raw.http_server_config.headers.unwrap_or_default())?;
+        let tls = tls_settings(file, dir, raw.tls_server_config.unwrap_or_default())?;
+        let http = raw.http_server_config.unwrap_or_default();
+        let headers = headers(file, http.headers.unwrap_or_default())?;
         let users = raw.basic_auth_users.unwrap_or_default();
         for (user, hash) in &users {
             check_bcrypt_hash(hash.expose())
                 .map_err(|problem| WebConfigError::new(file, &format!("basic_auth_users.{user}"), problem))?;
         }
-        let rate_limit = rate_limit(file, raw.rate_limit)?;
-        Ok(WebConfig { tls, http2: raw.http_server_config.http2, headers, users, rate_limit })
+        let rate_limit = rate_limit(file, raw.rate_limit.unwrap_or_default())?;
+        Ok(WebConfig { tls, http2: http.http2, headers, users, rate_limit })
     }
 }
 

@@ -13,7 +13,8 @@ const HASH: &str = "$2b$04$Pw5c5n6qd0SMIlrz8zgrF.yBpzvwcqNjqI2PYmZW8ZLlLU12DQxY6
 
 #[test]
 fn an_empty_file_is_plain_http_without_auth() {
-    for text in ["", "\n", "# nothing\n", "{}"] {
+    let commented_out = "tls_server_config:\n#  cert_file: c\nhttp_server_config:\nbasic_auth_users:\nrate_limit:\n";
+    for text in ["", "\n", "# nothing\n", "{}", commented_out] {
         let config = parse(text).unwrap();
         assert_eq!(config.tls, None);
         assert!(config.http2 && config.users.is_empty() && config.headers.is_empty());

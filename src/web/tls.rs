@@ -305,3 +305,74 @@ impl ClientCertVerifier for AllowedSans {
         self.inner.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::config::WebConfig;
+
+    fn pem_pair(cn: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    /// Builds the server config for `extra` TLS settings over a fresh certificate.
+    fn build(extra: &str, adjust: impl FnOnce(&mut Material)) -> Result<Arc<ServerConfig>, String> {
+        let file = Path::new("/etc/mpp/web.yml");
+        let text = format!("tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n{extra}");
+        let config = WebConfig::parse(file, &text).map_err(|e| e.to_string())?;
+        let settings = config.tls.expect("TLS is on");
+        let (cert, key) = pem_pair("mpp");
+        let mut material = Material { cert: cert.into_bytes(), key: key.into_bytes(), client_ca: None };
+        adjust(&mut material);
+        server_config(file, &settings, &material, config.http2).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn alpn_offers_http2_unless_turned_off() {
+        assert_eq!(build("", |_| {}).unwrap().alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let config = build("http_server_config:\n  http2: false\n", |_| {}).unwrap();
+        assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_naming_key_file() {
+        let e = build("", |m| m.key = pem_pair("other").1.into_bytes()).unwrap_err();
+        assert!(e.contains("tls_server_config.key_file: does not go with the certificate"), "{e}");
+        let e = build("", |m| m.key = b"not a key".to_vec()).unwrap_err();
+        assert!(e.contains("tls_server_config.key_file: not a PEM private key"), "{e}");
+        let e = build("", |m| m.cert = b"".to_vec()).unwrap_err();
+        assert!(e.contains("tls_server_config.cert_file: holds no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn a_client_ca_without_certificates_is_refused() {
+        let extra = "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n";
+        let e = build(extra, |m| m.client_ca = Some(b"# empty\n".to_vec())).unwrap_err();
+        assert!(e.contains("tls_server_config.client_ca_file: holds no usable CA certificate"), "{e}");
+        let ca = pem_pair("ca").0.into_bytes();
+        assert!(build(extra, |m| m.client_ca = Some(ca)).is_ok());
+    }
+
+    #[test]
+    fn suites_and_curves_rustls_lacks_are_skipped_but_not_all_of_them() {
+        let config =
+            build("  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n", |_| {})
+                .unwrap();
+        let tls12: Vec<String> = config
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .filter(|s| s.tls13().is_none())
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(tls12, ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]);
+        let e = build("  max_version: TLS12\n  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n", |_| {}).unwrap_err();
+        assert!(e.contains("tls_server_config.cipher_suites: none of these cipher suites"), "{e}");
+        let e = build("  curve_preferences: [CurveP521]\n", |_| {}).unwrap_err();
+        assert!(e.contains("tls_server_config.curve_preferences: none of these curves"), "{e}");
+        assert!(build("  curve_preferences: [CurveP521, X25519]\n", |_| {}).is_ok());
+    }
+}

@@ -1,18 +1,13 @@
 //! A *backend*: one Prometheus replica's base URL, as discovery found it, with the stable
-//! opaque id that affinity cookies carry instead of the address, and its live [`Health`].
+//! opaque id that affinity cookies carry instead of the address. Plain data: what happens to
+//! a replica (its health, its metrics) lives in the [`registry`](crate::registry).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use tokio::sync::Semaphore;
 
-use crate::metrics::{BackendMetrics, Metrics};
-
-/// One Prometheus replica. Compared and hashed by URL; shared as `Arc<Backend>` across
-/// snapshots so that the same replica keeps its identity and health from one selection round
-/// to the next.
+/// One Prometheus replica's identity. Compared and hashed by URL.
 #[derive(Debug, Clone)]
 pub struct Backend {
     url: Arc<str>,
@@ -23,12 +18,6 @@ pub struct Backend {
     prefix: String,
     /// The `MPP.ServedBy` value, made once rather than per answer.
     served_by: http::HeaderValue,
-    health: Arc<Health>,
-    /// Its request-path metrics, found on the first request it serves.
-    metrics: OnceLock<BackendMetrics>,
-    /// One permit per request in flight to it (`--max-backend-connections`), made on the
-    /// first request.
-    connection_slots: OnceLock<Arc<Semaphore>>,
 }
 
 impl PartialEq for Backend {
@@ -76,17 +65,7 @@ impl Backend {
         let id = format!("{:016x}", fnv1a(url.as_bytes()));
         let served_by =
             http::HeaderValue::from_str(&url).map_err(|_| format!("'{text}' is not a valid header value"))?;
-        Ok(Backend {
-            url,
-            id,
-            scheme,
-            authority,
-            prefix,
-            served_by,
-            health: Arc::default(),
-            metrics: OnceLock::new(),
-            connection_slots: OnceLock::new(),
-        })
+        Ok(Backend { url, id, scheme, authority, prefix, served_by })
     }
 
     /// The normalized base URL, as shown in logs, metrics and the `MPP.ServedBy` header.
@@ -110,23 +89,6 @@ impl Backend {
         &self.served_by
     }
 
-    /// What the liveness checks and live traffic currently say about this replica.
-    pub fn health(&self) -> &Health {
-        &self.health
-    }
-
-    /// This backend's request-path metrics in `metrics` (looked up on the first call only;
-    /// there is one [`Metrics`] per process).
-    pub fn metrics(&self, metrics: &Metrics) -> &BackendMetrics {
-        self.metrics.get_or_init(|| metrics.backend(self.url.clone()))
-    }
-
-    /// Its connection slots: `max` requests in flight at once (the same `max` on every call;
-    /// there is one setting per process).
-    pub fn connection_slots(&self, max: u32) -> &Arc<Semaphore> {
-        self.connection_slots.get_or_init(|| Arc::new(Semaphore::new(max as usize)))
-    }
-
     /// The URL of `path_and_query` on this backend (the prefix, if any, is prepended).
     pub fn uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
         let builder = Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone());
@@ -141,51 +103,6 @@ impl Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.url)
-    }
-}
-
-/// Consecutive failed attempts on live traffic after which a replica is ejected.
-pub const EJECT_AFTER_FAILURES: u32 = 3;
-
-/// A replica's live state, between selection rounds: whether it is *down* (a liveness check
-/// failed, or live traffic failed on it [`EJECT_AFTER_FAILURES`] times in a row). Written by
-/// the liveness loop, the selection loop and the request path alike, so it is only atomics:
-/// nobody locks or waits for anybody to change it.
-#[derive(Debug, Default)]
-pub struct Health {
-    down: AtomicBool,
-    failures: AtomicU32,
-}
-
-impl Health {
-    /// Whether requests must stay away from this replica.
-    pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Acquire)
-    }
-
-    /// Takes the replica out (requests waiting on it notice within 200 ms); `true` if it
-    /// was up.
-    pub fn mark_down(&self) -> bool {
-        !self.down.swap(true, Ordering::AcqRel)
-    }
-
-    /// Puts the replica back after a passing probe; `true` if it was down.
-    pub fn mark_up(&self) -> bool {
-        self.failures.store(0, Ordering::Relaxed);
-        self.down.swap(false, Ordering::AcqRel)
-    }
-
-    /// Counts a failed attempt; `true` if this failure ejected the replica.
-    pub fn record_failure(&self) -> bool {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        failures >= EJECT_AFTER_FAILURES && self.mark_down()
-    }
-
-    /// Counts a successful attempt (ends a run of failures).
-    pub fn record_success(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
     }
 }
 
@@ -215,17 +132,6 @@ mod tests {
         assert_ne!(a.id(), Backend::parse("http://b:9090").unwrap().id());
         assert!(!a.id().contains("9090"));
         assert_eq!(a.id().len(), 16);
-    }
-
-    #[test]
-    fn consecutive_failures_eject_until_a_passing_probe() {
-        let b = Arc::new(Backend::parse("http://a:9090").unwrap());
-        assert!(!b.health().record_failure());
-        b.health().record_success();
-        assert!(!b.health().record_failure() && !b.health().record_failure());
-        assert!(b.health().record_failure(), "the third failure in a row ejects");
-        assert!(b.health().is_down());
-        assert!(b.health().mark_up() && !b.health().is_down());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! What can go wrong with a proxied request, whether it may be retried, and the one mapping
-//! from error to the HTTP answer the client gets (a Prometheus-API-style JSON error).
+//! What can go wrong with a proxied request, and the one mapping from error to the HTTP
+//! answer the client gets (a Prometheus-API-style JSON error). Whether a failed attempt may
+//! be retried is the retry policy's call (`proxy::retry`).
 
 use std::error::Error as StdError;
 
@@ -113,87 +114,6 @@ impl ProxyError {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
-    }
-}
-
-/// How one attempt on one backend failed, and so whether another attempt is safe.
-#[derive(Debug)]
-pub enum AttemptError {
-    /// The connection could not be made: nothing was sent, so any request may be retried.
-    Connect(String),
-    /// The request may have reached the backend; only a read-only request may be replayed.
-    Sent(String),
-    /// The backend answered 503 (typically: not ready, replaying its WAL).
-    Unavailable,
-    /// The replica was found down (liveness, ejection) while this attempt waited on it.
-    Abandoned,
-    /// The replica answered 508: the request came back to this mpp (the candidate is mpp
-    /// itself, or forwards to it). Nothing ran.
-    Loop,
-    /// The request's time (`--request-timeout`) ran out while waiting.
-    TimedOut,
-    /// Every connection to the replica (`--max-backend-connections`) stayed in use while the
-    /// request queued for one. Nothing was sent.
-    Busy,
-}
-
-impl AttemptError {
-    /// Whether another backend may be tried. `replayable`: the request is read-only. A
-    /// request whose time ran out is never run again: a query heavy enough to time out on
-    /// one replica would only cost the next one as much.
-    pub fn retryable(&self, replayable: bool) -> bool {
-        match self {
-            AttemptError::Connect(_) | AttemptError::Loop | AttemptError::Busy => true,
-            AttemptError::Sent(_) | AttemptError::Unavailable | AttemptError::Abandoned => replayable,
-            AttemptError::TimedOut => false,
-        }
-    }
-
-    /// Whether this failure counts against the replica's health. Only the replica's own
-    /// signals do: it refused or dropped the connection, it answered 503 outside the API
-    /// (not ready: replaying its WAL), or it is mpp itself. A Prometheus API error answer is
-    /// not a failure at all (it reaches the client as it is), nor is a slow query.
-    pub fn counts_against_replica(&self) -> bool {
-        matches!(
-            self,
-            AttemptError::Connect(_) | AttemptError::Sent(_) | AttemptError::Unavailable | AttemptError::Loop
-        )
-    }
-
-    /// Whether the replica is known not to have handled the request (so the client's
-    /// answer is "unavailable", 503, rather than "failed", 502).
-    pub fn nothing_answered(&self) -> bool {
-        matches!(
-            self,
-            AttemptError::Connect(_)
-                | AttemptError::Unavailable
-                | AttemptError::Abandoned
-                | AttemptError::Loop
-                | AttemptError::Busy
-        )
-    }
-
-    /// Classifies a client error.
-    pub fn from_client(error: &hyper_util::client::legacy::Error) -> Self {
-        if error.is_connect() {
-            AttemptError::Connect(error_chain(error))
-        } else {
-            AttemptError::Sent(error_chain(error))
-        }
-    }
-}
-
-impl std::fmt::Display for AttemptError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AttemptError::Connect(e) => write!(f, "connection failed: {e}"),
-            AttemptError::Sent(e) => write!(f, "request failed: {e}"),
-            AttemptError::Unavailable => f.write_str("answered 503 Service Unavailable"),
-            AttemptError::Abandoned => f.write_str("was found down while the request waited"),
-            AttemptError::Loop => f.write_str("answered 508 Loop Detected: it is this mpp, or forwards to it"),
-            AttemptError::TimedOut => f.write_str("did not answer within the request's time"),
-            AttemptError::Busy => f.write_str("had all its connections in use"),
-        }
     }
 }
 

@@ -6,52 +6,64 @@
 //! Data flows one way:
 //!
 //! ```text
-//! discovery -> candidates -> probes + strategy -> Snapshot (one Arc, ArcSwap) -> proxy -> backend
-//!              (selection: background task, owns all mutable state)      (request path)
-//!                   ^--------------- "re-select now" (channel) ---------------'
+//! discovery -> candidates -> registry -> probes + strategy -> Snapshot (one Arc, ArcSwap) -> proxy -> replica
+//!               selection: background task, owns the registry       request path: loads the snapshot
+//!                   ^------------------- "re-select now" (channel) --------------------'
 //! ```
 //!
-//! - [`config`]: the command line (flags and `MPP_*` variables) into a validated [`Config`].
-//! - [`discovery`]: where candidates come from (endpoints file, Marathon, Kubernetes).
-//! - [`backend`]: one replica's URL and its opaque id.
+//! The modules, from the bottom of the dependency graph up (`scripts/module-graph.py` prints
+//! it and fails on a cycle):
+//!
+//! - [`units`]: durations in Go's syntax and byte sizes. [`system`]: the process's memory and
+//!   open-files limits. [`via`]: this mpp's `Via` pseudonym. [`body`]: a response body that
+//!   holds a slot until it is sent. [`metrics`]: every exported metric.
+//! - [`backend`]: one replica's identity, its URL and opaque id (plain data).
+//! - [`client`]: the pooled http/https client to the replicas (CA, client certificate,
+//!   server name). [`credentials`]: the `Authorization` sent to them, from files read again.
+//! - [`error`]: what can go wrong with a request, and the one mapping to HTTP answers.
+//! - [`discovery`]: where candidates come from (endpoints file, Marathon, Kubernetes); each
+//!   kind validates its own flags.
 //! - [`probe`]: asking one replica how it is (and the exposition-format parser).
 //! - [`strategy`]: `single-most-data`, `minimum-history`, `random`: probes to a selection.
-//! - [`selection`]: the background loop that publishes the [`selection::Snapshot`].
+//! - [`registry`]: every replica's live state (health, metric handles, connection slots),
+//!   owned by the selection loop; a replica's state and series go when it leaves.
+//! - [`selection`]: the loop that gathers (discovery, probes), decides (a pure function) and
+//!   publishes the [`selection::Snapshot`].
 //! - [`liveness`]: the one-second `/-/ready` check that takes dead or hung replicas out.
-//! - [`proxy`]: the request path: affinity, attempts, retries, header rewriting.
-//! - [`admin`]: `/mpp/health`, `/mpp/metrics`, `/mpp/status`.
-//! - [`metrics`]: every exported metric.
-//! - [`error`]: error kinds, retryability and the one mapping to HTTP answers.
-//! - [`client`]: the pooled http/https client to the replicas (CA, client certificate, server name).
-//! - `client_cert`: the client certificate presented to the replicas, read again on change.
-//! - [`credentials`]: the `Authorization` header sent to the replicas, from files read again.
+//! - [`proxy`]: the request path: body limits, affinity, the retry policy (`proxy::retry`,
+//!   all of it), header rewriting (`proxy::headers`).
+//! - [`admin`]: `/mpp/health`, `/mpp/ready`, `/mpp/metrics`, `/mpp/status`.
+//! - [`web`]: the listener's TLS, basic auth and headers, from the web config file.
 //! - [`server`]: accepting connections, serving them on one thread per CPU, each connection
 //!   held to its deadlines, request heads checked, draining on shutdown.
-//! - [`body`]: a response body that holds a slot (a request in flight, a replica connection)
-//!   until it is sent.
-//! - [`system`]: the memory and open-files limits of the process.
-//! - [`web`]: the listener's TLS, basic auth and headers, from the web config file.
+//! - [`config`]: the command line (flags and `MPP_*` variables) into a validated [`Config`].
+//!
+//! The public surface is [`run`], [`bind`], [`Config`] and [`Args`] (for `main`), and
+//! [`fuzzing`] (the parsers, for the fuzz targets and tests); everything else is
+//! `pub(crate)`.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod backend;
-pub mod body;
-pub mod client;
-pub(crate) mod client_cert;
+pub(crate) mod admin;
+pub(crate) mod backend;
+pub(crate) mod body;
+pub(crate) mod client;
 pub mod config;
-pub mod credentials;
-pub mod discovery;
-pub mod error;
-pub mod liveness;
-pub mod metrics;
-pub mod probe;
-pub mod proxy;
-pub mod selection;
-pub mod server;
-pub mod strategy;
-pub mod system;
-pub mod web;
+pub(crate) mod credentials;
+pub(crate) mod discovery;
+pub(crate) mod error;
+pub(crate) mod liveness;
+pub(crate) mod metrics;
+pub(crate) mod probe;
+pub(crate) mod proxy;
+pub(crate) mod registry;
+pub(crate) mod selection;
+pub(crate) mod server;
+pub(crate) mod strategy;
+pub(crate) mod system;
+pub(crate) mod units;
+pub(crate) mod via;
+pub(crate) mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,7 +75,25 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-pub use config::Config;
+pub use config::{Args, Config};
+
+/// The parsers of input from outside the process, and the types they produce, for the fuzz
+/// targets in `fuzz/` and the integration tests. Not a stable interface: it follows the code.
+pub mod fuzzing {
+    pub use crate::backend::Backend;
+    pub use crate::discovery::{
+        LabelSelector, PortRef, PrincipalSecret, candidates_from_tasks, parse_endpoints, pod_backend, slice_backends,
+    };
+    pub use crate::probe::{SAMPLES_METRIC, exposition, query_has_result};
+    pub use crate::proxy::affinity::{AffinityOptions, route_cookie};
+    pub use crate::proxy::client_ip::TrustedProxies;
+    pub use crate::proxy::headers;
+    pub use crate::server::head;
+    pub use crate::strategy::Strategy;
+    pub use crate::units::{format_duration, parse_duration, parse_size};
+    pub use crate::via::Pseudonym;
+    pub use crate::web::{Web, WebConfig};
+}
 
 /// At start-up, how often the first rounds are retried while discovery has not answered
 /// (besides whenever it signals a change).
@@ -82,7 +112,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     system::raise_open_files(config.max_connections);
     let metrics = Arc::new(metrics::Metrics::new());
     let snapshot = Arc::new(ArcSwap::from_pointee(selection::Snapshot::empty()));
-    let pseudonym = server::head::Pseudonym::random();
+    let pseudonym = via::Pseudonym::random();
     let web = match &config.web_config_file {
         Some(file) => Some(Arc::new(web::Web::load(file, config.web_health_without_auth)?)),
         None => None,
@@ -133,8 +163,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let prober = probe::Prober::new(client.clone(), config.strategy.history_needed(), via.clone())
         .with_credentials(credentials.clone());
     let mut selector = selection::Selector::new(
-        discovery,
-        prober,
+        selection::Sources { discovery, prober },
+        registry::Registry::new(metrics.clone(), config.max_backend_connections),
         config.strategy,
         config.selection_interval,
         snapshot.clone(),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use mpp::config::{Args, Config};
+use mpp::{Args, Config};
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {

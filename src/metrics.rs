@@ -204,9 +204,9 @@ impl Metrics {
         }
     }
 
-    /// Counts a connection closed for `reason`.
-    pub fn connection_closed(&self, reason: crate::server::connection::CloseReason) {
-        self.connections_closed.get_or_create(&CloseLabels { reason: reason.label() }).inc();
+    /// Counts a connection closed for `reason` (a `CloseReason` label).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed.get_or_create(&CloseLabels { reason }).inc();
     }
 
     /// Removes every series of a replica that is no longer a candidate, so that pod churn

@@ -1,23 +1,27 @@
-//! The selection loop: the one background task that owns all mutable routing state. Each
-//! round it asks discovery for the candidates (keeping the last good set when discovery
-//! fails), probes them all concurrently, lets the strategy choose the selection and
-//! publishes the result as one immutable [`Snapshot`] that the request path loads without
-//! locks. Rounds run every selection interval and at once when something signals a change
-//! (the endpoints file changed, a request failed); signals that arrive while a round is due
-//! collapse into that round.
+//! The selection loop: the one background task that owns all mutable routing state (the
+//! [`Registry`] of replicas). Each round has two parts. *Gathering* is the I/O: ask
+//! discovery for the candidates (keeping the last good set when discovery fails) and probe
+//! them all concurrently. *Deciding* is a pure function, [`decide`], from the previous
+//! snapshot, the candidates, the probe results and the strategy to the next [`Snapshot`],
+//! which is published whole and read by the request path without locks. Rounds run every
+//! selection interval and soon after something signals a change (the endpoints file
+//! changed, a request failed); signals that arrive while a round is due collapse into it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::backend::Backend;
-use crate::discovery::Discovery;
+use crate::discovery::{Discovery, DiscoveryError};
 use crate::metrics::{BackendLabels, Metrics, RoundLabels};
 use crate::probe::{Probe, Prober};
+use crate::registry::{Registry, Replica};
 use crate::strategy::Strategy;
 
 /// Triggered rounds start at least this far apart, so that a storm of failing requests
@@ -28,7 +32,7 @@ const MIN_ROUND_GAP: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone)]
 pub struct CandidateState {
     /// The replica.
-    pub backend: Arc<Backend>,
+    pub replica: Arc<Replica>,
     /// What its probe found.
     pub probe: Probe,
     /// Whether it is in the selection.
@@ -48,10 +52,10 @@ pub struct Snapshot {
     /// Every candidate, in discovery order.
     pub candidates: Vec<CandidateState>,
     /// The replicas allowed to serve, in candidate order.
-    pub selected: Vec<Arc<Backend>>,
+    pub selected: Vec<Arc<Replica>>,
     /// Every viable replica (selected or not), in candidate order: where a retry goes when
     /// the selection has nowhere left.
-    pub viable: Vec<Arc<Backend>>,
+    pub viable: Vec<Arc<Replica>>,
     /// Why the selection is what it is.
     pub reason: String,
     /// The discovery error of this round, if it failed (the candidates are then the last
@@ -79,46 +83,116 @@ impl Snapshot {
     }
 
     /// The selected replica with this opaque id, if there is one.
-    pub fn selected_by_id(&self, id: &str) -> Option<&Arc<Backend>> {
+    pub fn selected_by_id(&self, id: &str) -> Option<&Arc<Replica>> {
         self.selected.iter().find(|b| b.id() == id)
     }
 }
 
+/// What a round gathers: the I/O half of a round, behind a trait so that the loop's timing
+/// can be tested with paused time and scripted answers.
+pub trait Gather: Send {
+    /// Discovery's current answer.
+    fn candidates(&mut self) -> impl Future<Output = Result<Vec<Backend>, DiscoveryError>> + Send;
+    /// One replica's probe; never fails (what went wrong is in the [`Probe`]).
+    fn probe(&self, backend: &Backend) -> impl Future<Output = Probe> + Send;
+}
+
+/// The production gathering: the configured discovery and the prober.
+pub struct Sources {
+    /// Where candidates come from.
+    pub discovery: Discovery,
+    /// How they are probed.
+    pub prober: Prober,
+}
+
+impl Gather for Sources {
+    async fn candidates(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
+        self.discovery.candidates().await
+    }
+
+    async fn probe(&self, backend: &Backend) -> Probe {
+        self.prober.probe(backend).await
+    }
+}
+
+/// What one round gathered, for [`decide`].
+#[derive(Debug)]
+pub struct Gathered {
+    /// The round's number.
+    pub round: u64,
+    /// The candidates (the last good set when discovery failed), in discovery's order.
+    pub candidates: Vec<Arc<Replica>>,
+    /// One probe per candidate, in the same order.
+    pub probes: Vec<Probe>,
+    /// Discovery's error this round, if it failed.
+    pub discovery_error: Option<String>,
+    /// Whether discovery has answered completely in this round or an earlier one.
+    pub settled: bool,
+    /// When the round ended, and how long it took.
+    pub taken_at: SystemTime,
+    pub took: Duration,
+}
+
+/// The next snapshot: a pure function of the previous one (its first selected replica is
+/// the incumbent that `single-most-data` keeps within its margin), what the round gathered
+/// and the strategy.
+pub fn decide(previous: &Snapshot, gathered: Gathered, strategy: &Strategy) -> Snapshot {
+    let Gathered { round, candidates, probes, discovery_error, settled, taken_at, took } = gathered;
+    let incumbent = previous.selected.first().and_then(|inc| candidates.iter().position(|c| c == inc));
+    let probe_refs: Vec<&Probe> = probes.iter().collect();
+    let choice = strategy.select(&probe_refs, incumbent);
+    let selected = choice.selected.iter().map(|&i| candidates[i].clone()).collect();
+    let viable = candidates.iter().zip(&probes).filter(|(_, p)| p.viable()).map(|(c, _)| c.clone()).collect();
+    let candidates = candidates
+        .into_iter()
+        .zip(probes)
+        .enumerate()
+        .map(|(i, (replica, probe))| CandidateState { replica, probe, selected: choice.selected.contains(&i) })
+        .collect();
+    Snapshot {
+        round,
+        taken_at,
+        round_took: took,
+        candidates,
+        selected,
+        viable,
+        reason: choice.reason,
+        discovery_error,
+        settled,
+    }
+}
+
 /// The owner of the routing state; see the module documentation.
-pub struct Selector {
-    discovery: Discovery,
-    prober: Prober,
+pub struct Selector<G: Gather = Sources> {
+    gather: G,
+    registry: Registry,
     strategy: Strategy,
     interval: Duration,
     published: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
-    last_good: Vec<Arc<Backend>>,
-    incumbent: Option<Arc<Backend>>,
     /// Whether each replica (by URL) was viable in the last round, to log changes only.
     viability: HashMap<Arc<str>, bool>,
     round: u64,
     settled: bool,
 }
 
-impl Selector {
+impl<G: Gather> Selector<G> {
     /// Builds the loop's state; nothing runs until [`Selector::round`] or [`Selector::run`].
     pub fn new(
-        discovery: Discovery,
-        prober: Prober,
+        gather: G,
+        registry: Registry,
         strategy: Strategy,
         interval: Duration,
         published: Arc<ArcSwap<Snapshot>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Selector {
-            discovery,
-            prober,
+            gather,
+            registry,
             strategy,
             interval,
             published,
             metrics,
-            last_good: Vec::new(),
-            incumbent: None,
             viability: HashMap::new(),
             round: 0,
             settled: false,
@@ -132,7 +206,7 @@ impl Selector {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 Some(()) = triggers.recv() => {
-                    tokio::time::sleep_until((last_start + MIN_ROUND_GAP).into()).await;
+                    tokio::time::sleep_until(last_start + MIN_ROUND_GAP).await;
                 }
             }
             // Signals that came in meanwhile are answered by the round about to run.
@@ -142,22 +216,20 @@ impl Selector {
         }
     }
 
-    /// One round: discover, probe, select, publish.
+    /// One round: gather (discover, probe), decide, publish.
     pub async fn round(&mut self) {
         let started = Instant::now();
         self.round += 1;
-        let discovery_error = match self.discovery.candidates().await {
+        let discovery_error = match self.gather.candidates().await {
             Ok(found) => {
-                // The same replica keeps its Arc, and so its health, across rounds.
-                let known = std::mem::take(&mut self.last_good);
-                self.last_good = found
-                    .into_iter()
-                    .map(|b| known.iter().find(|k| ***k == b).cloned().unwrap_or_else(|| Arc::new(b)))
-                    .collect();
+                for gone in self.registry.update(found) {
+                    tracing::info!(backend = %gone, "replica is no longer a candidate");
+                }
                 None
             }
             Err(e) => {
-                tracing::warn!(error = %e, kept = self.last_good.len(), "discovery failed; keeping the last good candidates");
+                let kept = self.registry.replicas().len();
+                tracing::warn!(error = %e, kept, "discovery failed; keeping the last good candidates");
                 Some(e.to_string())
             }
         };
@@ -165,47 +237,32 @@ impl Selector {
         let result = if discovery_error.is_some() { "discovery_error" } else { "ok" };
         self.metrics.selection_rounds.get_or_create(&RoundLabels { result }).inc();
 
-        let candidates = self.last_good.clone();
-        let probes = join_all(candidates.iter().map(|b| self.prober.probe(b))).await;
+        let candidates = self.registry.replicas().to_vec();
+        let probes = join_all(candidates.iter().map(|r| self.gather.probe(r.backend()))).await;
         self.report_viability(&candidates, &probes);
 
-        let incumbent = self.incumbent.as_ref().and_then(|inc| candidates.iter().position(|b| b == inc));
-        let probe_refs: Vec<&Probe> = probes.iter().collect();
-        let choice = self.strategy.select(&probe_refs, incumbent);
-        let selected: Vec<Arc<Backend>> = choice.selected.iter().map(|&i| candidates[i].clone()).collect();
-        let viable: Vec<Arc<Backend>> =
-            candidates.iter().zip(&probes).filter(|(_, p)| p.viable()).map(|(b, _)| b.clone()).collect();
-
-        let previous = self.published.load();
-        if previous.selected != selected || previous.round == 0 {
-            let names: Vec<&str> = selected.iter().map(|b| b.url()).collect();
-            if selected.is_empty() {
-                tracing::warn!(candidates = candidates.len(), reason = %choice.reason, "no replica selected; clients get 503");
-            } else {
-                tracing::info!(selected = ?names, reason = %choice.reason, "selection changed");
-            }
-        }
-        self.incumbent = selected.first().cloned();
-        self.metrics.selected_backends.set(selected.len() as i64);
-        self.metrics.candidates.set(candidates.len() as i64);
-
-        let states = candidates
-            .into_iter()
-            .zip(probes)
-            .enumerate()
-            .map(|(i, (backend, probe))| CandidateState { backend, probe, selected: choice.selected.contains(&i) })
-            .collect();
-        self.published.store(Arc::new(Snapshot {
+        let previous = self.published.load_full();
+        let gathered = Gathered {
             round: self.round,
-            taken_at: SystemTime::now(),
-            round_took: started.elapsed(),
-            candidates: states,
-            selected,
-            viable,
-            reason: choice.reason,
+            candidates,
+            probes,
             discovery_error,
             settled: self.settled,
-        }));
+            taken_at: SystemTime::now(),
+            took: started.elapsed(),
+        };
+        let next = decide(&previous, gathered, &self.strategy);
+        if previous.selected != next.selected || previous.round == 0 {
+            let names: Vec<&str> = next.selected.iter().map(|r| r.url()).collect();
+            if next.selected.is_empty() {
+                tracing::warn!(candidates = next.candidates.len(), reason = %next.reason, "no replica selected; clients get 503");
+            } else {
+                tracing::info!(selected = ?names, reason = %next.reason, "selection changed");
+            }
+        }
+        self.metrics.selected_backends.set(next.selected.len() as i64);
+        self.metrics.candidates.set(next.candidates.len() as i64);
+        self.published.store(Arc::new(next));
     }
 
     /// Whether discovery has given a complete answer yet.
@@ -213,36 +270,157 @@ impl Selector {
         self.settled
     }
 
-    /// Counts failed probes and logs each replica's change between viable and not.
-    fn report_viability(&mut self, candidates: &[Arc<Backend>], probes: &[Probe]) {
+    /// Marks each replica up or down by its probe, counts failed probes and logs each
+    /// replica's change between viable and not.
+    fn report_viability(&mut self, candidates: &[Arc<Replica>], probes: &[Probe]) {
         let mut now = HashMap::with_capacity(candidates.len());
-        for (backend, probe) in candidates.iter().zip(probes) {
+        for (replica, probe) in candidates.iter().zip(probes) {
             let viable = probe.viable();
             // A full probe is the freshest word on a replica: it ends an ejection or makes one.
             if viable {
-                backend.health().mark_up();
+                replica.health().mark_up();
             } else {
-                backend.health().mark_down();
+                replica.health().mark_down();
+                self.metrics.probe_failures.get_or_create(&BackendLabels { backend: replica.url_label() }).inc();
             }
-            if !viable {
-                self.metrics.probe_failures.get_or_create(&BackendLabels { backend: backend.url_label() }).inc();
-            }
-            match (self.viability.get(backend.url()), viable) {
+            match (self.viability.get(replica.url()), viable) {
                 (Some(true), false) | (None, false) => tracing::warn!(
-                    backend = %backend,
+                    backend = %replica,
                     error = probe.error.as_deref().unwrap_or("not ready"),
                     "replica is not viable"
                 ),
-                (Some(false), true) => tracing::info!(backend = %backend, "replica is viable again"),
-                (None, true) => tracing::info!(backend = %backend, "new replica is viable"),
+                (Some(false), true) => tracing::info!(backend = %replica, "replica is viable again"),
+                (None, true) => tracing::info!(backend = %replica, "new replica is viable"),
                 _ => {}
             }
-            now.insert(backend.url_label(), viable);
-        }
-        for gone in self.viability.keys().filter(|url| !now.contains_key(*url)) {
-            tracing::info!(backend = %gone, "replica is no longer a candidate");
-            self.metrics.forget_backend(gone);
+            now.insert(replica.url_label(), viable);
         }
         self.viability = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Scripted gathering: discovery lists `listed` (or fails while `failing`), every probe
+    /// finds a viable replica with `samples[url]` samples; rounds are counted.
+    #[derive(Clone, Default)]
+    struct Script {
+        listed: Arc<Mutex<Vec<&'static str>>>,
+        failing: Arc<Mutex<bool>>,
+        samples: Arc<Mutex<HashMap<String, f64>>>,
+        rounds: Arc<AtomicUsize>,
+    }
+
+    impl Gather for Script {
+        async fn candidates(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
+            self.rounds.fetch_add(1, Ordering::SeqCst);
+            if *self.failing.lock().unwrap() {
+                return Err(DiscoveryError::Kubernetes("the API server is away".into()));
+            }
+            Ok(self.listed.lock().unwrap().iter().map(|u| Backend::parse(u).unwrap()).collect())
+        }
+
+        async fn probe(&self, backend: &Backend) -> Probe {
+            let samples = self.samples.lock().unwrap().get(backend.url()).copied();
+            Probe { ready: true, answers_up: true, samples, ..Probe::default() }
+        }
+    }
+
+    fn selector(script: &Script, strategy: Strategy) -> (Selector<Script>, Arc<ArcSwap<Snapshot>>) {
+        let metrics = Arc::new(Metrics::new());
+        let published = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
+        let registry = Registry::new(metrics.clone(), 8);
+        let selector =
+            Selector::new(script.clone(), registry, strategy, Duration::from_secs(10), published.clone(), metrics);
+        (selector, published)
+    }
+
+    fn selected(published: &ArcSwap<Snapshot>) -> Vec<String> {
+        published.load().selected.iter().map(|r| r.url().to_string()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_run_every_interval_and_signals_collapse_into_one_soon_after() {
+        let script = Script::default();
+        script.listed.lock().unwrap().push("http://a:1");
+        let (selector, _published) = selector(&script, Strategy::Random);
+        let (signal, signals) = mpsc::channel(1);
+        tokio::spawn(selector.run(signals));
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        assert_eq!(script.rounds.load(Ordering::SeqCst), 3, "one round each 10s");
+
+        // Five signals within 40 ms: a round at once, and one more a gap later that answers
+        // the other four together.
+        let before = script.rounds.load(Ordering::SeqCst);
+        for _ in 0..5 {
+            let _ = signal.try_send(());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(MIN_ROUND_GAP / 2).await;
+        assert_eq!(script.rounds.load(Ordering::SeqCst), before + 1, "the second waits for the gap");
+        tokio::time::sleep(MIN_ROUND_GAP).await;
+        assert_eq!(script.rounds.load(Ordering::SeqCst), before + 2, "five signals, two rounds");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(script.rounds.load(Ordering::SeqCst), before + 2, "and nothing until the interval");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_discovery_keeps_the_last_good_set_and_its_state() {
+        let script = Script::default();
+        script.listed.lock().unwrap().extend(["http://a:1", "http://b:1"]);
+        let (mut selector, published) = selector(&script, Strategy::Random);
+        selector.round().await;
+        let a = published.load().candidates[0].replica.clone();
+        *script.failing.lock().unwrap() = true;
+        selector.round().await;
+        let snapshot = published.load();
+        assert!(snapshot.discovery_error.as_deref().is_some_and(|e| e.contains("away")));
+        assert_eq!(selected(&published), vec!["http://a:1", "http://b:1"]);
+        assert!(Arc::ptr_eq(&snapshot.candidates[0].replica, &a), "the same replica, not a new one");
+        assert!(snapshot.settled, "settled once, settled for good");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_incumbent_keeps_serving_until_another_has_clearly_more_data() {
+        let script = Script::default();
+        script.listed.lock().unwrap().extend(["http://a:1", "http://b:1"]);
+        script.samples.lock().unwrap().extend([("http://a:1".to_string(), 1000.0), ("http://b:1".to_string(), 900.0)]);
+        let (mut selector, published) = selector(&script, Strategy::SingleMostData);
+        selector.round().await;
+        assert_eq!(selected(&published), vec!["http://a:1"]);
+        // b catches up to within the margin: a stays.
+        script.samples.lock().unwrap().insert("http://b:1".into(), 1005.0);
+        selector.round().await;
+        assert_eq!(selected(&published), vec!["http://a:1"]);
+        script.samples.lock().unwrap().insert("http://b:1".into(), 2000.0);
+        selector.round().await;
+        assert_eq!(selected(&published), vec!["http://b:1"]);
+    }
+
+    #[test]
+    fn decide_is_a_function_of_its_inputs() {
+        let replicas = crate::registry::tests::replicas(&["http://a:1", "http://b:1"]);
+        let viable = Probe { ready: true, answers_up: true, samples: Some(5.0), ..Probe::default() };
+        let gathered = |probes: Vec<Probe>| Gathered {
+            round: 7,
+            candidates: replicas.clone(),
+            probes,
+            discovery_error: None,
+            settled: true,
+            taken_at: SystemTime::UNIX_EPOCH,
+            took: Duration::from_millis(3),
+        };
+        let next = decide(&Snapshot::empty(), gathered(vec![viable.clone(), Probe::default()]), &Strategy::Random);
+        assert_eq!((next.round, next.selected.len(), next.viable.len()), (7, 1, 1));
+        assert!(next.candidates[0].selected && !next.candidates[1].selected);
+        let again = decide(&Snapshot::empty(), gathered(vec![viable.clone(), Probe::default()]), &Strategy::Random);
+        assert_eq!(again.selected, next.selected);
+        let none = decide(&next, gathered(vec![Probe::default(), Probe::default()]), &Strategy::Random);
+        assert!(none.selected.is_empty() && none.reason.contains("no candidate is viable"));
     }
 }

@@ -1,6 +1,6 @@
 //! The routing strategies: from what the probes learned about every candidate to the
 //! *selection*, the replicas allowed to serve. Choosing one replica among the selection for a
-//! given request is the proxy's job (`proxy::route`); this module decides who is eligible.
+//! given request is the proxy's job (affinity, then `proxy::retry`); this module decides who is eligible.
 
 use std::fmt;
 use std::str::FromStr;
@@ -33,7 +33,7 @@ impl Strategy {
                 .to_string(),
             Strategy::MinimumHistory(d) => format!(
                 "each request goes to a random viable replica holding at least {} of history",
-                crate::config::format_duration(*d)
+                crate::units::format_duration(*d)
             ),
             Strategy::Random => "each request goes to a random viable replica".to_string(),
         }
@@ -76,7 +76,7 @@ impl Strategy {
                     Choice {
                         reason: format!(
                             "no viable replica holds {} of history yet; serving from all {} viable",
-                            crate::config::format_duration(*d),
+                            crate::units::format_duration(*d),
                             viable.len()
                         ),
                         selected: viable,
@@ -87,7 +87,7 @@ impl Strategy {
                             "{} of {} viable replicas hold {} of history",
                             old_enough.len(),
                             viable.len(),
-                            crate::config::format_duration(*d)
+                            crate::units::format_duration(*d)
                         ),
                         selected: old_enough,
                     }
@@ -134,7 +134,7 @@ impl FromStr for Strategy {
             "minimum-history" => Err("'minimum-history' needs a duration, e.g. 'minimum-history:1h'".into()),
             _ => match value.strip_prefix("minimum-history:") {
                 Some(d) => {
-                    let d = crate::config::parse_duration(d)?;
+                    let d = crate::units::parse_duration(d)?;
                     if d.is_zero() {
                         return Err("the minimum history must be more than 0s".into());
                     }
@@ -153,7 +153,7 @@ impl fmt::Display for Strategy {
         match self {
             Strategy::SingleMostData => f.write_str("single-most-data"),
             Strategy::Random => f.write_str("random"),
-            Strategy::MinimumHistory(d) => write!(f, "minimum-history:{}", crate::config::format_duration(*d)),
+            Strategy::MinimumHistory(d) => write!(f, "minimum-history:{}", crate::units::format_duration(*d)),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Mpp, Prometheus, endpoints_file, get, post_form, send, wait_until};
 use http::Request;
-use mpp::probe::exposition;
+use mpp::fuzzing::exposition;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_status_describe_the_proxy() {

@@ -236,8 +236,8 @@ async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<
 /// Connections the replica has accepted, from its own metrics.
 async fn accepted_connections(replica: &Prometheus) -> f64 {
     let text = get(&format!("{}/metrics", replica.url())).await.unwrap().text();
-    let samples = mpp::probe::exposition::parse(&text).unwrap();
-    mpp::probe::exposition::sum(&samples, "net_conntrack_listener_conn_accepted_total").unwrap()
+    let samples = mpp::fuzzing::exposition::parse(&text).unwrap();
+    mpp::fuzzing::exposition::sum(&samples, "net_conntrack_listener_conn_accepted_total").unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

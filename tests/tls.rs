@@ -166,7 +166,7 @@ async fn the_web_config_passes_promtool_and_broken_ones_fail_in_both() {
     };
     let (ok, stderr) = promtool(&web);
     assert!(ok, "promtool check web-config refused it: {stderr}");
-    mpp::web::Web::load(&web, false).expect("mpp takes the same file");
+    mpp::fuzzing::Web::load(&web, false).expect("mpp takes the same file");
 
     let good = std::fs::read_to_string(&web).unwrap();
     let missing_key = good.replace(&path(&certs.server.key), "/nonexistent/key.pem");
@@ -181,7 +181,7 @@ async fn the_web_config_passes_promtool_and_broken_ones_fail_in_both() {
         std::fs::write(&broken, &text).unwrap();
         let (ok, _) = promtool(&broken);
         assert!(!ok, "promtool should refuse {what}");
-        let error = mpp::web::Web::load(&broken, false).err().unwrap_or_else(|| panic!("mpp should refuse {what}"));
+        let error = mpp::fuzzing::Web::load(&broken, false).err().unwrap_or_else(|| panic!("mpp should refuse {what}"));
         let message = error.to_string();
         assert!(message.contains("broken.yml") && message.contains(field), "{what}: {message}");
         assert!(!message.contains(PASSWORD), "{message}");

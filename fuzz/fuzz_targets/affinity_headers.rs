@@ -17,9 +17,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(value) = HeaderValue::from_bytes(forwarded) {
         headers.insert("x-forwarded-for", value);
     }
-    if let Some(route) = mpp::proxy::affinity::route_cookie(&headers) {
+    if let Some(route) = mpp::fuzzing::route_cookie(&headers) {
         assert!(headers["cookie"].to_str().unwrap().contains(route));
     }
     let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let _ = mpp::proxy::client_ip::TrustedProxies::everyone().client_address(&headers, peer);
+    let _ = mpp::fuzzing::TrustedProxies::everyone().client_address(&headers, peer);
 });

@@ -3,11 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mpp::backend::Backend;
+use mpp::fuzzing::Backend;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let (backends, problems) = mpp::discovery::parse_endpoints(text);
+    let (backends, problems) = mpp::fuzzing::parse_endpoints(text);
     for backend in &backends {
         let again = Backend::parse(backend.url()).expect("a normalized URL parses again");
         assert_eq!(again.url(), backend.url());

@@ -3,16 +3,16 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mpp::proxy::affinity::AffinityOptions;
-use mpp::strategy::Strategy;
+use mpp::fuzzing::AffinityOptions;
+use mpp::fuzzing::Strategy;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(strategy) = text.parse::<Strategy>() {
         assert_eq!(strategy.to_string().parse::<Strategy>(), Ok(strategy));
     }
-    let _ = mpp::config::parse_duration(text);
-    if let Ok(size) = mpp::config::parse_size(text) {
+    let _ = mpp::fuzzing::parse_duration(text);
+    if let Ok(size) = mpp::fuzzing::parse_size(text) {
         assert!(size > 0);
     }
     if let Ok(options) = text.parse::<AffinityOptions>() {

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use libfuzzer_sys::fuzz_target;
-use mpp::discovery::{LabelSelector, PortRef, pod_backend, slice_backends};
+use mpp::fuzzing::{LabelSelector, PortRef, pod_backend, slice_backends};
 
 fuzz_target!(|data: &[u8]| {
     let ports = [None, Some(PortRef::Name("web".into())), Some(PortRef::Number(9090))];
@@ -13,14 +13,14 @@ fuzz_target!(|data: &[u8]| {
         let selector = LabelSelector::parse("app=prometheus,tier notin (canary),!x").expect("valid selector");
         for port in &ports {
             if let Some(b) = pod_backend(&pod, &selector, port.as_ref()) {
-                mpp::backend::Backend::parse(b.url()).expect("a candidate URL parses again");
+                mpp::fuzzing::Backend::parse(b.url()).expect("a candidate URL parses again");
             }
         }
     }
     if let Ok(slice) = serde_json::from_slice::<EndpointSlice>(data) {
         for port in &ports {
             for b in slice_backends(&slice, port.as_ref()) {
-                mpp::backend::Backend::parse(b.url()).expect("a candidate URL parses again");
+                mpp::fuzzing::Backend::parse(b.url()).expect("a candidate URL parses again");
             }
         }
     }

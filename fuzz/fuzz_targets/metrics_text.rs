@@ -6,9 +6,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    match mpp::probe::exposition::parse(text) {
+    match mpp::fuzzing::exposition::parse(text) {
         Ok(samples) => {
-            let _ = mpp::probe::exposition::sum(&samples, mpp::probe::SAMPLES_METRIC);
+            let _ = mpp::fuzzing::exposition::sum(&samples, mpp::fuzzing::SAMPLES_METRIC);
         }
         Err(e) => assert!(e.line >= 1 && e.line <= text.lines().count()),
     }

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = mpp::probe::query_has_result(data);
+    let _ = mpp::fuzzing::query_has_result(data);
 });

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use http::{HeaderMap, Request, header};
 use libfuzzer_sys::fuzz_target;
-use mpp::proxy::client_ip::TrustedProxies;
-use mpp::proxy::forward;
-use mpp::server::head::{self, Pseudonym};
+use mpp::fuzzing::TrustedProxies;
+use mpp::fuzzing::headers;
+use mpp::fuzzing::head;
+use mpp::fuzzing::Pseudonym;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -33,15 +34,15 @@ fuzz_target!(|data: &[u8]| {
     let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid blocks");
     let _ = trusted.client_address(request.headers(), peer);
     let _ = TrustedProxies::everyone().client_address(request.headers(), peer);
-    let _ = mpp::proxy::affinity::route_cookie(request.headers());
+    let _ = mpp::fuzzing::route_cookie(request.headers());
 
     if let Some(path_and_query) = request.uri().path_and_query() {
-        if forward::wants_timeout(path_and_query, request.headers(), body.as_bytes()) {
-            let timed = forward::with_timeout(path_and_query, Duration::from_millis(1500));
+        if headers::wants_timeout(path_and_query, request.headers(), body.as_bytes()) {
+            let timed = headers::with_timeout(path_and_query, Duration::from_millis(1500));
             assert_eq!(timed.path(), path_and_query.path());
         }
     }
-    let out: HeaderMap = forward::request_headers(request.headers().clone(), peer);
+    let out: HeaderMap = headers::request_headers(request.headers().clone(), peer);
     let forwarded: Vec<_> = out.get_all("x-forwarded-for").iter().collect();
     assert_eq!(forwarded.len(), 1);
     assert!(forwarded[0].to_str().unwrap().ends_with("10.1.2.3"));

@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let file = Path::new("/etc/mpp/web.yml");
-    match mpp::web::WebConfig::parse(file, text) {
+    match mpp::fuzzing::WebConfig::parse(file, text) {
         Ok(config) => {
             for (name, _) in &config.headers {
                 assert!(

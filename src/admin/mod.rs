@@ -18,7 +18,7 @@ use crate::proxy::affinity::AffinityOptions;
 use crate::selection::Snapshot;
 use crate::strategy::Strategy;
 
-pub use status::{CandidateStatus, Status};
+pub use status::Status;
 
 /// The fixed facts the status page shows beside the snapshot.
 #[derive(Debug, Clone)]

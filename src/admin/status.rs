@@ -60,7 +60,7 @@ impl Status {
             strategy: facts.strategy.to_string(),
             strategy_description: facts.strategy.description(),
             comparison_metric: facts.strategy.comparison(),
-            selection_interval: crate::config::format_duration(facts.interval),
+            selection_interval: crate::units::format_duration(facts.interval),
             affinity_options: facts.affinity.to_string(),
             discovery: facts.discovery.clone(),
             discovery_error: snapshot.discovery_error.clone(),
@@ -73,8 +73,8 @@ impl Status {
                 .candidates
                 .iter()
                 .map(|c| CandidateStatus {
-                    url: c.backend.url().to_string(),
-                    id: c.backend.id().to_string(),
+                    url: c.replica.url().to_string(),
+                    id: c.replica.id().to_string(),
                     selected: c.selected,
                     viable: c.probe.viable(),
                     ready: c.probe.ready,

@@ -15,14 +15,22 @@ use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::client::HttpClient;
-use crate::config::DiscoveryConfig;
 
 pub use dcos::PrincipalSecret;
 pub use file::{FileDiscovery, parse_endpoints};
-pub use kubernetes::{
-    KubernetesConfig, KubernetesDiscovery, LabelSelector, PortRef, Target, pod_backend, slice_backends,
-};
+pub use kubernetes::{KubernetesConfig, KubernetesDiscovery, LabelSelector, PortRef, pod_backend, slice_backends};
 pub use marathon::{MarathonConfig, MarathonDiscovery, candidates_from_tasks};
+
+/// Where candidates come from.
+#[derive(Debug, Clone)]
+pub enum DiscoveryConfig {
+    /// An endpoints file, one backend URL per line.
+    File(PathBuf),
+    /// Marathon apps' tasks.
+    Marathon(MarathonConfig),
+    /// A Kubernetes service or pods.
+    Kubernetes(KubernetesConfig),
+}
 
 /// A discovery source that failed this round.
 #[derive(Debug, thiserror::Error)]

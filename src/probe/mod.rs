@@ -76,7 +76,7 @@ pub struct Prober {
 
 impl Prober {
     /// `history` is the minimum history to ask about, if the strategy needs it.
-    /// `via` is this mpp's `Via` entry ([`crate::server::head::Pseudonym::via`]).
+    /// `via` is this mpp's `Via` entry ([`crate::via::Pseudonym::via`]).
     pub fn new(client: HttpClient, history: Option<Duration>, via: http::HeaderValue) -> Self {
         Prober { client, history, via, credentials: None }
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use http::{HeaderMap, HeaderValue, header};
 use lru::LruCache;
 
-use crate::backend::Backend;
+use crate::registry::Replica;
 use crate::selection::Snapshot;
 
 /// The cookie the original mpp sets.
@@ -82,7 +82,7 @@ impl Sticky {
 /// requests take it, never background work, and never across an `.await`.
 pub struct Affinity {
     options: AffinityOptions,
-    table: Option<Mutex<LruCache<IpAddr, Arc<Backend>>>>,
+    table: Option<Mutex<LruCache<IpAddr, Arc<Replica>>>>,
 }
 
 impl Affinity {
@@ -101,7 +101,7 @@ impl Affinity {
         snapshot: &Snapshot,
         cookie: Option<&str>,
         client: IpAddr,
-    ) -> Option<(Arc<Backend>, Sticky)> {
+    ) -> Option<(Arc<Replica>, Sticky)> {
         if snapshot.selected.len() < 2 {
             return None;
         }
@@ -123,7 +123,7 @@ impl Affinity {
         snapshot: &Snapshot,
         cookie: Option<&str>,
         client: IpAddr,
-        served: &Arc<Backend>,
+        served: &Arc<Replica>,
         answer: &mut HeaderMap,
     ) {
         if snapshot.selected.len() < 2 || !snapshot.selected.contains(served) {

@@ -7,10 +7,9 @@
 pub mod affinity;
 pub mod body;
 pub mod client_ip;
-pub mod forward;
+pub mod headers;
 pub mod retry;
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,21 +22,20 @@ use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use crate::backend::Backend;
 use crate::body::Guarded;
 use crate::client::HttpClient;
-use crate::config::format_duration;
 use crate::credentials::Credentials;
-use crate::error::{AttemptError, ProxyBody, ProxyError};
+use crate::error::{ProxyBody, ProxyError};
 use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
+use crate::registry::Replica;
 use crate::selection::Snapshot;
-use crate::server::head::Pseudonym;
+use crate::units::format_duration;
+use crate::via::Pseudonym;
 use affinity::{Affinity, AffinityOptions};
 use body::{BodyLimits, Buffered};
 use client_ip::TrustedProxies;
+use retry::AttemptError;
 
-/// How often a waiting attempt looks whether its replica has been found down.
-const DOWN_CHECK: Duration = Duration::from_millis(200);
 /// How long a last-resort attempt (on a replica already found down, because no other is
 /// left) waits for an answer before a query moves on.
 const LAST_RESORT_PATIENCE: Duration = Duration::from_secs(5);
@@ -188,7 +186,7 @@ impl Proxy {
             },
         };
         // Allocates only when an attempt fails.
-        let mut tried: Vec<Arc<Backend>> = Vec::new();
+        let mut tried: Vec<Arc<Replica>> = Vec::new();
         loop {
             let (failure, unavailable) = match self.attempt(&prepared, &backend, last_resort, deadline).await {
                 Outcome::Answer(response, slot) => {
@@ -202,16 +200,8 @@ impl Proxy {
                 let _ = inner.reselect.try_send(());
             }
             tried.push(backend.clone());
-            let next = if tried.len() < retry::MAX_ATTEMPTS && failure.retryable(prepared.replayable) {
-                snapshot = inner.snapshot.load_full();
-                match retry::next_backend(&snapshot, &tried) {
-                    Some(next) => Some((next, false)),
-                    None if last_resort => retry::last_resort(&snapshot, &tried).map(|next| (next, true)),
-                    None => None,
-                }
-            } else {
-                None
-            };
+            snapshot = inner.snapshot.load_full();
+            let next = retry::next_attempt(&snapshot, &tried, &failure, prepared.replayable, last_resort);
             match (next, unavailable) {
                 (Some((next, next_is_last_resort)), _) => {
                     inner.metrics.retries.get_or_create(&BackendLabels { backend: backend.url_label() }).inc();
@@ -229,7 +219,7 @@ impl Proxy {
     }
 
     /// The client's answer when the last attempt failed.
-    fn failure(&self, failure: AttemptError, backend: &Backend, snapshot: &Snapshot, last_resort: bool) -> ProxyError {
+    fn failure(&self, failure: AttemptError, backend: &Replica, snapshot: &Snapshot, last_resort: bool) -> ProxyError {
         let url = backend.url().to_string();
         match failure {
             AttemptError::TimedOut => {
@@ -280,10 +270,10 @@ impl Proxy {
             return Err(ProxyError::BadRequest(format!("request target '{path_and_query}' is not a path")));
         }
         let body = self.inner.body.read(&parts.headers, body).await?;
-        let pass_timeout = forward::wants_timeout(&path_and_query, &parts.headers, &body.bytes);
+        let pass_timeout = headers::wants_timeout(&path_and_query, &parts.headers, &body.bytes);
         let client = self.inner.trusted_proxies.client_address(&parts.headers, peer);
         let route_cookie = affinity::route_cookie(&parts.headers).map(str::to_owned);
-        let mut outgoing_headers = forward::request_headers(parts.headers, peer);
+        let mut outgoing_headers = headers::request_headers(parts.headers, peer);
         outgoing_headers.append(header::VIA, self.inner.pseudonym.via().clone());
         if let Some(credentials) = &self.inner.credentials {
             credentials.apply(&mut outgoing_headers);
@@ -301,8 +291,8 @@ impl Proxy {
     }
 
     /// One try of the request on one backend, until the answer's headers arrive.
-    async fn attempt(&self, prepared: &Prepared, backend: &Backend, last_resort: bool, deadline: Instant) -> Outcome {
-        let slots = backend.connection_slots(self.inner.max_backend_connections);
+    async fn attempt(&self, prepared: &Prepared, backend: &Replica, last_resort: bool, deadline: Instant) -> Outcome {
+        let slots = backend.connection_slots();
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -317,7 +307,7 @@ impl Proxy {
             }
         };
         let path_and_query = if prepared.pass_timeout {
-            forward::with_timeout(&prepared.path_and_query, deadline.saturating_duration_since(Instant::now()))
+            headers::with_timeout(&prepared.path_and_query, deadline.saturating_duration_since(Instant::now()))
         } else {
             prepared.path_and_query.clone()
         };
@@ -331,9 +321,11 @@ impl Proxy {
         *request.headers_mut() = prepared.outgoing_headers.clone();
         let patience = if last_resort { LAST_RESORT_PATIENCE } else { Duration::ZERO };
         let sent = self.client.request(request);
-        let outcome = match self.wait_for_answer(sent, prepared.replayable, backend, patience, deadline).await {
+        let outcome = match retry::wait_for_answer(sent, prepared.replayable, backend.health(), patience, deadline)
+            .await
+        {
             Ok(response)
-                if response.status() == StatusCode::SERVICE_UNAVAILABLE && !forward::is_api_answer(&response) =>
+                if response.status() == StatusCode::SERVICE_UNAVAILABLE && !headers::is_api_answer(&response) =>
             {
                 Outcome::Failed(AttemptError::Unavailable, prepared.replayable.then_some((response, slot)))
             }
@@ -344,7 +336,7 @@ impl Proxy {
         match &outcome {
             Outcome::Answer(..) => backend.health().record_success(),
             Outcome::Failed(failure, _) if failure.counts_against_replica() => {
-                if backend.health().record_failure() {
+                if backend.health().record_failure(retry::EJECT_AFTER_FAILURES) {
                     tracing::warn!(backend = %backend, "replica failed live traffic repeatedly; ejected until it passes a probe");
                 }
             }
@@ -353,52 +345,20 @@ impl Proxy {
         outcome
     }
 
-    /// Waits for the answer's headers, until `deadline` at the latest. A query waiting on a
-    /// replica that the liveness check or other requests have since found down moves on
-    /// (`Abandoned`), after `patience` at the earliest (a last-resort attempt gives a
-    /// replica already known down some time); writes wait for their answer. The replica's
-    /// health is an atomic read every [`DOWN_CHECK`] rather than a wake-up, so that no
-    /// request registers with anything the background tasks lock.
-    async fn wait_for_answer<F>(
-        &self,
-        send: F,
-        replayable: bool,
-        backend: &Backend,
-        patience: Duration,
-        deadline: Instant,
-    ) -> Result<Response<Incoming>, AttemptError>
-    where
-        F: Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
-    {
-        let started = Instant::now();
-        tokio::pin!(send);
-        loop {
-            match tokio::time::timeout_at(deadline.min(Instant::now() + DOWN_CHECK), &mut send).await {
-                Ok(Ok(response)) => return Ok(response),
-                Ok(Err(e)) => return Err(AttemptError::from_client(&e)),
-                Err(_) if Instant::now() >= deadline => return Err(AttemptError::TimedOut),
-                Err(_) if replayable && backend.health().is_down() && started.elapsed() >= patience => {
-                    return Err(AttemptError::Abandoned);
-                }
-                Err(_) => {}
-            }
-        }
-    }
-
     /// The backend's answer, made ready for the client; its body streams through untouched,
     /// holding the replica's connection slot until it is done.
     fn answer(
         &self,
         response: Response<Incoming>,
         slot: OwnedSemaphorePermit,
-        backend: &Arc<Backend>,
+        backend: &Arc<Replica>,
         snapshot: &Snapshot,
         prepared: &Prepared,
         started: Instant,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
-        forward::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(forward::SERVED_BY.clone(), backend.served_by().clone());
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
         let inner = &*self.inner;
         inner.affinity.remember(
             snapshot,
@@ -407,7 +367,7 @@ impl Proxy {
             backend,
             &mut parts.headers,
         );
-        let metrics = backend.metrics(&inner.metrics);
+        let metrics = backend.metrics();
         metrics.duration.observe(started.elapsed());
         if parts.status == StatusCode::OK {
             metrics.ok.inc();

@@ -1,16 +1,27 @@
-//! The retry policy: which requests may be replayed on another replica, how many attempts a
-//! request gets, and where the next attempt goes.
+//! The retry policy, all of it: how an attempt can fail ([`AttemptError`]), which failures
+//! count against a replica and which may be retried, which requests may be replayed, how
+//! many attempts a request gets, where the next one goes, when a replica is ejected, and
+//! when an attempt waiting on a replica found down gives up on it.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
 use rand::RngExt;
+use tokio::time::Instant;
 
-use crate::backend::Backend;
+use crate::error::error_chain;
+use crate::registry::{Health, Replica};
 use crate::selection::Snapshot;
 
 /// Attempts per request: the first plus up to two retries, as the original promises.
 pub const MAX_ATTEMPTS: usize = 3;
+/// Consecutive failed attempts (of the kinds that count, [`AttemptError::counts_against_replica`])
+/// after which a replica is ejected until it passes a probe.
+pub const EJECT_AFTER_FAILURES: u32 = 3;
+/// How often a waiting attempt looks whether its replica has been found down.
+const DOWN_CHECK: Duration = Duration::from_millis(200);
 
 /// Prometheus API paths that only read, and so may be sent again even when a first attempt
 /// may have reached a replica. Matched as path suffixes so that a route prefix is allowed.
@@ -34,10 +45,62 @@ pub fn replayable(method: &Method, path: &str) -> bool {
     }
 }
 
+/// Where the next attempt goes after `failure`, if anywhere: `(replica, last_resort)`.
+/// `tried` holds every replica tried so far, the failed one included; `last_resort`: the
+/// failed attempt was one (nothing was viable), so the next may be too.
+pub fn next_attempt(
+    snapshot: &Snapshot,
+    tried: &[Arc<Replica>],
+    failure: &AttemptError,
+    replayable: bool,
+    last_resort: bool,
+) -> Option<(Arc<Replica>, bool)> {
+    if tried.len() >= MAX_ATTEMPTS || !failure.retryable(replayable) {
+        return None;
+    }
+    match next_backend(snapshot, tried) {
+        Some(next) => Some((next, false)),
+        None if last_resort => self::last_resort(snapshot, tried).map(|next| (next, true)),
+        None => None,
+    }
+}
+
+/// Waits for `send` (an attempt's answer) until `deadline`. A query waiting on a replica
+/// that the liveness check or other requests have since found down moves on (`Abandoned`),
+/// after `patience` at the earliest (a last-resort attempt gives a replica already known
+/// down some time); writes wait for their answer. The replica's health is an atomic read
+/// every [`DOWN_CHECK`] rather than a wake-up, so that no request registers with anything
+/// the background tasks lock.
+pub async fn wait_for_answer<F, T, E>(
+    send: F,
+    replayable: bool,
+    health: &Health,
+    patience: Duration,
+    deadline: Instant,
+) -> Result<T, AttemptError>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<AttemptError>,
+{
+    let started = Instant::now();
+    tokio::pin!(send);
+    loop {
+        match tokio::time::timeout_at(deadline.min(Instant::now() + DOWN_CHECK), &mut send).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) if Instant::now() >= deadline => return Err(AttemptError::TimedOut),
+            Err(_) if replayable && health.is_down() && started.elapsed() >= patience => {
+                return Err(AttemptError::Abandoned);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// The replica for the next attempt: a selected one not tried yet and not down, chosen at
 /// random; else any such viable one (for `single-most-data`, whose selection is one replica).
-pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-    let untried = |b: &&Arc<Backend>| !tried.contains(b) && !b.health().is_down();
+pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Replica>]) -> Option<Arc<Replica>> {
+    let untried = |b: &&Arc<Replica>| !tried.contains(b) && !b.health().is_down();
     pick_random(snapshot.selected.iter().filter(untried))
         .or_else(|| pick_random(snapshot.viable.iter().filter(untried)))
 }
@@ -46,12 +109,12 @@ pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<B
 /// liveness check is failing): any candidate not tried yet, down or not. A replica too busy
 /// to answer its probes within their deadline may still answer queries; one that is gone
 /// refuses the connection at once.
-pub fn last_resort(snapshot: &Snapshot, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-    pick_random(snapshot.candidates.iter().map(|c| &c.backend).filter(|b| !tried.contains(b)))
+pub fn last_resort(snapshot: &Snapshot, tried: &[Arc<Replica>]) -> Option<Arc<Replica>> {
+    pick_random(snapshot.candidates.iter().map(|c| &c.replica).filter(|b| !tried.contains(b)))
 }
 
 /// A random one of `pool`, without collecting it (this runs on every request).
-fn pick_random<'a>(pool: impl Iterator<Item = &'a Arc<Backend>> + Clone) -> Option<Arc<Backend>> {
+fn pick_random<'a>(pool: impl Iterator<Item = &'a Arc<Replica>> + Clone) -> Option<Arc<Replica>> {
     let index = match pool.clone().count() {
         0 => return None,
         1 => 0,
@@ -60,12 +123,98 @@ fn pick_random<'a>(pool: impl Iterator<Item = &'a Arc<Backend>> + Clone) -> Opti
     pool.into_iter().nth(index).cloned()
 }
 
+/// How one attempt on one backend failed, and so whether another attempt is safe.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// The connection could not be made: nothing was sent, so any request may be retried.
+    Connect(String),
+    /// The request may have reached the backend; only a read-only request may be replayed.
+    Sent(String),
+    /// The backend answered 503 (typically: not ready, replaying its WAL).
+    Unavailable,
+    /// The replica was found down (liveness, ejection) while this attempt waited on it.
+    Abandoned,
+    /// The replica answered 508: the request came back to this mpp (the candidate is mpp
+    /// itself, or forwards to it). Nothing ran.
+    Loop,
+    /// The request's time (`--request-timeout`) ran out while waiting.
+    TimedOut,
+    /// Every connection to the replica (`--max-backend-connections`) stayed in use while the
+    /// request queued for one. Nothing was sent.
+    Busy,
+}
+
+impl AttemptError {
+    /// Whether another backend may be tried. `replayable`: the request is read-only. A
+    /// request whose time ran out is never run again: a query heavy enough to time out on
+    /// one replica would only cost the next one as much.
+    pub fn retryable(&self, replayable: bool) -> bool {
+        match self {
+            AttemptError::Connect(_) | AttemptError::Loop | AttemptError::Busy => true,
+            AttemptError::Sent(_) | AttemptError::Unavailable | AttemptError::Abandoned => replayable,
+            AttemptError::TimedOut => false,
+        }
+    }
+
+    /// Whether this failure counts against the replica's health. Only the replica's own
+    /// signals do: it refused or dropped the connection, it answered 503 outside the API
+    /// (not ready: replaying its WAL), or it is mpp itself. A Prometheus API error answer is
+    /// not a failure at all (it reaches the client as it is), nor is a slow query.
+    pub fn counts_against_replica(&self) -> bool {
+        matches!(
+            self,
+            AttemptError::Connect(_) | AttemptError::Sent(_) | AttemptError::Unavailable | AttemptError::Loop
+        )
+    }
+
+    /// Whether the replica is known not to have handled the request (so the client's
+    /// answer is "unavailable", 503, rather than "failed", 502).
+    pub fn nothing_answered(&self) -> bool {
+        matches!(
+            self,
+            AttemptError::Connect(_)
+                | AttemptError::Unavailable
+                | AttemptError::Abandoned
+                | AttemptError::Loop
+                | AttemptError::Busy
+        )
+    }
+}
+
+impl From<hyper_util::client::legacy::Error> for AttemptError {
+    /// Classifies a client error: a failed connection sent nothing.
+    fn from(error: hyper_util::client::legacy::Error) -> Self {
+        if error.is_connect() {
+            AttemptError::Connect(error_chain(&error))
+        } else {
+            AttemptError::Sent(error_chain(&error))
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Connect(e) => write!(f, "connection failed: {e}"),
+            AttemptError::Sent(e) => write!(f, "request failed: {e}"),
+            AttemptError::Unavailable => f.write_str("answered 503 Service Unavailable"),
+            AttemptError::Abandoned => f.write_str("was found down while the request waited"),
+            AttemptError::Loop => f.write_str("answered 508 Loop Detected: it is this mpp, or forwards to it"),
+            AttemptError::TimedOut => f.write_str("did not answer within the request's time"),
+            AttemptError::Busy => f.write_str("had all its connections in use"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn backend(url: &str) -> Arc<Backend> {
-        Arc::new(Backend::parse(url).unwrap())
+    use crate::registry::tests::replicas;
+
+    fn two() -> (Arc<Replica>, Arc<Replica>) {
+        let all = replicas(&["http://a:1", "http://b:1"]);
+        (all[0].clone(), all[1].clone())
     }
 
     #[test]
@@ -80,7 +229,7 @@ mod tests {
 
     #[test]
     fn next_backend_avoids_tried_and_falls_back_to_viable() {
-        let (a, b) = (backend("http://a:1"), backend("http://b:1"));
+        let (a, b) = two();
         let mut snapshot = Snapshot::empty();
         snapshot.selected = vec![a.clone()];
         snapshot.viable = vec![a.clone(), b.clone()];
@@ -94,12 +243,12 @@ mod tests {
     #[test]
     fn last_resort_tries_every_candidate_down_or_not_once() {
         use crate::selection::CandidateState;
-        let (a, b) = (backend("http://a:1"), backend("http://b:1"));
+        let (a, b) = two();
         a.health().mark_down();
         let mut snapshot = Snapshot::empty();
         for backend in [&a, &b] {
             snapshot.candidates.push(CandidateState {
-                backend: backend.clone(),
+                replica: backend.clone(),
                 probe: Default::default(),
                 selected: false,
             });
@@ -110,5 +259,53 @@ mod tests {
         assert_ne!(first, second);
         assert_eq!(last_resort(&snapshot, &[first, second]), None);
         assert_eq!(last_resort(&Snapshot::empty(), &[]), None, "no candidates: nothing to try");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_waiting_on_a_replica_found_down_moves_on_and_a_write_waits() {
+        let (a, _) = two();
+        let never = || std::future::pending::<Result<(), AttemptError>>();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let waiting = tokio::spawn({
+            let a = a.clone();
+            async move { wait_for_answer(never(), true, a.health(), Duration::ZERO, deadline).await }
+        });
+        let write = tokio::spawn({
+            let a = a.clone();
+            async move { wait_for_answer(never(), false, a.health(), Duration::ZERO, deadline).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished());
+        a.health().mark_down();
+        let found_down = Instant::now();
+        assert!(matches!(waiting.await.unwrap(), Err(AttemptError::Abandoned)));
+        assert!(found_down.elapsed() <= DOWN_CHECK, "noticed within one check");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!write.is_finished(), "a write is never moved");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_ends_at_the_deadline_and_is_not_retried() {
+        let (a, _) = two();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(2);
+        let never = std::future::pending::<Result<(), AttemptError>>();
+        let failure = wait_for_answer(never, true, a.health(), Duration::ZERO, deadline).await.unwrap_err();
+        assert!(matches!(failure, AttemptError::TimedOut));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        let mut snapshot = Snapshot::empty();
+        snapshot.selected = replicas(&["http://c:1"]);
+        assert!(next_attempt(&snapshot, std::slice::from_ref(&a), &failure, true, false).is_none());
+        let refused = AttemptError::Connect("refused".into());
+        assert!(next_attempt(&snapshot, std::slice::from_ref(&a), &refused, false, false).is_some());
+    }
+
+    #[test]
+    fn api_answers_and_timeouts_never_count_against_a_replica() {
+        assert!(AttemptError::Connect(String::new()).counts_against_replica());
+        assert!(AttemptError::Unavailable.counts_against_replica());
+        assert!(!AttemptError::TimedOut.counts_against_replica());
+        assert!(!AttemptError::Busy.counts_against_replica());
+        assert!(!AttemptError::Abandoned.counts_against_replica());
     }
 }

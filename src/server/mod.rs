@@ -35,9 +35,9 @@ use crate::admin::Admin;
 use crate::body::Guarded;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::via::Pseudonym;
 use crate::web::Web;
 use connection::{Activity, Deadlines, Metered, Pressure};
-use head::Pseudonym;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -298,7 +298,7 @@ impl Connection {
         let (closed_for, error) =
             connection::watch(connection, &activity, shared.limits.deadlines, &pressure, shutting_down).await;
         if let Some(reason) = closed_for {
-            shared.metrics.connection_closed(reason);
+            shared.metrics.connection_closed(reason.label());
             tracing::debug!(%peer, reason = reason.label(), "closed a connection");
         }
         if let Some(error) = error {

@@ -363,7 +363,7 @@ fn headers(file: &Path, wanted: BTreeMap<String, String>) -> Result<Vec<(HeaderN
 fn rate_limit(file: &Path, raw: RawRateLimit) -> Result<Option<RateLimit>, WebConfigError> {
     let interval = match raw.interval.as_deref().map(str::trim) {
         None | Some("" | "0" | "0s") => return Ok(None),
-        Some(text) => crate::config::parse_duration(text)
+        Some(text) => crate::units::parse_duration(text)
             .map_err(|problem| WebConfigError::new(file, "rate_limit.interval", problem))?,
     };
     Ok((!interval.is_zero()).then_some(RateLimit { burst: raw.burst, interval }))

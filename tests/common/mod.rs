@@ -182,8 +182,8 @@ impl Prometheus {
     /// Its samples-appended counter, read from its own `/metrics`.
     pub async fn samples(&self) -> f64 {
         let answer = get(&format!("{}/metrics", self.url())).await.expect("read /metrics");
-        let samples = mpp::probe::exposition::parse(&answer.text()).expect("parse /metrics");
-        mpp::probe::exposition::sum(&samples, mpp::probe::SAMPLES_METRIC).unwrap_or(0.0)
+        let samples = mpp::fuzzing::exposition::parse(&answer.text()).expect("parse /metrics");
+        mpp::fuzzing::exposition::sum(&samples, mpp::fuzzing::SAMPLES_METRIC).unwrap_or(0.0)
     }
 }
 

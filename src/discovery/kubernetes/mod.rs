@@ -39,6 +39,45 @@ pub struct KubernetesConfig {
     pub port: Option<PortRef>,
 }
 
+impl KubernetesConfig {
+    /// Validates the Kubernetes flags; `None` when neither a service nor a selector is given.
+    pub fn from_flags(
+        kubeconfig: Option<PathBuf>,
+        service: Option<String>,
+        selector: Option<String>,
+        namespace: String,
+        port: Option<&str>,
+    ) -> Result<Option<KubernetesConfig>, String> {
+        let port = port.map(PortRef::parse).transpose()?;
+        let target = match (service, selector.filter(|s| !s.trim().is_empty())) {
+            // The service takes precedence, as in the original.
+            (Some(service), _) => {
+                let valid = service.len() <= 63
+                    && service.starts_with(|c: char| c.is_ascii_lowercase())
+                    && service.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !service.ends_with('-');
+                if !valid {
+                    return Err(format!(
+                        "--kube-service-name '{service}' is not a valid service name (lowercase letters, digits and '-')"
+                    ));
+                }
+                Target::Service(service)
+            }
+            (None, Some(selector)) => Target::Pods(
+                LabelSelector::parse(&selector).map_err(|e| format!("--kube-pod-label-selector '{selector}': {e}"))?,
+            ),
+            (None, None) => return Ok(None),
+        };
+        let namespace_ok = !namespace.is_empty()
+            && namespace.len() <= 63
+            && namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !namespace_ok {
+            return Err(format!("--kube-namespace '{namespace}' is not a valid namespace"));
+        }
+        Ok(Some(KubernetesConfig { kubeconfig, namespace, target, port }))
+    }
+}
+
 /// The objects whose addresses are the replicas.
 #[derive(Debug, Clone)]
 pub enum Target {

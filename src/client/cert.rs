@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-use crate::client::TlsFileError;
+use super::TlsFileError;
 
 /// How often, at most, the files are looked at again.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);

@@ -4,6 +4,8 @@
 //! `http_config` ([`TlsOptions`]: a CA file, a client certificate, a server name); discovery
 //! (Marathon, the DC/OS login) uses the plain one.
 
+mod cert;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::client_cert::ClientCert;
+use cert::ClientCert;
 
 /// The client type used for every call to a backend. Request bodies are buffered
 /// (`Full<Bytes>`) so that a request can be replayed on another replica.

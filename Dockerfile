@@ -9,7 +9,7 @@ RUN apk add --no-cache musl-dev
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked && strip target/release/mpp
+RUN cargo build --profile dist --locked && strip target/dist/mpp
 
 FROM scratch
 ARG VERSION
@@ -22,7 +22,7 @@ LABEL org.opencontainers.image.title="mpp" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=build /src/target/release/mpp /mpp
+COPY --from=build /src/target/dist/mpp /mpp
 USER 65534:65534
 EXPOSE 9090
 ENTRYPOINT ["/mpp"]

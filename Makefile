@@ -3,21 +3,26 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build release image test lint demo deps bench bench-deps soak clean
+.PHONY: all build release dist image test lint demo deps bench bench-deps soak clean
 
 all: build
 
 build:
 	$(CARGO) build
 
+# Optimized, quick to build: what `make demo` runs.
 release:
 	$(CARGO) build --release
 
-# The container image from the release binary, built with buildah from `Containerfile` (no
+# The shipped and benchmarked build (fat LTO, one codegen unit): target/dist/mpp.
+dist:
+	$(CARGO) build --profile dist
+
+# The container image from the shipped binary, built with buildah from `Containerfile` (no
 # registry needed), tagged localhost/mpp:<version>; `make image IMAGE=registry/mpp:tag` names
 # it otherwise.
-image: deps release
-	scripts/image.sh target/release/mpp $(IMAGE)
+image: deps dist
+	scripts/image.sh target/dist/mpp $(IMAGE)
 
 # From Debian: prometheus and promtool (the tests and the demo run real servers), and podman,
 # buildah and runc (the image and its test).
@@ -42,11 +47,11 @@ demo: deps release
 bench-deps:
 	@scripts/install-deps.sh bench
 
-bench: bench-deps release
+bench: bench-deps dist
 	python3 bench/bench.py
 
 # Ten minutes under GET and POST load while three real replicas are killed and restarted.
-soak: deps bench-deps release
+soak: deps bench-deps dist
 	python3 bench/soak.py
 
 clean:

@@ -9,7 +9,7 @@ which 20 accept connections and never answer; and, over TLS, mpp (with a web con
 beside nginx terminating TLS in front of the same backend. Writes BENCHMARKS.md.
 
 Everything listens on 127.0.0.1; every process started here is stopped at the end.
-Needs: wrk, nginx (nginx-light), haproxy, curl, openssl; and mpp built in release mode.
+Needs: wrk, nginx (nginx-light), haproxy, curl, openssl; and mpp's shipped build (`make dist`).
 `--tls-only` runs just the TLS comparison and prints it (BENCHMARKS.md is left alone).
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # MPP_BIN points at another build (a debug one, for a smoke run of the harness itself).
-MPP = Path(os.environ.get("MPP_BIN", ROOT / "target" / "release" / "mpp")).resolve()
+MPP = Path(os.environ.get("MPP_BIN", ROOT / "target" / "dist" / "mpp")).resolve()
 QUERY = "/api/v1/query?query=up"
 VECTOR = ('{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up",'
           '"instance":"127.0.0.1:9090","job":"prometheus"},"value":[1700000000.000,"1"]}]}}')
@@ -447,7 +447,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy curl openssl")
     if not MPP.exists():
-        sys.exit("build mpp first: cargo build --release")
+        sys.exit(f"build mpp first: make dist (looked for {MPP})")
 
     with tempfile.TemporaryDirectory(prefix="mpp-bench-") as tmp:
         work = Path(tmp)

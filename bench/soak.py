@@ -5,7 +5,7 @@ killed (-9) and started again one at a time. Reports the requests made, the erro
 saw (wrk's socket errors and non-2xx answers) and mpp's RSS at the start and the end.
 
 Everything listens on 127.0.0.1; every process started here is stopped at the end.
-Needs: prometheus, wrk, and mpp built in release mode.
+Needs: prometheus, wrk, and mpp's shipped build (`make dist`).
 """
 
 import argparse

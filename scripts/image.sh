@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds mpp's container image from a binary built on this machine, with `Containerfile` and
-# buildah; no image registry is needed. `make image` runs it on the release binary; the
+# buildah; no image registry is needed. `make image` runs it on the shipped binary (`make dist`); the
 # container test (tests/container.rs) on its own debug binary.
 #
 #   scripts/image.sh BINARY [NAME]     NAME defaults to localhost/mpp:<the binary's version>

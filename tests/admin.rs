@@ -35,9 +35,20 @@ async fn health_metrics_and_status_describe_the_proxy() {
     assert_eq!(value("mpp_build_info"), 1.0);
     assert!(value("mpp_selection_rounds_total") >= 1.0);
     assert!(value("mpp_probe_failures_total") >= 1.0);
-    let request = samples.iter().find(|s| s.name == "mpp_requests_total").unwrap();
-    assert!(request.labels.contains(&("backend".into(), replica.url())));
-    assert!(request.labels.contains(&("code".into(), "200".into())));
+    // Every registered replica has its series from the start; the queries went to the one up.
+    let served = |backend: &str| {
+        samples
+            .iter()
+            .find(|s| {
+                s.name == "mpp_requests_total"
+                    && s.labels.contains(&("backend".into(), backend.into()))
+                    && s.labels.contains(&("code".into(), "200".into()))
+            })
+            .unwrap_or_else(|| panic!("no mpp_requests_total series for {backend}"))
+            .value
+    };
+    assert_eq!(served(&replica.url()), 5.0);
+    assert_eq!(served("http://127.0.0.1:1"), 0.0);
 
     let status = mpp.status().await;
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));

@@ -47,7 +47,9 @@ impl Backend {
         }
         let authority = uri.authority().cloned().ok_or_else(|| format!("'{text}' has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("'{text}' carries user info; credentials in URLs are not supported"));
+            // The message never repeats the credentials.
+            let host = authority.as_str().rsplit_once('@').map_or("", |(_, host)| host);
+            return Err(format!("'{scheme}://***@{host}' carries user info; credentials in URLs are not supported"));
         }
         if let Some((_, port)) = authority.as_str().rsplit_once(':').filter(|_| !authority.as_str().ends_with(']')) {
             if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
@@ -136,6 +138,7 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_base_url() {
+        assert!(!Backend::parse("http://u:secret@x:1").unwrap_err().contains("secret"));
         for bad in ["ftp://x:1", "http://", "http://u:p@x:1", "http://x:1/?q=1", "http://x:99999", "not a url"] {
             assert!(Backend::parse(bad).is_err(), "{bad}");
         }

@@ -437,6 +437,8 @@ pub enum ConfigError {
     #[error("more than one discovery configured ({0}); choose one")]
     ManyDiscoveries(String),
     #[error("{0}")]
+    Limits(String),
+    #[error("{0}")]
     Backend(String),
 }
 
@@ -463,7 +465,9 @@ impl Config {
                 )
                 .map_err(ConfigError::Marathon)?,
             ),
-            (Some(url), None) => return Err(ConfigError::MarathonWithoutApps(url.clone())),
+            (Some(url), None) => {
+                return Err(ConfigError::MarathonWithoutApps(crate::discovery::redact_user_info(url)));
+            }
             (None, Some(apps)) => return Err(ConfigError::AppsWithoutMarathon(apps.clone())),
             (None, None) => None,
         };
@@ -530,6 +534,15 @@ impl Config {
                 "--backend-replace-authorization needs --backend-basic-auth-user or --backend-bearer-token-file".into(),
             ));
         }
+        // tokio's semaphore (the budget's permits) holds at most 2^61 - 1.
+        let request_body_budget = args.request_body_budget.bytes(crate::system::memory_limit()).min(1 << 60);
+        if args.max_request_body > request_body_budget || args.max_request_body > u64::from(u32::MAX) {
+            return Err(ConfigError::Limits(format!(
+                "--max-request-body {} is larger than --request-body-budget {request_body_budget} (or 4GiB): \
+                 such bodies could never be buffered",
+                args.max_request_body
+            )));
+        }
         let listen =
             args.listen_address.unwrap_or_else(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.port)));
         Ok(Config {
@@ -549,7 +562,7 @@ impl Config {
             max_request_body: args.max_request_body,
             idle_timeout: args.idle_timeout,
             request_body_min_rate: args.request_body_min_rate,
-            request_body_budget: args.request_body_budget.bytes(crate::system::memory_limit()),
+            request_body_budget,
             max_concurrent_streams: args.max_concurrent_streams,
             max_backend_connections: args.max_backend_connections,
             request_timeout: args.request_timeout,

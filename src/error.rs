@@ -12,6 +12,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::body::Guarded;
 
+/// The header on every error answer mpp makes itself.
+pub static MPP_ERROR: http::HeaderName = http::HeaderName::from_static("mpp-error");
+
 /// The body of every answer mpp gives: a backend's streamed answer (holding its replica's
 /// connection slot until done), or one of our own.
 pub type ProxyBody = Either<Guarded<Incoming, OwnedSemaphorePermit>, Full<Bytes>>;
@@ -107,6 +110,9 @@ impl ProxyError {
         let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
         *response.status_mut() = self.status();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // Marks the answer as mpp's own, so that an mpp in front of this one does not take it
+        // for a replica's API answer (and retries elsewhere instead).
+        response.headers_mut().insert(MPP_ERROR.clone(), HeaderValue::from_static("1"));
         if overloaded {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -38,21 +38,31 @@ impl std::fmt::Debug for BasicAuth {
     }
 }
 
-/// Splits user info (`user:password@`) out of a URL: the URL without it, and the
-/// `Authorization` value it stands for.
+/// Splits user info (`user:password@`, percent-encoded as in any URL) out of a URL: the URL
+/// without it, and the `Authorization` value it stands for. The user info ends at the last
+/// `@` before the path, so an unencoded `/` in a password still counts as user info.
 fn take_user_info(url: &str) -> (String, Option<BasicAuth>) {
     use base64::Engine as _;
     let Some((scheme, rest)) = url.split_once("://") else { return (url.to_string(), None) };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some((user_info, host)) = rest[..authority_end].rsplit_once('@') else { return (url.to_string(), None) };
-    let decode =
-        |part: &str| form_urlencoded::parse(format!("x={part}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    let Some(at) = rest.rfind('@').filter(|&at| !rest[..at].contains('?') && !rest[..at].contains('#')) else {
+        return (url.to_string(), None);
+    };
+    let (user_info, host_and_path) = (&rest[..at], &rest[at + 1..]);
+    let decode = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned();
     let (user, password) = user_info.split_once(':').unwrap_or((user_info, ""));
-    let credentials = format!("{}:{}", decode(user).unwrap_or_default(), decode(password).unwrap_or_default());
+    let credentials = format!("{}:{}", decode(user), decode(password));
     let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
     let mut value = http::HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value");
     value.set_sensitive(true);
-    (format!("{scheme}://{host}{}", &rest[authority_end..]), Some(BasicAuth(value)))
+    (format!("{scheme}://{host_and_path}"), Some(BasicAuth(value)))
+}
+
+/// `url` with any user info replaced by `***`, for messages.
+pub fn redact_user_info(url: &str) -> String {
+    match take_user_info(url) {
+        (rest, Some(_)) => rest.replacen("://", "://***@", 1),
+        (url, None) => url,
+    }
 }
 
 impl MarathonConfig {
@@ -262,6 +272,10 @@ mod tests {
     fn flags_are_validated() {
         let c = MarathonConfig::new("http://m:8080/service/marathon/", "/prom, /group/prom-b,", None, None).unwrap();
         assert_eq!(c.url, "http://m:8080/service/marathon");
+        let tricky = MarathonConfig::new("http://ops:p+a&s/s@m:8080", "a", None, None).unwrap();
+        assert_eq!(tricky.url, "http://m:8080");
+        assert_eq!(tricky.basic_auth.unwrap().0, "Basic b3BzOnArYSZzL3M=", "ops:p+a&s/s, as written");
+        assert_eq!(redact_user_info("http://u:secret@m:8080/x"), "http://***@m:8080/x");
         let with_user = MarathonConfig::new("http://ops:s%40cret@m:8080/marathon/", "a", None, None).unwrap();
         assert_eq!(with_user.url, "http://m:8080/marathon", "credentials never stay in the URL");
         assert!(!format!("{with_user:?}").contains("s@cret") && !format!("{with_user:?}").contains("czBjcmV0"));

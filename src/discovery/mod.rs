@@ -19,7 +19,7 @@ use crate::client::HttpClient;
 pub use dcos::PrincipalSecret;
 pub use file::{FileDiscovery, parse_endpoints};
 pub use kubernetes::{KubernetesConfig, KubernetesDiscovery, LabelSelector, PortRef, pod_backend, slice_backends};
-pub use marathon::{MarathonConfig, MarathonDiscovery, candidates_from_tasks};
+pub use marathon::{MarathonConfig, MarathonDiscovery, candidates_from_tasks, redact_user_info};
 
 /// Where candidates come from.
 #[derive(Debug, Clone)]

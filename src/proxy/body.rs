@@ -1,7 +1,8 @@
 //! Reading a request body so that it can be replayed: capped in size (`--max-request-body`),
-//! held to a minimum rate (`--request-body-min-rate`, after a grace period), and paid for
-//! from one budget shared by every request in the process (`--request-body-budget`), so
-//! that many clients (or many HTTP/2 streams of one) cannot buffer mpp out of memory.
+//! held to a minimum rate (`--request-body-min-rate`, after a grace period), and paid for,
+//! byte by byte as it arrives, from one budget shared by every request in the process
+//! (`--request-body-budget`), so that many clients (or many HTTP/2 streams of one) cannot
+//! buffer mpp out of memory, and a slow client holds no more of it than it has sent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::{ProxyError, error_chain};
+
+/// The most a body buffer allocates before its bytes arrive, whatever length is declared.
+const INITIAL_CAPACITY: u64 = 64 << 10;
 
 /// How request bodies are read.
 #[derive(Debug, Clone)]
@@ -40,7 +44,8 @@ pub struct Buffered {
 }
 
 impl BodyLimits {
-    /// Reads `body` whole, or refuses: 413 over the size, 408 too slow, 503 over budget.
+    /// Reads `body` whole, or refuses: 413 over the size (from a declared length at once),
+    /// 408 too slow, 503 over budget.
     pub async fn read<B>(&self, headers: &HeaderMap, body: B) -> Result<Buffered, ProxyError>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -53,14 +58,11 @@ impl BodyLimits {
         if body.is_end_stream() {
             return Ok(Buffered { bytes: Bytes::new(), _reserved: None });
         }
-        // The declared length is reserved at once, so that a body that cannot fit is refused
-        // before a byte of it is read; a body of unknown length reserves as it arrives.
-        let mut reserved = match declared {
-            Some(n) if n > 0 => Some(self.reserve(n)?),
-            _ => None,
-        };
+        // The budget pays for bytes as they arrive, not for a declared length: a client that
+        // declares 16 MiB and sends a byte a second holds a byte a second, not 16 MiB.
+        let mut reserved: Option<OwnedSemaphorePermit> = None;
         let started = Instant::now();
-        let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_CAPACITY) as usize);
         let mut body = body;
         loop {
             let deadline = started + self.grace + rate_time(buffer.len() as u64, self.min_rate);
@@ -78,17 +80,16 @@ impl BodyLimits {
                 Ok(Some(Ok(frame))) => frame,
             };
             let Ok(data) = frame.into_data() else { continue };
-            let total = buffer.len() as u64 + data.len() as u64;
-            if total > self.max {
+            if data.is_empty() {
+                continue;
+            }
+            if buffer.len() as u64 + data.len() as u64 > self.max {
                 return Err(ProxyError::BodyTooLarge { limit: self.max });
             }
-            let covered = if declared.is_some() { declared.unwrap_or(0) } else { buffer.len() as u64 };
-            if total > covered {
-                let more = self.reserve(total - covered)?;
-                match &mut reserved {
-                    Some(permit) => permit.merge(more),
-                    None => reserved = Some(more),
-                }
+            let more = self.reserve(data.len() as u64)?;
+            match &mut reserved {
+                Some(permit) => permit.merge(more),
+                None => reserved = Some(more),
             }
             buffer.extend_from_slice(&data);
         }
@@ -156,6 +157,19 @@ mod tests {
         let undeclared = limits.read(&HeaderMap::new(), StreamBody::new(chunks)).await.unwrap_err();
         assert_eq!(undeclared.status(), 413);
         assert_eq!(limits.budget.available_permits(), 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_body_holds_only_the_budget_of_what_it_has_sent() {
+        let limits = limits(1 << 20, 100);
+        let budget = limits.budget.clone();
+        let (mut sender, body) = futures_channel_body();
+        let reader = tokio::spawn(async move { limits.read(&length(1 << 20), body).await.map(|b| b.bytes.len()) });
+        sender.send(Bytes::from_static(b"0123456789")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(budget.available_permits(), 90, "a declared megabyte reserves nothing up front");
+        drop(sender);
+        assert_eq!(reader.await.unwrap().unwrap(), 10);
     }
 
     #[tokio::test(start_paused = true)]

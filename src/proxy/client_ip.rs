@@ -56,7 +56,13 @@ impl FromStr for Cidr {
                 .filter(|&p| p <= width)
                 .ok_or_else(|| format!("'{text}' has an invalid prefix length (0 to {width})"))?,
         };
-        Ok(Cidr { network, prefix })
+        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`: addresses are compared as IPv4 when mapped.
+        match network {
+            IpAddr::V6(v6) if prefix >= 96 && v6.to_ipv4_mapped().is_some() => {
+                Ok(Cidr { network: network.to_canonical(), prefix: prefix - 96 })
+            }
+            _ => Ok(Cidr { network, prefix }),
+        }
     }
 }
 
@@ -184,6 +190,7 @@ mod tests {
         assert!(!"10.0.0.0/8".parse::<Cidr>().unwrap().contains(ip("11.0.0.1")));
         assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(ip("::ffff:1.2.3.4")));
         assert!("192.0.2.1".parse::<Cidr>().unwrap().contains(ip("192.0.2.1")));
+        assert!("::ffff:10.0.0.0/104".parse::<Cidr>().unwrap().contains(ip("10.9.8.7")));
         assert!("10.0.0.0/33".parse::<Cidr>().unwrap_err().contains("prefix"));
         assert!("ten/8".parse::<Cidr>().unwrap_err().contains("'ten/8'"));
     }

@@ -70,6 +70,10 @@ pub fn request_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
 /// answer, error or not, goes to the client as it is. A replica that is not ready (replaying
 /// its WAL) answers 503 in plain text instead.
 pub fn is_api_answer<B>(response: &Response<B>) -> bool {
+    // Another mpp's own error (an mpp in front of mpp) is no replica's answer.
+    if response.headers().contains_key(&crate::error::MPP_ERROR) {
+        return false;
+    }
     response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -225,6 +225,7 @@ impl Proxy {
             AttemptError::TimedOut => {
                 ProxyError::Timeout { limit: format_duration(self.inner.request_timeout), backend: url }
             }
+            AttemptError::Local(e) => ProxyError::BadRequest(format!("cannot forward it to {url}: {e}")),
             AttemptError::Busy => ProxyError::Overloaded(format!(
                 "{url} has {} requests in flight (--max-backend-connections)",
                 self.inner.max_backend_connections
@@ -313,7 +314,7 @@ impl Proxy {
         };
         let uri = match backend.uri(&path_and_query) {
             Ok(uri) => uri,
-            Err(e) => return Outcome::Failed(AttemptError::Connect(e.to_string()), None),
+            Err(e) => return Outcome::Failed(AttemptError::Local(e.to_string()), None),
         };
         let mut request = Request::new(Full::new(prepared.body.bytes.clone()));
         *request.method_mut() = prepared.method.clone();

@@ -78,6 +78,8 @@ pub enum CloseReason {
     Idle,
     /// Idle while slots were running short.
     Pressure,
+    /// Answers waiting to be sent made no progress for [`WRITE_STALL_TIMEOUT`].
+    Stalled,
 }
 
 impl CloseReason {
@@ -87,6 +89,7 @@ impl CloseReason {
             CloseReason::HeaderTimeout => "header_timeout",
             CloseReason::Idle => "idle",
             CloseReason::Pressure => "pressure",
+            CloseReason::Stalled => "stalled",
         }
     }
 }
@@ -104,6 +107,11 @@ pub struct Activity {
     /// When bytes first arrived with no request in flight (ms since `epoch`, plus one; 0:
     /// none since): an HTTP/1 request head on its way.
     head_started: AtomicU64,
+    /// Answers whose head has been handed to hyper and whose body is not yet sent.
+    answering: AtomicU32,
+    /// When an answer last made progress: a body frame taken, or a write done (ms since
+    /// `epoch`).
+    progress: AtomicU64,
 }
 
 impl Activity {
@@ -116,6 +124,8 @@ impl Activity {
             http2: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
+            answering: AtomicU32::new(0),
+            progress: AtomicU64::new(0),
         })
     }
 
@@ -141,13 +151,20 @@ impl Activity {
         }
     }
 
-    /// When the connection is due to be closed if nothing changes, and why; `None` while a
-    /// request is in flight.
+    fn progressed(&self) {
+        self.progress.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// When the connection is due to be closed if nothing changes, and why. While requests
+    /// are in flight, only answers that stall (the client reads nothing) make it due.
     pub fn deadline(&self, deadlines: &Deadlines, pressure: bool) -> Option<(Instant, CloseReason)> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
         let at = |ms: u64, after: Duration| self.epoch + Duration::from_millis(ms) + after;
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            if self.answering.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            return Some((at(self.progress.load(Ordering::Relaxed), WRITE_STALL_TIMEOUT), CloseReason::Stalled));
+        }
         if self.requests.load(Ordering::Relaxed) == 0 {
             let limit = deadlines.header_read_timeout;
             return Some(if pressure && PRESSURE_IDLE_TIMEOUT < limit {
@@ -177,6 +194,53 @@ impl Activity {
 /// One request in flight on a connection (see [`Activity::begin`]).
 #[derive(Debug)]
 pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// The request's answer is ready: its body, which counts as progress each time the
+    /// client takes a frame of it, and which ends the request when dropped.
+    pub fn answer<B>(self, body: B) -> Answer<B> {
+        self.0.answering.fetch_add(1, Ordering::AcqRel);
+        self.0.progressed();
+        Answer { body, in_flight: self }
+    }
+}
+
+/// An answer's body on its way to the client (see [`InFlight::answer`]).
+#[derive(Debug)]
+pub struct Answer<B> {
+    body: B,
+    in_flight: InFlight,
+}
+
+impl<B> Drop for Answer<B> {
+    fn drop(&mut self) {
+        self.in_flight.0.answering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Answer<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if frame.is_ready() {
+            self.in_flight.0.progressed();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -218,6 +282,7 @@ impl<T> Metered<T> {
             Poll::Pending => self.stalled(cx).map(Err),
             ready => {
                 self.stall = None;
+                self.activity.progressed();
                 ready
             }
         }
@@ -312,6 +377,10 @@ where
                     Some(_) => {}
                     None => {
                         if let Some((at, reason)) = activity.deadline(&deadlines, pressure.on()) {
+                            if at <= now && reason == CloseReason::Stalled {
+                                // A graceful close would wait for the very answer that stalls.
+                                return (Some(reason), None);
+                            }
                             if at <= now {
                                 closed_for = Some(reason);
                                 connection.as_mut().close_gracefully();
@@ -376,6 +445,21 @@ mod tests {
         let (at, reason) = activity.deadline(&DEADLINES, true).unwrap();
         assert_eq!(reason, CloseReason::Pressure);
         assert!(at <= ended + PRESSURE_IDLE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_the_client_does_not_take_makes_the_connection_due() {
+        let activity = Activity::new();
+        let request = activity.begin(true);
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(activity.deadline(&DEADLINES, false), None, "a slow query is waited for");
+        let answer = request.answer(http_body_util::Empty::<bytes::Bytes>::new());
+        let ready = Instant::now();
+        let (at, reason) = activity.deadline(&DEADLINES, false).unwrap();
+        assert_eq!(reason, CloseReason::Stalled);
+        assert!(at <= ready + WRITE_STALL_TIMEOUT && at >= ready + WRITE_STALL_TIMEOUT - Duration::from_millis(1));
+        drop(answer);
+        assert_eq!(activity.deadline(&DEADLINES, false).unwrap().1, CloseReason::Idle);
     }
 
     #[tokio::test(start_paused = true)]

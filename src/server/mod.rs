@@ -32,7 +32,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::admin::Admin;
-use crate::body::Guarded;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::via::Pseudonym;
@@ -289,7 +288,7 @@ impl Connection {
                 let (proxy, shared) = (proxy.clone(), shared.clone());
                 async move {
                     let response = respond(&proxy, &shared, request, peer, tls).await;
-                    Ok::<_, Infallible>(response.map(|body| Guarded::new(body, in_flight)))
+                    Ok::<_, Infallible>(response.map(|body| in_flight.answer(body)))
                 }
             })
         };

@@ -25,14 +25,18 @@ const DUMMY_HASH: &str = "$2b$10$.eIbP2FepOy8WoRYDyQ3yuqVhC3fP1NAov2/HiLP8GEPVal
 /// password itself), shared by every serving thread.
 pub(crate) struct Verifier {
     outcomes: Mutex<LruCache<[u8; 32], bool>>,
-    one_at_a_time: Semaphore,
+    one_at_a_time: Arc<Semaphore>,
 }
+
+/// How long a request waits for its turn at a bcrypt check before it is refused (401): a
+/// flood of wrong passwords queues behind itself, not forever.
+const CHECK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Verifier {
     pub fn new() -> Arc<Verifier> {
         Arc::new(Verifier {
             outcomes: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_SIZE).expect("the cache size is not zero"))),
-            one_at_a_time: Semaphore::new(1),
+            one_at_a_time: Arc::new(Semaphore::new(1)),
         })
     }
 
@@ -45,16 +49,23 @@ impl Verifier {
         if let Some(&outcome) = self.outcomes.lock().expect("the cache lock is never poisoned").get(&key) {
             return outcome && known.is_some();
         }
-        let matches = {
-            let _turn = self.one_at_a_time.acquire().await.expect("the semaphore is never closed");
-            // Off the serving thread: a check takes tens of milliseconds by design. Go's
-            // bcrypt refuses passwords over 72 bytes rather than truncating them; so does this.
-            tokio::task::spawn_blocking(move || bcrypt::non_truncating_verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false)
-        };
+        let turn = tokio::time::timeout(CHECK_PATIENCE, self.one_at_a_time.clone().acquire_owned()).await;
+        let Ok(Ok(turn)) = turn else { return false };
+        // Off the serving thread: a check takes tens of milliseconds by design. The turn goes
+        // with the check, so a client that hangs up does not free it while bcrypt still runs.
+        // Go's bcrypt refuses passwords over 72 bytes rather than truncating them; so does this.
+        let matches = tokio::task::spawn_blocking(move || {
+            let matches = bcrypt::non_truncating_verify(password, &hash).unwrap_or(false);
+            drop(turn);
+            matches
+        })
+        .await
+        .unwrap_or(false);
         let outcome = matches && known.is_some();
-        self.outcomes.lock().expect("the cache lock is never poisoned").put(key, outcome);
+        // Only known users' outcomes are kept: random names cannot push them out of the cache.
+        if known.is_some() {
+            self.outcomes.lock().expect("the cache lock is never poisoned").put(key, outcome);
+        }
         outcome
     }
 }

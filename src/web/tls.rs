@@ -259,11 +259,13 @@ impl AllowedSans {
 
 impl ClientCertVerifier for AllowedSans {
     fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
+        true
     }
 
+    /// Always: a client with no certificate names no allowed SAN (rustls would otherwise
+    /// never call `verify_client_cert`, and admit it), and Go refuses it too.
     fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
+        true
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -46,7 +46,7 @@ pub struct RoundLabels {
 /// A label naming why mpp closed a client connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabels {
-    /// `header_timeout`, `idle` or `pressure`.
+    /// `header_timeout`, `idle`, `pressure` or `stalled`.
     pub reason: &'static str,
 }
 
@@ -177,7 +177,7 @@ impl Metrics {
         let connections_closed = Family::default();
         registry.register(
             "mpp_connections_closed",
-            "Client connections closed by mpp for a deadline (header_timeout, idle, pressure)",
+            "Client connections closed by mpp for a deadline (header_timeout, idle, pressure, stalled)",
             connections_closed.clone(),
         );
         let web_config_last_reload_successful = Gauge::default();

@@ -20,8 +20,8 @@ use super::TlsFileError;
 /// How often, at most, the files are looked at again.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The client certificate, kept current from its files.
-#[derive(Debug)]
+/// The client certificate, kept current from its files. `Debug` names the files only: the
+/// state holds the private key.
 pub(crate) struct ClientCert {
     cert_file: PathBuf,
     key_file: PathBuf,
@@ -29,7 +29,12 @@ pub(crate) struct ClientCert {
     state: Mutex<State>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert").field("cert_file", &self.cert_file).field("key_file", &self.key_file).finish()
+    }
+}
+
 struct State {
     current: Arc<CertifiedKey>,
     /// The files' bytes when last read, to tell whether they changed.

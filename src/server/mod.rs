@@ -316,12 +316,15 @@ async fn respond(
     tls: bool,
 ) -> http::Response<crate::error::ProxyBody> {
     let Some(web) = &shared.web else { return route(proxy, shared, request, peer).await };
-    if let Err(refusal) = web.admit(&request).await {
-        let mut refusal = refusal.map(Either::Right);
-        web.decorate(refusal.headers_mut());
-        return refusal;
-    }
-    if web.requires_basic_auth() {
+    let authorization_is_mpps = match web.admit(&request).await {
+        Ok(basic_auth) => basic_auth,
+        Err(refusal) => {
+            let mut refusal = refusal.map(Either::Right);
+            web.decorate(refusal.headers_mut());
+            return refusal;
+        }
+    };
+    if authorization_is_mpps {
         // The client's credentials were for mpp; they do not travel on to a replica.
         request.headers_mut().remove(http::header::AUTHORIZATION);
     }

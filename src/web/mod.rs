@@ -97,27 +97,27 @@ impl Web {
     }
 
     /// Lets a request in, or answers it: 429 past the rate limit, 401 without valid basic
-    /// auth credentials (when users are configured).
-    pub async fn admit<B>(&self, request: &Request<B>) -> Result<(), Response<Full<Bytes>>> {
+    /// auth credentials (when users are configured). `Ok(true)`: basic auth is configured,
+    /// so the request's `Authorization` is mpp's, decided by the same configuration that
+    /// admitted it (a reload in between cannot change the answer).
+    pub async fn admit<B>(&self, request: &Request<B>) -> Result<bool, Response<Full<Bytes>>> {
         let in_force = self.in_force.load_full();
         if in_force.rate.as_ref().is_some_and(|bucket| !bucket.allow()) {
             return Err(refusal(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n"));
         }
         let users = &in_force.config.users;
-        if users.is_empty() || (self.open_health && OPEN_HEALTH_PATHS.contains(&request.uri().path())) {
-            return Ok(());
+        if users.is_empty() {
+            return Ok(false);
+        }
+        if self.open_health && OPEN_HEALTH_PATHS.contains(&request.uri().path()) {
+            return Ok(true);
         }
         if self.verifier.admits(users, request.headers()).await {
-            return Ok(());
+            return Ok(true);
         }
         let mut refused = refusal(StatusCode::UNAUTHORIZED, "Unauthorized\n");
         refused.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
         Err(refused)
-    }
-
-    /// Whether basic auth is configured (so a request's `Authorization` header is mpp's).
-    pub fn requires_basic_auth(&self) -> bool {
-        !self.in_force.load().config.users.is_empty()
     }
 
     /// Adds the configured headers to an answer (replacing any a replica sent).

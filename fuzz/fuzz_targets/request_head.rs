@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(timed.path(), path_and_query.path());
         }
     }
-    let out: HeaderMap = headers::request_headers(request.headers().clone(), peer);
+    let out: HeaderMap = headers::request_headers(request.headers().clone(), peer, false);
     let forwarded: Vec<_> = out.get_all("x-forwarded-for").iter().collect();
     assert_eq!(forwarded.len(), 1);
     assert!(forwarded[0].to_str().unwrap().ends_with("10.1.2.3"));

@@ -86,6 +86,16 @@ impl TrustedProxies {
         self.0.iter().any(|c| c.contains(ip))
     }
 
+    /// Removes the `X-Forwarded-*` headers a peer that is not a trusted proxy sent: what it
+    /// says about earlier hops is not passed on to the replicas as if mpp vouched for it.
+    pub fn drop_untrusted_forwarding(&self, headers: &mut HeaderMap, peer: IpAddr) {
+        if !self.trusts(peer.to_canonical()) {
+            for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+                headers.remove(name);
+            }
+        }
+    }
+
     /// The client's address: see the module documentation.
     pub fn client_address(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
         let peer = peer.to_canonical();
@@ -182,6 +192,17 @@ mod tests {
         assert_eq!(trusted.client_address(&chain, ip("fd00::1")), ip("192.0.2.7"));
         let none: TrustedProxies = "none".parse().unwrap();
         assert_eq!(none.client_address(&chain, ip("10.1.2.3")), ip("10.1.2.3"));
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_speak_for_earlier_hops() {
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
+        let mut h = headers(&["6.6.6.6"]);
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        trusted.drop_untrusted_forwarding(&mut h, ip("10.0.0.9"));
+        assert_eq!(h.len(), 2, "a trusted proxy's headers stay");
+        trusted.drop_untrusted_forwarding(&mut h, ip("203.0.113.9"));
+        assert!(h.is_empty(), "an untrusted peer's go");
     }
 
     #[test]

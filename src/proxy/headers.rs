@@ -42,7 +42,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// removed (the client sets the backend's), `Expect` removed (the body is already read),
 /// the peer appended to `X-Forwarded-For`, and `X-Forwarded-Proto`/`-Host` set unless an
 /// earlier proxy set them.
-pub fn request_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
+pub fn request_headers(mut headers: HeaderMap, peer: IpAddr, tls: bool) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     let host = headers.remove(header::HOST);
     headers.remove(header::EXPECT);
@@ -58,13 +58,18 @@ pub fn request_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
         headers.insert("x-forwarded-for", value);
     }
     if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
     }
     if let Some(host) = host {
         headers.entry("x-forwarded-host").or_insert(host);
     }
     headers
 }
+
+/// Marks a request that arrived over TLS (a request extension the listener sets), so that
+/// `X-Forwarded-Proto` says `https` unless a trusted proxy already said otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTls;
 
 /// Whether an answer is the Prometheus HTTP API's own (JSON, `errorType` and all): such an
 /// answer, error or not, goes to the client as it is. A replica that is not ready (replaying
@@ -126,7 +131,7 @@ mod tests {
         h.insert(header::HOST, "grafana.example:9090".parse().unwrap());
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert(header::ACCEPT, "application/json".parse().unwrap());
-        let out = request_headers(h, "::ffff:192.0.2.7".parse().unwrap());
+        let out = request_headers(h, "::ffff:192.0.2.7".parse().unwrap(), false);
         assert!(out.get("x-secret").is_none() && out.get(header::TE).is_none());
         assert!(out.get(header::HOST).is_none());
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
@@ -140,9 +145,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "192.0.2.1".parse().unwrap());
         h.append("x-forwarded-for", "10.0.0.1, 10.0.0.2".parse().unwrap());
-        let out = request_headers(h, "127.0.0.1".parse().unwrap());
+        let out = request_headers(h, "127.0.0.1".parse().unwrap(), true);
         assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(out["x-forwarded-for"], "192.0.2.1, 10.0.0.1, 10.0.0.2, 127.0.0.1");
+        assert_eq!(out["x-forwarded-proto"], "https", "the request came over TLS");
     }
 
     #[test]

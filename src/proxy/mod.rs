@@ -274,7 +274,10 @@ impl Proxy {
         let pass_timeout = headers::wants_timeout(&path_and_query, &parts.headers, &body.bytes);
         let client = self.inner.trusted_proxies.client_address(&parts.headers, peer);
         let route_cookie = affinity::route_cookie(&parts.headers).map(str::to_owned);
-        let mut outgoing_headers = headers::request_headers(parts.headers, peer);
+        let tls = parts.extensions.get::<headers::ClientTls>().is_some();
+        let mut incoming = parts.headers;
+        self.inner.trusted_proxies.drop_untrusted_forwarding(&mut incoming, peer);
+        let mut outgoing_headers = headers::request_headers(incoming, peer, tls);
         outgoing_headers.append(header::VIA, self.inner.pseudonym.via().clone());
         if let Some(credentials) = &self.inner.credentials {
             credentials.apply(&mut outgoing_headers);

@@ -329,8 +329,8 @@ async fn respond(
         request.headers_mut().remove(http::header::AUTHORIZATION);
     }
     if tls {
-        // Set here, unless an earlier proxy did, as the proxy sets `http` otherwise.
-        request.headers_mut().entry("x-forwarded-proto").or_insert(http::HeaderValue::from_static("https"));
+        // The proxy then says `https` in `X-Forwarded-Proto`, unless a trusted proxy said more.
+        request.extensions_mut().insert(crate::proxy::headers::ClientTls);
     }
     let mut response = route(proxy, shared, request, peer).await;
     web.decorate(response.headers_mut());

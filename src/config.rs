@@ -273,6 +273,50 @@ pub struct Args {
     )]
     pub startup_timeout: Duration,
 
+    /// Route each query to a replica whose data has no hole in the time range it reads, and
+    /// merge answers when no single replica has it whole ('false': route by strategy only)
+    #[arg(
+        long,
+        env = "MPP_COVERAGE_ROUTING",
+        default_value_t = true,
+        action = ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub coverage_routing: bool,
+
+    /// The stretch of time the coverage map compares replicas over ('auto': four times the
+    /// longest scrape interval of the replicas' targets)
+    #[arg(
+        long,
+        env = "MPP_COVERAGE_BUCKET",
+        default_value = "auto",
+        value_name = "DURATION",
+        value_parser = parse_bucket
+    )]
+    pub coverage_bucket: Bucket,
+
+    /// The most bytes of replica answers held to merge one query; over it, the primary
+    /// replica's answer is sent alone, with a warning
+    #[arg(
+        long,
+        env = "MPP_MERGE_MAX_BYTES",
+        default_value = "64MiB",
+        value_name = "SIZE",
+        value_parser = parse_size
+    )]
+    pub merge_max_bytes: u64,
+
+    /// Take a replica out of the selection while its newest sample is this far behind its
+    /// peers' ('0s': never)
+    #[arg(
+        long,
+        env = "MPP_DATA_LAG_THRESHOLD",
+        default_value = "2m",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub data_lag_threshold: Duration,
+
     /// A Prometheus web config file (exporter-toolkit's format) securing the listener: TLS,
     /// client certificates, basic auth, response headers; read again when it changes
     #[arg(long = "web.config.file", env = "MPP_WEB_CONFIG_FILE", value_name = "PATH")]
@@ -377,6 +421,14 @@ pub struct Config {
     pub backend_credentials: Option<CredentialsSource>,
     /// Whether mpp's credentials replace a client's own `Authorization` header.
     pub backend_replace_authorization: bool,
+    /// Whether queries are routed by the replicas' coverage.
+    pub coverage_routing: bool,
+    /// The coverage map's bucket, when not derived from the scrape interval.
+    pub coverage_bucket: Option<Duration>,
+    /// The most bytes of answers held to merge one query.
+    pub merge_max_bytes: u64,
+    /// How far behind its peers a replica's newest sample may be (zero: no limit).
+    pub data_lag_threshold: Duration,
 }
 
 /// `--request-body-budget`: a size, or sized for the machine.
@@ -412,6 +464,26 @@ fn parse_budget(value: &str) -> Result<Budget, String> {
         0 => Err(format!("'{value}' is too small; give at least one byte, or 'auto'")),
         n => Ok(Budget::Bytes(n)),
     }
+}
+
+/// `--coverage-bucket`: derived from the scrape interval, or fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// Four times the longest scrape interval.
+    Auto,
+    /// This long.
+    Fixed(Duration),
+}
+
+fn parse_bucket(value: &str) -> Result<Bucket, String> {
+    if value.trim().eq_ignore_ascii_case("auto") {
+        return Ok(Bucket::Auto);
+    }
+    let d = parse_duration(value)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("'{value}' is too short; a bucket must be at least 1s, or 'auto'"));
+    }
+    Ok(Bucket::Fixed(d))
 }
 
 fn parse_trusted(value: &str) -> Result<TrustedProxies, String> {
@@ -574,6 +646,13 @@ impl Config {
             backend_tls,
             backend_credentials,
             backend_replace_authorization: args.backend_replace_authorization,
+            coverage_routing: args.coverage_routing,
+            coverage_bucket: match args.coverage_bucket {
+                Bucket::Auto => None,
+                Bucket::Fixed(d) => Some(d),
+            },
+            merge_max_bytes: args.merge_max_bytes,
+            data_lag_threshold: args.data_lag_threshold,
         })
     }
 

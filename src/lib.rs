@@ -49,6 +49,7 @@ pub(crate) mod backend;
 pub(crate) mod body;
 pub(crate) mod client;
 pub mod config;
+pub(crate) mod coverage;
 pub(crate) mod credentials;
 pub(crate) mod discovery;
 pub(crate) mod error;
@@ -98,6 +99,8 @@ pub mod fuzzing {
 /// At start-up, how often the first rounds are retried while discovery has not answered
 /// (besides whenever it signals a change).
 const STARTUP_RETRY: Duration = Duration::from_millis(200);
+/// How long start-up waits for the first coverage scan.
+const COVERAGE_STARTUP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Runs mpp on `listener` until `shutdown` completes, then drains in-flight requests.
 /// Fails only when it cannot start (the endpoints file is missing, say).
@@ -169,7 +172,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         config.selection_interval,
         snapshot.clone(),
         metrics.clone(),
-    );
+    )
+    .with_rules(selection::DataRules { max_lag: config.data_lag_threshold });
     tokio::pin!(shutdown);
     let startup = tokio::time::Instant::now();
     selector.round().await;
@@ -191,6 +195,18 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     // Dropped (and so aborted) with this function, whichever way it returns.
     let mut background = JoinSet::new();
     background.spawn(selector.run(reselect_rx));
+    if config.coverage_routing {
+        let prober = probe::Prober::new(client.clone(), None, via.clone()).with_credentials(credentials.clone());
+        let mut tracker =
+            coverage::tracker::Tracker::new(prober, snapshot.clone(), metrics.clone(), config.coverage_bucket);
+        // The first scan, so that the first queries already avoid holes that are in the past
+        // (mpp restarted long after a replica's outage); bounded, since a long retention
+        // takes a while and the map is only an improvement.
+        if tokio::time::timeout(COVERAGE_STARTUP_PATIENCE, tracker.round()).await.is_err() {
+            tracing::warn!(waited = ?COVERAGE_STARTUP_PATIENCE, "the first coverage scan is not done; serving meanwhile");
+        }
+        background.spawn(tracker.run(config.liveness_interval));
+    }
     background.spawn(liveness::run(
         snapshot.clone(),
         probe::Prober::new(client.clone(), None, via).with_credentials(credentials.clone()),

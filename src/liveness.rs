@@ -95,7 +95,12 @@ mod tests {
         let mut snapshot = Snapshot::empty();
         snapshot.candidates = all
             .iter()
-            .map(|r| CandidateState { replica: r.clone(), probe: Default::default(), selected: true })
+            .map(|r| CandidateState {
+                replica: r.clone(),
+                probe: Default::default(),
+                selected: true,
+                data: Default::default(),
+            })
             .collect();
         let script = Arc::new(Scripted::default());
         let (reselect, mut rounds) = mpsc::channel(1);

@@ -50,6 +50,23 @@ pub struct CloseLabels {
     pub reason: &'static str,
 }
 
+/// Labels of an answer mpp made from more than one replica, or tried to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MergeLabels {
+    /// The API endpoint: `query`, `query_range`, `series`, `labels`, `label_values`, `query_exemplars`.
+    pub endpoint: &'static str,
+    /// `merged`, `too_large` (the primary's answer went alone) or `failed` (the others'
+    /// answers could not be used).
+    pub outcome: &'static str,
+}
+
+/// A label naming why a replica is out of the selection for its data.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataHealthLabels {
+    /// The replica's base URL.
+    pub backend: Arc<str>,
+}
+
 type HistogramFamily = Family<BackendLabels, DurationHistogram, fn() -> DurationHistogram>;
 
 /// All metrics, registered once at start-up and shared by the request path and the
@@ -77,6 +94,19 @@ pub struct Metrics {
     /// `mpp_web_config_last_reload_successful`: 0 while the web config file (or a file it
     /// names) is broken and the last good one is still in force.
     pub web_config_last_reload_successful: Gauge,
+    /// `mpp_merged_requests_total{endpoint,outcome}`: queries no single replica could answer
+    /// whole, answered from several.
+    pub merged_requests: Family<MergeLabels, Counter>,
+    /// `mpp_backend_coverage_ratio{backend}`: the share of the scanned time range the replica
+    /// holds complete data for.
+    pub coverage_ratio: Family<BackendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// `mpp_backend_coverage_holes{backend}`: the holes in that range (an open one included).
+    pub coverage_holes: Family<BackendLabels, Gauge>,
+    /// `mpp_coverage_scan_queries_total`: range queries the coverage tracker sent.
+    pub coverage_queries: Counter,
+    /// `mpp_backend_data_ejected{backend}`: 1 while a replica is out of the selection because
+    /// its ingestion stalled or lags its peers.
+    pub data_ejected: Family<DataHealthLabels, Gauge>,
 }
 
 /// The upper bounds of `mpp_request_duration_seconds`, in seconds (`+Inf` follows).
@@ -188,6 +218,36 @@ impl Metrics {
             "Whether the web config file, and the files it names, were last read again without error",
             web_config_last_reload_successful.clone(),
         );
+        let merged_requests = Family::default();
+        registry.register(
+            "mpp_merged_requests",
+            "Queries no single replica could answer whole, answered from several, by endpoint and outcome",
+            merged_requests.clone(),
+        );
+        let coverage_ratio = Family::default();
+        registry.register(
+            "mpp_backend_coverage_ratio",
+            "Share of the scanned time range a replica holds complete data for",
+            coverage_ratio.clone(),
+        );
+        let coverage_holes = Family::default();
+        registry.register(
+            "mpp_backend_coverage_holes",
+            "Holes in a replica's data within the scanned time range",
+            coverage_holes.clone(),
+        );
+        let coverage_queries = Counter::default();
+        registry.register(
+            "mpp_coverage_scan_queries",
+            "Range queries the coverage tracker sent to the replicas",
+            coverage_queries.clone(),
+        );
+        let data_ejected = Family::default();
+        registry.register(
+            "mpp_backend_data_ejected",
+            "Whether a replica is out of the selection because its ingestion stalled or lags its peers",
+            data_ejected.clone(),
+        );
         registry.register("mpp_build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics {
             registry,
@@ -201,6 +261,11 @@ impl Metrics {
             probe_failures,
             connections_closed,
             web_config_last_reload_successful,
+            merged_requests,
+            coverage_ratio,
+            coverage_holes,
+            coverage_queries,
+            data_ejected,
         }
     }
 
@@ -216,6 +281,9 @@ impl Metrics {
         self.request_duration.remove(&labels);
         self.retries.remove(&labels);
         self.probe_failures.remove(&labels);
+        self.coverage_ratio.remove(&labels);
+        self.coverage_holes.remove(&labels);
+        self.data_ejected.remove(&DataHealthLabels { backend: backend.clone() });
         // Status codes are three digits; the family cannot be filtered, so every one is named.
         for code in 100..600 {
             self.requests.remove(&RequestLabels { backend: backend.clone(), code });

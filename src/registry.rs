@@ -1,5 +1,5 @@
 //! The replica registry: every replica discovery lists, with its live state: its [`Health`],
-//! its request-path metric handles and its connection slots. The selection loop owns it and
+//! its request-path metric handles, its connection slots and its data's [`Coverage`]. The selection loop owns it and
 //! is the only one to add or remove replicas; snapshots share each [`Replica`] by `Arc`, so
 //! the request path and the liveness checks reach the same state without a lookup.
 //!
@@ -12,9 +12,11 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use crate::backend::Backend;
+use crate::coverage::Coverage;
 use crate::metrics::{BackendMetrics, Metrics};
 
 /// One replica: who it is, and its live state.
@@ -25,6 +27,9 @@ pub struct Replica {
     metrics: BackendMetrics,
     /// One permit per request in flight to it (`--max-backend-connections`).
     connection_slots: Arc<Semaphore>,
+    /// Which stretches of time it holds complete data for; replaced whole by the coverage
+    /// tracker, read by the request path.
+    coverage: ArcSwap<Coverage>,
 }
 
 impl Replica {
@@ -46,6 +51,16 @@ impl Replica {
     /// Its connection slots.
     pub fn connection_slots(&self) -> &Arc<Semaphore> {
         &self.connection_slots
+    }
+
+    /// What is known about its data.
+    pub fn coverage(&self) -> Arc<Coverage> {
+        self.coverage.load_full()
+    }
+
+    /// Publishes what is now known about its data (the coverage tracker's job).
+    pub fn set_coverage(&self, coverage: Coverage) {
+        self.coverage.store(Arc::new(coverage));
     }
 }
 
@@ -99,6 +114,7 @@ impl Registry {
                     metrics: self.metrics.backend(backend.url_label()),
                     health: Health::default(),
                     connection_slots: Arc::new(Semaphore::new(self.max_backend_connections as usize)),
+                    coverage: ArcSwap::default(),
                     backend,
                 }),
             })

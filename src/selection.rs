@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::discovery::{Discovery, DiscoveryError};
-use crate::metrics::{BackendLabels, Metrics, RoundLabels};
+use crate::metrics::{BackendLabels, DataHealthLabels, Metrics, RoundLabels};
 use crate::probe::{Probe, Prober};
 use crate::registry::{Registry, Replica};
 use crate::strategy::Strategy;
@@ -37,6 +37,104 @@ pub struct CandidateState {
     pub probe: Probe,
     /// Whether it is in the selection.
     pub selected: bool,
+    /// Whether its data keeps up with its peers'.
+    pub data: DataHealth,
+}
+
+/// Whether a replica's data keeps up with its peers', judged once per round with hysteresis:
+/// [`EJECT_AFTER_ROUNDS`] bad rounds in a row take it out of the selection,
+/// [`READMIT_AFTER_ROUNDS`] good ones bring it back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DataHealth {
+    /// Bad rounds in a row (ingestion stalled or lagging).
+    pub bad_rounds: u32,
+    /// Good rounds in a row.
+    pub good_rounds: u32,
+    /// Why it is out of the selection, while it is.
+    pub ejected: Option<String>,
+}
+
+/// Rounds in a row with stalled or lagging ingestion before a replica leaves the selection.
+pub const EJECT_AFTER_ROUNDS: u32 = 2;
+/// Rounds in a row of healthy ingestion before an ejected replica is selected again.
+pub const READMIT_AFTER_ROUNDS: u32 = 3;
+
+/// What makes a replica's data unhealthy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataRules {
+    /// How far its newest sample may trail its peers' newest (zero: no limit).
+    pub max_lag: Duration,
+}
+
+impl DataRules {
+    /// Each candidate's data health this round, from the previous round's: a replica is bad
+    /// when its samples-appended counter did not grow while a peer's did (ingestion stalled),
+    /// or when its newest sample trails the best peer's by more than `max_lag`. Never ejects
+    /// every viable replica: answers with holes beat no answers.
+    fn judge(&self, previous: &Snapshot, candidates: &[Arc<Replica>], probes: &[Probe]) -> Vec<DataHealth> {
+        let before = |replica: &Arc<Replica>| previous.candidates.iter().find(|c| Arc::ptr_eq(&c.replica, replica));
+        let growth: Vec<Option<f64>> = candidates
+            .iter()
+            .zip(probes)
+            .map(|(replica, probe)| {
+                let was = before(replica).filter(|c| c.probe.viable())?.probe.samples?;
+                // A counter that went down is a restart: no judgement this round.
+                probe.samples.filter(|&now| probe.viable() && now >= was).map(|now| now - was)
+            })
+            .collect();
+        let newest = probes.iter().filter(|p| p.viable()).filter_map(|p| p.head_max_time).fold(f64::MIN, f64::max);
+        let mut health: Vec<DataHealth> = candidates
+            .iter()
+            .zip(probes)
+            .enumerate()
+            .map(|(i, (replica, probe))| {
+                let mut health = before(replica).map(|c| c.data.clone()).unwrap_or_default();
+                if !probe.viable() {
+                    return health;
+                }
+                let peers_grew = growth.iter().enumerate().any(|(j, g)| j != i && g.is_some_and(|g| g > 0.0));
+                let problem = if growth[i] == Some(0.0) && peers_grew {
+                    Some("its ingestion stalled (no samples appended while its peers appended)".to_string())
+                } else {
+                    probe
+                        .head_max_time
+                        .map(|own| newest - own)
+                        .filter(|&lag| !self.max_lag.is_zero() && lag > self.max_lag.as_secs_f64())
+                        .map(|lag| {
+                            format!(
+                                "its newest sample is {} behind its peers' (--data-lag-threshold {})",
+                                crate::units::format_duration(Duration::from_secs_f64(lag)),
+                                crate::units::format_duration(self.max_lag)
+                            )
+                        })
+                };
+                match problem {
+                    Some(problem) => {
+                        health.bad_rounds += 1;
+                        health.good_rounds = 0;
+                        if health.ejected.is_some() || health.bad_rounds >= EJECT_AFTER_ROUNDS {
+                            health.ejected = Some(problem);
+                        }
+                    }
+                    None => {
+                        health.good_rounds += 1;
+                        health.bad_rounds = 0;
+                        if health.good_rounds >= READMIT_AFTER_ROUNDS {
+                            health.ejected = None;
+                        }
+                    }
+                }
+                health
+            })
+            .collect();
+        let serving = probes.iter().zip(&health).filter(|(p, h)| p.viable() && h.ejected.is_none()).count();
+        if serving == 0 {
+            for h in &mut health {
+                h.ejected = None;
+            }
+        }
+        health
+    }
 }
 
 /// Everything the request path and the admin pages need, as of one selection round.
@@ -136,18 +234,38 @@ pub struct Gathered {
 /// The next snapshot: a pure function of the previous one (its first selected replica is
 /// the incumbent that `single-most-data` keeps within its margin), what the round gathered
 /// and the strategy.
-pub fn decide(previous: &Snapshot, gathered: Gathered, strategy: &Strategy) -> Snapshot {
+pub fn decide(previous: &Snapshot, gathered: Gathered, strategy: &Strategy, rules: &DataRules) -> Snapshot {
     let Gathered { round, candidates, probes, discovery_error, settled, taken_at, took } = gathered;
     let incumbent = previous.selected.first().and_then(|inc| candidates.iter().position(|c| c == inc));
-    let probe_refs: Vec<&Probe> = probes.iter().collect();
-    let choice = strategy.select(&probe_refs, incumbent);
+    let data = rules.judge(previous, &candidates, &probes);
+    // The strategy sees an ejected replica as not viable; retries may still use it.
+    let judged: Vec<Probe> = probes
+        .iter()
+        .zip(&data)
+        .map(|(probe, health)| match health.ejected {
+            Some(_) => Probe { answers_up: false, ..probe.clone() },
+            None => probe.clone(),
+        })
+        .collect();
+    let probe_refs: Vec<&Probe> = judged.iter().collect();
+    let mut choice = strategy.select(&probe_refs, incumbent);
+    let ejected = data.iter().filter(|h| h.ejected.is_some()).count();
+    if ejected > 0 {
+        choice.reason = format!("{}; {ejected} out for their data", choice.reason);
+    }
     let selected = choice.selected.iter().map(|&i| candidates[i].clone()).collect();
     let viable = candidates.iter().zip(&probes).filter(|(_, p)| p.viable()).map(|(c, _)| c.clone()).collect();
     let candidates = candidates
         .into_iter()
         .zip(probes)
+        .zip(data)
         .enumerate()
-        .map(|(i, (replica, probe))| CandidateState { replica, probe, selected: choice.selected.contains(&i) })
+        .map(|(i, ((replica, probe), data))| CandidateState {
+            replica,
+            probe,
+            selected: choice.selected.contains(&i),
+            data,
+        })
         .collect();
     Snapshot {
         round,
@@ -167,6 +285,7 @@ pub struct Selector<G: Gather = Sources> {
     gather: G,
     registry: Registry,
     strategy: Strategy,
+    rules: DataRules,
     interval: Duration,
     published: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
@@ -190,6 +309,7 @@ impl<G: Gather> Selector<G> {
             gather,
             registry,
             strategy,
+            rules: DataRules::default(),
             interval,
             published,
             metrics,
@@ -197,6 +317,11 @@ impl<G: Gather> Selector<G> {
             round: 0,
             settled: false,
         }
+    }
+
+    /// The same loop, judging the replicas' data by `rules`.
+    pub fn with_rules(self, rules: DataRules) -> Self {
+        Selector { rules, ..self }
     }
 
     /// Runs rounds forever: every interval, and soon after any signal on `triggers`.
@@ -251,7 +376,8 @@ impl<G: Gather> Selector<G> {
             taken_at: SystemTime::now(),
             took: started.elapsed(),
         };
-        let next = decide(&previous, gathered, &self.strategy);
+        let next = decide(&previous, gathered, &self.strategy, &self.rules);
+        self.report_data_health(&previous, &next);
         if previous.selected != next.selected || previous.round == 0 {
             let names: Vec<&str> = next.selected.iter().map(|r| r.url()).collect();
             if next.selected.is_empty() {
@@ -268,6 +394,28 @@ impl<G: Gather> Selector<G> {
     /// Whether discovery has given a complete answer yet.
     pub fn settled(&self) -> bool {
         self.settled
+    }
+
+    /// Logs and exports each replica's ejection for its data, when it changes.
+    fn report_data_health(&self, previous: &Snapshot, next: &Snapshot) {
+        for candidate in &next.candidates {
+            let was = previous
+                .candidates
+                .iter()
+                .find(|c| Arc::ptr_eq(&c.replica, &candidate.replica))
+                .and_then(|c| c.data.ejected.as_ref());
+            match (was, &candidate.data.ejected) {
+                (None, Some(why)) => {
+                    tracing::warn!(backend = %candidate.replica, reason = %why, "replica out of the selection for its data")
+                }
+                (Some(_), None) => {
+                    tracing::info!(backend = %candidate.replica, "replica's data keeps up again; back in the selection")
+                }
+                _ => {}
+            }
+            let labels = DataHealthLabels { backend: candidate.replica.url_label() };
+            self.metrics.data_ejected.get_or_create(&labels).set(i64::from(candidate.data.ejected.is_some()));
+        }
     }
 
     /// Marks each replica up or down by its probe, counts failed probes and logs each
@@ -403,6 +551,58 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_whose_ingestion_stalls_or_lags_leaves_with_hysteresis_but_never_the_last() {
+        let replicas = crate::registry::tests::replicas(&["http://a:1", "http://b:1"]);
+        let probe = |samples: f64, newest: f64| Probe {
+            ready: true,
+            answers_up: true,
+            samples: Some(samples),
+            head_max_time: Some(newest),
+            ..Probe::default()
+        };
+        let rules = DataRules { max_lag: Duration::from_secs(120) };
+        let mut snapshot = Snapshot::empty();
+        let mut round = |snapshot: &Snapshot, a: Probe, b: Probe| {
+            let gathered = Gathered {
+                round: snapshot.round + 1,
+                candidates: replicas.clone(),
+                probes: vec![a, b],
+                discovery_error: None,
+                settled: true,
+                taken_at: SystemTime::UNIX_EPOCH,
+                took: Duration::ZERO,
+            };
+            decide(snapshot, gathered, &Strategy::Random, &rules)
+        };
+        let names = |s: &Snapshot| s.selected.iter().map(|r| r.url().to_string()).collect::<Vec<_>>();
+        snapshot = round(&snapshot, probe(100.0, 1000.0), probe(100.0, 1000.0));
+        // b stops appending: one bad round is not enough, the second ejects it.
+        snapshot = round(&snapshot, probe(200.0, 1010.0), probe(100.0, 1000.0));
+        assert_eq!(names(&snapshot), ["http://a:1", "http://b:1"]);
+        snapshot = round(&snapshot, probe(300.0, 1020.0), probe(100.0, 1000.0));
+        assert_eq!(names(&snapshot), ["http://a:1"]);
+        assert!(snapshot.candidates[1].data.ejected.as_deref().unwrap().contains("stalled"));
+        assert!(snapshot.reason.contains("1 out for their data"));
+        // It appends again, but 3 minutes behind: still out, now for the lag.
+        snapshot = round(&snapshot, probe(400.0, 1200.0), probe(110.0, 1020.0));
+        assert!(snapshot.candidates[1].data.ejected.as_deref().unwrap().contains("behind"));
+        // Caught up: back after three good rounds.
+        for i in 0..3 {
+            assert_eq!(names(&snapshot), ["http://a:1"], "round {i}");
+            let t = 1210.0 + i as f64 * 10.0;
+            snapshot = round(&snapshot, probe(500.0 + t, t), probe(200.0 + t, t));
+        }
+        assert_eq!(names(&snapshot), ["http://a:1", "http://b:1"]);
+        // Both stall, or the only other one is down: nobody is ejected.
+        let down = Probe::default();
+        snapshot = round(&snapshot, probe(2000.0, 2000.0), down.clone());
+        snapshot = round(&snapshot, probe(2000.0, 2000.0), down.clone());
+        snapshot = round(&snapshot, probe(2000.0, 2000.0), down);
+        assert_eq!(names(&snapshot), ["http://a:1"]);
+        assert!(snapshot.candidates[0].data.ejected.is_none());
+    }
+
+    #[test]
     fn decide_is_a_function_of_its_inputs() {
         let replicas = crate::registry::tests::replicas(&["http://a:1", "http://b:1"]);
         let viable = Probe { ready: true, answers_up: true, samples: Some(5.0), ..Probe::default() };
@@ -415,12 +615,23 @@ mod tests {
             taken_at: SystemTime::UNIX_EPOCH,
             took: Duration::from_millis(3),
         };
-        let next = decide(&Snapshot::empty(), gathered(vec![viable.clone(), Probe::default()]), &Strategy::Random);
+        let next = decide(
+            &Snapshot::empty(),
+            gathered(vec![viable.clone(), Probe::default()]),
+            &Strategy::Random,
+            &DataRules::default(),
+        );
         assert_eq!((next.round, next.selected.len(), next.viable.len()), (7, 1, 1));
         assert!(next.candidates[0].selected && !next.candidates[1].selected);
-        let again = decide(&Snapshot::empty(), gathered(vec![viable.clone(), Probe::default()]), &Strategy::Random);
+        let again = decide(
+            &Snapshot::empty(),
+            gathered(vec![viable.clone(), Probe::default()]),
+            &Strategy::Random,
+            &DataRules::default(),
+        );
         assert_eq!(again.selected, next.selected);
-        let none = decide(&next, gathered(vec![Probe::default(), Probe::default()]), &Strategy::Random);
+        let none =
+            decide(&next, gathered(vec![Probe::default(), Probe::default()]), &Strategy::Random, &DataRules::default());
         assert!(none.selected.is_empty() && none.reason.contains("no candidate is viable"));
     }
 }

@@ -44,6 +44,12 @@ pub struct Probe {
     pub samples: Option<f64>,
     /// The replica's process start time (Unix seconds), from `process_start_time_seconds`.
     pub start_time: Option<f64>,
+    /// The newest sample time in its head block (Unix seconds), from
+    /// `prometheus_tsdb_head_max_time_seconds`: how far its ingestion has got.
+    pub head_max_time: Option<f64>,
+    /// The oldest sample time it holds (Unix seconds), from
+    /// `prometheus_tsdb_lowest_timestamp_seconds`: where its retention begins.
+    pub lowest_time: Option<f64>,
     /// Whether it has `up` samples at now minus the minimum history (asked only for
     /// `minimum-history`).
     pub has_history: Option<bool>,
@@ -112,9 +118,11 @@ impl Prober {
                     }
                 }
                 match metrics.and_then(|body| read_metrics(&body)) {
-                    Ok((samples, start_time)) => {
-                        probe.samples = Some(samples);
-                        probe.start_time = start_time;
+                    Ok(read) => {
+                        probe.samples = Some(read.samples);
+                        probe.start_time = read.start_time;
+                        probe.head_max_time = read.head_max_time;
+                        probe.lowest_time = read.lowest_time;
                     }
                     Err(e) => probe.note(e),
                 }
@@ -146,7 +154,7 @@ impl Prober {
         query_has_result(&body).map_err(|e| format!("query {query}: {e}"))
     }
 
-    async fn get(&self, backend: &Backend, path: &str) -> Result<Bytes, String> {
+    pub(crate) async fn get(&self, backend: &Backend, path: &str) -> Result<Bytes, String> {
         let what = path.split('?').next().unwrap_or(path);
         let pq: PathAndQuery = path.parse().map_err(|e| format!("GET {what}: {e}"))?;
         let uri = backend.uri(&pq).map_err(|e| format!("GET {what}: {e}"))?;
@@ -179,8 +187,18 @@ impl Prober {
     }
 }
 
-/// Reads the samples counter and the process start time from a `/metrics` answer.
-fn read_metrics(body: &[u8]) -> Result<(f64, Option<f64>), String> {
+/// What a replica's `/metrics` says about its data.
+#[derive(Debug, PartialEq)]
+struct DataMetrics {
+    samples: f64,
+    start_time: Option<f64>,
+    head_max_time: Option<f64>,
+    lowest_time: Option<f64>,
+}
+
+/// Reads the samples counter, the process start time and the TSDB's time bounds from a
+/// `/metrics` answer.
+fn read_metrics(body: &[u8]) -> Result<DataMetrics, String> {
     let text = std::str::from_utf8(body).map_err(|_| "GET /metrics: not UTF-8 text".to_string())?;
     let samples = exposition::parse(text).map_err(|e| format!("GET /metrics: {e}"))?;
     // Prometheus 2.42+ creates the counter's series with the first sample of each type, so a
@@ -188,8 +206,15 @@ fn read_metrics(body: &[u8]) -> Result<(f64, Option<f64>), String> {
     let ingested = exposition::sum(&samples, SAMPLES_METRIC)
         .or_else(|| exposition::sum(&samples, SAMPLES_METRIC_1X))
         .unwrap_or(0.0);
-    let start = exposition::sum(&samples, "process_start_time_seconds");
-    Ok((ingested, start))
+    // Before the first sample, Prometheus reports the extremes of int64 milliseconds; those
+    // are "nothing yet", not times.
+    let time = |name| exposition::sum(&samples, name).filter(|t: &f64| t.abs() < 1e13);
+    Ok(DataMetrics {
+        samples: ingested,
+        start_time: exposition::sum(&samples, "process_start_time_seconds"),
+        head_max_time: time("prometheus_tsdb_head_max_time_seconds"),
+        lowest_time: time("prometheus_tsdb_lowest_timestamp_seconds"),
+    })
 }
 
 /// Reads a Prometheus API answer to an instant query: `Ok(true)` when it succeeded with at
@@ -203,7 +228,7 @@ pub fn query_has_result(body: &[u8]) -> Result<bool, String> {
 }
 
 /// Percent-encodes a PromQL expression for a query string.
-fn encode_query(query: &str) -> String {
+pub(crate) fn encode_query(query: &str) -> String {
     let mut out = String::with_capacity(query.len() * 3);
     for b in query.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -237,11 +262,24 @@ mod tests {
         let two = b"prometheus_tsdb_head_samples_appended_total{type=\"float\"} 10\n\
             prometheus_tsdb_head_samples_appended_total{type=\"histogram\"} 5\n\
             process_start_time_seconds 100\n";
-        assert_eq!(read_metrics(two).unwrap(), (15.0, Some(100.0)));
+        let read = read_metrics(two).unwrap();
+        assert_eq!((read.samples, read.start_time), (15.0, Some(100.0)));
         let one = b"prometheus_local_storage_ingested_samples_total 7\n";
-        assert_eq!(read_metrics(one).unwrap(), (7.0, None));
-        assert_eq!(read_metrics(b"up 1\n").unwrap(), (0.0, None));
+        assert_eq!((read_metrics(one).unwrap().samples, read_metrics(one).unwrap().start_time), (7.0, None));
+        assert_eq!(read_metrics(b"up 1\n").unwrap().samples, 0.0);
         assert!(read_metrics(b"m{ 1\n").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn reads_the_tsdb_time_bounds_and_ignores_the_empty_extremes() {
+        let text = b"prometheus_tsdb_head_max_time_seconds 1.7e+09\n\
+            prometheus_tsdb_lowest_timestamp_seconds 1.6e+09\n";
+        let read = read_metrics(text).unwrap();
+        assert_eq!((read.head_max_time, read.lowest_time), (Some(1.7e9), Some(1.6e9)));
+        let empty = b"prometheus_tsdb_head_max_time_seconds -9.223372036854776e+15\n\
+            prometheus_tsdb_lowest_timestamp_seconds 9.223372036854776e+15\n";
+        let read = read_metrics(empty).unwrap();
+        assert_eq!((read.head_max_time, read.lowest_time), (None, None));
     }
 
     #[test]

@@ -255,6 +255,7 @@ mod tests {
                 replica: backend.clone(),
                 probe: Default::default(),
                 selected: false,
+                data: Default::default(),
             });
         }
         assert_eq!(next_backend(&snapshot, &[]), None, "nothing selected or viable");

@@ -1,0 +1,378 @@
+//! The coverage tracker: the background task that builds each replica's [`Coverage`] from the
+//! replicas' own data and keeps it current. It never delays the selection loop or a request:
+//! it reads the published snapshot and writes each replica's coverage into the registry.
+//!
+//! - **At start-up** it scans everything: from the oldest sample any replica holds
+//!   (`prometheus_tsdb_lowest_timestamp_seconds`, read by the probes) to now, one range query
+//!   per replica per 10,000 buckets, `sum(count_over_time(up[<bucket>]))` with the bucket as
+//!   step. mpp is restarted too, often long after a replica had its hole.
+//! - **Each round** (every `--liveness-interval`) it asks again about the buckets completed
+//!   since the last round, with two buckets of overlap.
+//! - **From what is seen live:** a replica that is down (its probe or liveness check failed)
+//!   gets an open hole from the end of what was last scanned, until it has been asked again;
+//!   a replica whose `process_start_time_seconds` changed (it restarted between two checks)
+//!   has its last [`RESCAN_ON_RESTART`] scanned again, since a restart can lose what its
+//!   write-ahead log held; one that stops ingesting falls short of its peers in the next
+//!   buckets.
+//!
+//! The bucket is four times the longest scrape interval among the replicas' active targets
+//! (from `/api/v1/targets`), so a bucket holds four scrapes of every target, unless
+//! `--coverage-bucket` says otherwise.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use futures_util::future::join_all;
+use serde::Deserialize;
+
+use super::{Coverage, Millis, Span, holes_in_buckets};
+use crate::metrics::{BackendLabels, Metrics};
+use crate::probe::{Prober, encode_query};
+use crate::registry::Replica;
+use crate::selection::Snapshot;
+
+/// The most buckets asked for in one range query (Prometheus refuses more than 11,000 points
+/// per series).
+pub const BUCKETS_PER_QUERY: Millis = 10_000;
+/// How far back a restarted replica is scanned again: Prometheus's head block, which a
+/// restart replays from its write-ahead log, spans up to three hours.
+pub const RESCAN_ON_RESTART: Duration = Duration::from_secs(3 * 3600);
+/// How long one scan query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Prometheus's default `--query.lookback-delta`, used until a replica's own is known.
+pub const DEFAULT_LOOKBACK: Millis = 5 * 60 * 1000;
+/// Scrapes per bucket: enough that one missed scrape shows as a shortfall (see
+/// [`super::COMPLETE_SHARE`]), few enough that holes are placed within a few scrapes.
+const SCRAPES_PER_BUCKET: Millis = 4;
+
+/// What the tracker remembers about a replica between rounds (keyed by URL).
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    /// Its process start time when last seen, to notice restarts.
+    start_time: Option<f64>,
+    /// Its `--query.lookback-delta`, once read.
+    lookback: Option<Millis>,
+    /// The end of the last bucket it was asked about.
+    scanned_to: Option<Millis>,
+}
+
+/// The coverage tracker; see the module documentation.
+pub struct Tracker {
+    prober: Prober,
+    published: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    /// `--coverage-bucket`, if given.
+    bucket_override: Option<Millis>,
+    /// The longest scrape interval of the replicas' targets, once read.
+    scrape_interval: Option<Millis>,
+    seen: HashMap<String, Seen>,
+}
+
+impl Tracker {
+    /// A tracker over the published selection, asking the replicas with `prober`'s client,
+    /// credentials and `Via`.
+    pub fn new(
+        prober: Prober,
+        published: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        bucket_override: Option<Duration>,
+    ) -> Self {
+        Tracker {
+            prober,
+            published,
+            metrics,
+            bucket_override: bucket_override.map(|b| b.as_millis().max(1) as Millis),
+            scrape_interval: None,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Runs rounds every `interval`, forever.
+    pub async fn run(mut self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.round().await;
+        }
+    }
+
+    /// One round: note replicas that are down, then ask the others about the buckets not yet
+    /// scanned.
+    pub async fn round(&mut self) {
+        let snapshot = self.published.load_full();
+        let now = now_millis();
+        let mut up: Vec<(Arc<Replica>, Option<f64>, Option<f64>)> = Vec::new();
+        for candidate in &snapshot.candidates {
+            let replica = &candidate.replica;
+            if candidate.probe.viable() && !replica.health().is_down() {
+                up.push((replica.clone(), candidate.probe.start_time, candidate.probe.lowest_time));
+            } else {
+                self.note_down(replica);
+            }
+        }
+        self.seen.retain(|url, _| snapshot.candidates.iter().any(|c| c.replica.url() == url));
+        if up.is_empty() {
+            return;
+        }
+        let Some(bucket) = self.bucket(&up).await else { return };
+        self.read_lookbacks(&up).await;
+        for (replica, start_time, _) in &up {
+            let seen = self.seen.entry(replica.url().to_string()).or_default();
+            if let (Some(before), Some(now_start)) = (seen.start_time, *start_time)
+                && before != now_start
+            {
+                tracing::info!(backend = %replica, "replica restarted; scanning its recent data again");
+                let rescan_from = now - RESCAN_ON_RESTART.as_millis() as Millis;
+                seen.scanned_to = seen.scanned_to.map(|to| to.min(rescan_from));
+            }
+            seen.start_time = start_time.or(seen.start_time);
+        }
+        // The oldest data any replica holds, on the bucket grid.
+        let Some(earliest) = up.iter().filter_map(|(_, _, lowest)| *lowest).map(|t| (t * 1000.0) as Millis).min()
+        else {
+            return;
+        };
+        let earliest = earliest.div_euclid(bucket) * bucket;
+        // A bucket is complete once every replica has had time to scrape its end.
+        let scrape = self.scrape_interval.unwrap_or(bucket / SCRAPES_PER_BUCKET);
+        let to = (now - scrape).div_euclid(bucket) * bucket;
+        let from = up
+            .iter()
+            .map(|(r, _, _)| self.seen.get(r.url()).and_then(|s| s.scanned_to).map_or(earliest, |t| t - 2 * bucket))
+            .min()
+            .unwrap_or(earliest)
+            .max(earliest);
+        if from >= to {
+            return;
+        }
+        let replicas: Vec<Arc<Replica>> = up.into_iter().map(|(r, _, _)| r).collect();
+        self.scan(&replicas, Span::new(from, to), bucket).await;
+    }
+
+    /// Asks every replica in `replicas` about `range` and publishes what is learned: a
+    /// replica whose query fails keeps what was known (and its open hole).
+    async fn scan(&mut self, replicas: &[Arc<Replica>], range: Span, bucket: Millis) {
+        let mut coverages: Vec<Option<Coverage>> = replicas.iter().map(|r| Some((*r.coverage()).clone())).collect();
+        let this = &*self;
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + BUCKETS_PER_QUERY * bucket).min(range.end);
+            let asked = replicas.iter().zip(&coverages).map(|(replica, coverage)| async move {
+                match coverage {
+                    Some(_) => Some(this.counts(replica, start, end, bucket).await),
+                    None => None,
+                }
+            });
+            let answers = join_all(asked).await;
+            let mut counts = Vec::new();
+            let mut answered = Vec::new();
+            for (i, answer) in answers.into_iter().enumerate() {
+                match answer {
+                    Some(Ok(c)) => {
+                        counts.push(c);
+                        answered.push(i);
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(backend = %replicas[i], error = %e, "coverage scan failed");
+                        coverages[i] = None;
+                    }
+                    None => {}
+                }
+            }
+            for (holes, &i) in holes_in_buckets(start, bucket, &counts).iter().zip(&answered) {
+                if let Some(coverage) = coverages[i].as_mut() {
+                    coverage.rescanned(Span::new(start, end), holes);
+                }
+            }
+            start = end;
+        }
+        for (replica, coverage) in replicas.iter().zip(coverages) {
+            let Some(mut coverage) = coverage else { continue };
+            let seen = self.seen.entry(replica.url().to_string()).or_default();
+            if coverage.open_from.take().is_some() {
+                tracing::info!(backend = %replica, holes = coverage.holes().len(), "replica's data checked again after it was down");
+            }
+            coverage.bucket = bucket;
+            coverage.lookback = seen.lookback.unwrap_or(DEFAULT_LOOKBACK);
+            seen.scanned_to = Some(range.end);
+            self.publish(replica, coverage);
+        }
+    }
+
+    /// A replica found down: from the end of what was scanned, its data is in doubt.
+    fn note_down(&self, replica: &Replica) {
+        let coverage = replica.coverage();
+        if coverage.known() && coverage.open_from.is_none() {
+            let mut coverage = (*coverage).clone();
+            coverage.open_from = Some(coverage.to);
+            self.publish(replica, coverage);
+        }
+    }
+
+    fn publish(&self, replica: &Replica, coverage: Coverage) {
+        let labels = BackendLabels { backend: replica.url_label() };
+        self.metrics.coverage_ratio.get_or_create(&labels).set(coverage.ratio());
+        let holes = coverage.holes().len() + usize::from(coverage.open_from.is_some());
+        self.metrics.coverage_holes.get_or_create(&labels).set(holes as i64);
+        replica.set_coverage(coverage);
+    }
+
+    /// The bucket size: the override, or four times the longest scrape interval of the
+    /// first replica that lists its targets.
+    async fn bucket(&mut self, up: &[(Arc<Replica>, Option<f64>, Option<f64>)]) -> Option<Millis> {
+        if self.scrape_interval.is_none() {
+            for (replica, _, _) in up {
+                match self.prober.get(replica, "/api/v1/targets?state=active").await.and_then(|b| scrape_interval(&b)) {
+                    Ok(Some(interval)) => {
+                        self.scrape_interval = Some(interval);
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(backend = %replica, error = %e, "cannot read the scrape interval"),
+                }
+            }
+        }
+        self.bucket_override.or(self.scrape_interval.map(|i| i * SCRAPES_PER_BUCKET))
+    }
+
+    /// Reads each replica's `--query.lookback-delta` once.
+    async fn read_lookbacks(&mut self, up: &[(Arc<Replica>, Option<f64>, Option<f64>)]) {
+        for (replica, _, _) in up {
+            let seen = self.seen.entry(replica.url().to_string()).or_default();
+            if seen.lookback.is_some() {
+                continue;
+            }
+            match self.prober.get(replica, "/api/v1/status/flags").await.and_then(|b| lookback(&b)) {
+                Ok(lookback) => seen.lookback = Some(lookback),
+                Err(e) => tracing::debug!(backend = %replica, error = %e, "cannot read the lookback delta"),
+            }
+        }
+    }
+
+    /// Samples of `up` per bucket in `[start, end)`.
+    async fn counts(&self, replica: &Replica, start: Millis, end: Millis, bucket: Millis) -> Result<Vec<f64>, String> {
+        self.metrics.coverage_queries.inc();
+        let query = format!("sum(count_over_time(up[{bucket}ms]))");
+        // `count_over_time(x[b])` at t counts (t - b, t]: bucket i is evaluated at its end.
+        let path = format!(
+            "/api/v1/query_range?query={}&start={}&end={}&step={}",
+            encode_query(&query),
+            seconds(start + bucket),
+            seconds(end),
+            seconds(bucket)
+        );
+        let body = tokio::time::timeout(QUERY_TIMEOUT, self.prober.get(replica, &path))
+            .await
+            .map_err(|_| format!("no answer within {QUERY_TIMEOUT:?}"))??;
+        bucket_counts(&body, start, end, bucket)
+    }
+}
+
+fn now_millis() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as Millis
+}
+
+fn seconds(millis: Millis) -> String {
+    format!("{}.{:03}", millis.div_euclid(1000), millis.rem_euclid(1000))
+}
+
+/// Reads `sum(count_over_time(up[b]))` over `[start, end)` into one count per bucket.
+fn bucket_counts(body: &[u8], start: Millis, end: Millis, bucket: Millis) -> Result<Vec<f64>, String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        status: String,
+        error: Option<String>,
+        data: Option<Data>,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        result: Vec<Series>,
+    }
+    #[derive(Deserialize)]
+    struct Series {
+        values: Vec<(f64, String)>,
+    }
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("not a range query answer: {e}"))?;
+    if answer.status != "success" {
+        return Err(answer.error.unwrap_or(answer.status));
+    }
+    let buckets = ((end - start) / bucket).max(0) as usize;
+    let mut counts = vec![0.0; buckets];
+    for series in answer.data.map(|d| d.result).unwrap_or_default() {
+        for (at, value) in series.values {
+            let index = ((at * 1000.0).round() as Millis - start) / bucket - 1;
+            if let (Ok(i), Ok(v)) = (usize::try_from(index), value.parse::<f64>())
+                && i < buckets
+            {
+                counts[i] += v;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// The longest `scrapeInterval` among `/api/v1/targets`' active targets.
+fn scrape_interval(body: &[u8]) -> Result<Option<Millis>, String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        data: Data,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Data {
+        active_targets: Vec<Target>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Target {
+        scrape_interval: Option<String>,
+    }
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("not a targets answer: {e}"))?;
+    Ok(answer
+        .data
+        .active_targets
+        .iter()
+        .filter_map(|t| t.scrape_interval.as_deref())
+        .filter_map(|i| crate::units::parse_duration(i).ok())
+        .map(|d| d.as_millis() as Millis)
+        .filter(|&ms| ms > 0)
+        .max())
+}
+
+/// `query.lookback-delta` from `/api/v1/status/flags`.
+fn lookback(body: &[u8]) -> Result<Millis, String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        data: HashMap<String, String>,
+    }
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("not a flags answer: {e}"))?;
+    let value = answer.data.get("query.lookback-delta").ok_or("no query.lookback-delta flag")?;
+    crate::units::parse_duration(value).map(|d| d.as_millis() as Millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bucket_counts_at_each_buckets_end() {
+        let body = br#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[4,"40"],[12,"25"],[16.000,"41"],[99,"1"]]}]}}"#;
+        assert_eq!(bucket_counts(body, 0, 16_000, 4000).unwrap(), vec![40.0, 0.0, 25.0, 41.0]);
+        assert!(bucket_counts(br#"{"status":"error","error":"bad"}"#, 0, 4000, 4000).unwrap_err().contains("bad"));
+        assert!(bucket_counts(b"<html>", 0, 4000, 4000).is_err());
+        assert_eq!(seconds(-1), "-1.999");
+        assert_eq!(seconds(1_700_000_000_123), "1700000000.123");
+    }
+
+    #[test]
+    fn reads_the_longest_scrape_interval_and_the_lookback() {
+        let targets = br#"{"status":"success","data":{"activeTargets":[{"scrapeInterval":"15s"},{"scrapeInterval":"1m"},{}],"droppedTargets":[]}}"#;
+        assert_eq!(scrape_interval(targets).unwrap(), Some(60_000));
+        assert_eq!(scrape_interval(br#"{"data":{"activeTargets":[]}}"#).unwrap(), None);
+        assert_eq!(lookback(br#"{"status":"success","data":{"query.lookback-delta":"3s"}}"#).unwrap(), 3000);
+        assert!(lookback(br#"{"status":"success","data":{}}"#).is_err());
+    }
+}

@@ -25,13 +25,19 @@
 //!   kind validates its own flags.
 //! - [`probe`]: asking one replica how it is (and the exposition-format parser).
 //! - [`strategy`]: `single-most-data`, `minimum-history`, `random`: probes to a selection.
-//! - [`registry`]: every replica's live state (health, metric handles, connection slots),
-//!   owned by the selection loop; a replica's state and series go when it leaves.
-//! - [`selection`]: the loop that gathers (discovery, probes), decides (a pure function) and
-//!   publishes the [`selection::Snapshot`].
+//! - [`window`]: the window of stored data an API request reads (PromQL parsed with
+//!   `promql-parser`). [`merge`]: merging API answers from several replicas.
+//! - [`coverage`]: which stretches of time each replica holds complete data for (its holes),
+//!   and the tracker that builds and keeps that map from the replicas' own data.
+//! - [`registry`]: every replica's live state (health, metric handles, connection slots,
+//!   coverage), owned by the selection loop; a replica's state and series go when it leaves.
+//! - [`selection`]: the loop that gathers (discovery, probes), decides (a pure function,
+//!   which also ejects replicas whose ingestion stalls or lags) and publishes the
+//!   [`selection::Snapshot`].
 //! - [`liveness`]: the one-second `/-/ready` check that takes dead or hung replicas out.
-//! - [`proxy`]: the request path: body limits, affinity, the retry policy (`proxy::retry`,
-//!   all of it), header rewriting (`proxy::headers`).
+//! - [`proxy`]: the request path: body limits, affinity, routing by coverage and merging
+//!   (`proxy::route`), the retry policy (`proxy::retry`, all of it), header rewriting
+//!   (`proxy::headers`).
 //! - [`admin`]: `/mpp/health`, `/mpp/ready`, `/mpp/metrics`, `/mpp/status`.
 //! - [`web`]: the listener's TLS, basic auth and headers, from the web config file.
 //! - [`server`]: accepting connections, serving them on one thread per CPU, each connection
@@ -54,6 +60,7 @@ pub(crate) mod credentials;
 pub(crate) mod discovery;
 pub(crate) mod error;
 pub(crate) mod liveness;
+pub(crate) mod merge;
 pub(crate) mod metrics;
 pub(crate) mod probe;
 pub(crate) mod proxy;
@@ -65,6 +72,7 @@ pub(crate) mod system;
 pub(crate) mod units;
 pub(crate) mod via;
 pub(crate) mod web;
+pub(crate) mod window;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -234,6 +242,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         pseudonym: pseudonym.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
         credentials: credentials.clone(),
+        coverage_routing: config.coverage_routing,
+        merge_max_bytes: config.merge_max_bytes,
     });
     let mut proxies = vec![proxy.clone()];
     for _ in 1..config.serving_threads {

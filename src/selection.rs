@@ -562,7 +562,7 @@ mod tests {
         };
         let rules = DataRules { max_lag: Duration::from_secs(120) };
         let mut snapshot = Snapshot::empty();
-        let mut round = |snapshot: &Snapshot, a: Probe, b: Probe| {
+        let round = |snapshot: &Snapshot, a: Probe, b: Probe| {
             let gathered = Gathered {
                 round: snapshot.round + 1,
                 candidates: replicas.clone(),

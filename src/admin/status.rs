@@ -7,6 +7,7 @@ use maud::{DOCTYPE, PreEscaped, html};
 use serde::Serialize;
 
 use super::Facts;
+use crate::coverage::Coverage;
 use crate::selection::Snapshot;
 
 /// Everything the status page shows.
@@ -46,6 +47,55 @@ pub struct CandidateStatus {
     pub has_history: Option<bool>,
     pub last_probe_error: Option<String>,
     pub probe_millis: u64,
+    /// Why it is out of the selection for its data (ingestion stalled or lagging), if it is.
+    pub data_ejected: Option<String>,
+    /// Which stretches of time it holds complete data for, once scanned.
+    pub coverage: Option<CoverageStatus>,
+}
+
+/// One replica's coverage on the status page.
+#[derive(Debug, Serialize)]
+pub struct CoverageStatus {
+    /// The share of the scanned range without holes.
+    pub ratio: f64,
+    /// The scanned range, Unix seconds.
+    pub from: f64,
+    pub to: f64,
+    pub bucket_seconds: f64,
+    /// Its holes, oldest first (Unix seconds); `open` when it was down and not asked since.
+    pub holes: Vec<HoleStatus>,
+}
+
+/// One hole.
+#[derive(Debug, Serialize)]
+pub struct HoleStatus {
+    pub start: f64,
+    pub end: f64,
+    pub open: bool,
+}
+
+impl CoverageStatus {
+    fn new(coverage: &Coverage, now: f64) -> Option<Self> {
+        if !coverage.known() {
+            return None;
+        }
+        let seconds = |ms: i64| ms as f64 / 1000.0;
+        let mut holes: Vec<HoleStatus> = coverage
+            .holes()
+            .iter()
+            .map(|h| HoleStatus { start: seconds(h.start), end: seconds(h.end), open: false })
+            .collect();
+        if let Some(open) = coverage.open_from {
+            holes.push(HoleStatus { start: seconds(open), end: now.max(seconds(open)), open: true });
+        }
+        Some(CoverageStatus {
+            ratio: coverage.ratio(),
+            from: seconds(coverage.from),
+            to: seconds(coverage.to),
+            bucket_seconds: seconds(coverage.bucket),
+            holes,
+        })
+    }
 }
 
 impl Status {
@@ -84,6 +134,8 @@ impl Status {
                     has_history: c.probe.has_history,
                     last_probe_error: c.probe.error.clone(),
                     probe_millis: c.probe.took.as_millis() as u64,
+                    data_ejected: c.data.ejected.clone(),
+                    coverage: CoverageStatus::new(&c.replica.coverage(), unix_now),
                 })
                 .collect(),
         }
@@ -132,7 +184,7 @@ impl Status {
                     table.candidates {
                         thead { tr {
                             th { "Replica" } th { "Selected" } th { "Viable" } th { "Uptime" }
-                            th { "Samples ingested" } th { "History" } th { "Last probe error" }
+                            th { "Samples ingested" } th { "History" } th { "Data" } th { "Last probe error" }
                         } }
                         tbody {
                             @for c in &self.candidates {
@@ -143,16 +195,67 @@ impl Status {
                                     td { @match c.uptime_seconds { Some(s) => (duration(s)), None => "—" } }
                                     td.num { @match c.samples { Some(n) => (format!("{n:.0}")), None => "—" } }
                                     td { @match c.has_history { Some(true) => "enough", Some(false) => "too little", None => "—" } }
+                                    td.err { @match &c.data_ejected { Some(why) => { "out: " (why) }, None => "" } }
                                     td.err { (c.last_probe_error.as_deref().unwrap_or("")) }
                                 }
                             }
                         }
                     }
+                    h2 { "Coverage" }
+                    (self.coverage_html())
                     p.foot { "JSON: " code { "curl -H 'Accept: application/json' …/mpp/status" } " · metrics at " a href="/mpp/metrics" { "/mpp/metrics" } }
                 }
             }
         }
         .into_string()
+    }
+}
+
+impl Status {
+    /// Each replica's coverage as a timeline over the common scanned range: grey where it
+    /// holds complete data, red where it has a hole (at least a pixel wide, so that a short
+    /// hole in a long retention still shows), hatched where it was down and not asked since.
+    fn coverage_html(&self) -> maud::Markup {
+        const WIDTH: f64 = 720.0;
+        let scanned: Vec<(&CandidateStatus, &CoverageStatus)> =
+            self.candidates.iter().filter_map(|c| c.coverage.as_ref().map(|cov| (c, cov))).collect();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let Some(from) = scanned.iter().map(|(_, c)| c.from).reduce(f64::min) else {
+            return html! { p { "Not scanned yet: coverage needs replicas that answer range queries for " code { "up" } "." } };
+        };
+        let to = now.max(from + 1.0);
+        let x = |t: f64| ((t - from) / (to - from) * WIDTH).clamp(0.0, WIDTH);
+        let time = |t: f64| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0))).to_string();
+        html! {
+            p { "From " (time(from)) " to now; buckets of " (scanned[0].1.bucket_seconds) " s. Red: a hole (less data than its peers); hatched: down, not checked since." }
+            table.coverage {
+                @for (candidate, coverage) in &scanned {
+                    tr {
+                        td { (candidate.url) br; small { (format!("{:.3} %", coverage.ratio * 100.0)) " complete · " (coverage.holes.len()) " holes" } }
+                        td {
+                            svg xmlns="http://www.w3.org/2000/svg" width=(WIDTH) height="22" role="img" {
+                                title { (candidate.url) ": " (coverage.holes.len()) " holes" }
+                                defs { pattern id="open" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)" {
+                                    rect width="3" height="6" fill="#c33" {}
+                                } }
+                                rect x=(x(coverage.from)) y="3" width=((x(to) - x(coverage.from)).max(1.0)) height="16" fill="#9bb" {}
+                                @for hole in &coverage.holes {
+                                    rect x=(x(hole.start)) y="3" width=((x(hole.end) - x(hole.start)).max(1.0)) height="16"
+                                        fill=(if hole.open { "url(#open)" } else { "#c33" }) {
+                                        title { (time(hole.start)) " – " (time(hole.end)) " (" (duration((hole.end - hole.start).max(0.0) as u64)) ")" }
+                                    }
+                                }
+                            }
+                            @if !coverage.holes.is_empty() {
+                                br; small { "latest: " @for hole in coverage.holes.iter().rev().take(3) {
+                                    (time(hole.start)) " for " (duration((hole.end - hole.start).max(0.0) as u64)) @if hole.open { " (open)" } "; "
+                                } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -166,4 +269,4 @@ table{border-collapse:collapse;background:#fff}th,td{padding:.35em .8em;border:1
 table.facts th{background:#f0f0f0;width:12em}table.candidates th{background:#e8eef7}\
 tr.selected td{background:#e6f6e6}tr.down td{background:#fbeaea}td.num{text-align:right;font-variant-numeric:tabular-nums}\
 td.err{color:#a00;max-width:40em;word-break:break-word}.error{color:#a00;font-weight:bold}.summary{font-size:1.1em}\
-.foot{color:#666;font-size:.9em;margin-top:2em}";
+.foot{color:#666;font-size:.9em;margin-top:2em}table.coverage td{vertical-align:middle}svg{display:block}";

@@ -99,11 +99,34 @@ pub fn wants_timeout(path_and_query: &PathAndQuery, headers: &HeaderMap, body: &
     if path_and_query.query().is_some_and(|q| names_timeout(q.as_bytes())) {
         return false;
     }
+    !form_body(headers, body).is_some_and(names_timeout)
+}
+
+/// The body, when it is a form (`application/x-www-form-urlencoded`), whose fields Prometheus
+/// reads as parameters.
+pub fn form_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Option<&'a [u8]> {
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
-    !(form && names_timeout(body))
+    form.then_some(body)
+}
+
+/// Names the replicas an answer was merged from (`MPP-Merged-From: <primary>, <others>`).
+pub static MERGED_FROM: HeaderName = HeaderName::from_static("mpp-merged-from");
+/// Names the replicas that failed before the one that answered (`MPP-Failover-From`).
+pub static FAILOVER_FROM: HeaderName = HeaderName::from_static("mpp-failover-from");
+/// Says why an answer is not what mpp would have liked to send (a merge over its bound).
+pub static MPP_WARNING: HeaderName = HeaderName::from_static("mpp-warning");
+
+/// Whether an answer is a Prometheus API JSON answer that mpp can read: JSON, not
+/// compressed.
+pub fn is_plain_json(headers: &HeaderMap) -> bool {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    json && headers.get(header::CONTENT_ENCODING).is_none_or(|e| e == "identity")
 }
 
 /// `path_and_query` with `timeout=<seconds>` added (Prometheus reads a bare number as seconds).

@@ -9,11 +9,16 @@ pub mod body;
 pub mod client_ip;
 pub mod headers;
 pub mod retry;
+pub mod route;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::HeaderValue;
+use http_body_util::{BodyExt, Limited};
 use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
@@ -23,18 +28,23 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
 use crate::body::Guarded;
+use crate::coverage::tracker::DEFAULT_LOOKBACK;
+use crate::coverage::{Coverage, Millis};
 use crate::client::HttpClient;
 use crate::credentials::Credentials;
 use crate::error::{ProxyBody, ProxyError};
-use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
+use crate::merge;
+use crate::metrics::{AffinityLabels, BackendLabels, MergeLabels, Metrics, RequestLabels};
 use crate::registry::Replica;
 use crate::selection::Snapshot;
 use crate::units::format_duration;
 use crate::via::Pseudonym;
+use crate::window::{self, Read};
 use affinity::{Affinity, AffinityOptions};
 use body::{BodyLimits, Buffered};
 use client_ip::TrustedProxies;
 use retry::AttemptError;
+use route::Route;
 
 /// How long a last-resort attempt (on a replica already found down, because no other is
 /// left) waits for an answer before a query moves on.
@@ -67,6 +77,8 @@ struct Inner {
     pseudonym: Pseudonym,
     trusted_proxies: TrustedProxies,
     credentials: Option<Arc<Credentials>>,
+    coverage_routing: bool,
+    merge_max_bytes: usize,
 }
 
 /// What the proxy needs from the rest of the program.
@@ -93,6 +105,10 @@ pub struct ProxySettings {
     pub trusted_proxies: TrustedProxies,
     /// What mpp sends the replicas as `Authorization`, if anything.
     pub credentials: Option<Arc<Credentials>>,
+    /// Whether queries are routed by the replicas' coverage (`--coverage-routing`).
+    pub coverage_routing: bool,
+    /// The most bytes of answers held to merge one query (`--merge-max-bytes`).
+    pub merge_max_bytes: u64,
 }
 
 /// A request, read and ready to be sent to any replica.
@@ -134,6 +150,8 @@ impl Proxy {
                 pseudonym: settings.pseudonym,
                 trusted_proxies: settings.trusted_proxies,
                 credentials: settings.credentials,
+                coverage_routing: settings.coverage_routing,
+                merge_max_bytes: usize::try_from(settings.merge_max_bytes).unwrap_or(usize::MAX),
             }),
         }
     }
@@ -169,10 +187,8 @@ impl Proxy {
         let prepared = self.prepare(request, peer).await?;
         let inner = &*self.inner;
         let deadline = Instant::now() + inner.request_timeout;
-        let mut snapshot = self.settled_snapshot(deadline).await;
-        // Nothing usable is left: every candidate is tried anyway before clients get a 503.
-        let mut last_resort = false;
-        let mut backend = match inner.affinity.preferred(&snapshot, prepared.route_cookie.as_deref(), prepared.client) {
+        let snapshot = self.settled_snapshot(deadline).await;
+        let backend = match inner.affinity.preferred(&snapshot, prepared.route_cookie.as_deref(), prepared.client) {
             Some((backend, sticky)) => {
                 inner.metrics.affinity_hits.get_or_create(&AffinityLabels { r#type: sticky.label() }).inc();
                 backend
@@ -180,17 +196,79 @@ impl Proxy {
             None => match retry::next_backend(&snapshot, &[]) {
                 Some(backend) => backend,
                 None => {
-                    last_resort = true;
-                    retry::last_resort(&snapshot, &[]).ok_or_else(|| ProxyError::NoReplica(snapshot.reason.clone()))?
+                    // Nothing usable is left: every candidate is tried anyway before clients
+                    // get a 503.
+                    let backend = retry::last_resort(&snapshot, &[])
+                        .ok_or_else(|| ProxyError::NoReplica(snapshot.reason.clone()))?;
+                    return self.relay(prepared, backend, true, false, snapshot, deadline, started).await;
                 }
             },
         };
+        match self.coverage_read(&prepared, &snapshot) {
+            Some(read) => match route::plan(&snapshot, backend, &read) {
+                Route::One { replica, diverted } => {
+                    self.relay(prepared, replica, false, diverted, snapshot, deadline, started).await
+                }
+                Route::Merge { primary, others } => {
+                    self.merge(prepared, read.endpoint, primary, others, snapshot, deadline, started).await
+                }
+            },
+            None => self.relay(prepared, backend, false, false, snapshot, deadline, started).await,
+        }
+    }
+
+    /// What a request reads, when coverage routing is on, the request is a routable query
+    /// and some usable replica has a hole (otherwise every replica covers every window and
+    /// the query is not even parsed).
+    fn coverage_read(&self, prepared: &Prepared, snapshot: &Snapshot) -> Option<Read> {
+        if !self.inner.coverage_routing || window::Endpoint::of_path(prepared.path_and_query.path()).is_none() {
+            return None;
+        }
+        let coverages: Vec<Arc<Coverage>> = snapshot.viable.iter().map(|r| r.coverage()).collect();
+        if coverages.iter().all(|c| c.holes().is_empty() && c.open_from.is_none()) {
+            return None;
+        }
+        let lookback = coverages.iter().filter(|c| c.known()).map(|c| c.lookback).max().unwrap_or(DEFAULT_LOOKBACK);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as Millis;
+        let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
+        match window::read_window(
+            prepared.path_and_query.path(),
+            prepared.path_and_query.query(),
+            form,
+            now,
+            lookback,
+            Millis::MIN / 4,
+        ) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot tell what the query reads; routing it by strategy");
+                None
+            }
+        }
+    }
+
+    /// Sends the request to `backend`, and on a failure that is safe to retry to another
+    /// replica, until one answers or none is left. `diverted`: coverage chose `backend` over
+    /// the client's affinity, which then stays as it was.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        mut prepared: Prepared,
+        mut backend: Arc<Replica>,
+        mut last_resort: bool,
+        diverted: bool,
+        mut snapshot: Arc<Snapshot>,
+        deadline: Instant,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let inner = &*self.inner;
         // Allocates only when an attempt fails.
         let mut tried: Vec<Arc<Replica>> = Vec::new();
         loop {
             let (failure, unavailable) = match self.attempt(&prepared, &backend, last_resort, deadline).await {
                 Outcome::Answer(response, slot) => {
-                    return Ok(self.answer(response, slot, &backend, &snapshot, &prepared, started));
+                    let answer = self.answer(response, slot, &backend, &snapshot, &prepared, started, diverted);
+                    return Ok(self.with_failover(answer, &tried, &backend).await);
                 }
                 Outcome::Failed(failure, answer) => (failure, answer),
             };
@@ -200,6 +278,8 @@ impl Proxy {
                 let _ = inner.reselect.try_send(());
             }
             tried.push(backend.clone());
+            // The answer of another replica is read to say so in it: uncompressed.
+            prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
             snapshot = inner.snapshot.load_full();
             let next = retry::next_attempt(&snapshot, &tried, &failure, prepared.replayable, last_resort);
             match (next, unavailable) {
@@ -208,7 +288,7 @@ impl Proxy {
                     (backend, last_resort) = (next, next_is_last_resort);
                 }
                 (None, Some((response, slot))) => {
-                    return Ok(self.answer(response, slot, &backend, &snapshot, &prepared, started));
+                    return Ok(self.answer(response, slot, &backend, &snapshot, &prepared, started, diverted));
                 }
                 (None, None) => {
                     tracing::warn!(backend = %backend, error = %failure, attempts = tried.len(), "request failed on every attempt");
@@ -216,6 +296,156 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// An answer that another replica gave after `failed` ones did not: says so in a header
+    /// and, for an API answer mpp can read, in its `warnings` (Grafana shows them).
+    async fn with_failover(
+        &self,
+        answer: Response<ProxyBody>,
+        failed: &[Arc<Replica>],
+        served: &Replica,
+    ) -> Response<ProxyBody> {
+        if failed.is_empty() {
+            return answer;
+        }
+        let names = failed.iter().map(|r| r.url()).collect::<Vec<_>>().join(", ");
+        let (mut parts, body) = answer.into_parts();
+        if let Ok(value) = HeaderValue::from_str(&names) {
+            parts.headers.insert(headers::FAILOVER_FROM.clone(), value);
+        }
+        let Either::Left(body) = body else { return Response::from_parts(parts, body) };
+        if !headers::is_plain_json(&parts.headers) {
+            return Response::from_parts(parts, Either::Left(body));
+        }
+        let warning = format!("mpp: answered by {} after {names} failed", served.url());
+        match read_limited(body, self.inner.merge_max_bytes).await {
+            Ok(bytes) => {
+                let bytes = merge::add_warning(&bytes, &warning).map(Bytes::from).unwrap_or(bytes);
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Response::from_parts(parts, Either::Right(Full::new(bytes)))
+            }
+            Err(e) => ProxyError::Upstream { backend: served.url().to_string(), detail: e }.into_response(),
+        }
+    }
+
+    /// Answers from several replicas: each is asked (uncompressed), the answers are read
+    /// within `--merge-max-bytes` together and merged, the first to answer successfully in
+    /// `[primary, others...]` order being the primary. When nothing can be merged, the
+    /// request goes its ordinary way to the primary.
+    #[allow(clippy::too_many_arguments)]
+    async fn merge(
+        &self,
+        mut prepared: Prepared,
+        endpoint: window::Endpoint,
+        primary: Arc<Replica>,
+        others: Vec<Arc<Replica>>,
+        snapshot: Arc<Snapshot>,
+        deadline: Instant,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let inner = &*self.inner;
+        prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
+        let replicas: Vec<Arc<Replica>> = std::iter::once(primary.clone()).chain(others).collect();
+        let outcomes = join_all(replicas.iter().map(|r| self.attempt(&prepared, r, false, deadline))).await;
+        let mut budget = inner.merge_max_bytes;
+        let mut answers: Vec<(Arc<Replica>, http::response::Parts, Bytes)> = Vec::new();
+        let mut too_large = false;
+        for (replica, outcome) in replicas.iter().zip(outcomes) {
+            let Outcome::Answer(response, _slot) = outcome else { continue };
+            let (parts, body) = response.into_parts();
+            if too_large || parts.status != StatusCode::OK || !headers::is_plain_json(&parts.headers) {
+                if answers.is_empty() && !too_large {
+                    // The primary's own error (a bad query, say) is every replica's answer.
+                    let body = read_limited(body, budget).await.unwrap_or_default();
+                    answers.push((replica.clone(), parts, body));
+                    break;
+                }
+                continue;
+            }
+            match read_limited(body, budget).await {
+                Ok(bytes) => {
+                    budget -= bytes.len();
+                    answers.push((replica.clone(), parts, bytes));
+                }
+                Err(e) if answers.is_empty() => {
+                    tracing::debug!(backend = %replica, error = %e, "the primary's answer cannot be merged");
+                    too_large = true;
+                }
+                Err(e) => {
+                    tracing::debug!(backend = %replica, error = %e, "an answer is left out of a merge");
+                    too_large = true;
+                }
+            }
+        }
+        let label = endpoint.label();
+        let count = |outcome: &'static str| {
+            inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: label, outcome }).inc();
+        };
+        let Some((served, mut parts, body)) = answers.first().cloned() else {
+            // Nothing came back whole (or the primary's answer alone is over the bound): the
+            // ordinary way, streamed, retried.
+            if too_large {
+                count("too_large");
+            }
+            let mut answer = self.relay(prepared, primary, false, false, snapshot, deadline, started).await?;
+            if too_large && let Ok(value) = HeaderValue::from_str(&format!(
+                "not merged: the answer is over --merge-max-bytes {}",
+                inner.merge_max_bytes
+            )) {
+                answer.headers_mut().insert(headers::MPP_WARNING.clone(), value);
+            }
+            return Ok(answer);
+        };
+        let names: Vec<&str> = answers.iter().map(|(r, _, _)| r.url()).collect();
+        let merged = if parts.status != StatusCode::OK {
+            None
+        } else if answers.len() < 2 {
+            let warning = if too_large {
+                count("too_large");
+                format!("mpp: no single replica holds all data for this query, and the others' answers are over --merge-max-bytes; this is {}'s alone", served.url())
+            } else {
+                count("failed");
+                format!("mpp: no single replica holds all data for this query, and only {} answered; it may have gaps", served.url())
+            };
+            merge::add_warning(&body, &warning).ok()
+        } else {
+            let primary_part = merge::Part { body: &body, replica: served.url() };
+            let other_parts: Vec<merge::Part> =
+                answers[1..].iter().map(|(r, _, b)| merge::Part { body: b, replica: r.url() }).collect();
+            let warning = format!(
+                "mpp: merged from replicas {} (no single replica holds all data for this time range; {} is the primary)",
+                names.join(", "),
+                served.url()
+            );
+            match merge::merge(endpoint.into(), primary_part, &other_parts, Some(&warning)) {
+                Ok(merged) => {
+                    count("merged");
+                    if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
+                        parts.headers.insert(headers::MERGED_FROM.clone(), value);
+                    }
+                    Some(merged.body)
+                }
+                Err(e) => {
+                    count("failed");
+                    tracing::debug!(error = %e, "answers could not be merged; sending the primary's");
+                    None
+                }
+            }
+        };
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(headers::SERVED_BY.clone(), served.served_by().clone());
+        let metrics = served.metrics();
+        metrics.duration.observe(started.elapsed());
+        if parts.status == StatusCode::OK {
+            metrics.ok.inc();
+        } else {
+            let labels = RequestLabels { backend: served.url_label(), code: parts.status.as_u16() };
+            inner.metrics.requests.get_or_create(&labels).inc();
+        }
+        let body = merged.map(Bytes::from).unwrap_or(body);
+        Ok(Response::from_parts(parts, Either::Right(Full::new(body))))
     }
 
     /// The client's answer when the last attempt failed.
@@ -351,6 +581,7 @@ impl Proxy {
 
     /// The backend's answer, made ready for the client; its body streams through untouched,
     /// holding the replica's connection slot until it is done.
+    #[allow(clippy::too_many_arguments)]
     fn answer(
         &self,
         response: Response<Incoming>,
@@ -359,18 +590,22 @@ impl Proxy {
         snapshot: &Snapshot,
         prepared: &Prepared,
         started: Instant,
+        diverted: bool,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
         let inner = &*self.inner;
-        inner.affinity.remember(
-            snapshot,
-            prepared.route_cookie.as_deref(),
-            prepared.client,
-            backend,
-            &mut parts.headers,
-        );
+        // A replica chosen for its data serves this query only; the client's pin stays.
+        if !diverted {
+            inner.affinity.remember(
+                snapshot,
+                prepared.route_cookie.as_deref(),
+                prepared.client,
+                backend,
+                &mut parts.headers,
+            );
+        }
         let metrics = backend.metrics();
         metrics.duration.observe(started.elapsed());
         if parts.status == StatusCode::OK {
@@ -380,5 +615,14 @@ impl Proxy {
             inner.metrics.requests.get_or_create(&labels).inc();
         }
         Response::from_parts(parts, Either::Left(Guarded::new(body, slot)))
+    }
+}
+
+/// Reads an answer's body whole, if it is at most `limit` bytes.
+async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, String> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!("the answer is over {limit} bytes")),
+        Err(e) => Err(format!("reading the answer: {}", crate::error::error_chain(e.as_ref()))),
     }
 }

@@ -65,6 +65,9 @@ pub struct Prometheus {
     dir: TempDir,
     port: u16,
     extra_targets: Vec<String>,
+    /// Replica mode ([`Prometheus::start_replica`]): these targets' `/metrics` only, no
+    /// self-scrape, and these extra flags.
+    replica_of: Option<(Vec<String>, Vec<String>)>,
     unready_answers: usize,
 }
 
@@ -81,10 +84,46 @@ impl Prometheus {
         if let Some(history) = history {
             backfill_up(dir.path(), history);
         }
-        let mut prometheus =
-            Prometheus { child: None, dir, port: 0, extra_targets: targets.to_vec(), unready_answers: 0 };
+        let mut prometheus = Prometheus {
+            child: None,
+            dir,
+            port: 0,
+            extra_targets: targets.to_vec(),
+            replica_of: None,
+            unready_answers: 0,
+        };
         prometheus.launch().await;
         prometheus
+    }
+
+    /// Starts one of a set of identical replicas: it scrapes `targets` (`host:port`, their
+    /// `/metrics`, job `node`) every second and nothing else, with `flags` added (such as
+    /// `--query.lookback-delta=2s`).
+    pub async fn start_replica(targets: &[String], flags: &[&str]) -> Prometheus {
+        let mut prometheus = Prometheus {
+            child: None,
+            dir: tempfile::tempdir().expect("temporary folder"),
+            port: 0,
+            extra_targets: Vec::new(),
+            replica_of: Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect())),
+            unready_answers: 0,
+        };
+        prometheus.launch().await;
+        prometheus
+    }
+
+    /// Stops it the way a rollout does (SIGTERM, so that it writes out what it holds), and
+    /// waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data (after a stop), and waits until it is ready.
+    pub async fn start_after_stop(&mut self) {
+        self.launch().await;
     }
 
     async fn launch(&mut self) {
@@ -92,11 +131,13 @@ impl Prometheus {
             let port = if self.port == 0 { free_port() } else { self.port };
             self.write_config(port);
             let log = std::fs::File::create(self.dir.path().join("prometheus.log")).expect("log file");
+            let flags = self.replica_of.as_ref().map(|(_, flags)| flags.clone()).unwrap_or_default();
             let child = Command::new(tool("prometheus"))
                 .arg(format!("--config.file={}", self.dir.path().join("prometheus.yml").display()))
                 .arg(format!("--storage.tsdb.path={}", self.dir.path().join("data").display()))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .arg("--log.level=warn")
+                .args(flags)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -138,6 +179,16 @@ impl Prometheus {
     }
 
     fn write_config(&self, port: u16) {
+        if let Some((targets, _)) = &self.replica_of {
+            let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            let config = format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: node\n    static_configs: [{{targets: [{}]}}]\n",
+                targets.join(", ")
+            );
+            std::fs::write(self.dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
+            return;
+        }
         let mut config = format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
              scrape_configs:\n  - job_name: prometheus\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"

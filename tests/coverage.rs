@@ -1,0 +1,167 @@
+//! Gap-free answers with real replicas: two Prometheus servers scrape the same target every
+//! second with a 2 s lookback, so that a replica's restart leaves a hole its queries show.
+//! Replica A is down for a while, later replica B is; queries through mpp have neither hole,
+//! before and after mpp itself is restarted.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Answer, Mpp, Prometheus, endpoints_file, get, post_form, wait_until};
+use serde_json::Value;
+
+const DOWN_FOR: Duration = Duration::from_secs(6);
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+fn body(answer: &Answer) -> Value {
+    serde_json::from_slice(&answer.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.text()))
+}
+
+/// The steps (Unix milliseconds) at which each series of a matrix answer has a value.
+fn steps(answer: &Answer) -> Vec<(String, BTreeSet<i64>)> {
+    let value = body(answer);
+    assert_eq!(value["status"], "success", "{}", answer.text());
+    value["data"]["result"]
+        .as_array()
+        .expect("a matrix")
+        .iter()
+        .map(|series| {
+            let name = series["metric"].to_string();
+            let steps = series["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|point| (point[0].as_f64().unwrap() * 1000.0).round() as i64)
+                .collect();
+            (name, steps)
+        })
+        .collect()
+}
+
+fn all_steps(start: f64, end: f64) -> BTreeSet<i64> {
+    let (start, end) = ((start * 1000.0) as i64, (end * 1000.0) as i64);
+    (0..).map(|k| start + k * 1000).take_while(|&t| t <= end).collect()
+}
+
+fn range_path(start: f64, end: f64) -> String {
+    format!("/api/v1/query_range?query=up%7Bjob%3D%22node%22%7D&start={start:.3}&end={end:.3}&step=1")
+}
+
+fn merged(answer: &Answer) -> bool {
+    answer.headers.contains_key("mpp-merged-from")
+}
+
+/// Times of the two outages, Unix seconds.
+struct Outages {
+    start: f64,
+    a: (f64, f64),
+    b: (f64, f64),
+    end: f64,
+}
+
+/// What a client sees through `mpp`, checked against both replicas asked directly.
+async fn check(mpp: &Mpp, a: &Prometheus, b: &Prometheus, o: &Outages, when: &str) {
+    let want = all_steps(o.start, o.end);
+    // Each replica asked directly shows its own hole.
+    for (replica, name) in [(a, "A"), (b, "B")] {
+        let direct = get(&format!("{}{}", replica.url(), range_path(o.start, o.end))).await.unwrap();
+        let series = steps(&direct);
+        assert_eq!(series.len(), 1, "one target: {}", direct.text());
+        let missing = want.difference(&series[0].1).count();
+        assert!(missing >= 3, "{when}: replica {name} asked directly misses {missing} steps; expected its hole");
+    }
+
+    // Through mpp, GET and form POST: every step, merged from both.
+    let through = get(&mpp.url(&range_path(o.start, o.end))).await.unwrap();
+    let form = range_path(o.start, o.end).split_once('?').unwrap().1.to_string();
+    let posted = post_form(&mpp.url("/api/v1/query_range"), &form).await.unwrap();
+    for (answer, how) in [(&through, "GET"), (&posted, "POST")] {
+        assert_eq!(answer.status, 200, "{when} {how}: {}", answer.text());
+        let series = steps(answer);
+        assert_eq!(series.len(), 1, "{when} {how}: {}", answer.text());
+        let missing: Vec<_> = want.difference(&series[0].1).collect();
+        assert!(missing.is_empty(), "{when} {how}: through mpp, steps {missing:?} are missing");
+        assert!(merged(answer), "{when} {how}: no MPP-Merged-From header: {:?}", answer.headers);
+        let warnings = body(answer)["warnings"].to_string();
+        assert!(warnings.contains("merged"), "{when} {how}: no warning saying it was merged: {warnings}");
+    }
+
+    // A range over A's hole only: B has it whole and answers alone.
+    let (from, to) = (o.a.0 - 1.0, o.a.1 + 1.0);
+    let only_a = get(&mpp.url(&range_path(from, to))).await.unwrap();
+    assert_eq!(only_a.served_by().as_deref(), Some(b.url().as_str()), "{when}: {:?}", only_a.headers);
+    assert!(!merged(&only_a), "{when}: a window one replica covers is not merged");
+    let series = steps(&only_a);
+    assert_eq!(series[0].1, all_steps(from, to), "{when}: B's answer over A's hole is whole");
+
+    // An instant query inside A's hole is answered by B.
+    let at = (o.a.0 + o.a.1) / 2.0;
+    let instant = get(&mpp.url(&format!("/api/v1/query?query=up%7Bjob%3D%22node%22%7D&time={at:.3}"))).await.unwrap();
+    assert_eq!(instant.served_by().as_deref(), Some(b.url().as_str()), "{when}: {}", instant.text());
+    assert_eq!(body(&instant)["data"]["result"].as_array().map(Vec::len), Some(1), "{when}: {}", instant.text());
+    let direct = get(&format!("{}/api/v1/query?query=up%7Bjob%3D%22node%22%7D&time={at:.3}", a.url())).await.unwrap();
+    assert_eq!(body(&direct)["data"]["result"].as_array().map(Vec::len), Some(0), "A itself has nothing there");
+}
+
+/// Waits until mpp's status shows a closed hole for both replicas.
+async fn wait_for_holes(mpp: &Mpp) {
+    wait_until("both replicas' holes on /mpp/status", Duration::from_secs(30), || async {
+        let status = mpp.status().await;
+        let candidates = status["candidates"].as_array().cloned().unwrap_or_default();
+        candidates.len() == 2
+            && candidates.iter().all(|c| {
+                let holes = c["coverage"]["holes"].as_array().cloned().unwrap_or_default();
+                !holes.is_empty() && holes.iter().all(|h| h["open"] == false)
+            })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
+    let target = Prometheus::start().await;
+    let host = target.url().trim_start_matches("http://").to_string();
+    let flags = ["--query.lookback-delta=2s"];
+    let mut a = Prometheus::start_replica(std::slice::from_ref(&host), &flags).await;
+    let mut b = Prometheus::start_replica(std::slice::from_ref(&host), &flags).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = endpoints_file(dir.path(), &[a.url(), b.url()]);
+    let args = ["--endpoints-file", file.to_str().unwrap(), "--selection-interval", "1s"];
+    let mpp = Mpp::start(&args).await;
+
+    // Some data on both, then A's outage, then B's, well apart.
+    let start = now().ceil() + 1.0;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    a.stop();
+    let a_down = now();
+    tokio::time::sleep(DOWN_FOR).await;
+    a.start_after_stop().await;
+    let a_up = now();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    b.stop();
+    let b_down = now();
+    tokio::time::sleep(DOWN_FOR).await;
+    b.start_after_stop().await;
+    let b_up = now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let outages = Outages { start, a: (a_down, a_up), b: (b_down, b_up), end: now().floor() - 2.0 };
+
+    wait_for_holes(&mpp).await;
+    check(&mpp, &a, &b, &outages, "while mpp watched").await;
+    let metrics = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
+    assert!(metrics.contains("mpp_merged_requests_total{endpoint=\"query_range\",outcome=\"merged\"}"), "{metrics}");
+    assert!(metrics.contains("mpp_backend_coverage_ratio{"), "{metrics}");
+
+    // A new mpp, long after the holes: its first answers already avoid them.
+    mpp.stop().await.unwrap();
+    let mpp = Mpp::start(&args).await;
+    check(&mpp, &a, &b, &outages, "after mpp restarted").await;
+
+    // The status page draws the holes.
+    let page = get(&mpp.url("/mpp/status")).await.unwrap().text();
+    assert!(page.contains("<svg") && page.matches("fill=\"#c33\"").count() >= 2, "{page}");
+}

@@ -98,13 +98,16 @@ async fn check(mpp: &Mpp, a: &Prometheus, b: &Prometheus, o: &Outages, when: &st
     let series = steps(&only_a);
     assert_eq!(series[0].1, all_steps(from, to), "{when}: B's answer over A's hole is whole");
 
-    // An instant query inside A's hole is answered by B.
-    let at = (o.a.0 + o.a.1) / 2.0;
-    let instant = get(&mpp.url(&format!("/api/v1/query?query=up%7Bjob%3D%22node%22%7D&time={at:.3}"))).await.unwrap();
-    assert_eq!(instant.served_by().as_deref(), Some(b.url().as_str()), "{when}: {}", instant.text());
-    assert_eq!(body(&instant)["data"]["result"].as_array().map(Vec::len), Some(1), "{when}: {}", instant.text());
-    let direct = get(&format!("{}/api/v1/query?query=up%7Bjob%3D%22node%22%7D&time={at:.3}", a.url())).await.unwrap();
-    assert_eq!(body(&direct)["data"]["result"].as_array().map(Vec::len), Some(0), "A itself has nothing there");
+    // An instant query inside one replica's hole is answered by the other.
+    for ((down, up), holed, whole) in [(o.a, a, b), (o.b, b, a)] {
+        let at = (down + up) / 2.0;
+        let path = format!("/api/v1/query?query=up%7Bjob%3D%22node%22%7D&time={at:.3}");
+        let instant = get(&mpp.url(&path)).await.unwrap();
+        assert_eq!(instant.served_by().as_deref(), Some(whole.url().as_str()), "{when}: {}", instant.text());
+        assert_eq!(body(&instant)["data"]["result"].as_array().map(Vec::len), Some(1), "{when}: {}", instant.text());
+        let direct = get(&format!("{}{path}", holed.url())).await.unwrap();
+        assert_eq!(body(&direct)["data"]["result"].as_array().map(Vec::len), Some(0), "the holed replica has nothing there");
+    }
 }
 
 /// Waits until mpp's status shows a closed hole for both replicas.
@@ -133,7 +136,17 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     let args = ["--endpoints-file", file.to_str().unwrap(), "--selection-interval", "1s"];
     let mpp = Mpp::start(&args).await;
 
-    // Some data on both, then A's outage, then B's, well apart.
+    // Some data on both (Prometheus starts scraping a few seconds after it is ready), then
+    // A's outage, then B's, well apart.
+    for replica in [&a, &b] {
+        let url = format!("{}/api/v1/query?query=up%7Bjob%3D%22node%22%7D", replica.url());
+        wait_until("the replicas scrape the target", Duration::from_secs(30), || async {
+            get(&url)
+                .await
+                .is_ok_and(|answer| body(&answer)["data"]["result"].as_array().is_some_and(|r| !r.is_empty()))
+        })
+        .await;
+    }
     let start = now().ceil() + 1.0;
     tokio::time::sleep(Duration::from_secs(5)).await;
     a.stop();

@@ -225,7 +225,8 @@ impl Status {
         };
         let to = now.max(from + 1.0);
         let x = |t: f64| ((t - from) / (to - from) * WIDTH).clamp(0.0, WIDTH);
-        let time = |t: f64| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0))).to_string();
+        let time =
+            |t: f64| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0))).to_string();
         html! {
             p { "From " (time(from)) " to now; buckets of " (scanned[0].1.bucket_seconds) " s. Red: a hole (less data than its peers); hatched: down, not checked since." }
             table.coverage {

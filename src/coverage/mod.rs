@@ -98,15 +98,6 @@ impl Coverage {
         1.0 - missing as f64 / span as f64
     }
 
-    /// The holes with the open one (up to `now`) added, for display.
-    pub fn holes_until(&self, now: Millis) -> Vec<Span> {
-        let mut holes = self.holes.clone();
-        if let Some(open) = self.open_from {
-            holes.push(Span::new(open, now.max(open)));
-        }
-        holes
-    }
-
     /// Replaces what is known about `range` with `holes` (all within it), and extends the
     /// scanned range to cover it. Holes outside `range` stay.
     pub fn rescanned(&mut self, range: Span, holes: &[Span]) {

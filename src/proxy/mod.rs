@@ -15,22 +15,22 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::HeaderValue;
-use http_body_util::{BodyExt, Limited};
-use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
 use crate::body::Guarded;
+use crate::client::HttpClient;
 use crate::coverage::tracker::DEFAULT_LOOKBACK;
 use crate::coverage::{Coverage, Millis};
-use crate::client::HttpClient;
 use crate::credentials::Credentials;
 use crate::error::{ProxyBody, ProxyError};
 use crate::merge;
@@ -389,10 +389,12 @@ impl Proxy {
                 count("too_large");
             }
             let mut answer = self.relay(prepared, primary, false, false, snapshot, deadline, started).await?;
-            if too_large && let Ok(value) = HeaderValue::from_str(&format!(
-                "not merged: the answer is over --merge-max-bytes {}",
-                inner.merge_max_bytes
-            )) {
+            if too_large
+                && let Ok(value) = HeaderValue::from_str(&format!(
+                    "not merged: the answer is over --merge-max-bytes {}",
+                    inner.merge_max_bytes
+                ))
+            {
                 answer.headers_mut().insert(headers::MPP_WARNING.clone(), value);
             }
             return Ok(answer);
@@ -403,10 +405,16 @@ impl Proxy {
         } else if answers.len() < 2 {
             let warning = if too_large {
                 count("too_large");
-                format!("mpp: no single replica holds all data for this query, and the others' answers are over --merge-max-bytes; this is {}'s alone", served.url())
+                format!(
+                    "mpp: no single replica holds all data for this query, and the others' answers are over --merge-max-bytes; this is {}'s alone",
+                    served.url()
+                )
             } else {
                 count("failed");
-                format!("mpp: no single replica holds all data for this query, and only {} answered; it may have gaps", served.url())
+                format!(
+                    "mpp: no single replica holds all data for this query, and only {} answered; it may have gaps",
+                    served.url()
+                )
             };
             merge::add_warning(&body, &warning).ok()
         } else {
@@ -418,9 +426,10 @@ impl Proxy {
                 names.join(", "),
                 served.url()
             );
-            match merge::merge(endpoint.into(), primary_part, &other_parts, Some(&warning)) {
+            match merge::merge(endpoint, primary_part, &other_parts, Some(&warning)) {
                 Ok(merged) => {
                     count("merged");
+                    tracing::debug!(replicas = ?names, filled = merged.filled, added_series = merged.added_series, "answers merged");
                     if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
                         parts.headers.insert(headers::MERGED_FROM.clone(), value);
                     }
@@ -619,7 +628,11 @@ impl Proxy {
 }
 
 /// Reads an answer's body whole, if it is at most `limit` bytes.
-async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, String> {
+async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, String>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!("the answer is over {limit} bytes")),

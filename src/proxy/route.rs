@@ -81,18 +81,15 @@ mod tests {
     use crate::window::Window;
 
     fn with_holes(replica: &Replica, holes: &[(Millis, Millis)]) {
-        let mut coverage = Coverage { bucket: 1000, lookback: 1000, ..Coverage::default() };
+        let mut coverage = Coverage::default();
+        (coverage.bucket, coverage.lookback) = (1000, 1000);
         let holes: Vec<Span> = holes.iter().map(|&(s, e)| Span::new(s, e)).collect();
         coverage.rescanned(Span::new(0, 100_000), &holes);
         replica.set_coverage(coverage);
     }
 
     fn snapshot(replicas: &[Arc<Replica>], selected: usize) -> Snapshot {
-        Snapshot {
-            selected: replicas[..selected].to_vec(),
-            viable: replicas.to_vec(),
-            ..Snapshot::empty()
-        }
+        Snapshot { selected: replicas[..selected].to_vec(), viable: replicas.to_vec(), ..Snapshot::empty() }
     }
 
     fn read(endpoint: Endpoint, start: Millis, end: Millis) -> Read {
@@ -112,8 +109,14 @@ mod tests {
         with_holes(&r[0], &[(10_000, 20_000)]);
         with_holes(&r[1], &[(50_000, 60_000)]);
         let s = snapshot(&r, 2);
-        assert_eq!(one(plan(&s, r[0].clone(), &read(Endpoint::QueryRange, 30_000, 40_000))), ("http://a:1".into(), false));
-        assert_eq!(one(plan(&s, r[0].clone(), &read(Endpoint::QueryRange, 5_000, 40_000))), ("http://b:1".into(), true));
+        assert_eq!(
+            one(plan(&s, r[0].clone(), &read(Endpoint::QueryRange, 30_000, 40_000))),
+            ("http://a:1".into(), false)
+        );
+        assert_eq!(
+            one(plan(&s, r[0].clone(), &read(Endpoint::QueryRange, 5_000, 40_000))),
+            ("http://b:1".into(), true)
+        );
         // c is viable but not selected (single-most-data): it fills in when no selected one covers.
         with_holes(&r[1], &[(15_000, 16_000)]);
         assert_eq!(one(plan(&s, r[0].clone(), &read(Endpoint::Series, 5_000, 40_000))), ("http://c:1".into(), true));
@@ -144,6 +147,9 @@ mod tests {
     fn unknown_coverage_covers_everything() {
         let r = crate::registry::tests::replicas(&["http://a:1", "http://b:1"]);
         let s = snapshot(&r, 2);
-        assert_eq!(one(plan(&s, r[1].clone(), &read(Endpoint::Labels, Millis::MIN, Millis::MAX))), ("http://b:1".into(), false));
+        assert_eq!(
+            one(plan(&s, r[1].clone(), &read(Endpoint::Labels, Millis::MIN, Millis::MAX))),
+            ("http://b:1".into(), false)
+        );
     }
 }

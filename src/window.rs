@@ -1,0 +1,995 @@
+//! The window of stored data that a Prometheus API request reads, so that mpp can send the
+//! request to a replica with no hole in that window (issue 9).
+//!
+//! This module owns three readings of a request, each done as Prometheus does it: its
+//! parameters (from the URL and a form body, as Go's `Request.FormValue` finds them), its times
+//! (float Unix seconds or RFC 3339), and its PromQL (parsed with `promql-parser`, then walked for
+//! every selector's range, offset and `@`). It knows nothing of replicas or their coverage: the
+//! caller holds the window against each replica's coverage.
+//!
+//! The window of a PromQL expression is the one Prometheus's engine asks its storage for
+//! (`FindMinMaxTime` in `promql/engine.go`): a selector evaluated at time `t` reads
+//! `[t - offset - lookback, t - offset]`, or `[t - offset - range, t - offset]` inside a range
+//! selector `x[range]`; `@` replaces `t`; a subquery `e[range:step] offset o` evaluates `e` at
+//! every time in `[t - o - range, t - o]`, so that offsets and ranges of nested subqueries add
+//! up. The window is the smallest one that holds every selector's (so `x - x offset 1w` asks for
+//! the week between its two reads too); one with no selector reads [`Window::EMPTY`].
+//!
+//! The window errs wide, never narrow, since a hole just outside it costs nothing and one inside
+//! it shows on a dashboard: every time in `[start, end]` of a range query counts as an
+//! evaluation time (the last step may fall before `end`), both ends are closed (Prometheus 3
+//! opens the left one), and a query's `lookback_delta` only ever lengthens the replicas' lookback
+//! (a replica too old to know the parameter ignores it).
+//!
+//! Times are Unix milliseconds. Arithmetic saturates, and no input makes this module panic:
+//! queries that would make `promql-parser` panic, recurse deep or work for long (its type checks
+//! are quadratic in the length of an operator chain) are refused before parsing
+//! ([`MAX_QUERY_BYTES`], [`MAX_NESTING`]). A refused query is an `Err`, which the caller routes
+//! as it did before windows existed.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use lrpar::{Lexeme, Lexer, NonStreamingLexer};
+use promql_parser::parser::token::{
+    T_ADD, T_AT, T_COLON, T_LEFT_BRACE, T_LEFT_BRACKET, T_LEFT_PAREN, T_NUMBER, T_OFFSET, T_RIGHT_BRACE, T_SUB,
+    TokenId, TokenType,
+};
+use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
+
+/// The longest query parsed. Longer ones (a generated regex of thousands of instances still
+/// fits) are refused, and routed as before.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+
+/// The most operators, parentheses and brackets a parsed query may hold. Each can add a level to
+/// the tree (whose drop recurses: 32,000 levels overflow a 2 MiB stack in a debug build), and
+/// `promql-parser` checks an operator chain in time quadratic in its length (16,000 `+` take
+/// 6 s, optimised); at this bound the worst case parses in 2.5 ms, and a typical query in tens of
+/// microseconds.
+pub const MAX_NESTING: usize = 500;
+
+/// The longest duration taken from a number (`x[300]`, `offset 1e3`): Go's `time.Duration`
+/// holds no more, and `promql-parser` panics on a number too large for `std::time::Duration`.
+const MAX_DURATION_SECONDS: f64 = 9_223_372_036.0;
+
+/// Prometheus's `MinTime` and `MaxTime` (`web/api/v1/api.go`), the defaults of an open range,
+/// which clients may also send spelled out (Go's `time.Parse` cannot read them).
+const PROMETHEUS_MIN_TIME: i64 = -9_223_309_901_257_974_000;
+const PROMETHEUS_MAX_TIME: i64 = 9_223_309_901_257_974_999;
+const MIN_TIME_FORMATTED: &str = "-292273086-05-16T16:47:06Z";
+const MAX_TIME_FORMATTED: &str = "292277025-08-18T07:12:54.999999999Z";
+
+/// A closed interval of time. Times are Unix milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The first millisecond read.
+    pub start: i64,
+    /// The last millisecond read.
+    pub end: i64,
+}
+
+impl Window {
+    /// The window of a read of no stored data (`vector(1)`, `time()`, a query wholly in the
+    /// future): `start > end`, and every replica covers it.
+    pub const EMPTY: Window = Window { start: i64::MAX, end: i64::MIN };
+
+    /// Whether the window holds no time at all (any `start > end`, not only [`Window::EMPTY`]).
+    pub fn is_empty(&self) -> bool {
+        self.start > self.end
+    }
+
+    /// The smallest window that holds both.
+    fn union(self, other: Window) -> Window {
+        Window { start: self.start.min(other.start), end: self.end.max(other.end) }
+    }
+}
+
+/// The API endpoints mpp routes by window, found by the end of the path (so that any prefix,
+/// such as `--web.route-prefix`, is allowed): `/api/v1/query`, `/api/v1/query_range`,
+/// `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`, `/api/v1/query_exemplars`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/api/v1/query`: an instant query at `time`.
+    Query,
+    /// `/api/v1/query_range`: a query evaluated from `start` to `end`.
+    QueryRange,
+    /// `/api/v1/series`: the series `match[]` selects between `start` and `end`.
+    Series,
+    /// `/api/v1/labels`: label names between `start` and `end`.
+    Labels,
+    /// `/api/v1/label/<name>/values`: a label's values between `start` and `end`.
+    LabelValues,
+    /// `/api/v1/query_exemplars`: the exemplars of `query`'s series between `start` and `end`.
+    Exemplars,
+}
+
+impl Endpoint {
+    /// Its name in metrics: the path's last part (`label_values` for label values).
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Query => "query",
+            Endpoint::QueryRange => "query_range",
+            Endpoint::Series => "series",
+            Endpoint::Labels => "labels",
+            Endpoint::LabelValues => "label_values",
+            Endpoint::Exemplars => "query_exemplars",
+        }
+    }
+
+    /// The endpoint a request path names, if it is one of those routed by window.
+    pub fn of_path(path: &str) -> Option<Endpoint> {
+        const SUFFIXES: [(&str, Endpoint); 5] = [
+            ("/api/v1/query", Endpoint::Query),
+            ("/api/v1/query_range", Endpoint::QueryRange),
+            ("/api/v1/series", Endpoint::Series),
+            ("/api/v1/labels", Endpoint::Labels),
+            ("/api/v1/query_exemplars", Endpoint::Exemplars),
+        ];
+        if let Some(&(_, endpoint)) = SUFFIXES.iter().find(|(suffix, _)| path.ends_with(suffix)) {
+            return Some(endpoint);
+        }
+        let (head, name) = path.strip_suffix("/values")?.rsplit_once('/')?;
+        (!name.is_empty() && head.ends_with("/api/v1/label")).then_some(Endpoint::LabelValues)
+    }
+}
+
+/// What a request reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Read {
+    /// Which endpoint the request asks.
+    pub endpoint: Endpoint,
+    /// The stored data the answer is made of; it ends at `now` at the latest.
+    pub window: Window,
+    /// For [`Endpoint::Query`], the evaluation time (`time`, or `now` without one).
+    pub eval_time: Option<i64>,
+}
+
+/// What a request to `path` reads, with its parameters from `query_string` (the URL's, without
+/// `?`) and `form_body` (the body of a POST sent as `application/x-www-form-urlencoded`, and
+/// only then). `now` is the current time, `lookback` the replicas' `--query.lookback-delta`
+/// (Prometheus's default is 5 minutes) and `earliest` the start of an open range (`series`,
+/// `labels`, label values and exemplars without `start` read from the beginning of time);
+/// all in milliseconds.
+///
+/// `Ok(None)` for a path not routed by window, and for a query without `query` (or a range query
+/// without `start` or `end`), which the replica will refuse. `Err` for a parameter Prometheus
+/// would refuse (a time it cannot read, PromQL that does not parse, a range that ends before it
+/// starts) or a query over this module's limits; the caller routes it as before, and the replica
+/// answers the error itself.
+///
+/// Nothing is stored after `now` (a scrape stamps its samples with its own time), so the window
+/// ends there at the latest, and a read wholly in the future is empty.
+pub fn read_window(
+    path: &str,
+    query_string: Option<&str>,
+    form_body: Option<&[u8]>,
+    now: i64,
+    lookback: i64,
+    earliest: i64,
+) -> Result<Option<Read>, String> {
+    let Some(endpoint) = Endpoint::of_path(path) else { return Ok(None) };
+    let params = Params { body: form_body.unwrap_or_default(), url: query_string.unwrap_or_default().as_bytes() };
+    let (window, eval_time) = match endpoint {
+        Endpoint::Query => {
+            let Some(query) = params.get("query") else { return Ok(None) };
+            let time = params.time("time")?.unwrap_or(now);
+            (remembered_window(&query, time, time, params.lookback(lookback)?)?, Some(time))
+        }
+        Endpoint::QueryRange => {
+            let (Some(query), Some(start), Some(end)) =
+                (params.get("query"), params.time("start")?, params.time("end")?)
+            else {
+                return Ok(None);
+            };
+            if end < start {
+                return Err("query_range: end is before start".to_string());
+            }
+            (remembered_window(&query, start, end, params.lookback(lookback)?)?, None)
+        }
+        // What `match[]` or `query` selects does not move the window: these read [start, end].
+        Endpoint::Series | Endpoint::Labels | Endpoint::LabelValues | Endpoint::Exemplars => {
+            let start = match params.time("start")? {
+                Some(start) if start > PROMETHEUS_MIN_TIME => start,
+                _ => earliest,
+            };
+            (Window { start, end: params.time("end")?.unwrap_or(now) }, None)
+        }
+    };
+    let window = Window { start: window.start, end: window.end.min(now) };
+    let window = if window.is_empty() { Window::EMPTY } else { window };
+    Ok(Some(Read { endpoint, window, eval_time }))
+}
+
+/// The stored data that `expr` reads when evaluated at every time in `[eval_start, eval_end]`
+/// (the `start` and `end` of a range query, or twice the `time` of an instant query), with
+/// `lookback` (milliseconds) as the lookback delta. An expression without selectors reads
+/// [`Window::EMPTY`], and so does `eval_start > eval_end` (no evaluation at all).
+///
+/// `Err` for PromQL that does not parse, and for a query longer than [`MAX_QUERY_BYTES`] or
+/// nested deeper than [`MAX_NESTING`].
+pub fn expr_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) -> Result<Window, String> {
+    check_cost(expr)?;
+    // Last resort for a panic in the parser that `check_cost` does not foresee: the request is
+    // routed as before instead of losing its connection.
+    let ast = std::panic::catch_unwind(|| parser::parse(expr))
+        .map_err(|_| "the PromQL parser failed on this query".to_string())?
+        .map_err(|e| format!("PromQL: {e}"))?;
+    if eval_start > eval_end {
+        return Ok(Window::EMPTY);
+    }
+    let evaluation = Evaluation { start: eval_start, end: eval_end, lookback: lookback.max(0) };
+    evaluation.read(&ast, Instants { first: eval_start, last: eval_end })
+}
+
+/// How many expressions each serving thread remembers the window of.
+const REMEMBERED: usize = 1024;
+
+/// A remembered expression: its text and lookback (to tell hash collisions apart) and its
+/// window relative to its evaluation times (`None`: it reads nothing).
+type Remembered = (Box<str>, i64, Result<Option<(i64, i64)>, String>);
+
+thread_local! {
+    /// Per serving thread (no lock on the request path): an expression's window relative to
+    /// its evaluation times, by a hash of the expression and the lookback. Dashboards send the
+    /// same expressions over and over with other times; parsing one costs tens of
+    /// microseconds, finding it here well under one.
+    static RELATIVE: std::cell::RefCell<lru::LruCache<u64, Remembered>> =
+        std::cell::RefCell::new(lru::LruCache::new(std::num::NonZeroUsize::new(REMEMBERED).expect("not zero")));
+}
+
+/// [`expr_window`], remembered. Without an `@` modifier, an expression reads the same stretch
+/// relative to every evaluation time (`[start + a, end + b]`), so that stretch is what is
+/// remembered; an expression with `@` (fixed times) is parsed each time.
+fn remembered_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) -> Result<Window, String> {
+    if expr.contains('@') || eval_start > eval_end {
+        return expr_window(expr, eval_start, eval_end, lookback);
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (expr, lookback).hash(&mut hasher);
+    let key = hasher.finish();
+    let found = RELATIVE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        cache.get(&key).filter(|(e, l, _)| &**e == expr && *l == lookback).map(|(_, _, relative)| relative.clone())
+    });
+    let relative = match found {
+        Some(relative) => relative,
+        None => {
+            let relative = expr_window(expr, 0, 0, lookback).map(|w| (!w.is_empty()).then_some((w.start, w.end)));
+            RELATIVE.with(|cache| cache.borrow_mut().put(key, (expr.into(), lookback, relative.clone())));
+            relative
+        }
+    };
+    Ok(match relative? {
+        Some((before, after)) => {
+            Window { start: eval_start.saturating_add(before), end: eval_end.saturating_add(after) }
+        }
+        None => Window::EMPTY,
+    })
+}
+
+/// Refuses, before parsing, a query that would cost `promql-parser` too much (see
+/// [`MAX_NESTING`]) or make it panic: a number as a duration (after `[`, `:` or `offset`) that
+/// `std::time::Duration` cannot hold.
+fn check_cost(expr: &str) -> Result<(), String> {
+    if expr.len() > MAX_QUERY_BYTES {
+        return Err(format!("query longer than {MAX_QUERY_BYTES} bytes"));
+    }
+    let lexer = parser::lex::lexer(expr).map_err(|e| format!("PromQL: {e}"))?;
+    let (mut nesting, mut in_braces) = (0, false);
+    let (mut before, mut before_that): (Option<TokenId>, Option<TokenId>) = (None, None);
+    for lexeme in lexer.iter() {
+        let Ok(lexeme) = lexeme else { return Err("PromQL: invalid token".to_string()) };
+        let token = lexeme.tok_id();
+        in_braces = match token {
+            T_LEFT_BRACE => true,
+            T_RIGHT_BRACE => false,
+            _ => in_braces,
+        };
+        // Matchers (`=~`, `!=` in braces) and `@` add no level to the tree.
+        let adds_a_level = token == T_LEFT_PAREN
+            || token == T_LEFT_BRACKET
+            || (TokenType::new(token).is_operator() && token != T_AT && !in_braces);
+        if adds_a_level {
+            nesting += 1;
+            if nesting > MAX_NESTING {
+                return Err(format!("query has more than {MAX_NESTING} operators and brackets"));
+            }
+        }
+        let a_duration = matches!(before, Some(T_LEFT_BRACKET | T_COLON | T_OFFSET))
+            || (matches!(before, Some(T_ADD | T_SUB)) && before_that == Some(T_OFFSET));
+        if token == T_NUMBER && a_duration {
+            let seconds = promql_parser::util::parse_str_radix(lexer.span_str(lexeme.span()))
+                .map_err(|e| format!("PromQL: {e}"))?;
+            if !(0.0..=MAX_DURATION_SECONDS).contains(&seconds) {
+                return Err(format!("duration out of range: {seconds}"));
+            }
+        }
+        (before_that, before) = (before, Some(token));
+    }
+    Ok(())
+}
+
+/// The times at which an expression is evaluated: every time in `[first, last]`.
+#[derive(Debug, Clone, Copy)]
+struct Instants {
+    first: i64,
+    last: i64,
+}
+
+/// One query's evaluation: its own start and end (what `@ start()` and `@ end()` mean at any
+/// depth) and its lookback delta.
+struct Evaluation {
+    start: i64,
+    end: i64,
+    lookback: i64,
+}
+
+impl Evaluation {
+    /// The stored data `expr` reads when evaluated at `at`.
+    fn read(&self, expr: &Expr, at: Instants) -> Result<Window, String> {
+        Ok(match expr {
+            Expr::VectorSelector(selector) => self.selector(selector, self.lookback, at),
+            // A range replaces the lookback: `x[5m]` reads 5 minutes, not 10.
+            Expr::MatrixSelector(matrix) => self.selector(&matrix.vs, millis(&matrix.range), at),
+            Expr::Subquery(subquery) => {
+                let at = self.moved(subquery.at.as_ref(), subquery.offset.as_ref(), at);
+                let inner = Instants { first: at.first.saturating_sub(millis(&subquery.range)), last: at.last };
+                self.read(&subquery.expr, inner)?
+            }
+            Expr::Aggregate(aggregate) => {
+                let param = match &aggregate.param {
+                    Some(param) => self.read(param, at)?,
+                    None => Window::EMPTY,
+                };
+                param.union(self.read(&aggregate.expr, at)?)
+            }
+            Expr::Binary(binary) => self.read(&binary.lhs, at)?.union(self.read(&binary.rhs, at)?),
+            Expr::Unary(unary) => self.read(&unary.expr, at)?,
+            Expr::Paren(paren) => self.read(&paren.expr, at)?,
+            Expr::Call(call) => {
+                // `info` also reads info series (`target_info` by default) that no selector names,
+                // at the evaluation times, with the lookback and without the argument's offset.
+                let implicit = match call.func.name {
+                    "info" => Window { start: at.first.saturating_sub(self.lookback), end: at.last },
+                    _ => Window::EMPTY,
+                };
+                let mut window = implicit;
+                for arg in &call.args.args {
+                    window = window.union(self.read(arg, at)?);
+                }
+                window
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Window::EMPTY,
+            // Only built by programs that extend the parser's tree, never by parsing.
+            Expr::Extension(_) => return Err("PromQL: unknown expression".to_string()),
+        })
+    }
+
+    /// What a selector reads at `at`, back `range` from each (moved) evaluation time.
+    fn selector(&self, selector: &VectorSelector, range: i64, at: Instants) -> Window {
+        let at = self.moved(selector.at.as_ref(), selector.offset.as_ref(), at);
+        Window { start: at.first.saturating_sub(range), end: at.last }
+    }
+
+    /// `at` replaced by an `@` and then moved back by an offset (forward by a negative one).
+    fn moved(&self, at_modifier: Option<&AtModifier>, offset: Option<&Offset>, at: Instants) -> Instants {
+        let at = match at_modifier {
+            None => at,
+            Some(AtModifier::Start) => Instants { first: self.start, last: self.start },
+            Some(AtModifier::End) => Instants { first: self.end, last: self.end },
+            Some(AtModifier::At(time)) => {
+                let time = unix_millis(time);
+                Instants { first: time, last: time }
+            }
+        };
+        let offset = match offset {
+            None => 0,
+            Some(Offset::Pos(duration)) => millis(duration),
+            Some(Offset::Neg(duration)) => millis(duration).saturating_neg(),
+        };
+        Instants { first: at.first.saturating_sub(offset), last: at.last.saturating_sub(offset) }
+    }
+}
+
+fn millis(duration: &Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn unix_millis(time: &SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => millis(&after),
+        Err(before) => millis(&before.duration()).saturating_neg(),
+    }
+}
+
+/// A request's parameters, found as Go's `Request.FormValue` finds them (Prometheus reads every
+/// parameter so): the first value in the form body, else the first in the URL; each parsed as
+/// `url.ParseQuery` does, which skips a pair holding a `;` or a bad `%` escape.
+struct Params<'a> {
+    body: &'a [u8],
+    url: &'a [u8],
+}
+
+impl<'a> Params<'a> {
+    /// The parameter's value; an empty one counts as missing, as Prometheus counts it.
+    fn get(&self, name: &str) -> Option<Cow<'a, str>> {
+        first_value(self.body, name).or_else(|| first_value(self.url, name)).filter(|value| !value.is_empty())
+    }
+
+    /// A time parameter, if there is one.
+    fn time(&self, name: &str) -> Result<Option<i64>, String> {
+        self.get(name).map(|value| parse_time(&value).map_err(|e| format!("parameter {name}: {e}"))).transpose()
+    }
+
+    /// The lookback delta: the replicas' `lookback`, or the query's `lookback_delta` if longer.
+    fn lookback(&self, lookback: i64) -> Result<i64, String> {
+        let Some(value) = self.get("lookback_delta") else { return Ok(lookback) };
+        let asked = parse_duration(&value).map_err(|e| format!("parameter lookback_delta: {e}"))?;
+        Ok(lookback.max(asked))
+    }
+}
+
+/// The first value of `name` in a form, or `None`.
+fn first_value<'f>(form: &'f [u8], name: &str) -> Option<Cow<'f, str>> {
+    form.split(|&b| b == b'&')
+        .filter(|pair| !pair.contains(&b';') && escapes_are_valid(pair))
+        .filter_map(|pair| form_urlencoded::parse(pair).next())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
+}
+
+/// Whether every `%` starts an escape of two hex digits (Go's `url.QueryUnescape` refuses others).
+fn escapes_are_valid(pair: &[u8]) -> bool {
+    pair.iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'%')
+        .all(|(i, _)| pair.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
+}
+
+/// A time as Prometheus reads one (`parseTime` in `web/api/v1/api.go`): float Unix seconds,
+/// rounded to the millisecond, or RFC 3339, or `MinTime`/`MaxTime` spelled out. Times beyond
+/// what milliseconds in an `i64` hold are clamped (Prometheus would overflow).
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        if !seconds.is_finite() {
+            return Err(format!("{} is not a finite time", shown(text)));
+        }
+        let whole = seconds.trunc();
+        // `as` saturates: absurd times are clamped, not wrapped.
+        return Ok((whole * 1000.0 + ((seconds - whole) * 1000.0).round()) as i64);
+    }
+    match text {
+        MIN_TIME_FORMATTED => return Ok(PROMETHEUS_MIN_TIME),
+        MAX_TIME_FORMATTED => return Ok(PROMETHEUS_MAX_TIME),
+        _ => {}
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| time.timestamp_millis())
+        .map_err(|_| format!("cannot read {} as a time", shown(text)))
+}
+
+/// A duration as Prometheus reads one (`parseDuration` in `web/api/v1/api.go`): float seconds or
+/// Prometheus's `1h30m` syntax, in milliseconds.
+fn parse_duration(text: &str) -> Result<i64, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        if !(-MAX_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&seconds) {
+            return Err(format!("{} is not a duration", shown(text)));
+        }
+        return Ok((seconds * 1000.0) as i64);
+    }
+    // Not a number, so not the part of `parse_duration` that panics on negative ones.
+    promql_parser::util::parse_duration(text)
+        .map(|duration| millis(&duration))
+        .map_err(|_| format!("{} is not a duration", shown(text)))
+}
+
+/// A parameter's value quoted for an error message, cut short.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => format!("{:?}...", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: i64 = 60_000;
+    const HOUR: i64 = 60 * MINUTE;
+    const DAY: i64 = 24 * HOUR;
+    /// 2023-11-14T22:13:20Z, the time most tests query at.
+    const T: i64 = 1_700_000_000_000;
+    /// mpp's clock in the tests: a day after `T`, so that clamping to `now` stays out of the way.
+    const NOW: i64 = T + DAY;
+    const LOOKBACK: i64 = 5 * MINUTE;
+    const EARLIEST: i64 = T - 30 * DAY;
+
+    fn window(start: i64, end: i64) -> Window {
+        Window { start, end }
+    }
+
+    fn get(path: &str, query: &str) -> Result<Option<Read>, String> {
+        read_window(path, Some(query), None, NOW, LOOKBACK, EARLIEST)
+    }
+
+    fn post(path: &str, query: Option<&str>, body: &str) -> Result<Option<Read>, String> {
+        read_window(path, query, Some(body.as_bytes()), NOW, LOOKBACK, EARLIEST)
+    }
+
+    /// The window of `expr` as an instant query at `T`.
+    fn at_t(expr: &str) -> Window {
+        expr_window(expr, T, T, LOOKBACK).unwrap_or_else(|e| panic!("{expr}: {e}"))
+    }
+
+    #[test]
+    fn endpoints_are_found_by_the_end_of_the_path() {
+        let cases = [
+            ("/api/v1/query", Some(Endpoint::Query)),
+            ("/prom/api/v1/query", Some(Endpoint::Query)),
+            ("/api/v1/query_range", Some(Endpoint::QueryRange)),
+            ("/api/v1/series", Some(Endpoint::Series)),
+            ("/a/b/api/v1/labels", Some(Endpoint::Labels)),
+            ("/api/v1/label/job/values", Some(Endpoint::LabelValues)),
+            ("/prom/api/v1/label/__name__/values", Some(Endpoint::LabelValues)),
+            ("/api/v1/query_exemplars", Some(Endpoint::Exemplars)),
+            ("/api/v1/label//values", None),
+            ("/api/v1/label/a/b/values", None),
+            ("/api/v1/query/", None),
+            ("/api/v1/format_query", None),
+            ("/api/v1/metadata", None),
+            ("/api/v1/status/buildinfo", None),
+            ("/xapi/v1/query", None),
+            ("", None),
+        ];
+        for (path, endpoint) in cases {
+            assert_eq!(Endpoint::of_path(path), endpoint, "{path}");
+        }
+        assert_eq!(get("/api/v1/targets", "query=up"), Ok(None));
+    }
+
+    #[test]
+    fn instant_query_reads_the_lookback_before_its_time() {
+        let read = get("/api/v1/query", "query=up&time=1700000000").unwrap().unwrap();
+        assert_eq!(read, Read { endpoint: Endpoint::Query, window: window(T - LOOKBACK, T), eval_time: Some(T) });
+        let read = get("/api/v1/query", "query=up").unwrap().unwrap();
+        assert_eq!(read.eval_time, Some(NOW), "no time is now");
+        assert_eq!(read.window, window(NOW - LOOKBACK, NOW));
+        let read = get("/api/v1/query", "query=up&time=").unwrap().unwrap();
+        assert_eq!(read.eval_time, Some(NOW), "an empty time is no time");
+    }
+
+    #[test]
+    fn times_are_float_seconds_or_rfc3339() {
+        let cases = [
+            ("1700000000", T),
+            ("1700000000.123", T + 123),
+            ("1700000000.1236", T + 124),
+            ("1.7e9", T),
+            ("-1.5", -1500),
+            ("0", 0),
+            ("2023-11-14T22:13:20Z", T),
+            ("2023-11-14T22:13:20.123Z", T + 123),
+            ("2023-11-14T22:13:20.123456789Z", T + 123),
+            ("2023-11-15T00:13:20+02:00", T),
+            ("2023-11-14T21:13:20-01:00", T),
+            ("1969-12-31T23:59:59.5Z", -500),
+            (MIN_TIME_FORMATTED, PROMETHEUS_MIN_TIME),
+            (MAX_TIME_FORMATTED, PROMETHEUS_MAX_TIME),
+        ];
+        for (text, millis) in cases {
+            assert_eq!(parse_time(text), Ok(millis), "{text}");
+        }
+        for text in ["", "now", "1700000000s", "2023-11-14", "2023-11-14T22:13:20", "NaN", "inf", "-Infinity"] {
+            assert!(parse_time(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn absurd_times_saturate_without_panicking() {
+        assert_eq!(parse_time("1e300"), Ok(i64::MAX));
+        assert_eq!(parse_time("-1e300"), Ok(i64::MIN));
+        assert_eq!(parse_time("9223372036854775807"), Ok(i64::MAX));
+        let far = get("/api/v1/query", "query=rate(x[1y] offset -10y)&time=-1e300").unwrap().unwrap();
+        assert_eq!(far.window, window(i64::MIN + 9 * 365 * DAY, i64::MIN + 10 * 365 * DAY));
+        let future = get("/api/v1/query", "query=x offset 1y&time=1e300").unwrap().unwrap();
+        assert_eq!(future.window, Window::EMPTY, "wholly after now");
+        let range = get("/api/v1/query_range", "query=x[1y]&start=-1e300&end=1e300&step=1").unwrap().unwrap();
+        assert_eq!(range.window, window(i64::MIN, NOW));
+        for expr in
+            ["x @ 1e30", "x @ -1e30 offset 1y", "x[5m] offset 100000000y", "(x offset -100000000y)[100000000y:]"]
+        {
+            let w = expr_window(expr, i64::MIN, i64::MAX, i64::MAX).unwrap();
+            assert!(!w.is_empty(), "{expr}");
+        }
+        assert_eq!(expr_window("x", i64::MIN, i64::MAX, -5), Ok(window(i64::MIN, i64::MAX)), "negative lookback");
+        assert!(get("/api/v1/query", "query=up&time=NaN").is_err());
+        assert!(get("/api/v1/query", "query=up&time=%2BInf").is_err());
+    }
+
+    #[test]
+    fn range_query_reads_from_start_minus_the_longest_range_to_end() {
+        let query = "query=sum(rate(http_requests_total[5m]))&start=1700000000&end=2023-11-14T23:13:20Z&step=15";
+        let read = get("/api/v1/query_range", query).unwrap().unwrap();
+        assert_eq!(
+            read,
+            Read { endpoint: Endpoint::QueryRange, window: window(T - 5 * MINUTE, T + HOUR), eval_time: None }
+        );
+        let read = get("/api/v1/query_range", "query=up&start=1700000000&end=1700000000&step=1").unwrap().unwrap();
+        assert_eq!(read.window, window(T - LOOKBACK, T));
+    }
+
+    #[test]
+    fn missing_parameters_leave_the_request_to_the_replica() {
+        assert_eq!(get("/api/v1/query_range", "query=up&end=1700000000&step=15"), Ok(None));
+        assert_eq!(get("/api/v1/query_range", "query=up&start=1700000000&step=15"), Ok(None));
+        assert_eq!(get("/api/v1/query_range", "query=up&start=&end=1700000000"), Ok(None));
+        assert_eq!(get("/api/v1/query", "time=1700000000"), Ok(None));
+        assert_eq!(get("/api/v1/query", "query="), Ok(None));
+        assert_eq!(read_window("/api/v1/query_range", None, None, NOW, LOOKBACK, EARLIEST), Ok(None));
+    }
+
+    #[test]
+    fn invalid_parameters_are_errors() {
+        let cases = [
+            ("/api/v1/query", "query=up&time=yesterday"),
+            ("/api/v1/query_range", "query=up&start=1700000000&end=1699999999"),
+            ("/api/v1/query_range", "query=up&start=1700000000&end=soon"),
+            ("/api/v1/query", "query=up&lookback_delta=5x"),
+            ("/api/v1/query", "query=up&lookback_delta=1e300"),
+            ("/api/v1/series", "match[]=up&start=x"),
+            ("/api/v1/labels", "end=2023-13-01T00:00:00Z"),
+        ];
+        for (path, query) in cases {
+            assert!(get(path, query).is_err(), "{path}?{query}");
+        }
+    }
+
+    #[test]
+    fn a_form_body_comes_before_the_url_as_in_go() {
+        let body = "query=x%5B1h%5D&time=1700000000";
+        let read = post("/api/v1/query", Some("query=x&time=1"), body).unwrap().unwrap();
+        assert_eq!(read.window, window(T - HOUR, T), "the body's query and time win");
+        let read = post("/api/v1/query", Some("time=1700000000"), "query=rate(x[10m])").unwrap().unwrap();
+        assert_eq!(read.window, window(T - 10 * MINUTE, T), "what the body lacks comes from the URL");
+        let read =
+            post("/api/v1/query_range", None, "query=x&start=1700000000&end=1700003600&step=60").unwrap().unwrap();
+        assert_eq!(read.window, window(T - LOOKBACK, T + HOUR));
+        let read = post("/api/v1/query", Some("time=1700000000"), "time=&query=up").unwrap().unwrap();
+        assert_eq!(read.eval_time, Some(NOW), "the body's first value wins even when empty");
+        let read = post("/api/v1/query", None, "query=up+offset+1h&time=1700000000").unwrap().unwrap();
+        assert_eq!(read.window, window(T - HOUR - LOOKBACK, T - HOUR), "`+` is a space");
+    }
+
+    #[test]
+    fn pairs_go_skips_are_skipped() {
+        let read = get("/api/v1/query", "time=1;2&query=up&time=1700000000").unwrap().unwrap();
+        assert_eq!(read.eval_time, Some(T), "a pair with `;` is skipped");
+        let read = get("/api/v1/query", "query=x%ZZ&query=x%5B1h%5D&time=1700000000").unwrap().unwrap();
+        assert_eq!(read.window, window(T - HOUR, T), "a pair with a bad escape is skipped");
+        let read = get("/api/v1/query", "&&query=up&time=1700000000&").unwrap().unwrap();
+        assert_eq!(read.window, window(T - LOOKBACK, T));
+    }
+
+    #[test]
+    fn offsets_move_the_window_back_and_negative_ones_forward() {
+        let cases = [
+            ("x offset 1h", window(T - HOUR - LOOKBACK, T - HOUR)),
+            ("x[10m] offset 1h", window(T - HOUR - 10 * MINUTE, T - HOUR)),
+            ("rate(x[10m] offset 1d)", window(T - DAY - 10 * MINUTE, T - DAY)),
+            ("x offset -1h", window(T + HOUR - LOOKBACK, T + HOUR)),
+            ("x[10m] offset -30m", window(T + 20 * MINUTE, T + 30 * MINUTE)),
+            ("x - x offset 1w", window(T - 7 * DAY - LOOKBACK, T)),
+            ("x[90s] offset 30", window(T - 120_000, T - 30_000)),
+            ("x[300]", window(T - 5 * MINUTE, T)),
+        ];
+        for (expr, expected) in cases {
+            assert_eq!(at_t(expr), expected, "{expr}");
+        }
+    }
+
+    #[test]
+    fn at_fixes_the_evaluation_time() {
+        let (start, end) = (T, T + HOUR);
+        let range = |expr: &str| expr_window(expr, start, end, LOOKBACK).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let cases = [
+            ("x @ 1600000000", window(1_600_000_000_000 - LOOKBACK, 1_600_000_000_000)),
+            ("x[1h] @ 1600000000.5", window(1_600_000_000_500 - HOUR, 1_600_000_000_500)),
+            ("x @ 1600000000 offset 1h", window(1_600_000_000_000 - HOUR - LOOKBACK, 1_600_000_000_000 - HOUR)),
+            ("x @ start()", window(start - LOOKBACK, start)),
+            ("x @ end()", window(end - LOOKBACK, end)),
+            ("rate(x[5m] @ end())", window(end - 5 * MINUTE, end)),
+            ("x @ start() + last_over_time(x[1d] @ start())", window(start - DAY, start)),
+            ("x / x @ end() offset 2h", window(end - 2 * HOUR - LOOKBACK, end)),
+            ("x @ -1", window(-1000 - LOOKBACK, -1000)),
+        ];
+        for (expr, expected) in cases {
+            assert_eq!(range(expr), expected, "{expr}");
+        }
+    }
+
+    #[test]
+    fn subqueries_evaluate_their_inside_over_their_range() {
+        let cases = [
+            ("max_over_time(x[1h:1m])", window(T - HOUR - LOOKBACK, T)),
+            ("max_over_time(rate(x[5m])[1h:])", window(T - HOUR - 5 * MINUTE, T)),
+            ("max_over_time(rate(x[5m])[1h:] offset 1d)", window(T - DAY - HOUR - 5 * MINUTE, T - DAY)),
+            (
+                "max_over_time(rate(x[5m] offset 1h)[1h:] offset 1d)",
+                window(T - DAY - 2 * HOUR - 5 * MINUTE, T - DAY - HOUR),
+            ),
+            // Nested: ranges and offsets add up.
+            (
+                "max_over_time(min_over_time(x[10m:] offset 1h)[1d:1h] offset 1d)",
+                window(T - 2 * DAY - HOUR - 10 * MINUTE - LOOKBACK, T - DAY - HOUR),
+            ),
+            ("max_over_time(x[1h:] offset -1h)", window(T - LOOKBACK, T + HOUR)),
+            // `@` on a subquery fixes its time, and what is inside it moves from there.
+            (
+                "max_over_time(rate(x[5m])[1h:] @ 1600000000)",
+                window(1_600_000_000_000 - HOUR - 5 * MINUTE, 1_600_000_000_000),
+            ),
+            (
+                "max_over_time(max_over_time(x[5m])[1h:] @ 1600000000 offset 1h)[1d:] offset 1d",
+                window(1_600_000_000_000 - 2 * HOUR - 5 * MINUTE, 1_600_000_000_000 - HOUR),
+            ),
+            // ... but an `@` inside overrides every subquery around it.
+            (
+                "max_over_time(x[5m] @ 1600000000)[1d:] offset 1d",
+                window(1_600_000_000_000 - 5 * MINUTE, 1_600_000_000_000),
+            ),
+        ];
+        for (expr, expected) in cases {
+            assert_eq!(at_t(expr), expected, "{expr}");
+        }
+        let w = expr_window("max_over_time(x[1h:] @ end())", T, T + DAY, LOOKBACK).unwrap();
+        assert_eq!(w, window(T + DAY - HOUR - LOOKBACK, T + DAY), "`end()` is the query's end at any depth");
+    }
+
+    #[test]
+    fn every_part_of_an_expression_counts() {
+        let cases = [
+            ("rate(a[5m]) / rate(b[1h])", window(T - HOUR, T)),
+            ("a[1h] offset 1d", window(T - DAY - HOUR, T - DAY)),
+            (
+                "sum by (job) (rate(a[10m])) > on (job) group_left count(b offset 2h)",
+                window(T - 2 * HOUR - LOOKBACK, T),
+            ),
+            ("topk(scalar(k offset 1h), rate(a[10m]))", window(T - HOUR - LOOKBACK, T)),
+            ("quantile(0.9, a)", window(T - LOOKBACK, T)),
+            ("histogram_quantile(0.9, rate(x[5m]))", window(T - 5 * MINUTE, T)),
+            ("histogram_quantile(0.9, sum by (le) (rate(x_bucket{job=~\"a|b\"}[30m])))", window(T - 30 * MINUTE, T)),
+            ("label_replace(rate(a[2h]), \"dst\", \"$1\", \"src\", \"(.*)\")", window(T - 2 * HOUR, T)),
+            ("clamp(a, scalar(b offset 1d), 10)", window(T - DAY - LOOKBACK, T)),
+            ("last_over_time(a[5m])", window(T - 5 * MINUTE, T)),
+            ("-a offset 1h", window(T - HOUR - LOOKBACK, T - HOUR)),
+            ("(a or b offset -10m) unless max_over_time(c[1h] @ 1700000000)", window(T - HOUR, T + 10 * MINUTE)),
+            ("absent_over_time(up{job=\"x\"}[1d])", window(T - DAY, T)),
+            ("a and on() vector(1)", window(T - LOOKBACK, T)),
+            ("{__name__=~\"a|b\", job=\"x\"}", window(T - LOOKBACK, T)),
+            ("timestamp(a)", window(T - LOOKBACK, T)),
+        ];
+        for (expr, expected) in cases {
+            assert_eq!(at_t(expr), expected, "{expr}");
+        }
+    }
+
+    #[test]
+    fn info_reads_info_series_at_the_evaluation_time() {
+        assert_eq!(at_t("info(rate(a[1h] offset 1d))"), window(T - DAY - HOUR, T));
+    }
+
+    #[test]
+    fn expressions_without_selectors_read_nothing() {
+        for expr in ["vector(1)", "time()", "1 + 2", "\"text\"", "scalar(vector(time()))", "-1", "pi()"] {
+            let w = at_t(expr);
+            assert_eq!(w, Window::EMPTY, "{expr}");
+            assert!(w.is_empty());
+        }
+        assert_eq!(expr_window("x", T + 1, T, LOOKBACK), Ok(Window::EMPTY), "no evaluation time");
+        let read = get("/api/v1/query", "query=vector(1)&time=1700000000").unwrap().unwrap();
+        assert_eq!(read.window, Window::EMPTY);
+        assert_eq!(read.eval_time, Some(T));
+    }
+
+    #[test]
+    fn windows_end_at_now() {
+        let read =
+            read_window("/api/v1/query", Some("query=x offset -1h"), None, T, LOOKBACK, EARLIEST).unwrap().unwrap();
+        assert_eq!(read.window, Window::EMPTY, "nothing is stored after now");
+        let read =
+            read_window("/api/v1/query", Some("query=x[2h] offset -1h"), None, T, LOOKBACK, EARLIEST).unwrap().unwrap();
+        assert_eq!(read.window, window(T - HOUR, T));
+        let query = "query=x&start=1700000000&end=1700086400&step=60";
+        let read =
+            read_window("/api/v1/query_range", Some(query), None, T + HOUR, LOOKBACK, EARLIEST).unwrap().unwrap();
+        assert_eq!(read.window, window(T - LOOKBACK, T + HOUR));
+    }
+
+    #[test]
+    fn lookback_delta_only_lengthens_the_lookback() {
+        let read = get("/api/v1/query", "query=x&time=1700000000&lookback_delta=1h").unwrap().unwrap();
+        assert_eq!(read.window, window(T - HOUR, T));
+        let read = get("/api/v1/query", "query=x&time=1700000000&lookback_delta=7200").unwrap().unwrap();
+        assert_eq!(read.window, window(T - 2 * HOUR, T), "float seconds");
+        let read = get("/api/v1/query", "query=x&time=1700000000&lookback_delta=30s").unwrap().unwrap();
+        assert_eq!(read.window, window(T - LOOKBACK, T), "a replica that ignores it still looks back 5m");
+        let read = get("/api/v1/query", "query=x[1m]&time=1700000000&lookback_delta=1h").unwrap().unwrap();
+        assert_eq!(read.window, window(T - MINUTE, T), "ranges need no lookback");
+        let read = get("/api/v1/query", "query=x&time=1700000000&lookback_delta=-5").unwrap().unwrap();
+        assert_eq!(read.window, window(T - LOOKBACK, T));
+    }
+
+    #[test]
+    fn metadata_endpoints_read_from_start_to_end() {
+        let earliest_to_now = window(EARLIEST, NOW);
+        let cases = [
+            ("/api/v1/series", "match[]=up&start=1700000000&end=1700003600", window(T, T + HOUR)),
+            ("/api/v1/series", "match[]=rate(x[30d])&start=1700000000&end=1700003600", window(T, T + HOUR)),
+            ("/api/v1/series", "match[]=up", earliest_to_now),
+            ("/api/v1/labels", "", earliest_to_now),
+            ("/api/v1/labels", "start=2023-11-14T22:13:20Z", window(T, NOW)),
+            ("/api/v1/labels", "end=1700000000", window(EARLIEST, T)),
+            ("/api/v1/label/job/values", "start=1700000000&end=1700003600&match[]=up", window(T, T + HOUR)),
+            (
+                "/api/v1/label/job/values",
+                &format!("start={MIN_TIME_FORMATTED}&end={MAX_TIME_FORMATTED}"),
+                earliest_to_now,
+            ),
+            ("/api/v1/label/job/values", "start=-1e300&end=1e300", earliest_to_now),
+            ("/api/v1/query_exemplars", "query=x[1d] offset 1d&start=1700000000&end=1700003600", window(T, T + HOUR)),
+            ("/api/v1/query_exemplars", "query=x", earliest_to_now),
+        ];
+        for (path, query, expected) in cases {
+            let read = get(path, query).unwrap().unwrap();
+            assert_eq!(read.window, expected, "{path}?{query}");
+            assert_eq!(read.eval_time, None);
+        }
+        let read =
+            post("/api/v1/series", Some("start=1"), "match[]=up&start=1700000000&end=1700003600").unwrap().unwrap();
+        assert_eq!(read.window, window(T, T + HOUR));
+        let read = get("/api/v1/series", "start=1700003600&end=1700000000").unwrap().unwrap();
+        assert_eq!(read.window, Window::EMPTY, "a range that ends before it starts reads nothing");
+    }
+
+    #[test]
+    fn unparseable_promql_is_an_error() {
+        for expr in
+            ["", "up{", "sum(", "rate(x)", "x[5m", "x offset", "x @ foo()", "1 +", "x[5m:1m:1m]", "unknown_fn(x)", "x;"]
+        {
+            assert!(expr_window(expr, T, T, LOOKBACK).is_err(), "{expr:?}");
+        }
+        assert!(get("/api/v1/query", "query=sum(").is_err());
+        assert!(get("/api/v1/query_range", "query=x[&start=1&end=2&step=1").is_err());
+    }
+
+    #[test]
+    fn numbers_too_long_for_a_duration_are_refused_not_panicked_on() {
+        let refused =
+            ["up[1e30]", "up[5m:1e30]", "up offset 1e30", "up offset -Inf", "up offset +1e20", "rate(up[1e19])"];
+        for expr in refused {
+            assert!(expr_window(expr, T, T, LOOKBACK).is_err(), "{expr}");
+        }
+        assert_eq!(at_t("up > 1e30"), window(T - LOOKBACK, T), "a large number elsewhere is fine");
+        assert_eq!(at_t("up[0x10]"), window(T - 16_000, T));
+    }
+
+    #[test]
+    fn queries_over_the_limits_are_refused() {
+        let long = format!("up{{job=\"{}\"}}", "a".repeat(MAX_QUERY_BYTES));
+        assert!(expr_window(&long, T, T, LOOKBACK).unwrap_err().contains("longer"));
+        let chain = format!("x{}", " + x".repeat(MAX_NESTING + 1));
+        assert!(expr_window(&chain, T, T, LOOKBACK).unwrap_err().contains("operators"));
+        let parens = format!("{}x{}", "(".repeat(MAX_NESTING + 1), ")".repeat(MAX_NESTING + 1));
+        assert!(expr_window(&parens, T, T, LOOKBACK).is_err());
+        let negations = format!("{}x", "-".repeat(MAX_NESTING + 1));
+        assert!(expr_window(&negations, T, T, LOOKBACK).is_err());
+        let at_most = format!("x{}", " or x[1h]".repeat(MAX_NESTING / 2));
+        assert!(expr_window(&at_most, T, T, LOOKBACK).is_err(), "matrix operands are refused by Prometheus too");
+        let matchers =
+            format!("x{{{}}}", (0..MAX_NESTING).map(|i| format!("l{i}!~\"a\"")).collect::<Vec<_>>().join(","));
+        assert_eq!(at_t(&matchers), window(T - LOOKBACK, T), "matchers add no level");
+        let at_most = format!("x{}", " or rate(x[1h])".repeat(MAX_NESTING / 4));
+        assert_eq!(at_t(&at_most), window(T - HOUR, T));
+    }
+
+    #[test]
+    fn deep_queries_within_the_limits_fit_a_small_stack() {
+        let deep = format!("{}x[1h]{}", "sum(rate(".repeat(MAX_NESTING / 4), "[1m:]))".repeat(MAX_NESTING / 4));
+        let handle = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || expr_window(&deep, T, T, LOOKBACK))
+            .expect("spawns a thread");
+        assert!(handle.join().expect("no stack overflow").is_err(), "rate of a subquery of a matrix");
+        let deep = format!("{}x{}", "abs(".repeat(MAX_NESTING / 2), ")".repeat(MAX_NESTING / 2));
+        let handle = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || expr_window(&deep, T, T, LOOKBACK))
+            .expect("spawns a thread");
+        assert_eq!(handle.join().expect("no stack overflow"), Ok(window(T - LOOKBACK, T)));
+    }
+
+    #[test]
+    fn no_input_panics() {
+        let queries = [
+            "",
+            "%",
+            "%%",
+            "%2",
+            "query",
+            "query=",
+            "query=%FF%FE",
+            "query=x%00",
+            "query=\u{0}",
+            "query=é[5m]",
+            "query=x[1e400]",
+            "query=x offset 1e400",
+            "query=x[0x7fffffffffffffff]",
+            "query=x offset 0xffffffffffffffffff",
+            "query=x[99999999999999999999y]",
+            "query=x @ 1e400",
+            "query=x @ NaN",
+            "query=x @ -Inf",
+            "query=x[5m:0]",
+            "query=((((",
+            "query=))))",
+            "query={}",
+            "query={__name__=~\".*\"}",
+            "query=x offset 5m offset 5m",
+            "query=sum(x) by (",
+            "query=#comment",
+            "query=x # comment",
+            "query=`raw`",
+            "query='unterminated",
+        ];
+        let times = [
+            "",
+            "time=",
+            "time=-0",
+            "time=1e-300",
+            "time=-1e308",
+            "time=1.7976931348623157e308",
+            "time=0x10",
+            "time=+1",
+        ];
+        for path in ["/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/query_exemplars"] {
+            for query in queries {
+                for time in times {
+                    let url = format!("{query}&{time}&{}", time.replace("time", "start"));
+                    let _ = read_window(path, Some(&url), Some(url.as_bytes()), NOW, LOOKBACK, EARLIEST);
+                    let _ = read_window(path, Some(&url), None, i64::MIN, i64::MAX, i64::MIN);
+                    let _ = read_window(path, Some(&url), None, i64::MAX, i64::MIN, i64::MAX);
+                }
+            }
+        }
+        for expr in queries.iter().filter_map(|q| q.strip_prefix("query=")) {
+            let _ = expr_window(expr, i64::MIN, i64::MAX, i64::MAX);
+        }
+    }
+
+    #[test]
+    fn remembered_windows_are_the_parsed_ones_at_other_times() {
+        let exprs = [
+            "up",
+            "rate(x[5m]) offset 1h",
+            "max_over_time(rate(x[1m])[30m:1m] offset -10m)",
+            "x @ 1700000000",
+            "x @ start() - x @ end()",
+            "vector(1)",
+            "histogram_quantile(0.9, sum by (le) (rate(b[5m])))",
+            "up[",
+        ];
+        for expr in exprs {
+            for (start, end, lookback) in [(1_000_000, 1_000_000, 300_000), (5_000, 900_000, 2_000), (0, 0, 0)] {
+                for _ in 0..2 {
+                    assert_eq!(
+                        remembered_window(expr, start, end, lookback),
+                        expr_window(expr, start, end, lookback),
+                        "{expr} at {start}..{end}, lookback {lookback}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -178,3 +178,61 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     let page = get(&mpp.url("/mpp/status")).await.unwrap().text();
     assert!(page.contains("<svg") && page.matches("fill=\"#c33\"").count() >= 2, "{page}");
 }
+
+/// A replica stand-in that passes every probe but answers the proxied query `vector(1)` with
+/// the plain-text 503 of a Prometheus still replaying its write-ahead log.
+async fn replaying_replica() -> (String, tokio::task::JoinHandle<()>) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let service = service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+                    let query = request.uri().query().unwrap_or("").to_string();
+                    let (status, body) = match request.uri().path() {
+                        "/-/ready" => (200, "ready"),
+                        "/metrics" => (200, "prometheus_tsdb_head_samples_appended_total 10\n"),
+                        "/api/v1/query" if query.contains("vector") => (503, "Service Unavailable"),
+                        _ => (200, r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]}]}}"#),
+                    };
+                    let mut response = hyper::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (url, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_after_a_failed_attempt_says_which_replica_failed() {
+    let (a, _server) = replaying_replica().await;
+    let b = Prometheus::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = endpoints_file(dir.path(), &[a.clone(), b.url()]);
+    let args = ["--endpoints-file", file.to_str().unwrap(), "--routing-strategy", "random", "--affinity-options", "none"];
+    let mpp = Mpp::start(&args).await;
+    mpp.wait_selected(&[&a, &b.url()]).await;
+    let mut failed_over = None;
+    for _ in 0..50 {
+        let answer = get(&mpp.url("/api/v1/query?query=vector(1)")).await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.served_by().as_deref(), Some(b.url().as_str()));
+        if answer.headers.contains_key("mpp-failover-from") {
+            failed_over = Some(answer);
+            break;
+        }
+    }
+    let answer = failed_over.expect("a random choice of A among 50 requests, retried on B");
+    assert_eq!(answer.headers["mpp-failover-from"], a.as_str());
+    let warnings = body(&answer)["warnings"].to_string();
+    assert!(warnings.contains(&format!("answered by {} after {} failed", b.url(), a)), "{warnings}");
+    assert_eq!(body(&answer)["data"]["result"].as_array().map(Vec::len), Some(1), "the answer itself is whole");
+}

@@ -47,8 +47,9 @@ demo: deps release
 bench-deps:
 	@scripts/install-deps.sh bench
 
-bench: bench-deps dist
+bench: bench-deps deps dist
 	python3 bench/bench.py
+	python3 bench/coverage.py --write
 
 # Ten minutes under GET and POST load while three real replicas are killed and restarted.
 soak: deps bench-deps dist

@@ -90,9 +90,11 @@ pub use config::{Args, Config};
 /// targets in `fuzz/` and the integration tests. Not a stable interface: it follows the code.
 pub mod fuzzing {
     pub use crate::backend::Backend;
+    pub use crate::coverage::{Span, holes_in_buckets};
     pub use crate::discovery::{
         LabelSelector, PortRef, PrincipalSecret, candidates_from_tasks, parse_endpoints, pod_backend, slice_backends,
     };
+    pub use crate::merge::{Part, add_warning, merge};
     pub use crate::probe::{SAMPLES_METRIC, exposition, query_has_result};
     pub use crate::proxy::affinity::{AffinityOptions, route_cookie};
     pub use crate::proxy::client_ip::TrustedProxies;
@@ -102,6 +104,7 @@ pub mod fuzzing {
     pub use crate::units::{format_duration, parse_duration, parse_size};
     pub use crate::via::Pseudonym;
     pub use crate::web::{Web, WebConfig};
+    pub use crate::window::{Endpoint, Read, Window, expr_window, read_window};
 }
 
 /// At start-up, how often the first rounds are retried while discovery has not answered

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""The cost of gap-free answers (`make bench`, after bench.py).
+
+1. On the request path: requests/s for `query` and `query_range` through mpp with
+   `--coverage-routing=true` beside the same mpp with `--coverage-routing=false`, in
+   alternation, under the same wrk load. The two fake replicas (nginx) answer the coverage scan
+   so that one of them has a hole an hour ago: every query is then parsed for its window and
+   held against the coverage map. Once with the same query every time (a dashboard refreshing;
+   the window is remembered per expression), once with a different expression each time (each
+   one parsed).
+2. The start-up scan: two real Prometheus replicas holding a day of backfilled `up` samples
+   (20 targets every 15 s; one replica lacks 20 minutes of it); how long mpp takes from start
+   to a complete coverage map, and how many queries it sends.
+
+Prints a Markdown section and, with --write, puts it into BENCHMARKS.md between markers.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (the shared helpers: processes, ports, wrk)
+
+BEGIN, END = "<!-- coverage: written by bench/coverage.py -->", "<!-- /coverage -->"
+QUERY = "/api/v1/query?query=sum%20by%20(job)%20(rate(prometheus_http_requests_total%7Bcode%3D~%222..%22%7D%5B5m%5D))"
+
+
+def fake_replicas(procs, work, ports, t0):
+    """Two nginx 'replicas' that answer like Prometheus, the coverage scan included: the second
+    lacks the samples of one bucket (an hour ago)."""
+    servers = []
+    for i, port in enumerate(ports):
+        points = ",".join(f'[{t0 + 60 * k},"{0 if (i == 1 and k == 5) else 80}"]' for k in range(1, 11))
+        counts = '{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[%s]}]}}' % points
+        metrics = (f"prometheus_tsdb_head_samples_appended_total 123456\\nprocess_start_time_seconds 1.7e9\\n"
+                   f"prometheus_tsdb_lowest_timestamp_seconds {t0}\\nprometheus_tsdb_head_max_time_seconds {t0 + 3600}\\n")
+        servers.append(f"""
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location = /api/v1/query {{ default_type application/json; return 200 '{bench.VECTOR}'; }}
+    location = /api/v1/query_range {{
+      default_type application/json;
+      if ($arg_query ~ count_over_time) {{ return 200 '{counts}'; }}
+      return 200 '{bench.VECTOR}';
+    }}
+    location = /api/v1/targets {{ default_type application/json; return 200 '{{"status":"success","data":{{"activeTargets":[{{"scrapeInterval":"15s"}}]}}}}'; }}
+    location = /api/v1/status/flags {{ default_type application/json; return 200 '{{"status":"success","data":{{"query.lookback-delta":"5m"}}}}'; }}
+    location = /metrics {{ default_type text/plain; return 200 '{metrics}'; }}
+    location = /-/ready {{ default_type text/plain; return 200 'Prometheus Server is Ready.'; }}
+  }}""")
+    conf = work / "replicas.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/replicas.pid;
+error_log {work}/replicas-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+{''.join(servers)}
+}}
+""")
+    return procs.start("replicas", ["nginx", "-c", str(conf), "-p", str(work)])
+
+
+def status(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/mpp/status?format=json", timeout=5) as r:
+        return json.load(r)
+
+
+def metric(port, name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/mpp/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def request_path(procs, work, rounds, seconds):
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    replica_ports = bench.free_ports(2)
+    fake_replicas(procs, work, replica_ports, t0)
+    for p in replica_ports:
+        bench.wait_http(f"http://127.0.0.1:{p}/-/ready")
+    on, off = bench.free_ports(2)
+    bench.start_mpp(procs, work, on, replica_ports, name="mpp-coverage", extra=["--routing-strategy", "random"])
+    bench.start_mpp(procs, work, off, replica_ports, name="mpp-no-coverage",
+                    extra=["--routing-strategy", "random", "--coverage-routing=false"])
+    for p in (on, off):
+        bench.wait_http(f"http://127.0.0.1:{p}/mpp/ready")
+    # The map must show the hole, or nothing is being measured.
+    end = time.monotonic() + 20
+    while not any(c.get("coverage") and c["coverage"]["holes"] for c in status(on)["candidates"]):
+        if time.monotonic() > end:
+            sys.exit("the coverage map never showed the fake replica's hole")
+        time.sleep(0.1)
+    now = int(time.time())
+    query_range = QUERY.replace("/query?", "/query_range?") + f"&start={now - 3 * 3600}&end={now}&step=60"
+    script = work / "distinct.lua"
+    # A different expression each request: the window cannot be remembered.
+    script.write_text('counter = 0\nrequest = function()\n  counter = counter + 1\n'
+                      f'  return wrk.format("GET", "{QUERY}" .. "%20%2B%20" .. counter)\nend\n')
+    results = {}
+    for connections in (32, 256):
+        for _ in range(rounds):
+            for name, port in (("on", on), ("off", off)):
+                for what, path, lua in (("query", QUERY, None), ("query_range", query_range, None),
+                                        ("query, distinct", QUERY, script)):
+                    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+                    if lua:
+                        argv += ["-s", str(lua)]
+                    out = subprocess.run(argv + [f"http://127.0.0.1:{port}{path}"], capture_output=True,
+                                         text=True, check=True).stdout
+                    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                    results.setdefault((connections, what, name), []).append(rps)
+                    print(f"  c={connections:<3} {what:<16} coverage {name:<3} {rps:>9.0f} req/s", flush=True)
+    return {k: sorted(v)[len(v) // 2] for k, v in results.items()}
+
+
+def backfill(directory, start, end, gap=None):
+    """A day of `up` for 20 targets every 15 s, written into a TSDB with promtool."""
+    lines = ["# HELP up backfilled", "# TYPE up gauge"]
+    for t in range(start, end, 15):
+        if gap and gap[0] <= t < gap[1]:
+            continue
+        lines.extend(f'up{{job="node",instance="n{i}"}} 1 {t}' for i in range(20))
+    lines.append("# EOF")
+    source = directory / "backfill.om"
+    source.write_text("\n".join(lines) + "\n")
+    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(directory / "data")],
+                   check=True, capture_output=True)
+
+
+def startup_scan(procs, work):
+    now = int(time.time())
+    start, end = now - 86400 - 3600, now - 3600
+    ports = bench.free_ports(2)
+    for i, port in enumerate(ports):
+        d = work / f"prom{i}"
+        d.mkdir()
+        backfill(d, start, end, gap=(start + 43200, start + 43200 + 1200) if i == 1 else None)
+        (d / "prometheus.yml").write_text("global: {scrape_interval: 15s}\nscrape_configs:\n"
+                                          f"  - job_name: self\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
+        procs.start(f"prom{i}", ["prometheus", f"--config.file={d / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={d / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                 "--storage.tsdb.retention.time=30d"])
+    for port in ports:
+        bench.wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60)
+    # Prometheus starts scraping a few seconds after it is ready: wait until it has targets.
+    for port in ports:
+        end_wait = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets?state=active") as r:
+                if json.load(r)["data"]["activeTargets"]:
+                    break
+            if time.monotonic() > end_wait:
+                sys.exit("the replicas list no targets")
+            time.sleep(0.2)
+    port = bench.free_port()
+    started = time.monotonic()
+    bench.start_mpp(procs, work, port, ports, name="mpp-scan")
+    bench.wait_http(f"http://127.0.0.1:{port}/mpp/health", timeout=60)
+    answered = time.monotonic() - started
+    while True:
+        candidates = status(port)["candidates"]
+        if all(c.get("coverage") for c in candidates) and any(c["coverage"]["holes"] for c in candidates):
+            break
+        if time.monotonic() - started > 120:
+            sys.exit("the start-up scan did not finish within 120 s")
+        time.sleep(0.05)
+    took = time.monotonic() - started
+    holes = [h for c in candidates for h in c["coverage"]["holes"]]
+    return {
+        "first_answer_s": answered,
+        "map_s": took,
+        "queries": metric(port, "mpp_coverage_scan_queries_total"),
+        "bucket_s": candidates[0]["coverage"]["bucket_seconds"],
+        "hole_minutes": sum(h["end"] - h["start"] for h in holes) / 60,
+        "samples": 20 * 86400 // 15,
+    }
+
+
+def report(path_results, scan, rounds, seconds):
+    lines = [BEGIN, "", "## Gap-free answers: their cost", "",
+             f"Request path ({rounds} rounds of {seconds} s, medians; `wrk -t1`; two fake replicas, one with a",
+             "hole an hour ago, so that every query is parsed and held against the coverage map):", "",
+             "| connections | request | coverage routing on | off | on/off |", "| --- | --- | ---: | ---: | ---: |"]
+    for (connections, what, name), rps in sorted(path_results.items()):
+        if name != "on":
+            continue
+        off = path_results[(connections, what, "off")]
+        lines.append(f"| {connections} | {what} | {rps:.0f} | {off:.0f} | {rps / off:.2f} |")
+    lines += ["", "`query` and `query_range` repeat one expression (a dashboard refreshing: its window is",
+              "remembered per serving thread); `query, distinct` sends a new expression every time, each",
+              "parsed with promql-parser.", ""]
+    if scan:
+        lines += [f"Start-up scan: two real replicas with a day of `up` ({scan['samples']:,} samples per",
+                  f"replica, 20 targets every 15 s; one lacks 20 minutes): mpp answered its first request",
+                  f"{scan['first_answer_s']:.2f} s after it was started and had the complete map after",
+                  f"{scan['map_s']:.2f} s, having sent {scan['queries']:.0f} range queries (bucket "
+                  f"{scan['bucket_s']:.0f} s); the holes found add up to {scan['hole_minutes']:.0f} minutes.", ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--write", action="store_true", help="put the section into BENCHMARKS.md")
+    parser.add_argument("--no-scan", action="store_true", help="skip the start-up scan")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "prometheus", "promtool"):
+        if not any((Path(p) / tool).exists() for p in os.environ["PATH"].split(":")):
+            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light prometheus")
+    if not bench.MPP.exists():
+        sys.exit(f"{bench.MPP} is missing: make dist")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        procs = bench.Processes(work)
+        try:
+            path_results = request_path(procs, work, args.rounds, args.seconds)
+            scan = None if args.no_scan else startup_scan(procs, work)
+        finally:
+            procs.stop_all()
+    section = report(path_results, scan, args.rounds, args.seconds)
+    print(section)
+    if args.write:
+        target = bench.ROOT / "BENCHMARKS.md"
+        text = target.read_text()
+        if BEGIN in text:
+            text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        target.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

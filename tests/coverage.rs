@@ -106,7 +106,11 @@ async fn check(mpp: &Mpp, a: &Prometheus, b: &Prometheus, o: &Outages, when: &st
         assert_eq!(instant.served_by().as_deref(), Some(whole.url().as_str()), "{when}: {}", instant.text());
         assert_eq!(body(&instant)["data"]["result"].as_array().map(Vec::len), Some(1), "{when}: {}", instant.text());
         let direct = get(&format!("{}{path}", holed.url())).await.unwrap();
-        assert_eq!(body(&direct)["data"]["result"].as_array().map(Vec::len), Some(0), "the holed replica has nothing there");
+        assert_eq!(
+            body(&direct)["data"]["result"].as_array().map(Vec::len),
+            Some(0),
+            "the holed replica has nothing there"
+        );
     }
 }
 
@@ -198,13 +202,17 @@ async fn replaying_replica() -> (String, tokio::task::JoinHandle<()>) {
                         "/-/ready" => (200, "ready"),
                         "/metrics" => (200, "prometheus_tsdb_head_samples_appended_total 10\n"),
                         "/api/v1/query" if query.contains("vector") => (503, "Service Unavailable"),
-                        _ => (200, r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]}]}}"#),
+                        _ => (
+                            200,
+                            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]}]}}"#,
+                        ),
                     };
                     let mut response = hyper::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
                     *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
                     Ok::<_, std::convert::Infallible>(response)
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -217,7 +225,8 @@ async fn an_answer_after_a_failed_attempt_says_which_replica_failed() {
     let b = Prometheus::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = endpoints_file(dir.path(), &[a.clone(), b.url()]);
-    let args = ["--endpoints-file", file.to_str().unwrap(), "--routing-strategy", "random", "--affinity-options", "none"];
+    let args =
+        ["--endpoints-file", file.to_str().unwrap(), "--routing-strategy", "random", "--affinity-options", "none"];
     let mpp = Mpp::start(&args).await;
     mpp.wait_selected(&[&a, &b.url()]).await;
     let mut failed_over = None;

@@ -232,7 +232,7 @@ impl Status {
             table.coverage {
                 @for (candidate, coverage) in &scanned {
                     tr {
-                        td { (candidate.url) br; small { (format!("{:.3} %", coverage.ratio * 100.0)) " complete · " (coverage.holes.len()) " holes" } }
+                        td { (candidate.url) br; small { (format!("{:.3} %", coverage.ratio * 100.0)) " complete · " (coverage.holes.len()) @if coverage.holes.len() == 1 { " hole" } @else { " holes" } } }
                         td {
                             svg xmlns="http://www.w3.org/2000/svg" width=(WIDTH) height="22" role="img" {
                                 title { (candidate.url) ": " (coverage.holes.len()) " holes" }

@@ -98,22 +98,18 @@ impl Coverage {
         1.0 - missing as f64 / span as f64
     }
 
-    /// Replaces what is known about `range` with `holes` (all within it), and extends the
-    /// scanned range to cover it. Holes outside `range` stay.
-    pub fn rescanned(&mut self, range: Span, holes: &[Span]) {
-        let mut kept: Vec<Span> = Vec::with_capacity(self.holes.len() + holes.len());
-        for hole in &self.holes {
-            if hole.start < range.start {
-                kept.push(Span::new(hole.start, hole.end.min(range.start)));
-            }
-            if hole.end > range.end {
-                kept.push(Span::new(hole.start.max(range.end), hole.end));
-            }
-        }
-        kept.extend(holes.iter().map(|h| Span::new(h.start.max(range.start), h.end.min(range.end))));
-        kept.retain(|h| h.end > h.start);
-        kept.sort_by_key(|h| h.start);
-        self.holes = coalesce(kept);
+    /// Adds `holes` found by a scan of `range` (all within it), and extends the scanned
+    /// range to cover it. Holes already known stay, even within `range`: a scan compares only
+    /// the replicas that answered it, so a stretch rescanned while the peer that had data
+    /// there is down would otherwise lose its hole. A hole is never taken back; a wrong one
+    /// costs a merge or a detour, a forgotten one a gap on a dashboard.
+    pub fn scanned(&mut self, range: Span, holes: &[Span]) {
+        let mut all: Vec<Span> = Vec::with_capacity(self.holes.len() + holes.len());
+        all.extend_from_slice(&self.holes);
+        all.extend(holes.iter().map(|h| Span::new(h.start.max(range.start), h.end.min(range.end))));
+        all.retain(|h| h.end > h.start);
+        all.sort_by_key(|h| h.start);
+        self.holes = coalesce(all);
         self.from = if self.to > self.from { self.from.min(range.start) } else { range.start };
         self.to = self.to.max(range.end);
     }
@@ -176,7 +172,7 @@ mod tests {
     fn coverage(from: Millis, to: Millis, holes: &[(Millis, Millis)]) -> Coverage {
         let mut coverage = Coverage { bucket: 10, lookback: 300_000, ..Coverage::default() };
         let holes: Vec<Span> = holes.iter().map(|&(s, e)| Span::new(s, e)).collect();
-        coverage.rescanned(Span::new(from, to), &holes);
+        coverage.scanned(Span::new(from, to), &holes);
         coverage
     }
 
@@ -195,20 +191,22 @@ mod tests {
     }
 
     #[test]
-    fn a_rescan_replaces_what_it_covers_and_keeps_the_rest() {
+    fn a_rescan_adds_holes_and_never_forgets_one() {
         let mut c = coverage(0, 1000, &[(100, 200), (400, 600), (900, 1000)]);
-        c.rescanned(Span::new(500, 1500), &[(1200, 1300)].map(|(s, e)| Span::new(s, e)));
-        assert_eq!(c.holes(), &[Span::new(100, 200), Span::new(400, 500), Span::new(1200, 1300)]);
+        // Rescanned with only this replica answering (its peer down): nothing is short of a
+        // peer, yet the holes it had stay.
+        c.scanned(Span::new(500, 1500), &[(1200, 1300)].map(|(s, e)| Span::new(s, e)));
+        assert_eq!(c.holes(), &[Span::new(100, 200), Span::new(400, 600), Span::new(900, 1000), Span::new(1200, 1300)]);
         assert_eq!((c.from, c.to), (0, 1500));
-        c.rescanned(Span::new(150, 450), &[Span::new(150, 450)]);
-        assert_eq!(c.holes(), &[Span::new(100, 500), Span::new(1200, 1300)], "touching holes join");
+        c.scanned(Span::new(150, 450), &[Span::new(150, 450)]);
+        assert_eq!(c.holes()[0], Span::new(100, 600), "touching holes join");
     }
 
     #[test]
     fn memory_stays_bounded_by_joining_the_closest_holes() {
         let holes: Vec<Span> = (0..2000).map(|i| Span::new(i * 100, i * 100 + 10 + (i % 7))).collect();
         let mut c = Coverage { bucket: 10, ..Coverage::default() };
-        c.rescanned(Span::new(0, 200_000), &holes);
+        c.scanned(Span::new(0, 200_000), &holes);
         assert_eq!(c.holes().len(), MAX_HOLES);
         for hole in &holes {
             assert!(!c.covers(hole.start, hole.end - 1), "every hole is still a hole");

@@ -184,7 +184,7 @@ impl Tracker {
             }
             for (holes, &i) in holes_in_buckets(start, bucket, &counts).iter().zip(&answered) {
                 if let Some(coverage) = coverages[i].as_mut() {
-                    coverage.rescanned(Span::new(start, end), holes);
+                    coverage.scanned(Span::new(start, end), holes);
                 }
             }
             start = end;

@@ -84,7 +84,7 @@ mod tests {
         let mut coverage = Coverage::default();
         (coverage.bucket, coverage.lookback) = (1000, 1000);
         let holes: Vec<Span> = holes.iter().map(|&(s, e)| Span::new(s, e)).collect();
-        coverage.rescanned(Span::new(0, 100_000), &holes);
+        coverage.scanned(Span::new(0, 100_000), &holes);
         replica.set_coverage(coverage);
     }
 

@@ -7,33 +7,60 @@ use std::task::{Context, Poll};
 
 use hyper::body::{Body, Frame, SizeHint};
 
-/// `body`, holding `guard` until it is dropped.
+/// `body`, holding `guard` until it is dropped; optionally with what was already read of it
+/// in front (an answer read to merge or annotate, found too long for that, streams on whole).
 #[derive(Debug)]
-pub struct Guarded<B, G> {
+pub struct Guarded<B: Body, G> {
+    prefix: Option<B::Data>,
     body: B,
     _guard: G,
 }
 
-impl<B, G> Guarded<B, G> {
+impl<B: Body, G> Guarded<B, G> {
     /// Wraps `body` so that `guard` lives as long as it.
     pub fn new(body: B, guard: G) -> Self {
-        Guarded { body, _guard: guard }
+        Guarded { prefix: None, body, _guard: guard }
+    }
+
+    /// Wraps the rest of a body whose first part, `prefix`, was already read from it.
+    pub fn with_prefix(prefix: B::Data, body: B, guard: G) -> Self {
+        Guarded { prefix: Some(prefix), body, _guard: guard }
+    }
+
+    /// The body and the guard, apart again.
+    pub fn into_parts(self) -> (B, G) {
+        (self.body, self._guard)
     }
 }
 
-impl<B: Body + Unpin, G: Unpin> Body for Guarded<B, G> {
+impl<B: Body + Unpin, G: Unpin> Body for Guarded<B, G>
+where
+    B::Data: Unpin,
+{
     type Data = B::Data;
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.prefix.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let mut hint = self.body.size_hint();
+        if let Some(prefix) = &self.prefix {
+            use hyper::body::Buf;
+            let extra = prefix.remaining() as u64;
+            hint.set_lower(hint.lower().saturating_add(extra));
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(extra));
+            }
+        }
+        hint
     }
 }

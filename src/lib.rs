@@ -208,15 +208,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     background.spawn(selector.run(reselect_rx));
     if config.coverage_routing {
         let prober = probe::Prober::new(client.clone(), None, via.clone()).with_credentials(credentials.clone());
-        let mut tracker =
+        let tracker =
             coverage::tracker::Tracker::new(prober, snapshot.clone(), metrics.clone(), config.coverage_bucket);
         // The first scan, so that the first queries already avoid holes that are in the past
-        // (mpp restarted long after a replica's outage); bounded, since a long retention
-        // takes a while and the map is only an improvement.
-        if tokio::time::timeout(COVERAGE_STARTUP_PATIENCE, tracker.round()).await.is_err() {
+        // (mpp restarted long after a replica's outage); waited for a bounded time only, since
+        // a long retention takes a while and the map is only an improvement: the scan goes on.
+        let (first, first_done) = tokio::sync::oneshot::channel();
+        background.spawn(tracker.run(config.liveness_interval, first));
+        if tokio::time::timeout(COVERAGE_STARTUP_PATIENCE, first_done).await.is_err() {
             tracing::warn!(waited = ?COVERAGE_STARTUP_PATIENCE, "the first coverage scan is not done; serving meanwhile");
         }
-        background.spawn(tracker.run(config.liveness_interval));
     }
     background.spawn(liveness::run(
         snapshot.clone(),

@@ -52,7 +52,14 @@ pub struct DataHealth {
     pub good_rounds: u32,
     /// Why it is out of the selection, while it is.
     pub ejected: Option<String>,
+    /// Its samples-appended counter at the start of the current stall window, and when.
+    pub baseline: Option<(f64, SystemTime)>,
 }
+
+/// The shortest stretch over which a replica's ingestion is judged stalled: every target is
+/// scraped within it at scrape intervals up to a minute, so a replica that ingests shows
+/// growth, whatever the timing of rounds (triggered ones come four a second).
+pub const STALL_WINDOW: Duration = Duration::from_secs(60);
 
 /// Rounds in a row with stalled or lagging ingestion before a replica leaves the selection.
 pub const EJECT_AFTER_ROUNDS: u32 = 2;
@@ -71,26 +78,53 @@ impl DataRules {
     /// when its samples-appended counter did not grow while a peer's did (ingestion stalled),
     /// or when its newest sample trails the best peer's by more than `max_lag`. Never ejects
     /// every viable replica: answers with holes beat no answers.
-    fn judge(&self, previous: &Snapshot, candidates: &[Arc<Replica>], probes: &[Probe]) -> Vec<DataHealth> {
+    fn judge(
+        &self,
+        previous: &Snapshot,
+        candidates: &[Arc<Replica>],
+        probes: &[Probe],
+        now: SystemTime,
+    ) -> Vec<DataHealth> {
         let before = |replica: &Arc<Replica>| previous.candidates.iter().find(|c| Arc::ptr_eq(&c.replica, replica));
-        let growth: Vec<Option<f64>> = candidates
-            .iter()
+        let mut health: Vec<DataHealth> =
+            candidates.iter().map(|r| before(r).map(|c| c.data.clone()).unwrap_or_default()).collect();
+        // Growth over a full stall window, for the replicas whose window ends now; a window
+        // starts afresh after it, and after a restart (the counter went down) or an outage.
+        let growth: Vec<Option<f64>> = health
+            .iter_mut()
             .zip(probes)
-            .map(|(replica, probe)| {
-                let was = before(replica).filter(|c| c.probe.viable())?.probe.samples?;
-                // A counter that went down is a restart: no judgement this round.
-                probe.samples.filter(|&now| probe.viable() && now >= was).map(|now| now - was)
+            .map(|(health, probe)| {
+                let samples = probe.samples.filter(|_| probe.viable());
+                let Some(samples) = samples else {
+                    health.baseline = None;
+                    return None;
+                };
+                match health.baseline {
+                    Some((was, since)) if samples >= was => {
+                        if now.duration_since(since).unwrap_or_default() < STALL_WINDOW {
+                            return None;
+                        }
+                        health.baseline = Some((samples, now));
+                        Some(samples - was)
+                    }
+                    _ => {
+                        health.baseline = Some((samples, now));
+                        None
+                    }
+                }
             })
             .collect();
-        let newest = probes.iter().filter(|p| p.viable()).filter_map(|p| p.head_max_time).fold(f64::MIN, f64::max);
-        let mut health: Vec<DataHealth> = candidates
-            .iter()
-            .zip(probes)
-            .enumerate()
-            .map(|(i, (replica, probe))| {
-                let mut health = before(replica).map(|c| c.data.clone()).unwrap_or_default();
+        // The peers' newest sample: the upper median (so that one replica's future-stamped
+        // sample does not make the others lag), never later than now.
+        let unix_now = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let mut newest: Vec<f64> =
+            probes.iter().filter(|p| p.viable()).filter_map(|p| p.head_max_time).map(|t| t.min(unix_now)).collect();
+        newest.sort_by(f64::total_cmp);
+        let newest = newest.get(newest.len() / 2).copied().unwrap_or(f64::MIN);
+        for (i, (health, probe)) in health.iter_mut().zip(probes).enumerate() {
+            {
                 if !probe.viable() {
-                    return health;
+                    continue;
                 }
                 let peers_grew = growth.iter().enumerate().any(|(j, g)| j != i && g.is_some_and(|g| g > 0.0));
                 let problem = if growth[i] == Some(0.0) && peers_grew {
@@ -124,9 +158,8 @@ impl DataRules {
                         }
                     }
                 }
-                health
-            })
-            .collect();
+            }
+        }
         let serving = probes.iter().zip(&health).filter(|(p, h)| p.viable() && h.ejected.is_none()).count();
         if serving == 0 {
             for h in &mut health {
@@ -237,7 +270,7 @@ pub struct Gathered {
 pub fn decide(previous: &Snapshot, gathered: Gathered, strategy: &Strategy, rules: &DataRules) -> Snapshot {
     let Gathered { round, candidates, probes, discovery_error, settled, taken_at, took } = gathered;
     let incumbent = previous.selected.first().and_then(|inc| candidates.iter().position(|c| c == inc));
-    let data = rules.judge(previous, &candidates, &probes);
+    let data = rules.judge(previous, &candidates, &probes, taken_at);
     // The strategy sees an ejected replica as not viable; retries may still use it.
     let judged: Vec<Probe> = probes
         .iter()
@@ -553,51 +586,63 @@ mod tests {
     #[test]
     fn a_replica_whose_ingestion_stalls_or_lags_leaves_with_hysteresis_but_never_the_last() {
         let replicas = crate::registry::tests::replicas(&["http://a:1", "http://b:1"]);
+        // Rounds a minute apart; times in seconds from a fixed start.
+        const T0: f64 = 1_000_000.0;
         let probe = |samples: f64, newest: f64| Probe {
             ready: true,
             answers_up: true,
             samples: Some(samples),
-            head_max_time: Some(newest),
+            head_max_time: Some(T0 + newest),
             ..Probe::default()
         };
         let rules = DataRules { max_lag: Duration::from_secs(120) };
-        let mut snapshot = Snapshot::empty();
-        let round = |snapshot: &Snapshot, a: Probe, b: Probe| {
+        let round = |snapshot: &Snapshot, at: f64, a: Probe, b: Probe| {
             let gathered = Gathered {
                 round: snapshot.round + 1,
                 candidates: replicas.clone(),
                 probes: vec![a, b],
                 discovery_error: None,
                 settled: true,
-                taken_at: SystemTime::UNIX_EPOCH,
+                taken_at: SystemTime::UNIX_EPOCH + Duration::from_secs_f64(T0 + at),
                 took: Duration::ZERO,
             };
             decide(snapshot, gathered, &Strategy::Random, &rules)
         };
         let names = |s: &Snapshot| s.selected.iter().map(|r| r.url().to_string()).collect::<Vec<_>>();
-        snapshot = round(&snapshot, probe(100.0, 1000.0), probe(100.0, 1000.0));
-        // b stops appending: one bad round is not enough, the second ejects it.
-        snapshot = round(&snapshot, probe(200.0, 1010.0), probe(100.0, 1000.0));
+        let mut snapshot = round(&Snapshot::empty(), 0.0, probe(100.0, 0.0), probe(100.0, 0.0));
+        // b stops appending. Rounds within the minute judge nothing.
+        snapshot = round(&snapshot, 1.0, probe(110.0, 1.0), probe(100.0, 0.0));
+        snapshot = round(&snapshot, 30.0, probe(150.0, 30.0), probe(100.0, 0.0));
+        assert!(snapshot.candidates[1].data.bad_rounds == 0, "{:?}", snapshot.candidates[1].data);
+        // One bad minute is not enough; the second ejects it.
+        snapshot = round(&snapshot, 60.0, probe(200.0, 60.0), probe(100.0, 0.0));
         assert_eq!(names(&snapshot), ["http://a:1", "http://b:1"]);
-        snapshot = round(&snapshot, probe(300.0, 1020.0), probe(100.0, 1000.0));
+        snapshot = round(&snapshot, 120.0, probe(300.0, 120.0), probe(100.0, 0.0));
         assert_eq!(names(&snapshot), ["http://a:1"]);
         assert!(snapshot.candidates[1].data.ejected.as_deref().unwrap().contains("stalled"));
         assert!(snapshot.reason.contains("1 out for their data"));
-        // It appends again, but 3 minutes behind: still out, now for the lag.
-        snapshot = round(&snapshot, probe(400.0, 1200.0), probe(110.0, 1020.0));
+        // It appends again, but three minutes behind: still out, now for the lag.
+        snapshot = round(&snapshot, 180.0, probe(400.0, 180.0), probe(110.0, 0.0));
         assert!(snapshot.candidates[1].data.ejected.as_deref().unwrap().contains("behind"));
         // Caught up: back after three good rounds.
         for i in 0..3 {
             assert_eq!(names(&snapshot), ["http://a:1"], "round {i}");
-            let t = 1210.0 + i as f64 * 10.0;
-            snapshot = round(&snapshot, probe(500.0 + t, t), probe(200.0 + t, t));
+            let t = 240.0 + f64::from(i) * 60.0;
+            snapshot = round(&snapshot, t, probe(500.0 + t, t), probe(200.0 + t, t));
+        }
+        assert_eq!(names(&snapshot), ["http://a:1", "http://b:1"]);
+        // One replica's sample stamped a day ahead makes nobody lag.
+        for i in 0..3 {
+            let t = 420.0 + f64::from(i) * 60.0;
+            snapshot = round(&snapshot, t, probe(1000.0 + t, t + 86_400.0), probe(1000.0 + t, t));
         }
         assert_eq!(names(&snapshot), ["http://a:1", "http://b:1"]);
         // Both stall, or the only other one is down: nobody is ejected.
         let down = Probe::default();
-        snapshot = round(&snapshot, probe(2000.0, 2000.0), down.clone());
-        snapshot = round(&snapshot, probe(2000.0, 2000.0), down.clone());
-        snapshot = round(&snapshot, probe(2000.0, 2000.0), down);
+        for i in 0..3 {
+            let t = 600.0 + f64::from(i) * 60.0;
+            snapshot = round(&snapshot, t, probe(2000.0, 600.0), down.clone());
+        }
         assert_eq!(names(&snapshot), ["http://a:1"]);
         assert!(snapshot.candidates[0].data.ejected.is_none());
     }

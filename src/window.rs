@@ -32,8 +32,8 @@ use std::time::{Duration, SystemTime};
 
 use lrpar::{Lexeme, Lexer, NonStreamingLexer};
 use promql_parser::parser::token::{
-    T_ADD, T_AT, T_COLON, T_LEFT_BRACE, T_LEFT_BRACKET, T_LEFT_PAREN, T_NUMBER, T_OFFSET, T_RIGHT_BRACE, T_SUB,
-    TokenId, TokenType,
+    T_ADD, T_AT, T_COLON, T_EQL_REGEX, T_LEFT_BRACE, T_LEFT_BRACKET, T_LEFT_PAREN, T_NEQ_REGEX, T_NUMBER, T_OFFSET,
+    T_RIGHT_BRACE, T_STRING, T_SUB, TokenId, TokenType,
 };
 use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 
@@ -208,10 +208,10 @@ pub fn read_window(
 /// `Err` for PromQL that does not parse, and for a query longer than [`MAX_QUERY_BYTES`] or
 /// nested deeper than [`MAX_NESTING`].
 pub fn expr_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) -> Result<Window, String> {
-    check_cost(expr)?;
+    let expr = check_cost(expr)?;
     // Last resort for a panic in the parser that `check_cost` does not foresee: the request is
     // routed as before instead of losing its connection.
-    let ast = std::panic::catch_unwind(|| parser::parse(expr))
+    let ast = std::panic::catch_unwind(|| parser::parse(&expr))
         .map_err(|_| "the PromQL parser failed on this query".to_string())?
         .map_err(|e| format!("PromQL: {e}"))?;
     if eval_start > eval_end {
@@ -223,6 +223,9 @@ pub fn expr_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) ->
 
 /// How many expressions each serving thread remembers the window of.
 const REMEMBERED: usize = 1024;
+/// The longest expression remembered (so that the memory it takes stays within 4 MiB per
+/// thread); longer ones are parsed each time.
+const REMEMBERED_BYTES: usize = 4096;
 
 /// A remembered expression: its text and lookback (to tell hash collisions apart) and its
 /// window relative to its evaluation times (`None`: it reads nothing).
@@ -241,7 +244,7 @@ thread_local! {
 /// relative to every evaluation time (`[start + a, end + b]`), so that stretch is what is
 /// remembered; an expression with `@` (fixed times) is parsed each time.
 fn remembered_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) -> Result<Window, String> {
-    if expr.contains('@') || eval_start > eval_end {
+    if expr.contains('@') || eval_start > eval_end || expr.len() > REMEMBERED_BYTES {
         return expr_window(expr, eval_start, eval_end, lookback);
     }
     use std::hash::{Hash, Hasher};
@@ -270,14 +273,19 @@ fn remembered_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) 
 
 /// Refuses, before parsing, a query that would cost `promql-parser` too much (see
 /// [`MAX_NESTING`]) or make it panic: a number as a duration (after `[`, `:` or `offset`) that
-/// `std::time::Duration` cannot hold.
-fn check_cost(expr: &str) -> Result<(), String> {
+/// `std::time::Duration` cannot hold. Returns the query with every regular expression of a
+/// matcher (`=~`, `!~`) replaced by `.`: the parser compiles each one, which a client can make cost
+/// seconds (`{l=~"\\w{200}"}` takes 45 ms; Prometheus accepts it), and what a matcher matches
+/// never moves the window.
+fn check_cost(expr: &str) -> Result<Cow<'_, str>, String> {
     if expr.len() > MAX_QUERY_BYTES {
         return Err(format!("query longer than {MAX_QUERY_BYTES} bytes"));
     }
     let lexer = parser::lex::lexer(expr).map_err(|e| format!("PromQL: {e}"))?;
     let (mut nesting, mut in_braces) = (0, false);
     let (mut before, mut before_that): (Option<TokenId>, Option<TokenId>) = (None, None);
+    let mut emptied = String::new();
+    let mut copied = 0;
     for lexeme in lexer.iter() {
         let Ok(lexeme) = lexeme else { return Err("PromQL: invalid token".to_string()) };
         let token = lexeme.tok_id();
@@ -305,9 +313,21 @@ fn check_cost(expr: &str) -> Result<(), String> {
                 return Err(format!("duration out of range: {seconds}"));
             }
         }
+        if token == T_STRING && matches!(before, Some(T_EQL_REGEX | T_NEQ_REGEX)) {
+            let span = lexeme.span();
+            emptied.push_str(&expr[copied..span.start()]);
+            // Any one-character regex: it does not match the empty string, so a selector
+            // stays as valid as it was (one matcher must not match "").
+            emptied.push_str("\".\"");
+            copied = span.end();
+        }
         (before_that, before) = (before, Some(token));
     }
-    Ok(())
+    if copied == 0 {
+        return Ok(Cow::Borrowed(expr));
+    }
+    emptied.push_str(&expr[copied..]);
+    Ok(Cow::Owned(emptied))
 }
 
 /// The times at which an expression is evaluated: every time in `[first, last]`.
@@ -991,5 +1011,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn regular_expressions_cost_nothing_and_do_not_move_the_window() {
+        // Each `\w{200}` takes the regex crate about 45 ms to compile; 100 of them, seconds.
+        let matchers: Vec<String> = (0..100).map(|i| format!("l{i}=~\"\\\\w{{200}}\"")).collect();
+        let heavy = format!("rate(x{{{}}}[5m] offset 1h)", matchers.join(","));
+        let started = std::time::Instant::now();
+        let window = expr_window(&heavy, 10_000_000, 10_000_000, 300_000).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "took {:?}", started.elapsed());
+        assert_eq!(window, expr_window("rate(x[5m] offset 1h)", 10_000_000, 10_000_000, 300_000).unwrap());
+        assert!(expr_window(r#"{job=~".+"}"#, 0, 0, 1).is_ok(), "a selector of regexes alone stays valid");
+        assert!(expr_window(r#"x{a!~'b', c=~`d`}"#, 0, 0, 1).is_ok());
     }
 }

@@ -230,19 +230,19 @@ impl Status {
         html! {
             p { "From " (time(from)) " to now; buckets of " (scanned[0].1.bucket_seconds) " s. Red: a hole (less data than its peers); hatched: down, not checked since." }
             table.coverage {
-                @for (candidate, coverage) in &scanned {
+                @for (n, (candidate, coverage)) in scanned.iter().enumerate() {
                     tr {
                         td { (candidate.url) br; small { (format!("{:.3} %", coverage.ratio * 100.0)) " complete · " (coverage.holes.len()) @if coverage.holes.len() == 1 { " hole" } @else { " holes" } } }
                         td {
                             svg xmlns="http://www.w3.org/2000/svg" width=(WIDTH) height="22" role="img" {
                                 title { (candidate.url) ": " (coverage.holes.len()) " holes" }
-                                defs { pattern id="open" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)" {
+                                defs { pattern id=(format!("open{n}")) width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)" {
                                     rect width="3" height="6" fill="#c33" {}
                                 } }
                                 rect x=(x(coverage.from)) y="3" width=((x(to) - x(coverage.from)).max(1.0)) height="16" fill="#9bb" {}
                                 @for hole in &coverage.holes {
                                     rect x=(x(hole.start)) y="3" width=((x(hole.end) - x(hole.start)).max(1.0)) height="16"
-                                        fill=(if hole.open { "url(#open)" } else { "#c33" }) {
+                                        fill=(if hole.open { format!("url(#open{n})") } else { "#c33".to_string() }) {
                                         title { (time(hole.start)) " – " (time(hole.end)) " (" (duration((hole.end - hole.start).max(0.0) as u64)) ")" }
                                     }
                                 }

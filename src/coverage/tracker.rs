@@ -41,6 +41,13 @@ pub const BUCKETS_PER_QUERY: Millis = 10_000;
 pub const RESCAN_ON_RESTART: Duration = Duration::from_secs(3 * 3600);
 /// How long one scan query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long reading a replica's targets or flags may take.
+const SETTINGS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after a failed read of a replica's targets or flags it is tried again.
+const SETTINGS_RETRY: Duration = Duration::from_secs(30);
+/// The furthest back the scan reaches, whatever a replica says its oldest sample is (a
+/// sample stamped 1970 must not cost millions of queries).
+const MAX_SCAN_BACK: Millis = 2 * 366 * 24 * 3600 * 1000;
 /// Prometheus's default `--query.lookback-delta`, used until a replica's own is known.
 pub const DEFAULT_LOOKBACK: Millis = 5 * 60 * 1000;
 /// Scrapes per bucket: enough that one missed scrape shows as a shortfall (see
@@ -56,6 +63,8 @@ struct Seen {
     lookback: Option<Millis>,
     /// The end of the last bucket it was asked about.
     scanned_to: Option<Millis>,
+    /// When reading its lookback last failed.
+    lookback_failed: Option<tokio::time::Instant>,
 }
 
 /// The coverage tracker; see the module documentation.
@@ -67,6 +76,8 @@ pub struct Tracker {
     bucket_override: Option<Millis>,
     /// The longest scrape interval of the replicas' targets, once read.
     scrape_interval: Option<Millis>,
+    /// When reading it last failed.
+    scrape_interval_failed: Option<tokio::time::Instant>,
     seen: HashMap<String, Seen>,
 }
 
@@ -85,14 +96,18 @@ impl Tracker {
             metrics,
             bucket_override: bucket_override.map(|b| b.as_millis().max(1) as Millis),
             scrape_interval: None,
+            scrape_interval_failed: None,
             seen: HashMap::new(),
         }
     }
 
-    /// Runs rounds every `interval`, forever.
-    pub async fn run(mut self, interval: Duration) {
+    /// Runs rounds every `interval`, forever; `first` hears when the first one is done.
+    pub async fn run(mut self, interval: Duration, first: tokio::sync::oneshot::Sender<()>) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        self.round().await;
+        let _ = first.send(());
         loop {
             ticks.tick().await;
             self.round().await;
@@ -121,35 +136,31 @@ impl Tracker {
         self.read_lookbacks(&up).await;
         for (replica, start_time, _) in &up {
             let seen = self.seen.entry(replica.url().to_string()).or_default();
-            if let (Some(before), Some(now_start)) = (seen.start_time, *start_time)
+            let start_time = start_time.filter(|t| t.is_finite());
+            if let (Some(before), Some(now_start)) = (seen.start_time, start_time)
                 && before != now_start
             {
                 tracing::info!(backend = %replica, "replica restarted; scanning its recent data again");
-                let rescan_from = now - RESCAN_ON_RESTART.as_millis() as Millis;
+                let rescan_from = (now - RESCAN_ON_RESTART.as_millis() as Millis).div_euclid(bucket) * bucket;
                 seen.scanned_to = seen.scanned_to.map(|to| to.min(rescan_from));
             }
             seen.start_time = start_time.or(seen.start_time);
         }
-        // The oldest data any replica holds, on the bucket grid.
-        let Some(earliest) = up.iter().filter_map(|(_, _, lowest)| *lowest).map(|t| (t * 1000.0) as Millis).min()
+        // The oldest data any replica holds.
+        let Some(earliest) = up
+            .iter()
+            .filter_map(|(_, _, lowest)| lowest.filter(|t| t.is_finite()))
+            .map(|t| (t * 1000.0) as Millis)
+            .min()
         else {
             return;
         };
-        let earliest = earliest.div_euclid(bucket) * bucket;
-        // A bucket is complete once every replica has had time to scrape its end.
+        let scanned: Vec<Option<Millis>> =
+            up.iter().map(|(r, _, _)| self.seen.get(r.url()).and_then(|s| s.scanned_to)).collect();
         let scrape = self.scrape_interval.unwrap_or(bucket / SCRAPES_PER_BUCKET);
-        let to = (now - scrape).div_euclid(bucket) * bucket;
-        let from = up
-            .iter()
-            .map(|(r, _, _)| self.seen.get(r.url()).and_then(|s| s.scanned_to).map_or(earliest, |t| t - 2 * bucket))
-            .min()
-            .unwrap_or(earliest)
-            .max(earliest);
-        if from >= to {
-            return;
-        }
+        let Some(range) = scan_range(&scanned, earliest, now, bucket, scrape) else { return };
         let replicas: Vec<Arc<Replica>> = up.into_iter().map(|(r, _, _)| r).collect();
-        self.scan(&replicas, Span::new(from, to), bucket).await;
+        self.scan(&replicas, range, bucket).await;
     }
 
     /// Asks every replica in `replicas` about `range` and publishes what is learned: a
@@ -185,6 +196,11 @@ impl Tracker {
             for (holes, &i) in holes_in_buckets(start, bucket, &counts).iter().zip(&answered) {
                 if let Some(coverage) = coverages[i].as_mut() {
                     coverage.scanned(Span::new(start, end), holes);
+                    if end < range.end {
+                        // A long scan (a long retention, at start-up) shows as it goes.
+                        coverage.bucket = bucket;
+                        this.publish(&replicas[i], coverage.clone());
+                    }
                 }
             }
             start = end;
@@ -223,16 +239,20 @@ impl Tracker {
     /// The bucket size: the override, or four times the longest scrape interval of the
     /// first replica that lists its targets.
     async fn bucket(&mut self, up: &[(Arc<Replica>, Option<f64>, Option<f64>)]) -> Option<Millis> {
-        if self.scrape_interval.is_none() {
+        let retry_due = self.scrape_interval_failed.is_none_or(|at| at.elapsed() >= SETTINGS_RETRY);
+        if self.scrape_interval.is_none() && retry_due {
             for (replica, _, _) in up {
-                match self.prober.get(replica, "/api/v1/targets?state=active").await.and_then(|b| scrape_interval(&b)) {
+                match self.settings(replica, "/api/v1/targets?state=active").await.and_then(|b| scrape_interval(&b)) {
                     Ok(Some(interval)) => {
                         self.scrape_interval = Some(interval);
                         break;
                     }
-                    Ok(None) => {}
+                    Ok(None) => tracing::debug!(backend = %replica, "no active targets: no scrape interval"),
                     Err(e) => tracing::debug!(backend = %replica, error = %e, "cannot read the scrape interval"),
                 }
+            }
+            if self.scrape_interval.is_none() {
+                self.scrape_interval_failed = Some(tokio::time::Instant::now());
             }
         }
         self.bucket_override.or(self.scrape_interval.map(|i| i * SCRAPES_PER_BUCKET))
@@ -241,15 +261,28 @@ impl Tracker {
     /// Reads each replica's `--query.lookback-delta` once.
     async fn read_lookbacks(&mut self, up: &[(Arc<Replica>, Option<f64>, Option<f64>)]) {
         for (replica, _, _) in up {
-            let seen = self.seen.entry(replica.url().to_string()).or_default();
-            if seen.lookback.is_some() {
+            let seen = self.seen.get(replica.url()).cloned().unwrap_or_default();
+            let retry_due = seen.lookback_failed.is_none_or(|at| at.elapsed() >= SETTINGS_RETRY);
+            if seen.lookback.is_some() || !retry_due {
                 continue;
             }
-            match self.prober.get(replica, "/api/v1/status/flags").await.and_then(|b| lookback(&b)) {
+            let read = self.settings(replica, "/api/v1/status/flags").await.and_then(|b| lookback(&b));
+            let seen = self.seen.entry(replica.url().to_string()).or_default();
+            match read {
                 Ok(lookback) => seen.lookback = Some(lookback),
-                Err(e) => tracing::debug!(backend = %replica, error = %e, "cannot read the lookback delta"),
+                Err(e) => {
+                    tracing::debug!(backend = %replica, error = %e, "cannot read the lookback delta");
+                    seen.lookback_failed = Some(tokio::time::Instant::now());
+                }
             }
         }
+    }
+
+    /// A replica's settings page (targets, flags), within [`SETTINGS_TIMEOUT`].
+    async fn settings(&self, replica: &Replica, path: &str) -> Result<bytes::Bytes, String> {
+        tokio::time::timeout(SETTINGS_TIMEOUT, self.prober.get(replica, path))
+            .await
+            .map_err(|_| format!("GET {path}: no answer within {SETTINGS_TIMEOUT:?}"))?
     }
 
     /// Samples of `up` per bucket in `[start, end)`.
@@ -269,6 +302,27 @@ impl Tracker {
             .map_err(|_| format!("no answer within {QUERY_TIMEOUT:?}"))??;
         bucket_counts(&body, start, end, bucket)
     }
+}
+
+/// What a round scans: from the oldest end of what the replicas were asked about (the
+/// oldest sample any holds, `earliest`, for one never asked; never more than two years
+/// back), less two buckets of overlap, to the last complete bucket (one whose end every
+/// replica has had a scrape interval to ingest). `None` when no bucket has completed since.
+pub fn scan_range(
+    scanned_to: &[Option<Millis>],
+    earliest: Millis,
+    now: Millis,
+    bucket: Millis,
+    scrape: Millis,
+) -> Option<Span> {
+    let earliest = earliest.max(now.saturating_sub(MAX_SCAN_BACK)).div_euclid(bucket) * bucket;
+    let to = now.saturating_sub(scrape).div_euclid(bucket) * bucket;
+    let oldest = scanned_to.iter().map(|t| t.unwrap_or(earliest)).min()?;
+    if oldest >= to {
+        return None;
+    }
+    let from = oldest.saturating_sub(2 * bucket).max(earliest);
+    (from < to).then(|| Span::new(from, to))
 }
 
 fn now_millis() -> Millis {
@@ -303,7 +357,7 @@ fn bucket_counts(body: &[u8], start: Millis, end: Millis, bucket: Millis) -> Res
     let mut counts = vec![0.0; buckets];
     for series in answer.data.map(|d| d.result).unwrap_or_default() {
         for (at, value) in series.values {
-            let index = ((at * 1000.0).round() as Millis - start) / bucket - 1;
+            let index = ((at * 1000.0).round() as Millis).saturating_sub(start) / bucket - 1;
             if let (Ok(i), Ok(v)) = (usize::try_from(index), value.parse::<f64>())
                 && i < buckets
             {
@@ -365,6 +419,32 @@ mod tests {
         assert!(bucket_counts(b"<html>", 0, 4000, 4000).is_err());
         assert_eq!(seconds(-1), "-1.999");
         assert_eq!(seconds(1_700_000_000_123), "1700000000.123");
+    }
+
+    #[test]
+    fn a_round_scans_what_is_new_with_an_overlap_and_nothing_when_nothing_is() {
+        let (bucket, scrape) = (4000, 1000);
+        // Never asked: from the oldest sample, to the last complete bucket.
+        assert_eq!(scan_range(&[None, None], 10_500, 100_700, bucket, scrape), Some(Span::new(8000, 96_000)));
+        // Asked up to the last complete bucket: nothing until the next completes.
+        assert_eq!(scan_range(&[Some(96_000), Some(96_000)], 8000, 100_900, bucket, scrape), None);
+        assert_eq!(
+            scan_range(&[Some(96_000), Some(96_000)], 8000, 101_000, bucket, scrape),
+            Some(Span::new(88_000, 100_000))
+        );
+        // A replica that was down (asked up to 40 s) takes the scan back to it, for everyone.
+        assert_eq!(
+            scan_range(&[Some(96_000), Some(40_000)], 8000, 101_000, bucket, scrape),
+            Some(Span::new(32_000, 100_000))
+        );
+        // A new replica among known ones: everything again.
+        assert_eq!(scan_range(&[Some(96_000), None], 8000, 101_000, bucket, scrape), Some(Span::new(8000, 100_000)));
+        // A sample stamped 1970 does not cost decades of queries.
+        let now = 1_800_000_000_000;
+        let range = scan_range(&[None], 0, now, 60_000, 15_000).unwrap();
+        assert!(now - range.start <= MAX_SCAN_BACK + 60_000, "{range:?}");
+        assert_eq!(scan_range(&[], 0, now, 60_000, 15_000), None, "no replica, no scan");
+        assert_eq!(scan_range(&[None], now + 1, now, 60_000, 15_000), None, "data only in the future");
     }
 
     #[test]

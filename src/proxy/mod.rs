@@ -16,15 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use http::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::body::Guarded;
@@ -79,6 +79,8 @@ struct Inner {
     credentials: Option<Arc<Credentials>>,
     coverage_routing: bool,
     merge_max_bytes: usize,
+    /// The bytes of answers held for merging, by every merge in flight together.
+    merge_budget: Arc<Semaphore>,
 }
 
 /// What the proxy needs from the rest of the program.
@@ -152,6 +154,9 @@ impl Proxy {
                 credentials: settings.credentials,
                 coverage_routing: settings.coverage_routing,
                 merge_max_bytes: usize::try_from(settings.merge_max_bytes).unwrap_or(usize::MAX),
+                merge_budget: Arc::new(Semaphore::new(
+                    usize::try_from(settings.merge_max_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
+                )),
             }),
         }
     }
@@ -221,7 +226,11 @@ impl Proxy {
     /// and some usable replica has a hole (otherwise every replica covers every window and
     /// the query is not even parsed).
     fn coverage_read(&self, prepared: &Prepared, snapshot: &Snapshot) -> Option<Read> {
-        if !self.inner.coverage_routing || window::Endpoint::of_path(prepared.path_and_query.path()).is_none() {
+        let read_method = prepared.method == Method::GET || prepared.method == Method::POST;
+        if !self.inner.coverage_routing
+            || !read_method
+            || window::Endpoint::of_path(prepared.path_and_query.path()).is_none()
+        {
             return None;
         }
         let coverages: Vec<Arc<Coverage>> = snapshot.viable.iter().map(|r| r.coverage()).collect();
@@ -268,7 +277,7 @@ impl Proxy {
             let (failure, unavailable) = match self.attempt(&prepared, &backend, last_resort, deadline).await {
                 Outcome::Answer(response, slot) => {
                     let answer = self.answer(response, slot, &backend, &snapshot, &prepared, started, diverted);
-                    return Ok(self.with_failover(answer, &tried, &backend).await);
+                    return Ok(self.with_failover(answer, &tried, &backend, deadline).await);
                 }
                 Outcome::Failed(failure, answer) => (failure, answer),
             };
@@ -299,12 +308,14 @@ impl Proxy {
     }
 
     /// An answer that another replica gave after `failed` ones did not: says so in a header
-    /// and, for an API answer mpp can read, in its `warnings` (Grafana shows them).
+    /// and, for an API answer mpp can read within `--merge-max-bytes`, in its `warnings`
+    /// (Grafana shows them). A longer answer streams on as it is.
     async fn with_failover(
         &self,
         answer: Response<ProxyBody>,
         failed: &[Arc<Replica>],
         served: &Replica,
+        deadline: Instant,
     ) -> Response<ProxyBody> {
         if failed.is_empty() {
             return answer;
@@ -318,21 +329,28 @@ impl Proxy {
         if !headers::is_plain_json(&parts.headers) {
             return Response::from_parts(parts, Either::Left(body));
         }
-        let warning = format!("mpp: answered by {} after {names} failed", served.url());
-        match read_limited(body, self.inner.merge_max_bytes).await {
-            Ok(bytes) => {
+        let (body, slot) = body.into_parts();
+        let budget = &self.inner.merge_budget;
+        match read_up_to(body, self.inner.merge_max_bytes, budget, deadline).await {
+            Ok(Held::Whole(bytes, _held)) => {
+                let warning = format!("mpp: answered by {} after {names} failed", served.url());
                 let bytes = merge::add_warning(&bytes, &warning).map(Bytes::from).unwrap_or(bytes);
                 parts.headers.remove(header::CONTENT_LENGTH);
                 Response::from_parts(parts, Either::Right(Full::new(bytes)))
+            }
+            Ok(Held::Over(prefix, rest)) => {
+                Response::from_parts(parts, Either::Left(Guarded::with_prefix(prefix, rest, slot)))
             }
             Err(e) => ProxyError::Upstream { backend: served.url().to_string(), detail: e }.into_response(),
         }
     }
 
-    /// Answers from several replicas: each is asked (uncompressed), the answers are read
-    /// within `--merge-max-bytes` together and merged, the first to answer successfully in
-    /// `[primary, others...]` order being the primary. When nothing can be merged, the
-    /// request goes its ordinary way to the primary.
+    /// Answers from several replicas: each is asked (uncompressed); their answers are read
+    /// within `--merge-max-bytes` (shared by every merge in flight) and before the request's
+    /// deadline, and merged off the serving thread. The first replica in `[primary,
+    /// others...]` to answer `200` is the primary; when none does, the planned primary's
+    /// answer (a bad query's error, say) is the client's. When the primary's own answer is
+    /// over the bound, it streams on alone, with an `MPP-Warning` header.
     #[allow(clippy::too_many_arguments)]
     async fn merge(
         &self,
@@ -348,33 +366,12 @@ impl Proxy {
         prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
         let replicas: Vec<Arc<Replica>> = std::iter::once(primary.clone()).chain(others).collect();
         let outcomes = join_all(replicas.iter().map(|r| self.attempt(&prepared, r, false, deadline))).await;
-        let mut budget = inner.merge_max_bytes;
-        let mut answers: Vec<(Arc<Replica>, http::response::Parts, Bytes)> = Vec::new();
-        let mut too_large = false;
+        let mut answers: Vec<(Arc<Replica>, Response<Incoming>, OwnedSemaphorePermit)> = Vec::new();
         for (replica, outcome) in replicas.iter().zip(outcomes) {
-            let Outcome::Answer(response, _slot) = outcome else { continue };
-            let (parts, body) = response.into_parts();
-            if too_large || parts.status != StatusCode::OK || !headers::is_plain_json(&parts.headers) {
-                if answers.is_empty() && !too_large {
-                    // The primary's own error (a bad query, say) is every replica's answer.
-                    let body = read_limited(body, budget).await.unwrap_or_default();
-                    answers.push((replica.clone(), parts, body));
-                    break;
-                }
-                continue;
-            }
-            match read_limited(body, budget).await {
-                Ok(bytes) => {
-                    budget -= bytes.len();
-                    answers.push((replica.clone(), parts, bytes));
-                }
-                Err(e) if answers.is_empty() => {
-                    tracing::debug!(backend = %replica, error = %e, "the primary's answer cannot be merged");
-                    too_large = true;
-                }
-                Err(e) => {
-                    tracing::debug!(backend = %replica, error = %e, "an answer is left out of a merge");
-                    too_large = true;
+            match outcome {
+                Outcome::Answer(response, slot) => answers.push((replica.clone(), response, slot)),
+                Outcome::Failed(failure, _) => {
+                    tracing::debug!(backend = %replica, error = %failure, "a replica asked for a merge failed");
                 }
             }
         }
@@ -382,79 +379,122 @@ impl Proxy {
         let count = |outcome: &'static str| {
             inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: label, outcome }).inc();
         };
-        let Some((served, mut parts, body)) = answers.first().cloned() else {
-            // Nothing came back whole (or the primary's answer alone is over the bound): the
-            // ordinary way, streamed, retried.
-            if too_large {
-                count("too_large");
-            }
-            let mut answer = self.relay(prepared, primary, false, false, snapshot, deadline, started).await?;
-            if too_large
-                && let Ok(value) = HeaderValue::from_str(&format!(
-                    "not merged: the answer is over --merge-max-bytes {}",
-                    inner.merge_max_bytes
-                ))
-            {
-                answer.headers_mut().insert(headers::MPP_WARNING.clone(), value);
-            }
-            return Ok(answer);
+        let usable = |r: &Response<Incoming>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
+        let Some(first_ok) = answers.iter().position(|(_, r, _)| usable(r)) else {
+            return match answers.into_iter().next() {
+                // Nobody answered 200: the first answer is the client's, as it is.
+                Some((served, response, slot)) => {
+                    Ok(self.answer(response, slot, &served, &snapshot, &prepared, started, true))
+                }
+                // Nobody answered at all: the ordinary way, with its retries and errors.
+                None => self.relay(prepared, primary, false, false, snapshot, deadline, started).await,
+            };
         };
-        let names: Vec<&str> = answers.iter().map(|(r, _, _)| r.url()).collect();
-        let merged = if parts.status != StatusCode::OK {
-            None
-        } else if answers.len() < 2 {
-            let warning = if too_large {
+        let (served, response, slot) = answers.remove(first_ok);
+        let failed: Vec<Arc<Replica>> = replicas.iter().take_while(|r| **r != served).cloned().collect();
+        let (mut parts, body) = response.into_parts();
+        let budget = &inner.merge_budget;
+        let mut held = Vec::new();
+        let primary_body = match read_up_to(body, inner.merge_max_bytes, budget, deadline).await {
+            Ok(Held::Whole(bytes, permit)) => {
+                held.push(permit);
+                bytes
+            }
+            Ok(Held::Over(prefix, rest)) => {
+                count("too_large");
+                let note = format!("not merged: the answer is over --merge-max-bytes {}", inner.merge_max_bytes);
+                if let Ok(value) = HeaderValue::from_str(&note) {
+                    parts.headers.insert(headers::MPP_WARNING.clone(), value);
+                }
+                // What was read and what is still to come are the whole answer, as it was.
+                return Ok(self.finish(
+                    parts,
+                    Either::Left(Guarded::with_prefix(prefix, rest, slot)),
+                    &served,
+                    started,
+                ));
+            }
+            Err(e) => return Err(ProxyError::Upstream { backend: served.url().to_string(), detail: e }),
+        };
+        drop(slot);
+        let mut others: Vec<(Arc<Replica>, Bytes)> = Vec::new();
+        let mut over = false;
+        for (replica, response, slot) in answers.into_iter().filter(|(_, r, _)| usable(r)) {
+            let limit = inner.merge_max_bytes.saturating_sub(primary_body.len());
+            match read_up_to(response.into_body(), limit, budget, deadline).await {
+                Ok(Held::Whole(bytes, permit)) => {
+                    held.push(permit);
+                    others.push((replica, bytes));
+                }
+                Ok(Held::Over(..)) => over = true,
+                Err(e) => tracing::debug!(backend = %replica, error = %e, "an answer is left out of a merge"),
+            }
+            drop(slot);
+        }
+        let mut names: Vec<String> = vec![served.url().to_string()];
+        names.extend(others.iter().map(|(r, _)| r.url().to_string()));
+        let primary_url = served.url().to_string();
+        let body = if others.is_empty() {
+            let warning = if over {
                 count("too_large");
                 format!(
-                    "mpp: no single replica holds all data for this query, and the others' answers are over --merge-max-bytes; this is {}'s alone",
-                    served.url()
+                    "mpp: no single replica holds all data for this query, and the others' answers are over --merge-max-bytes; this is {primary_url}'s alone"
                 )
             } else {
                 count("failed");
                 format!(
-                    "mpp: no single replica holds all data for this query, and only {} answered; it may have gaps",
-                    served.url()
+                    "mpp: no single replica holds all data for this query, and only {primary_url} answered; it may have gaps"
                 )
             };
-            merge::add_warning(&body, &warning).ok()
+            merge::add_warning(&primary_body, &warning).map(Bytes::from).unwrap_or(primary_body)
         } else {
-            let primary_part = merge::Part { body: &body, replica: served.url() };
-            let other_parts: Vec<merge::Part> =
-                answers[1..].iter().map(|(r, _, b)| merge::Part { body: b, replica: r.url() }).collect();
             let warning = format!(
-                "mpp: merged from replicas {} (no single replica holds all data for this time range; {} is the primary)",
-                names.join(", "),
-                served.url()
+                "mpp: merged from replicas {} (no single replica holds all data for this time range; {primary_url} is the primary)",
+                names.join(", ")
             );
-            match merge::merge(endpoint, primary_part, &other_parts, Some(&warning)) {
-                Ok(merged) => {
+            // Parsing and writing answers of megabytes is work for a blocking thread, not for
+            // the thread that serves every other connection of this core.
+            let work = tokio::task::spawn_blocking(move || {
+                let parts: Vec<merge::Part> =
+                    others.iter().map(|(r, b)| merge::Part { body: b, replica: r.url() }).collect();
+                let merged = merge::merge(
+                    endpoint,
+                    merge::Part { body: &primary_body, replica: &primary_url },
+                    &parts,
+                    Some(&warning),
+                );
+                (merged, primary_body)
+            });
+            match work.await {
+                Ok((Ok(merged), _)) => {
                     count("merged");
                     tracing::debug!(replicas = ?names, filled = merged.filled, added_series = merged.added_series, "answers merged");
                     if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
                         parts.headers.insert(headers::MERGED_FROM.clone(), value);
                     }
-                    Some(merged.body)
+                    Bytes::from(merged.body)
                 }
-                Err(e) => {
+                Ok((Err(e), primary_body)) => {
                     count("failed");
                     tracing::debug!(error = %e, "answers could not be merged; sending the primary's");
-                    None
+                    primary_body
+                }
+                Err(e) => {
+                    return Err(ProxyError::Upstream {
+                        backend: served.url().to_string(),
+                        detail: format!("merging: {e}"),
+                    });
                 }
             }
         };
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.insert(headers::SERVED_BY.clone(), served.served_by().clone());
-        let metrics = served.metrics();
-        metrics.duration.observe(started.elapsed());
-        if parts.status == StatusCode::OK {
-            metrics.ok.inc();
-        } else {
-            let labels = RequestLabels { backend: served.url_label(), code: parts.status.as_u16() };
-            inner.metrics.requests.get_or_create(&labels).inc();
+        drop(held);
+        if !failed.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&failed.iter().map(|r| r.url()).collect::<Vec<_>>().join(", "))
+        {
+            parts.headers.insert(headers::FAILOVER_FROM.clone(), value);
         }
-        let body = merged.map(Bytes::from).unwrap_or(body);
-        Ok(Response::from_parts(parts, Either::Right(Full::new(body))))
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Ok(self.finish(parts, Either::Right(Full::new(body)), &served, started))
     }
 
     /// The client's answer when the last attempt failed.
@@ -602,12 +642,9 @@ impl Proxy {
         diverted: bool,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
-        let inner = &*self.inner;
         // A replica chosen for its data serves this query only; the client's pin stays.
         if !diverted {
-            inner.affinity.remember(
+            self.inner.affinity.remember(
                 snapshot,
                 prepared.route_cookie.as_deref(),
                 prepared.client,
@@ -615,27 +652,67 @@ impl Proxy {
                 &mut parts.headers,
             );
         }
+        self.finish(parts, Either::Left(Guarded::new(body, slot)), backend, started)
+    }
+
+    /// An answer's head made ready for the client (hop-by-hop headers out, `MPP.ServedBy`
+    /// in), counted.
+    fn finish(
+        &self,
+        mut parts: http::response::Parts,
+        body: ProxyBody,
+        backend: &Replica,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
         let metrics = backend.metrics();
         metrics.duration.observe(started.elapsed());
         if parts.status == StatusCode::OK {
             metrics.ok.inc();
         } else {
             let labels = RequestLabels { backend: backend.url_label(), code: parts.status.as_u16() };
-            inner.metrics.requests.get_or_create(&labels).inc();
+            self.inner.metrics.requests.get_or_create(&labels).inc();
         }
-        Response::from_parts(parts, Either::Left(Guarded::new(body, slot)))
+        Response::from_parts(parts, body)
     }
 }
 
-/// Reads an answer's body whole, if it is at most `limit` bytes.
-async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, String>
+/// An answer's body as far as it was read: whole (with the budget it holds), or, over the
+/// limit, what was read and the rest still to come.
+enum Held<B> {
+    Whole(Bytes, Option<OwnedSemaphorePermit>),
+    Over(Bytes, B),
+}
+
+/// Reads `body` whole, paying for each byte from `budget`, unless it is over `limit` or the
+/// budget runs out (then [`Held::Over`], so that it can still stream on). Fails when the body
+/// fails or does not end before `deadline`.
+async fn read_up_to<B>(mut body: B, limit: usize, budget: &Arc<Semaphore>, deadline: Instant) -> Result<Held<B>, String>
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!("the answer is over {limit} bytes")),
-        Err(e) => Err(format!("reading the answer: {}", crate::error::error_chain(e.as_ref()))),
+    let mut read = BytesMut::new();
+    let mut paid: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err("the answer did not arrive whole within --request-timeout".to_string()),
+            Ok(None) => return Ok(Held::Whole(read.freeze(), paid)),
+            Ok(Some(Err(e))) => {
+                return Err(format!("reading the answer: {}", crate::error::error_chain(e.into().as_ref())));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let fits = read.len() + data.len() <= limit;
+        let permit =
+            u32::try_from(data.len()).ok().filter(|_| fits).and_then(|n| budget.clone().try_acquire_many_owned(n).ok());
+        read.extend_from_slice(&data);
+        match (permit, &mut paid) {
+            (Some(permit), Some(paid)) => paid.merge(permit),
+            (Some(permit), None) => paid = Some(permit),
+            (None, _) => return Ok(Held::Over(read.freeze(), body)),
+        }
     }
 }

@@ -33,30 +33,47 @@ pub enum Route {
 /// The route for a request reading `read`, whose affinity or strategy choice is `default`.
 pub fn plan(snapshot: &Snapshot, default: Arc<Replica>, read: &Read) -> Route {
     let (start, end) = (read.window.start, read.window.end);
-    let covers = |r: &Arc<Replica>| r.coverage().covers(start, end);
+    // A replica not scanned yet (just started, or a new pod with an empty disk) is taken to
+    // cover everything only while no replica's coverage is known.
+    let any_known = snapshot.viable.iter().any(|r| r.coverage().known());
+    let covers = |r: &Arc<Replica>| {
+        let coverage = r.coverage();
+        if coverage.known() { coverage.covers(start, end) } else { !any_known }
+    };
+    let missing = |r: &Arc<Replica>| -> Millis {
+        let coverage = r.coverage();
+        if coverage.known() {
+            coverage.missing(start, end)
+        } else if any_known {
+            Millis::MAX
+        } else {
+            0
+        }
+    };
     if covers(&default) {
         return Route::One { replica: default, diverted: false };
     }
+    // Out for its data (ingestion stalled or lagging): not a place to divert to.
+    let ejected =
+        |r: &Arc<Replica>| snapshot.candidates.iter().any(|c| Arc::ptr_eq(&c.replica, r) && c.data.ejected.is_some());
     let usable: Vec<&Arc<Replica>> = snapshot
         .selected
         .iter()
         .chain(snapshot.viable.iter().filter(|r| !snapshot.selected.contains(r)))
-        .filter(|r| !r.health().is_down())
+        .filter(|r| !r.health().is_down() && !ejected(r))
         .collect();
     if let Some(replica) = usable.iter().find(|r| covers(r)) {
         return Route::One { replica: (*replica).clone(), diverted: true };
     }
     if read.endpoint == Endpoint::Query {
-        let at = read.eval_time.unwrap_or(end);
-        let best = std::iter::once(&default)
-            .chain(usable.iter().copied())
-            .find(|r| r.coverage().covers(at, at))
-            .cloned()
-            .unwrap_or_else(|| default.clone());
-        let diverted = best != default;
-        return Route::One { replica: best, diverted };
+        // An instant vector comes whole from one replica: the one missing the least of what
+        // the query reads, the default on a tie.
+        let best = usable.iter().copied().min_by_key(|r| missing(r)).filter(|r| missing(r) < missing(&default));
+        return match best {
+            Some(best) => Route::One { replica: best.clone(), diverted: true },
+            None => Route::One { replica: default, diverted: false },
+        };
     }
-    let missing = |r: &Arc<Replica>| -> Millis { r.coverage().missing(start, end) };
     // The primary: the default unless a selected replica misses less of the window.
     let primary = snapshot
         .selected
@@ -119,6 +136,7 @@ mod tests {
         );
         // c is viable but not selected (single-most-data): it fills in when no selected one covers.
         with_holes(&r[1], &[(15_000, 16_000)]);
+        with_holes(&r[2], &[]);
         assert_eq!(one(plan(&s, r[0].clone(), &read(Endpoint::Series, 5_000, 40_000))), ("http://c:1".into(), true));
     }
 
@@ -135,9 +153,10 @@ mod tests {
             }
             other => panic!("expected a merge, got {other:?}"),
         }
-        // An instant query goes whole to the replica that covers its evaluation time.
+        // An instant query goes whole to the replica that misses the least of what it reads.
         assert_eq!(one(plan(&s, r[0].clone(), &read(Endpoint::Query, 0, 15_000))), ("http://b:1".into(), true));
-        assert_eq!(one(plan(&s, r[0].clone(), &read(Endpoint::Query, 0, 51_000))), ("http://a:1".into(), false));
+        assert_eq!(one(plan(&s, r[0].clone(), &read(Endpoint::Query, 0, 51_000))), ("http://b:1".into(), true));
+        assert_eq!(one(plan(&s, r[0].clone(), &read(Endpoint::Query, 45_000, 51_000))), ("http://a:1".into(), false));
         // A replica that is down is neither primary nor filler.
         r[1].health().mark_down();
         assert_eq!(one(plan(&s, r[0].clone(), &read(Endpoint::QueryRange, 0, 90_000))), ("http://a:1".into(), false));

@@ -52,15 +52,33 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.body.size_hint();
-        if let Some(prefix) = &self.prefix {
-            use hyper::body::Buf;
-            let extra = prefix.remaining() as u64;
-            hint.set_lower(hint.lower().saturating_add(extra));
-            if let Some(upper) = hint.upper() {
-                hint.set_upper(upper.saturating_add(extra));
-            }
+        let rest = self.body.size_hint();
+        let Some(prefix) = &self.prefix else { return rest };
+        use hyper::body::Buf;
+        let extra = prefix.remaining() as u64;
+        // The upper bound first: `SizeHint` refuses a lower bound above its upper one.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(extra));
         }
+        hint.set_lower(rest.lower().saturating_add(extra));
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn a_prefix_comes_first_and_counts_in_the_size() {
+        let body = Guarded::with_prefix(Bytes::from_static(b"ab"), Full::new(Bytes::from_static(b"cde")), ());
+        let hint = body.size_hint();
+        assert_eq!((hint.lower(), hint.upper()), (5, Some(5)));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), Bytes::from_static(b"abcde"));
+        let plain = Guarded::new(Full::new(Bytes::from_static(b"x")), ());
+        assert_eq!(plain.size_hint().exact(), Some(1));
     }
 }

@@ -155,6 +155,7 @@ impl Tracker {
         else {
             return;
         };
+        self.note_retention(&up, earliest, bucket);
         let scanned: Vec<Option<Millis>> =
             up.iter().map(|(r, _, _)| self.seen.get(r.url()).and_then(|s| s.scanned_to)).collect();
         let scrape = self.scrape_interval.unwrap_or(bucket / SCRAPES_PER_BUCKET);
@@ -214,6 +215,22 @@ impl Tracker {
             coverage.bucket = bucket;
             coverage.lookback = seen.lookback.unwrap_or(DEFAULT_LOOKBACK);
             seen.scanned_to = Some(range.end);
+            self.publish(replica, coverage);
+        }
+    }
+
+    /// A replica whose oldest sample is later than another's lacks what lies between, even
+    /// where it was scanned before its retention deleted it.
+    fn note_retention(&self, up: &[(Arc<Replica>, Option<f64>, Option<f64>)], earliest: Millis, bucket: Millis) {
+        for (replica, _, lowest) in up {
+            let Some(own) = lowest.filter(|t| t.is_finite()).map(|t| (t * 1000.0) as Millis) else { continue };
+            let coverage = replica.coverage();
+            if !coverage.known() || own <= earliest + bucket || coverage.missing(earliest, own - 1) >= own - earliest {
+                continue;
+            }
+            let mut coverage = (*coverage).clone();
+            let gone = Span::new(earliest, own.div_euclid(bucket) * bucket + bucket);
+            coverage.scanned(gone, &[gone]);
             self.publish(replica, coverage);
         }
     }

@@ -18,7 +18,7 @@
 //! writes, so a close the replica has already sent is seen before a queued request goes out:
 //! the request comes back unsent and takes another connection (a write included).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -36,8 +36,10 @@ use super::Connector;
 /// A connection that has not carried a request for this long is closed (as the legacy
 /// client's `pool_idle_timeout`); Prometheus would otherwise keep it open for good.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often idle connections are looked at for [`IDLE_TIMEOUT`].
+/// How often idle connections are looked at for [`IDLE_TIMEOUT`]: one found idle at this many
+/// looks in a row has been idle for between `IDLE_TIMEOUT - SWEEP_INTERVAL` and `IDLE_TIMEOUT`.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
+const IDLE_SWEEPS: u32 = (IDLE_TIMEOUT.as_secs() / SWEEP_INTERVAL.as_secs()) as u32;
 
 type Sender = SendRequest<Full<Bytes>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,7 +67,9 @@ struct Shared {
     connector: Connector,
     http1: http1::Builder,
     max_per_replica: usize,
-    replicas: Mutex<HashMap<Key, Connections>>,
+    /// Per replica, looked up by a scan: a thread talks to a handful of replicas, and
+    /// comparing a short authority is cheaper than hashing it.
+    replicas: Mutex<Vec<Connections>>,
     /// Whether the idle sweep has been started (on the serving thread's runtime, at first use).
     sweeping: std::sync::atomic::AtomicBool,
 }
@@ -75,20 +79,30 @@ type Key = (Scheme, Authority);
 
 /// One replica's connections, oldest first, and its `Host` header.
 struct Connections {
+    key: Key,
     host: HeaderValue,
     queue: VecDeque<Pooled>,
 }
 
 impl Connections {
-    fn new(key: &Key) -> Self {
-        Connections { host: host(key), queue: VecDeque::new() }
+    /// `key`'s entry in `replicas`, made if there is none.
+    fn of<'a>(replicas: &'a mut Vec<Connections>, key: &Key) -> &'a mut Connections {
+        let index = match replicas.iter().position(|c| c.key == *key) {
+            Some(index) => index,
+            None => {
+                replicas.push(Connections { key: key.clone(), host: host(key), queue: VecDeque::new() });
+                replicas.len() - 1
+            }
+        };
+        &mut replicas[index]
     }
 }
 
 struct Pooled {
     sender: Sender,
-    /// When it was last put back (after its last request's answer head).
-    since: Instant,
+    /// How many sweeps in a row have found it idle (counted rather than timed, so that a
+    /// request reads no clock for it).
+    idle_sweeps: u32,
 }
 
 impl Pool {
@@ -103,7 +117,7 @@ impl Pool {
                 connector,
                 http1,
                 max_per_replica: max_per_replica.max(1) as usize,
-                replicas: Mutex::new(HashMap::new()),
+                replicas: Mutex::new(Vec::new()),
                 sweeping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -145,7 +159,7 @@ impl Pool {
     /// over busy ones (still streaming an answer). Also sets `request`'s `Host`.
     fn checkout(&self, key: &Key, request: &mut Request<Full<Bytes>>) -> Option<Sender> {
         let mut replicas = self.shared.replicas.lock().expect("no code panics holding the pool's lock");
-        let connections = replicas.entry(key.clone()).or_insert_with(|| Connections::new(key));
+        let connections = Connections::of(&mut replicas, key);
         if !request.headers().contains_key(header::HOST) {
             request.headers_mut().insert(header::HOST, connections.host.clone());
         }
@@ -164,9 +178,9 @@ impl Pool {
     /// Puts a connection back behind the others, if there is room.
     fn checkin(&self, key: &Key, sender: Sender) {
         let mut replicas = self.shared.replicas.lock().expect("no code panics holding the pool's lock");
-        let connections = replicas.entry(key.clone()).or_insert_with(|| Connections::new(key));
+        let connections = Connections::of(&mut replicas, key);
         if connections.queue.len() < self.shared.max_per_replica {
-            connections.queue.push_back(Pooled { sender, since: Instant::now() });
+            connections.queue.push_back(Pooled { sender, idle_sweeps: 0 });
         }
     }
 
@@ -207,7 +221,8 @@ impl Pool {
         let uri: Uri = uri.parse().expect("a test URI");
         let key = (uri.scheme().expect("scheme").clone(), uri.authority().expect("authority").clone());
         let replicas = self.shared.replicas.lock().expect("no code panics holding the pool's lock");
-        replicas.get(&key).map_or(0, |c| c.queue.iter().filter(|p| !p.sender.is_closed()).count())
+        let connections = replicas.iter().find(|c| c.key == key);
+        connections.map_or(0, |c| c.queue.iter().filter(|p| !p.sender.is_closed()).count())
     }
 }
 
@@ -220,10 +235,11 @@ async fn sweep(shared: Weak<Shared>) {
         interval.tick().await;
         let Some(shared) = shared.upgrade() else { return };
         let mut replicas = shared.replicas.lock().expect("no code panics holding the pool's lock");
-        replicas.retain(|_, connections| {
-            connections
-                .queue
-                .retain(|p| !p.sender.is_closed() && !(p.sender.is_ready() && p.since.elapsed() >= IDLE_TIMEOUT));
+        replicas.retain_mut(|connections| {
+            connections.queue.retain_mut(|pooled| {
+                pooled.idle_sweeps = if pooled.sender.is_ready() { pooled.idle_sweeps + 1 } else { 0 };
+                !pooled.sender.is_closed() && pooled.idle_sweeps < IDLE_SWEEPS
+            });
             !connections.queue.is_empty()
         });
     }

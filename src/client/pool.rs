@@ -142,7 +142,9 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(&key).await?;
+        // Boxed: opening a connection is rare, and its future (the TCP and TLS handshakes)
+        // would otherwise triple the size of every request's future, which is moved about.
+        let mut sender = Box::pin(self.connect(&key)).await?;
         match sender.try_send_request(request).await {
             Ok(response) => {
                 self.checkin(&key, sender);

@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build release dist image test lint demo deps bench bench-deps soak clean
+.PHONY: all build release dist image test lint demo deps bench bench-deps bench-pingora soak clean
 
 all: build
 
@@ -43,11 +43,16 @@ test: deps lint
 demo: deps release
 	scripts/demo.sh
 
-# wrk, nginx and HAProxy from Debian: the benchmark's load and references.
+# wrk, h2load, nginx and HAProxy from Debian: the benchmark's loads and references.
 bench-deps:
 	@scripts/install-deps.sh bench
 
-bench: bench-deps deps dist
+# The Pingora reference proxy (bench/pingora: its own crate, lock file and target directory,
+# outside mpp's build and tests).
+bench-pingora:
+	$(CARGO) build --release --manifest-path bench/pingora/Cargo.toml
+
+bench: bench-deps deps dist bench-pingora
 	python3 bench/bench.py
 	python3 bench/coverage.py --write
 

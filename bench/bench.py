@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """mpp's benchmark harness (`make bench`).
 
-Measures, side by side in one run and in alternation (direct, mpp, nginx, HAProxy, repeated),
-the throughput and latency of the same fast backend reached directly and through each proxy,
-under the same wrk load; then mpp's memory (idle, and while streaming 4 x 1 GB), its time to
-the first proxied answer, and the duration of one selection round over 200 candidates of
-which 20 accept connections and never answer; and, over TLS, mpp (with a web config file)
-beside nginx terminating TLS in front of the same backend. Writes BENCHMARKS.md.
+Measures, side by side in one run and in alternation (direct, mpp, nginx, HAProxy, Pingora,
+repeated), the throughput and latency of the same fast backend reached directly and through
+each proxy, under the same wrk load; then HTTP/2 clients (h2load) through mpp and nginx; then
+mpp's memory (idle, and while streaming 4 x 1 GB), its time to the first proxied answer, and
+the duration of one selection round over 200 candidates of which 20 accept connections and
+never answer; and, over TLS, mpp (with a web config file) beside nginx terminating TLS in
+front of the same backend. Writes BENCHMARKS.md.
 
 Everything listens on 127.0.0.1; every process started here is stopped at the end.
-Needs: wrk, nginx (nginx-light), haproxy, curl, openssl; and mpp's shipped build (`make dist`).
-`--tls-only` runs just the TLS comparison and prints it (BENCHMARKS.md is left alone).
+Needs: wrk, h2load (nghttp2-client), nginx (nginx-light), haproxy, curl, openssl; mpp's
+shipped build (`make dist`) and the Pingora reference (`bench/pingora`, built by `make bench`).
+`--tls-only` runs just the TLS comparison and prints it, `--quick` just the HTTP/1.1 table
+(BENCHMARKS.md is left alone by both).
 """
 
 import argparse
@@ -32,6 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # MPP_BIN points at another build (a debug one, for a smoke run of the harness itself).
 MPP = Path(os.environ.get("MPP_BIN", ROOT / "target" / "dist" / "mpp")).resolve()
+# The Pingora reference proxy (bench/pingora), built by `make bench`.
+PINGORA = ROOT / "bench" / "pingora" / "target" / "release" / "pingora-bench"
+TARGETS = ["direct", "mpp", "nginx", "haproxy", "pingora"]
 QUERY = "/api/v1/query?query=up"
 VECTOR = ('{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up",'
           '"instance":"127.0.0.1:9090","job":"prometheus"},"value":[1700000000.000,"1"]}]}}')
@@ -264,6 +270,104 @@ backend prometheus
     return procs.start("haproxy", ["haproxy", "-f", str(conf), "-db"])
 
 
+def pingora(procs, port, backend):
+    """Pingora's load balancer with its defaults, on 2 threads as nginx and HAProxy."""
+    return procs.start("pingora", [str(PINGORA), f"127.0.0.1:{port}", f"127.0.0.1:{backend}", "2"])
+
+
+def nginx_h2_proxy(procs, work, port, backend):
+    """nginx as for HTTP/1.1, taking HTTP/2 in clear text (prior knowledge, as h2load speaks)."""
+    conf = work / "proxy-nginx-h2.conf"
+    conf.write_text(f"""
+worker_processes 2;
+daemon off;
+pid {work}/proxy-nginx-h2.pid;
+error_log {work}/proxy-nginx-h2-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  http2_max_requests 1000000;
+  upstream prometheus {{ server 127.0.0.1:{backend}; keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{port} http2 backlog=4096;
+    location / {{
+      proxy_pass http://prometheus;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    return procs.start("proxy-nginx-h2", ["nginx", "-c", str(conf), "-p", str(work)])
+
+
+# HTTP/2 loads: (connections, streams in flight on each).
+H2_LOADS = [(32, 8), (256, 1)]
+
+
+def h2load(url, connections, streams, seconds):
+    out = subprocess.run(["h2load", f"-c{connections}", f"-m{streams}", "-t1", f"-D{seconds}",
+                          "--warm-up-time=1", url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    errors = int(m.group(2)) + int(m.group(3))
+    m = re.search(r"status codes: (\d+) 2xx", out)
+    succeeded = int(m.group(1)) if m else 0
+    t = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    return {"rps": rps, "mean": parse_duration_ms(t.group(3)), "max": parse_duration_ms(t.group(2)),
+            "errors": errors, "non2xx": int(re.search(r"(\d+) done", out).group(1)) - succeeded}
+
+
+def h2_throughput(procs, work, backend, mpp_port, args):
+    """h2load through mpp (its one listener speaks both) and through nginx, in alternation."""
+    nginx_port = free_port()
+    nginx_h2_proxy(procs, work, nginx_port, backend)
+    targets = [("mpp-h2", f"http://127.0.0.1:{mpp_port}{QUERY}"), ("nginx-h2", f"http://127.0.0.1:{nginx_port}{QUERY}")]
+    wait_h2(targets[1][1])
+    print("HTTP/2 (h2load):", flush=True)
+    results = {}
+    for connections, streams in H2_LOADS:
+        for _ in range(args.rounds):
+            for name, url in targets:
+                r = h2load(url, connections, streams, args.seconds)
+                results.setdefault((connections, streams, name), []).append(r)
+                print(f"  c={connections:<3} m={streams:<2} {name:<8} {r['rps']:>9.0f} req/s  mean {r['mean']:.2f} ms  "
+                      f"max {r['max']:.2f} ms  errors {r['errors']}  non-2xx {r['non2xx']}", flush=True)
+    summary = {}
+    for key, runs in results.items():
+        summary[key] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "mean", "max")}
+        summary[key]["errors"] = sum(r["errors"] + r["non2xx"] for r in runs)
+    return summary
+
+
+def wait_h2(url, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r = subprocess.run(["h2load", "-n1", "-c1", url], capture_output=True, text=True)
+        if "1 succeeded" in r.stdout:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer over HTTP/2 within {timeout}s")
+
+
+def h2_report(summary):
+    lines = ["## HTTP/2 clients", "",
+             "h2load (`-t1`, prior-knowledge HTTP/2 in clear text) through mpp and through nginx",
+             "(`listen ... http2`), both in front of the same backend over HTTP/1.1; medians of the",
+             "rounds. h2load reports the mean and the maximum time per request, not percentiles.", "",
+             "| connections | streams each | target | requests/s | mean ms | max ms | errors |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for (c, m, name), s in sorted(summary.items()):
+        lines.append(f"| {c} | {m} | {name} | {s['rps']:.0f} | {s['mean']:.2f} | {s['max']:.2f} | {s['errors']} |")
+    lines += ["", "| connections | streams each | mpp-h2/nginx-h2 req/s | mpp-h2/nginx-h2 mean |", "| --- | --- | ---: | ---: |"]
+    for c, m in H2_LOADS:
+        mp, ng = summary[(c, m, "mpp-h2")], summary[(c, m, "nginx-h2")]
+        lines.append(f"| {c} | {m} | {mp['rps'] / ng['rps']:.2f} | {mp['mean'] / ng['mean']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def start_mpp(procs, work, port, endpoints, name="mpp", extra=()):
     ep = work / f"{name}-endpoints"
     ep.write_text("".join(f"http://127.0.0.1:{p}\n" for p in endpoints))
@@ -383,6 +487,12 @@ def selection_round(procs, work, healthy_ports):
     return {"round_ms": status["last_round_millis"], "candidates": len(status["candidates"]), "viable": viable}
 
 
+def pingora_version():
+    lock = ROOT / "bench" / "pingora" / "Cargo.lock"
+    m = re.search(r'name = "pingora"\nversion = "([^"]+)"', lock.read_text()) if lock.exists() else None
+    return m.group(1) if m else "unknown"
+
+
 def machine():
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -399,30 +509,38 @@ def machine():
     return {
         "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "kernel": platform.release(),
         "nginx": version(["nginx", "-v"]), "haproxy": version(["haproxy", "-v"]),
-        "wrk": version(["wrk", "--version"]), "mpp": version([str(MPP), "--version"]),
+        "wrk": version(["wrk", "--version"]), "h2load": version(["h2load", "--version"]),
+        "pingora": "pingora " + pingora_version(), "mpp": version([str(MPP), "--version"]),
     }
 
 
-def report(m, summary, stream, start, rnd, tls, args):
+def throughput_table(summary):
+    lines = ["| connections | target | requests/s | p50 ms | p99 ms | errors |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for (c, name), s in sorted(summary.items(), key=lambda kv: (kv[0][0], TARGETS.index(kv[0][1]))):
+        lines.append(f"| {c} | {name} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['errors']} |")
+    lines += ["", "| connections | mpp/nginx req/s | mpp/HAProxy req/s | mpp/Pingora req/s | mpp/direct req/s | "
+              "mpp/nginx p99 |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for c in (32, 256):
+        mp, ng, ha, pi, di = (summary[(c, n)] for n in ("mpp", "nginx", "haproxy", "pingora", "direct"))
+        lines.append(f"| {c} | {mp['rps'] / ng['rps']:.2f} | {mp['rps'] / ha['rps']:.2f} | {mp['rps'] / pi['rps']:.2f} | "
+                     f"{mp['rps'] / di['rps']:.2f} | {mp['p99'] / ng['p99']:.2f} |")
+    return lines
+
+
+def report(m, summary, stream, start, rnd, h2, tls, args):
     lines = ["# Benchmarks", "",
              "Written by `make bench` (`bench/bench.py`); numbers from the last run on the machine below.",
              "All four targets serve the same fast backend (nginx returning a fixed Prometheus",
              "answer) on 127.0.0.1, under the same `wrk -t1` load, measured in alternation",
-             f"(direct, mpp, nginx, HAProxy; {args.rounds} rounds of {args.seconds} s each); figures are medians.", "",
+             f"(direct, mpp, nginx, HAProxy, Pingora; {args.rounds} rounds of {args.seconds} s each); figures are",
+             "medians. nginx, HAProxy and Pingora each run 2 workers (threads), as mpp runs one serving",
+             "thread per core.", "",
              "## Machine", ""]
     for k, v in m.items():
         lines.append(f"- {k}: {v}")
-    lines += ["", "## Throughput and latency", "",
-              "| connections | target | requests/s | p50 ms | p99 ms | errors |",
-              "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for (c, name), s in sorted(summary.items(), key=lambda kv: (kv[0][0], ["direct", "mpp", "nginx", "haproxy"].index(kv[0][1]))):
-        lines.append(f"| {c} | {name} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['errors']} |")
-    lines += ["", "| connections | mpp/nginx req/s | mpp/HAProxy req/s | mpp/direct req/s | mpp/nginx p99 |",
-              "| --- | ---: | ---: | ---: | ---: |"]
-    for c in (32, 256):
-        mp, ng, ha, di = (summary[(c, n)] for n in ("mpp", "nginx", "haproxy", "direct"))
-        lines.append(f"| {c} | {mp['rps'] / ng['rps']:.2f} | {mp['rps'] / ha['rps']:.2f} | "
-                     f"{mp['rps'] / di['rps']:.2f} | {mp['p99'] / ng['p99']:.2f} |")
+    lines += ["", "## Throughput and latency", ""]
+    lines += throughput_table(summary)
     gib = stream["sizes"]
     lines += ["", "## Memory and start-up", "",
               f"- Peak RSS while {len(gib)} clients each stream a {args.stream_gib} GiB answer through mpp: "
@@ -432,7 +550,7 @@ def report(m, summary, stream, start, rnd, tls, args):
               f"- From process start to the first proxied answer: **{start['first_answer_ms']:.1f} ms**.",
               f"- One selection round over {rnd['candidates']} candidates, 20 of which accept connections and "
               f"never answer: **{rnd['round_ms']} ms** ({rnd['viable']} viable; the probe timeout is 3 s).", ""]
-    return "\n".join(lines) + "\n" + tls_report(tls)
+    return "\n".join(lines) + "\n" + h2_report(h2) + "\n" + tls_report(tls)
 
 
 def main():
@@ -442,12 +560,15 @@ def main():
     ap.add_argument("--stream-gib", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--tls-only", action="store_true", help="only mpp and nginx over TLS; print, write nothing")
+    ap.add_argument("--quick", action="store_true", help="only the HTTP/1.1 throughput table; print, write nothing")
     args = ap.parse_args()
-    for tool in ("wrk", "nginx", "haproxy", "curl", "openssl"):
+    for tool in ("wrk", "h2load", "nginx", "haproxy", "curl", "openssl"):
         if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light haproxy curl openssl")
+            sys.exit(f"{tool} is missing: apt-get install -y wrk nghttp2-client nginx-light haproxy curl openssl")
     if not MPP.exists():
         sys.exit(f"build mpp first: make dist (looked for {MPP})")
+    if not PINGORA.exists():
+        sys.exit(f"build the Pingora reference first: make bench-pingora (looked for {PINGORA})")
 
     with tempfile.TemporaryDirectory(prefix="mpp-bench-") as tmp:
         work = Path(tmp)
@@ -457,7 +578,7 @@ def main():
             f.truncate(args.stream_gib << 30)  # sparse: costs no disk
         procs = Processes(work)
         try:
-            all_ports = free_ports(183)
+            all_ports = free_ports(180)
             backend_ports = all_ports[:180]
             backend = backend_ports[0]
             nginx_backend(procs, work, backend_ports, big)
@@ -465,16 +586,21 @@ def main():
             if args.tls_only:
                 print(tls_report(tls_throughput(procs, work, backend, args)))
                 return
-            ports = dict(zip(("mpp", "nginx", "haproxy"), all_ports[180:]))
+            ports = dict(zip(("mpp", "nginx", "haproxy", "pingora"), free_ports(4)))
             start_mpp(procs, work, ports["mpp"], [backend])
             nginx_proxy(procs, work, ports["nginx"], backend)
             haproxy(procs, work, ports["haproxy"], backend)
+            pingora(procs, ports["pingora"], backend)
             for name, port in ports.items():
                 wait_http(f"http://127.0.0.1:{port}{QUERY}")
             targets = [("direct", f"http://127.0.0.1:{backend}{QUERY}")] + \
                       [(name, f"http://127.0.0.1:{port}{QUERY}") for name, port in ports.items()]
             print("throughput and latency:", flush=True)
             summary = throughput(targets, args.rounds, args.seconds)
+            if args.quick:
+                print("\n".join(throughput_table(summary)))
+                return
+            h2 = h2_throughput(procs, work, backend, ports["mpp"], args)
             print("streaming, start-up and a selection round:", flush=True)
             stream = stream_peak_rss(procs, work, backend, args.stream_gib << 30, 4)
             start = idle_rss_and_first_answer(procs, work, backend)
@@ -482,7 +608,7 @@ def main():
             tls = tls_throughput(procs, work, backend, args)
         finally:
             procs.stop_all()
-    text = report(machine(), summary, stream, start, rnd, tls, args)
+    text = report(machine(), summary, stream, start, rnd, h2, tls, args)
     print(text)
     # Everything from the marker on (the profile notes) is written by hand and kept.
     out = Path(args.out)

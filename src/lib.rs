@@ -232,10 +232,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         budget: Arc::new(Semaphore::new(usize::try_from(config.request_body_budget).unwrap_or(usize::MAX >> 4))),
         budget_bytes: config.request_body_budget,
     };
-    // One proxy per serving thread, each with its own backend client, so that a thread's
-    // requests only ever use connections that thread drives (the probes keep `client`).
+    // One proxy per serving thread, each with its own pool, so that a thread's requests only
+    // ever use connections that thread drives (the probes keep `client`).
+    let backend_pool = || -> anyhow::Result<client::pool::Pool> {
+        let connector = client::connector(&config.backend_tls).context("cannot set up the backend client")?;
+        Ok(client::pool::Pool::new(connector, config.max_backend_connections))
+    };
     let proxy = proxy::Proxy::new(proxy::ProxySettings {
-        client: backend_client()?,
+        pool: backend_pool()?,
         snapshot: snapshot.clone(),
         metrics: metrics.clone(),
         affinity: config.affinity,
@@ -251,7 +255,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     });
     let mut proxies = vec![proxy.clone()];
     for _ in 1..config.serving_threads {
-        proxies.push(proxy.with_client(backend_client()?));
+        proxies.push(proxy.with_pool(backend_pool()?));
     }
     if let Some(web) = &web {
         background.spawn(web.clone().watch(metrics.web_config_last_reload_successful.clone()));

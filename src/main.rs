@@ -7,6 +7,10 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use mpp::{Args, Config};
 
+/// jemalloc in place of glibc's malloc: see Cargo.toml and BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,

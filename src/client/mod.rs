@@ -1,10 +1,12 @@
-//! The one HTTP client that talks to backends, for probes and proxied requests alike: pooled
-//! keep-alive connections, http and https (rustls, `ring`), certificates verified unless
-//! `--insecure`. Towards the replicas it also takes the TLS part of Prometheus's
-//! `http_config` ([`TlsOptions`]: a CA file, a client certificate, a server name); discovery
-//! (Marathon, the DC/OS login) uses the plain one.
+//! The HTTP clients that talk to backends: keep-alive connections, http and https (rustls,
+//! `ring`), certificates verified unless `--insecure`. Towards the replicas they also take the
+//! TLS part of Prometheus's `http_config` ([`TlsOptions`]: a CA file, a client certificate, a
+//! server name); discovery (Marathon, the DC/OS login) uses the plain one. Probes and
+//! discovery use hyper-util's pooled client ([`HttpClient`]); proxied requests use
+//! [`pool::Pool`], one per serving thread, made over the same [`Connector`].
 
 mod cert;
+pub mod pool;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +27,11 @@ use cert::ClientCert;
 
 /// The client type used for every call to a backend. Request bodies are buffered
 /// (`Full<Bytes>`) so that a request can be replayed on another replica.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// How connections to backends are opened: TCP (`TCP_NODELAY`, keepalive, a connect
+/// timeout), then TLS for https URLs.
+pub type Connector = HttpsConnector<HttpConnector>;
 
 /// How long a TCP (and TLS) connection to a backend may take to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -67,6 +73,16 @@ pub fn build(insecure: bool, max_idle_per_replica: u32) -> anyhow::Result<HttpCl
 
 /// Builds the client for the replicas, with `options`' CA, client certificate and server name.
 pub fn build_with(options: &TlsOptions, max_idle_per_replica: u32) -> anyhow::Result<HttpClient> {
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(pool::IDLE_TIMEOUT)
+        .pool_max_idle_per_host(max_idle_per_replica as usize)
+        .build(connector(options)?))
+}
+
+/// The connector for the replicas, with `options`' CA, client certificate and server name.
+pub fn connector(options: &TlsOptions) -> anyhow::Result<Connector> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
@@ -95,13 +111,7 @@ pub fn build_with(options: &TlsOptions, max_idle_per_replica: u32) -> anyhow::Re
     if let Some(name) = &options.server_name {
         connector = connector.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name.clone()));
     }
-    let connector = connector.enable_http1().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(max_idle_per_replica as usize)
-        .build(connector))
+    Ok(connector.enable_http1().wrap_connector(http))
 }
 
 /// The certificates of `--backend-ca-file`, the only roots trusted then (as Prometheus's

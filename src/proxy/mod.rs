@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::body::Guarded;
-use crate::client::HttpClient;
+use crate::client::pool::Pool;
 use crate::coverage::tracker::DEFAULT_LOOKBACK;
 use crate::coverage::{Coverage, Millis};
 use crate::credentials::Credentials;
@@ -58,11 +58,11 @@ const QUEUE_PATIENCE: Duration = Duration::from_secs(5);
 const STARTUP_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The request path's state. Cheap to clone. Every serving thread has its own, made with
-/// [`Proxy::with_client`], so that its backend connections stay on that thread.
+/// [`Proxy::with_pool`], so that its backend connections stay on that thread.
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
-    client: HttpClient,
+    pool: Pool,
 }
 
 /// What every serving thread shares.
@@ -85,8 +85,8 @@ struct Inner {
 
 /// What the proxy needs from the rest of the program.
 pub struct ProxySettings {
-    /// The backend client.
-    pub client: HttpClient,
+    /// The connections to the replicas (of the first serving thread).
+    pub pool: Pool,
     /// The published selection.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Where to count.
@@ -140,7 +140,7 @@ impl Proxy {
     /// The request path over the given state.
     pub fn new(settings: ProxySettings) -> Self {
         Proxy {
-            client: settings.client,
+            pool: settings.pool,
             inner: Arc::new(Inner {
                 snapshot: settings.snapshot,
                 metrics: settings.metrics,
@@ -161,9 +161,9 @@ impl Proxy {
         }
     }
 
-    /// The same proxy (selection, affinity table, metrics) over another backend client.
-    pub fn with_client(&self, client: HttpClient) -> Self {
-        Proxy { inner: self.inner.clone(), client }
+    /// The same proxy (selection, affinity table, metrics) over another thread's pool.
+    pub fn with_pool(&self, pool: Pool) -> Self {
+        Proxy { inner: self.inner.clone(), pool }
     }
 
     /// Forwards one request; always produces an answer (a JSON error at worst).
@@ -603,7 +603,7 @@ impl Proxy {
         *request.uri_mut() = uri;
         *request.headers_mut() = prepared.outgoing_headers.clone();
         let patience = if last_resort { LAST_RESORT_PATIENCE } else { Duration::ZERO };
-        let sent = self.client.request(request);
+        let sent = self.pool.send(request);
         let outcome = match retry::wait_for_answer(sent, prepared.replayable, backend.health(), patience, deadline)
             .await
         {

@@ -184,13 +184,15 @@ impl AttemptError {
     }
 }
 
-impl From<hyper_util::client::legacy::Error> for AttemptError {
-    /// Classifies a client error: a failed connection sent nothing.
-    fn from(error: hyper_util::client::legacy::Error) -> Self {
-        if error.is_connect() {
-            AttemptError::Connect(error_chain(&error))
-        } else {
-            AttemptError::Sent(error_chain(&error))
+impl From<crate::client::pool::Error> for AttemptError {
+    /// Classifies a failure of the request path's pool: only one that wrote nothing
+    /// (connecting, TLS, a connection that closed before it took the request) may be
+    /// retried whatever the request.
+    fn from(error: crate::client::pool::Error) -> Self {
+        use crate::client::pool::Error;
+        match error {
+            Error::NotSent(e) => AttemptError::Connect(error_chain(e.as_ref())),
+            Error::Sent(e) => AttemptError::Sent(error_chain(&e)),
         }
     }
 }

@@ -282,12 +282,14 @@ impl Connection {
     {
         let Connection { activity, proxy, shared, pressure, shutting_down, peer } = self;
         let service = {
-            let (shared, activity) = (shared.clone(), activity.clone());
+            // One reference count per request rather than one per field of both.
+            let (state, activity) = (Arc::new((proxy, shared.clone())), activity.clone());
             service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let in_flight = activity.begin(request.version() == http::Version::HTTP_2);
-                let (proxy, shared) = (proxy.clone(), shared.clone());
+                let state = state.clone();
                 async move {
-                    let response = respond(&proxy, &shared, request, peer, tls).await;
+                    let (proxy, shared) = &*state;
+                    let response = respond(proxy, shared, request, peer, tls).await;
                     Ok::<_, Infallible>(response.map(|body| in_flight.answer(body)))
                 }
             })

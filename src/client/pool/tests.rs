@@ -1,0 +1,236 @@
+//! The pool against small replicas on loopback: plain hyper servers that count their
+//! connections, raw sockets that misbehave on cue, and an https one.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::Method;
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::client::{TlsOptions, connector};
+
+fn pool() -> Pool {
+    Pool::new(connector(&TlsOptions::default()).expect("a plain connector"), 16)
+}
+
+fn get(url: &str) -> Request<Full<Bytes>> {
+    Request::builder().uri(url).body(Full::new(Bytes::new())).expect("a test request")
+}
+
+fn post(url: &str, body: &'static str) -> Request<Full<Bytes>> {
+    Request::builder().method(Method::POST).uri(url).body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
+}
+
+/// The answer's body, read to its end.
+async fn text(response: Response<Incoming>) -> String {
+    let body = response.into_body().collect().await.expect("a whole body").to_bytes();
+    String::from_utf8(body.to_vec()).expect("UTF-8")
+}
+
+/// A replica answering every request with the number of the connection it came on (1, 2, …)
+/// and the request's `Host`; `/hold` answers its head at once and its body only when the
+/// test sends on the returned channel.
+async fn counting_replica() -> (SocketAddr, Arc<AtomicUsize>, mpsc::UnboundedSender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (release, released) = mpsc::unbounded_channel::<()>();
+    let released = Arc::new(tokio::sync::Mutex::new(released));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let number = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            let released = released.clone();
+            let service = service_fn(move |request: Request<Incoming>| {
+                let released = released.clone();
+                async move {
+                    let host = request.headers().get(header::HOST).map(|h| h.to_str().unwrap().to_owned());
+                    let text = format!("{number} {}", host.unwrap_or_default());
+                    if request.uri().path() == "/hold" {
+                        let (tx, rx) = mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
+                        tokio::spawn(async move {
+                            released.lock().await.recv().await;
+                            let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from(text)))).await;
+                        });
+                        let body = http_body_util::StreamBody::new(tokio_stream(rx));
+                        return Ok::<_, Infallible>(Response::new(BoxBody::new(body)));
+                    }
+                    Ok(Response::new(BoxBody::new(Full::new(Bytes::from(text)))))
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    (address, connections, release)
+}
+
+/// The receiving half of a channel as a stream of body frames.
+fn tokio_stream<T>(mut rx: mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn consecutive_requests_reuse_one_connection_and_name_the_replica_as_host() {
+    let (address, connections, _) = counting_replica().await;
+    let pool = pool();
+    let url = format!("http://{address}/api/v1/query");
+    for _ in 0..3 {
+        let answer = text(pool.send(get(&url)).await.expect("an answer")).await;
+        assert_eq!(answer, format!("1 {address}"));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.held(&url), 1);
+}
+
+#[tokio::test]
+async fn a_connection_still_streaming_an_answer_is_passed_over() {
+    let (address, connections, release) = counting_replica().await;
+    let pool = pool();
+    let held = pool.send(get(&format!("http://{address}/hold"))).await.expect("a head");
+    let other = text(pool.send(get(&format!("http://{address}/"))).await.expect("an answer")).await;
+    assert_eq!(other, format!("2 {address}"), "a second connection, not a queue behind the first");
+    release.send(()).unwrap();
+    assert_eq!(text(held).await, format!("1 {address}"));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+/// A replica on a thread of its own that answers the first request of its first connection
+/// and then closes it (without saying so in the answer), telling the test once it has; later
+/// connections get their answers normally. Answers name the connection they came on. The
+/// signal is a blocking one, so that the test's runtime gets no turn in which it could read
+/// the close before the pool is asked for a connection.
+fn closing_replica() -> (SocketAddr, std::sync::mpsc::Receiver<()>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (closed, closed_rx) = std::sync::mpsc::channel();
+    let serve = move |stream: std::net::TcpStream, text: &str, once: bool| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            let (mut line, mut length) = (String::new(), 0);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            std::io::Read::read_exact(&mut reader, &mut vec![0; length]).unwrap();
+            writer.write_all(&answer(text)).unwrap();
+            if once {
+                return;
+            }
+        }
+    };
+    std::thread::spawn(move || {
+        let (first, _) = listener.accept().unwrap();
+        serve(first.try_clone().unwrap(), "first", true);
+        first.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(first);
+        closed.send(()).unwrap();
+        for next in listener.incoming() {
+            let next = next.unwrap();
+            std::thread::spawn(move || serve(next, "second", false));
+        }
+    });
+    (address, closed_rx)
+}
+
+fn answer(text: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}", text.len()).into_bytes()
+}
+
+#[tokio::test]
+async fn a_connection_the_replica_closed_is_not_reused_for_a_write() {
+    let (address, closed) = closing_replica();
+    let pool = pool();
+    let first = pool.send(get(&format!("http://{address}/api/v1/query"))).await.unwrap();
+    assert_eq!(text(first).await, "first");
+    closed.recv().unwrap();
+    let write = pool.send(post(&format!("http://{address}/api/v1/write"), "samples")).await;
+    assert_eq!(text(write.expect("the write goes on a new connection")).await, "second");
+}
+
+#[tokio::test]
+async fn a_refused_connection_sent_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let failure = pool().send(post(&format!("http://{address}/api/v1/write"), "x")).await.unwrap_err();
+    assert!(matches!(failure, Error::NotSent(_)), "{failure:?}");
+}
+
+#[tokio::test]
+async fn a_connection_cut_after_the_request_was_written_may_have_sent_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 64];
+        let _ = stream.read(&mut head).await;
+        // Gone without an answer: the replica may have acted on it.
+    });
+    let failure = pool().send(post(&format!("http://{address}/api/v1/write"), "x")).await.unwrap_err();
+    assert!(matches!(failure, Error::Sent(_)), "{failure:?}");
+}
+
+#[tokio::test]
+async fn https_replicas_are_verified_against_the_ca_file_by_server_name_and_reused() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["replica.test".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, cert.pem()).unwrap();
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let Ok(stream) = acceptor.accept(stream).await else { continue };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let service = service_fn(|_: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"secure"))))
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    let url = format!("https://{address}/api/v1/query");
+    let verified = TlsOptions {
+        ca_file: Some(ca_file.clone()),
+        server_name: Some("replica.test".try_into().unwrap()),
+        ..TlsOptions::default()
+    };
+    let pool = Pool::new(connector(&verified).unwrap(), 4);
+    for _ in 0..2 {
+        assert_eq!(text(pool.send(get(&url)).await.expect("an answer over TLS")).await, "secure");
+    }
+    assert_eq!(handshakes.load(Ordering::SeqCst), 1, "one TLS connection for both");
+    let wrong_name = TlsOptions { ca_file: Some(ca_file), ..TlsOptions::default() };
+    let refused = Pool::new(connector(&wrong_name).unwrap(), 4).send(get(&url)).await.unwrap_err();
+    assert!(matches!(refused, Error::NotSent(_)), "a failed handshake sent nothing: {refused:?}");
+}

@@ -53,9 +53,10 @@ impl Replica {
         &self.connection_slots
     }
 
-    /// What is known about its data.
-    pub fn coverage(&self) -> Arc<Coverage> {
-        self.coverage.load_full()
+    /// What is known about its data. A guard rather than a counted reference: the request
+    /// path reads it without touching a count that every serving thread shares.
+    pub fn coverage(&self) -> arc_swap::Guard<Arc<Coverage>> {
+        self.coverage.load()
     }
 
     /// Publishes what is now known about its data (the coverage tracker's job).

@@ -167,7 +167,7 @@ impl Tracker {
     /// Asks every replica in `replicas` about `range` and publishes what is learned: a
     /// replica whose query fails keeps what was known (and its open hole).
     async fn scan(&mut self, replicas: &[Arc<Replica>], range: Span, bucket: Millis) {
-        let mut coverages: Vec<Option<Coverage>> = replicas.iter().map(|r| Some((*r.coverage()).clone())).collect();
+        let mut coverages: Vec<Option<Coverage>> = replicas.iter().map(|r| Some(Coverage::clone(&r.coverage()))).collect();
         let this = &*self;
         let mut start = range.start;
         while start < range.end {
@@ -228,7 +228,7 @@ impl Tracker {
             if !coverage.known() || own <= earliest + bucket || coverage.missing(earliest, own - 1) >= own - earliest {
                 continue;
             }
-            let mut coverage = (*coverage).clone();
+            let mut coverage = Coverage::clone(&coverage);
             let gone = Span::new(earliest, own.div_euclid(bucket) * bucket + bucket);
             coverage.scanned(gone, &[gone]);
             self.publish(replica, coverage);
@@ -239,7 +239,7 @@ impl Tracker {
     fn note_down(&self, replica: &Replica) {
         let coverage = replica.coverage();
         if coverage.known() && coverage.open_from.is_none() {
-            let mut coverage = (*coverage).clone();
+            let mut coverage = Coverage::clone(&coverage);
             coverage.open_from = Some(coverage.to);
             self.publish(replica, coverage);
         }

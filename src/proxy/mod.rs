@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::body::Guarded;
 use crate::client::pool::Pool;
 use crate::coverage::tracker::DEFAULT_LOOKBACK;
-use crate::coverage::{Coverage, Millis};
+use crate::coverage::Millis;
 use crate::credentials::Credentials;
 use crate::error::{ProxyBody, ProxyError};
 use crate::merge;
@@ -233,11 +233,19 @@ impl Proxy {
         {
             return None;
         }
-        let coverages: Vec<Arc<Coverage>> = snapshot.viable.iter().map(|r| r.coverage()).collect();
-        if coverages.iter().all(|c| c.holes().is_empty() && c.open_from.is_none()) {
+        let mut holes = false;
+        let mut lookback: Option<Millis> = None;
+        for replica in &snapshot.viable {
+            let coverage = replica.coverage();
+            holes |= !coverage.holes().is_empty() || coverage.open_from.is_some();
+            if coverage.known() {
+                lookback = lookback.max(Some(coverage.lookback));
+            }
+        }
+        if !holes {
             return None;
         }
-        let lookback = coverages.iter().filter(|c| c.known()).map(|c| c.lookback).max().unwrap_or(DEFAULT_LOOKBACK);
+        let lookback = lookback.unwrap_or(DEFAULT_LOOKBACK);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as Millis;
         let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
         match window::read_window(

@@ -167,7 +167,8 @@ impl Tracker {
     /// Asks every replica in `replicas` about `range` and publishes what is learned: a
     /// replica whose query fails keeps what was known (and its open hole).
     async fn scan(&mut self, replicas: &[Arc<Replica>], range: Span, bucket: Millis) {
-        let mut coverages: Vec<Option<Coverage>> = replicas.iter().map(|r| Some(Coverage::clone(&r.coverage()))).collect();
+        let mut coverages: Vec<Option<Coverage>> =
+            replicas.iter().map(|r| Some(Coverage::clone(&r.coverage()))).collect();
         let this = &*self;
         let mut start = range.start;
         while start < range.end {

@@ -29,8 +29,8 @@ use tokio::time::Instant;
 
 use crate::body::Guarded;
 use crate::client::pool::Pool;
-use crate::coverage::tracker::DEFAULT_LOOKBACK;
 use crate::coverage::Millis;
+use crate::coverage::tracker::DEFAULT_LOOKBACK;
 use crate::credentials::Credentials;
 use crate::error::{ProxyBody, ProxyError};
 use crate::merge;

@@ -1,0 +1,516 @@
+//! The window of stored data that a Prometheus API request reads, so that mpp can send the
+//! request to a replica with no hole in that window (issue 9).
+//!
+//! This module owns three readings of a request, each done as Prometheus does it: its
+//! parameters (from the URL and a form body, as Go's `Request.FormValue` finds them), its times
+//! (float Unix seconds or RFC 3339), and its PromQL (parsed with `promql-parser`, then walked for
+//! every selector's range, offset and `@`). It knows nothing of replicas or their coverage: the
+//! caller holds the window against each replica's coverage.
+//!
+//! The window of a PromQL expression is the one Prometheus's engine asks its storage for
+//! (`FindMinMaxTime` in `promql/engine.go`): a selector evaluated at time `t` reads
+//! `[t - offset - lookback, t - offset]`, or `[t - offset - range, t - offset]` inside a range
+//! selector `x[range]`; `@` replaces `t`; a subquery `e[range:step] offset o` evaluates `e` at
+//! every time in `[t - o - range, t - o]`, so that offsets and ranges of nested subqueries add
+//! up. The window is the smallest one that holds every selector's (so `x - x offset 1w` asks for
+//! the week between its two reads too); one with no selector reads [`Window::EMPTY`].
+//!
+//! The window errs wide, never narrow, since a hole just outside it costs nothing and one inside
+//! it shows on a dashboard: every time in `[start, end]` of a range query counts as an
+//! evaluation time (the last step may fall before `end`), both ends are closed (Prometheus 3
+//! opens the left one), and a query's `lookback_delta` only ever lengthens the replicas' lookback
+//! (a replica too old to know the parameter ignores it).
+//!
+//! Times are Unix milliseconds. Arithmetic saturates, and no input makes this module panic:
+//! queries that would make `promql-parser` panic, recurse deep or work for long (its type checks
+//! are quadratic in the length of an operator chain) are refused before parsing
+//! ([`MAX_QUERY_BYTES`], [`MAX_NESTING`]). A refused query is an `Err`, which the caller routes
+//! as it did before windows existed.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use lrpar::{Lexeme, Lexer, NonStreamingLexer};
+use promql_parser::parser::token::{
+    T_ADD, T_AT, T_COLON, T_EQL_REGEX, T_LEFT_BRACE, T_LEFT_BRACKET, T_LEFT_PAREN, T_NEQ_REGEX, T_NUMBER, T_OFFSET,
+    T_RIGHT_BRACE, T_STRING, T_SUB, TokenId, TokenType,
+};
+use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
+
+/// The longest query parsed. Longer ones (a generated regex of thousands of instances still
+/// fits) are refused, and routed as before.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+
+/// The most operators, parentheses and brackets a parsed query may hold. Each can add a level to
+/// the tree (whose drop recurses: 32,000 levels overflow a 2 MiB stack in a debug build), and
+/// `promql-parser` checks an operator chain in time quadratic in its length (16,000 `+` take
+/// 6 s, optimised); at this bound the worst case parses in 2.5 ms, and a typical query in tens of
+/// microseconds.
+pub const MAX_NESTING: usize = 500;
+
+/// The longest duration taken from a number (`x[300]`, `offset 1e3`): Go's `time.Duration`
+/// holds no more, and `promql-parser` panics on a number too large for `std::time::Duration`.
+const MAX_DURATION_SECONDS: f64 = 9_223_372_036.0;
+
+/// Prometheus's `MinTime` and `MaxTime` (`web/api/v1/api.go`), the defaults of an open range,
+/// which clients may also send spelled out (Go's `time.Parse` cannot read them).
+const PROMETHEUS_MIN_TIME: i64 = -9_223_309_901_257_974_000;
+const PROMETHEUS_MAX_TIME: i64 = 9_223_309_901_257_974_999;
+const MIN_TIME_FORMATTED: &str = "-292273086-05-16T16:47:06Z";
+const MAX_TIME_FORMATTED: &str = "292277025-08-18T07:12:54.999999999Z";
+
+/// A closed interval of time. Times are Unix milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The first millisecond read.
+    pub start: i64,
+    /// The last millisecond read.
+    pub end: i64,
+}
+
+impl Window {
+    /// The window of a read of no stored data (`vector(1)`, `time()`, a query wholly in the
+    /// future): `start > end`, and every replica covers it.
+    pub const EMPTY: Window = Window { start: i64::MAX, end: i64::MIN };
+
+    /// Whether the window holds no time at all (any `start > end`, not only [`Window::EMPTY`]).
+    pub fn is_empty(&self) -> bool {
+        self.start > self.end
+    }
+
+    /// The smallest window that holds both.
+    fn union(self, other: Window) -> Window {
+        Window { start: self.start.min(other.start), end: self.end.max(other.end) }
+    }
+}
+
+/// The API endpoints mpp routes by window, found by the end of the path (so that any prefix,
+/// such as `--web.route-prefix`, is allowed): `/api/v1/query`, `/api/v1/query_range`,
+/// `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`, `/api/v1/query_exemplars`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/api/v1/query`: an instant query at `time`.
+    Query,
+    /// `/api/v1/query_range`: a query evaluated from `start` to `end`.
+    QueryRange,
+    /// `/api/v1/series`: the series `match[]` selects between `start` and `end`.
+    Series,
+    /// `/api/v1/labels`: label names between `start` and `end`.
+    Labels,
+    /// `/api/v1/label/<name>/values`: a label's values between `start` and `end`.
+    LabelValues,
+    /// `/api/v1/query_exemplars`: the exemplars of `query`'s series between `start` and `end`.
+    Exemplars,
+}
+
+impl Endpoint {
+    /// Its name in metrics: the path's last part (`label_values` for label values).
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Query => "query",
+            Endpoint::QueryRange => "query_range",
+            Endpoint::Series => "series",
+            Endpoint::Labels => "labels",
+            Endpoint::LabelValues => "label_values",
+            Endpoint::Exemplars => "query_exemplars",
+        }
+    }
+
+    /// The endpoint a request path names, if it is one of those routed by window.
+    pub fn of_path(path: &str) -> Option<Endpoint> {
+        const SUFFIXES: [(&str, Endpoint); 5] = [
+            ("/api/v1/query", Endpoint::Query),
+            ("/api/v1/query_range", Endpoint::QueryRange),
+            ("/api/v1/series", Endpoint::Series),
+            ("/api/v1/labels", Endpoint::Labels),
+            ("/api/v1/query_exemplars", Endpoint::Exemplars),
+        ];
+        if let Some(&(_, endpoint)) = SUFFIXES.iter().find(|(suffix, _)| path.ends_with(suffix)) {
+            return Some(endpoint);
+        }
+        let (head, name) = path.strip_suffix("/values")?.rsplit_once('/')?;
+        (!name.is_empty() && head.ends_with("/api/v1/label")).then_some(Endpoint::LabelValues)
+    }
+}
+
+/// What a request reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Read {
+    /// Which endpoint the request asks.
+    pub endpoint: Endpoint,
+    /// The stored data the answer is made of; it ends at `now` at the latest.
+    pub window: Window,
+    /// For [`Endpoint::Query`], the evaluation time (`time`, or `now` without one).
+    pub eval_time: Option<i64>,
+}
+
+/// What a request to `path` reads, with its parameters from `query_string` (the URL's, without
+/// `?`) and `form_body` (the body of a POST sent as `application/x-www-form-urlencoded`, and
+/// only then). `now` is the current time, `lookback` the replicas' `--query.lookback-delta`
+/// (Prometheus's default is 5 minutes) and `earliest` the start of an open range (`series`,
+/// `labels`, label values and exemplars without `start` read from the beginning of time);
+/// all in milliseconds.
+///
+/// `Ok(None)` for a path not routed by window, and for a query without `query` (or a range query
+/// without `start` or `end`), which the replica will refuse. `Err` for a parameter Prometheus
+/// would refuse (a time it cannot read, PromQL that does not parse, a range that ends before it
+/// starts) or a query over this module's limits; the caller routes it as before, and the replica
+/// answers the error itself.
+///
+/// Nothing is stored after `now` (a scrape stamps its samples with its own time), so the window
+/// ends there at the latest, and a read wholly in the future is empty.
+pub fn read_window(
+    path: &str,
+    query_string: Option<&str>,
+    form_body: Option<&[u8]>,
+    now: i64,
+    lookback: i64,
+    earliest: i64,
+) -> Result<Option<Read>, String> {
+    let Some(endpoint) = Endpoint::of_path(path) else { return Ok(None) };
+    let params = Params { body: form_body.unwrap_or_default(), url: query_string.unwrap_or_default().as_bytes() };
+    let (window, eval_time) = match endpoint {
+        Endpoint::Query => {
+            let Some(query) = params.get("query") else { return Ok(None) };
+            let time = params.time("time")?.unwrap_or(now);
+            (remembered_window(&query, time, time, params.lookback(lookback)?)?, Some(time))
+        }
+        Endpoint::QueryRange => {
+            let (Some(query), Some(start), Some(end)) =
+                (params.get("query"), params.time("start")?, params.time("end")?)
+            else {
+                return Ok(None);
+            };
+            if end < start {
+                return Err("query_range: end is before start".to_string());
+            }
+            (remembered_window(&query, start, end, params.lookback(lookback)?)?, None)
+        }
+        // What `match[]` or `query` selects does not move the window: these read [start, end].
+        Endpoint::Series | Endpoint::Labels | Endpoint::LabelValues | Endpoint::Exemplars => {
+            let start = match params.time("start")? {
+                Some(start) if start > PROMETHEUS_MIN_TIME => start,
+                _ => earliest,
+            };
+            (Window { start, end: params.time("end")?.unwrap_or(now) }, None)
+        }
+    };
+    let window = Window { start: window.start, end: window.end.min(now) };
+    let window = if window.is_empty() { Window::EMPTY } else { window };
+    Ok(Some(Read { endpoint, window, eval_time }))
+}
+
+/// The stored data that `expr` reads when evaluated at every time in `[eval_start, eval_end]`
+/// (the `start` and `end` of a range query, or twice the `time` of an instant query), with
+/// `lookback` (milliseconds) as the lookback delta. An expression without selectors reads
+/// [`Window::EMPTY`], and so does `eval_start > eval_end` (no evaluation at all).
+///
+/// `Err` for PromQL that does not parse, and for a query longer than [`MAX_QUERY_BYTES`] or
+/// nested deeper than [`MAX_NESTING`].
+pub fn expr_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) -> Result<Window, String> {
+    let expr = check_cost(expr)?;
+    // Last resort for a panic in the parser that `check_cost` does not foresee: the request is
+    // routed as before instead of losing its connection.
+    let ast = std::panic::catch_unwind(|| parser::parse(&expr))
+        .map_err(|_| "the PromQL parser failed on this query".to_string())?
+        .map_err(|e| format!("PromQL: {e}"))?;
+    if eval_start > eval_end {
+        return Ok(Window::EMPTY);
+    }
+    let evaluation = Evaluation { start: eval_start, end: eval_end, lookback: lookback.max(0) };
+    evaluation.read(&ast, Instants { first: eval_start, last: eval_end })
+}
+
+/// How many expressions each serving thread remembers the window of.
+const REMEMBERED: usize = 1024;
+/// The longest expression remembered (so that the memory it takes stays within 4 MiB per
+/// thread); longer ones are parsed each time.
+const REMEMBERED_BYTES: usize = 4096;
+
+/// A remembered expression: its text and lookback (to tell hash collisions apart) and its
+/// window relative to its evaluation times (`None`: it reads nothing).
+type Remembered = (Box<str>, i64, Result<Option<(i64, i64)>, String>);
+
+thread_local! {
+    /// Per serving thread (no lock on the request path): an expression's window relative to
+    /// its evaluation times, by a hash of the expression and the lookback. Dashboards send the
+    /// same expressions over and over with other times; parsing one costs tens of
+    /// microseconds, finding it here well under one.
+    static RELATIVE: std::cell::RefCell<lru::LruCache<u64, Remembered>> =
+        std::cell::RefCell::new(lru::LruCache::new(std::num::NonZeroUsize::new(REMEMBERED).expect("not zero")));
+}
+
+/// [`expr_window`], remembered. Without an `@` modifier, an expression reads the same stretch
+/// relative to every evaluation time (`[start + a, end + b]`), so that stretch is what is
+/// remembered; an expression with `@` (fixed times) is parsed each time.
+fn remembered_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) -> Result<Window, String> {
+    if expr.contains('@') || eval_start > eval_end || expr.len() > REMEMBERED_BYTES {
+        return expr_window(expr, eval_start, eval_end, lookback);
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (expr, lookback).hash(&mut hasher);
+    let key = hasher.finish();
+    let found = RELATIVE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        cache.get(&key).filter(|(e, l, _)| &**e == expr && *l == lookback).map(|(_, _, relative)| relative.clone())
+    });
+    let relative = match found {
+        Some(relative) => relative,
+        None => {
+            let relative = expr_window(expr, 0, 0, lookback).map(|w| (!w.is_empty()).then_some((w.start, w.end)));
+            RELATIVE.with(|cache| cache.borrow_mut().put(key, (expr.into(), lookback, relative.clone())));
+            relative
+        }
+    };
+    Ok(match relative? {
+        Some((before, after)) => {
+            Window { start: eval_start.saturating_add(before), end: eval_end.saturating_add(after) }
+        }
+        None => Window::EMPTY,
+    })
+}
+
+/// Refuses, before parsing, a query that would cost `promql-parser` too much (see
+/// [`MAX_NESTING`]) or make it panic: a number as a duration (after `[`, `:` or `offset`) that
+/// `std::time::Duration` cannot hold. Returns the query with every regular expression of a
+/// matcher (`=~`, `!~`) replaced by `.`: the parser compiles each one, which a client can make cost
+/// seconds (`{l=~"\\w{200}"}` takes 45 ms; Prometheus accepts it), and what a matcher matches
+/// never moves the window.
+fn check_cost(expr: &str) -> Result<Cow<'_, str>, String> {
+    if expr.len() > MAX_QUERY_BYTES {
+        return Err(format!("query longer than {MAX_QUERY_BYTES} bytes"));
+    }
+    let lexer = parser::lex::lexer(expr).map_err(|e| format!("PromQL: {e}"))?;
+    let (mut nesting, mut in_braces) = (0, false);
+    let (mut before, mut before_that): (Option<TokenId>, Option<TokenId>) = (None, None);
+    let mut emptied = String::new();
+    let mut copied = 0;
+    for lexeme in lexer.iter() {
+        let Ok(lexeme) = lexeme else { return Err("PromQL: invalid token".to_string()) };
+        let token = lexeme.tok_id();
+        in_braces = match token {
+            T_LEFT_BRACE => true,
+            T_RIGHT_BRACE => false,
+            _ => in_braces,
+        };
+        // Matchers (`=~`, `!=` in braces) and `@` add no level to the tree.
+        let adds_a_level = token == T_LEFT_PAREN
+            || token == T_LEFT_BRACKET
+            || (TokenType::new(token).is_operator() && token != T_AT && !in_braces);
+        if adds_a_level {
+            nesting += 1;
+            if nesting > MAX_NESTING {
+                return Err(format!("query has more than {MAX_NESTING} operators and brackets"));
+            }
+        }
+        let a_duration = matches!(before, Some(T_LEFT_BRACKET | T_COLON | T_OFFSET))
+            || (matches!(before, Some(T_ADD | T_SUB)) && before_that == Some(T_OFFSET));
+        if token == T_NUMBER && a_duration {
+            let seconds = promql_parser::util::parse_str_radix(lexer.span_str(lexeme.span()))
+                .map_err(|e| format!("PromQL: {e}"))?;
+            if !(0.0..=MAX_DURATION_SECONDS).contains(&seconds) {
+                return Err(format!("duration out of range: {seconds}"));
+            }
+        }
+        if token == T_STRING && matches!(before, Some(T_EQL_REGEX | T_NEQ_REGEX)) {
+            let span = lexeme.span();
+            emptied.push_str(&expr[copied..span.start()]);
+            // Any one-character regex: it does not match the empty string, so a selector
+            // stays as valid as it was (one matcher must not match "").
+            emptied.push_str("\".\"");
+            copied = span.end();
+        }
+        (before_that, before) = (before, Some(token));
+    }
+    if copied == 0 {
+        return Ok(Cow::Borrowed(expr));
+    }
+    emptied.push_str(&expr[copied..]);
+    Ok(Cow::Owned(emptied))
+}
+
+/// The times at which an expression is evaluated: every time in `[first, last]`.
+#[derive(Debug, Clone, Copy)]
+struct Instants {
+    first: i64,
+    last: i64,
+}
+
+/// One query's evaluation: its own start and end (what `@ start()` and `@ end()` mean at any
+/// depth) and its lookback delta.
+struct Evaluation {
+    start: i64,
+    end: i64,
+    lookback: i64,
+}
+
+impl Evaluation {
+    /// The stored data `expr` reads when evaluated at `at`.
+    fn read(&self, expr: &Expr, at: Instants) -> Result<Window, String> {
+        Ok(match expr {
+            Expr::VectorSelector(selector) => self.selector(selector, self.lookback, at),
+            // A range replaces the lookback: `x[5m]` reads 5 minutes, not 10.
+            Expr::MatrixSelector(matrix) => self.selector(&matrix.vs, millis(&matrix.range), at),
+            Expr::Subquery(subquery) => {
+                let at = self.moved(subquery.at.as_ref(), subquery.offset.as_ref(), at);
+                let inner = Instants { first: at.first.saturating_sub(millis(&subquery.range)), last: at.last };
+                self.read(&subquery.expr, inner)?
+            }
+            Expr::Aggregate(aggregate) => {
+                let param = match &aggregate.param {
+                    Some(param) => self.read(param, at)?,
+                    None => Window::EMPTY,
+                };
+                param.union(self.read(&aggregate.expr, at)?)
+            }
+            Expr::Binary(binary) => self.read(&binary.lhs, at)?.union(self.read(&binary.rhs, at)?),
+            Expr::Unary(unary) => self.read(&unary.expr, at)?,
+            Expr::Paren(paren) => self.read(&paren.expr, at)?,
+            Expr::Call(call) => {
+                // `info` also reads info series (`target_info` by default) that no selector names,
+                // at the evaluation times, with the lookback and without the argument's offset.
+                let implicit = match call.func.name {
+                    "info" => Window { start: at.first.saturating_sub(self.lookback), end: at.last },
+                    _ => Window::EMPTY,
+                };
+                let mut window = implicit;
+                for arg in &call.args.args {
+                    window = window.union(self.read(arg, at)?);
+                }
+                window
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Window::EMPTY,
+            // Only built by programs that extend the parser's tree, never by parsing.
+            Expr::Extension(_) => return Err("PromQL: unknown expression".to_string()),
+        })
+    }
+
+    /// What a selector reads at `at`, back `range` from each (moved) evaluation time.
+    fn selector(&self, selector: &VectorSelector, range: i64, at: Instants) -> Window {
+        let at = self.moved(selector.at.as_ref(), selector.offset.as_ref(), at);
+        Window { start: at.first.saturating_sub(range), end: at.last }
+    }
+
+    /// `at` replaced by an `@` and then moved back by an offset (forward by a negative one).
+    fn moved(&self, at_modifier: Option<&AtModifier>, offset: Option<&Offset>, at: Instants) -> Instants {
+        let at = match at_modifier {
+            None => at,
+            Some(AtModifier::Start) => Instants { first: self.start, last: self.start },
+            Some(AtModifier::End) => Instants { first: self.end, last: self.end },
+            Some(AtModifier::At(time)) => {
+                let time = unix_millis(time);
+                Instants { first: time, last: time }
+            }
+        };
+        let offset = match offset {
+            None => 0,
+            Some(Offset::Pos(duration)) => millis(duration),
+            Some(Offset::Neg(duration)) => millis(duration).saturating_neg(),
+        };
+        Instants { first: at.first.saturating_sub(offset), last: at.last.saturating_sub(offset) }
+    }
+}
+
+fn millis(duration: &Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn unix_millis(time: &SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => millis(&after),
+        Err(before) => millis(&before.duration()).saturating_neg(),
+    }
+}
+
+/// A request's parameters, found as Go's `Request.FormValue` finds them (Prometheus reads every
+/// parameter so): the first value in the form body, else the first in the URL; each parsed as
+/// `url.ParseQuery` does, which skips a pair holding a `;` or a bad `%` escape.
+struct Params<'a> {
+    body: &'a [u8],
+    url: &'a [u8],
+}
+
+impl<'a> Params<'a> {
+    /// The parameter's value; an empty one counts as missing, as Prometheus counts it.
+    fn get(&self, name: &str) -> Option<Cow<'a, str>> {
+        first_value(self.body, name).or_else(|| first_value(self.url, name)).filter(|value| !value.is_empty())
+    }
+
+    /// A time parameter, if there is one.
+    fn time(&self, name: &str) -> Result<Option<i64>, String> {
+        self.get(name).map(|value| parse_time(&value).map_err(|e| format!("parameter {name}: {e}"))).transpose()
+    }
+
+    /// The lookback delta: the replicas' `lookback`, or the query's `lookback_delta` if longer.
+    fn lookback(&self, lookback: i64) -> Result<i64, String> {
+        let Some(value) = self.get("lookback_delta") else { return Ok(lookback) };
+        let asked = parse_duration(&value).map_err(|e| format!("parameter lookback_delta: {e}"))?;
+        Ok(lookback.max(asked))
+    }
+}
+
+/// The first value of `name` in a form, or `None`.
+fn first_value<'f>(form: &'f [u8], name: &str) -> Option<Cow<'f, str>> {
+    form.split(|&b| b == b'&')
+        .filter(|pair| !pair.contains(&b';') && escapes_are_valid(pair))
+        .filter_map(|pair| form_urlencoded::parse(pair).next())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
+}
+
+/// Whether every `%` starts an escape of two hex digits (Go's `url.QueryUnescape` refuses others).
+fn escapes_are_valid(pair: &[u8]) -> bool {
+    pair.iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'%')
+        .all(|(i, _)| pair.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
+}
+
+/// A time as Prometheus reads one (`parseTime` in `web/api/v1/api.go`): float Unix seconds,
+/// rounded to the millisecond, or RFC 3339, or `MinTime`/`MaxTime` spelled out. Times beyond
+/// what milliseconds in an `i64` hold are clamped (Prometheus would overflow).
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        if !seconds.is_finite() {
+            return Err(format!("{} is not a finite time", shown(text)));
+        }
+        let whole = seconds.trunc();
+        // `as` saturates: absurd times are clamped, not wrapped.
+        return Ok((whole * 1000.0 + ((seconds - whole) * 1000.0).round()) as i64);
+    }
+    match text {
+        MIN_TIME_FORMATTED => return Ok(PROMETHEUS_MIN_TIME),
+        MAX_TIME_FORMATTED => return Ok(PROMETHEUS_MAX_TIME),
+        _ => {}
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| time.timestamp_millis())
+        .map_err(|_| format!("cannot read {} as a time", shown(text)))
+}
+
+/// A duration as Prometheus reads one (`parseDuration` in `web/api/v1/api.go`): float seconds or
+/// Prometheus's `1h30m` syntax, in milliseconds.
+fn parse_duration(text: &str) -> Result<i64, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        if !(-MAX_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&seconds) {
+            return Err(format!("{} is not a duration", shown(text)));
+        }
+        return Ok((seconds * 1000.0) as i64);
+    }
+    // Not a number, so not the part of `parse_duration` that panics on negative ones.
+    promql_parser::util::parse_duration(text)
+        .map(|duration| millis(&duration))
+        .map_err(|_| format!("{} is not a duration", shown(text)))
+}
+
+/// A parameter's value quoted for an error message, cut short.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => format!("{:?}...", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -217,6 +217,12 @@ impl Pool {
         tokio::spawn(sweep(shared));
     }
 
+    /// Runs one sweep now, for tests.
+    #[cfg(test)]
+    fn sweep_now(&self) {
+        sweep_once(&mut self.shared.replicas.lock().expect("no code panics holding the pool's lock"));
+    }
+
     /// How many connections the pool holds to `uri`'s replica (busy or idle), for tests.
     #[cfg(test)]
     fn held(&self, uri: &str) -> usize {
@@ -236,15 +242,20 @@ async fn sweep(shared: Weak<Shared>) {
     loop {
         interval.tick().await;
         let Some(shared) = shared.upgrade() else { return };
-        let mut replicas = shared.replicas.lock().expect("no code panics holding the pool's lock");
-        replicas.retain_mut(|connections| {
-            connections.queue.retain_mut(|pooled| {
-                pooled.idle_sweeps = if pooled.sender.is_ready() { pooled.idle_sweeps + 1 } else { 0 };
-                !pooled.sender.is_closed() && pooled.idle_sweeps < IDLE_SWEEPS
-            });
-            !connections.queue.is_empty()
-        });
+        sweep_once(&mut shared.replicas.lock().expect("no code panics holding the pool's lock"));
     }
+}
+
+/// One look at every connection: a closed one goes, an idle one counts one more sweep and
+/// goes at [`IDLE_SWEEPS`], a busy one starts again from zero.
+fn sweep_once(replicas: &mut Vec<Connections>) {
+    replicas.retain_mut(|connections| {
+        connections.queue.retain_mut(|pooled| {
+            pooled.idle_sweeps = if pooled.sender.is_ready() { pooled.idle_sweeps + 1 } else { 0 };
+            !pooled.sender.is_closed() && pooled.idle_sweeps < IDLE_SWEEPS
+        });
+        !connections.queue.is_empty()
+    });
 }
 
 /// Turns `request`'s absolute URI into the origin form sent on the wire, and returns the

@@ -200,7 +200,8 @@ impl Pool {
         let (sender, connection) = self.shared.http1.handshake(io).await.map_err(|e| Error::NotSent(e.into()))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(error = %crate::error::error_chain(&error), "a replica connection ended with an error");
+                // Debug, not Display: it carries the cause (`client` sits below `error`).
+                tracing::debug!(error = ?error, "a replica connection ended with an error");
             }
         });
         Ok(sender)

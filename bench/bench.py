@@ -531,7 +531,7 @@ def throughput_table(summary):
 def report(m, summary, stream, start, rnd, h2, tls, args):
     lines = ["# Benchmarks", "",
              "Written by `make bench` (`bench/bench.py`); numbers from the last run on the machine below.",
-             "All four targets serve the same fast backend (nginx returning a fixed Prometheus",
+             "All five targets serve the same fast backend (nginx returning a fixed Prometheus",
              "answer) on 127.0.0.1, under the same `wrk -t1` load, measured in alternation",
              f"(direct, mpp, nginx, HAProxy, Pingora; {args.rounds} rounds of {args.seconds} s each); figures are",
              "medians. nginx, HAProxy and Pingora each run 2 workers (threads), as mpp runs one serving",

@@ -18,8 +18,9 @@
 //!   open-files limits. [`via`]: this mpp's `Via` pseudonym. [`body`]: a response body that
 //!   holds a slot until it is sent. [`metrics`]: every exported metric.
 //! - [`backend`]: one replica's identity, its URL and opaque id (plain data).
-//! - [`client`]: the pooled http/https client to the replicas (CA, client certificate,
-//!   server name). [`credentials`]: the `Authorization` sent to them, from files read again.
+//! - [`client`]: the http/https clients to the replicas (CA, client certificate, server
+//!   name): hyper-util's pooled one for probes and discovery, and `client::pool`, each
+//!   serving thread's own connections for proxied requests. [`credentials`]: the `Authorization` sent to them, from files read again.
 //! - [`error`]: what can go wrong with a request, and the one mapping to HTTP answers.
 //! - [`discovery`]: where candidates come from (endpoints file, Marathon, Kubernetes); each
 //!   kind validates its own flags.

@@ -200,7 +200,8 @@ impl Pool {
         let (sender, connection) = self.shared.http1.handshake(io).await.map_err(|e| Error::NotSent(e.into()))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(error = %crate::error::error_chain(&error), "a replica connection ended with an error");
+                // Debug, not Display: it carries the cause (`client` sits below `error`).
+                tracing::debug!(error = ?error, "a replica connection ended with an error");
             }
         });
         Ok(sender)
@@ -215,6 +216,12 @@ impl Pool {
         }
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(sweep(shared));
+    }
+
+    /// Runs one sweep now, for tests.
+    #[cfg(test)]
+    fn sweep_now(&self) {
+        sweep_once(&mut self.shared.replicas.lock().expect("no code panics holding the pool's lock"));
     }
 
     /// How many connections the pool holds to `uri`'s replica (busy or idle), for tests.
@@ -236,15 +243,20 @@ async fn sweep(shared: Weak<Shared>) {
     loop {
         interval.tick().await;
         let Some(shared) = shared.upgrade() else { return };
-        let mut replicas = shared.replicas.lock().expect("no code panics holding the pool's lock");
-        replicas.retain_mut(|connections| {
-            connections.queue.retain_mut(|pooled| {
-                pooled.idle_sweeps = if pooled.sender.is_ready() { pooled.idle_sweeps + 1 } else { 0 };
-                !pooled.sender.is_closed() && pooled.idle_sweeps < IDLE_SWEEPS
-            });
-            !connections.queue.is_empty()
-        });
+        sweep_once(&mut shared.replicas.lock().expect("no code panics holding the pool's lock"));
     }
+}
+
+/// One look at every connection: a closed one goes, an idle one counts one more sweep and
+/// goes at [`IDLE_SWEEPS`], a busy one starts again from zero.
+fn sweep_once(replicas: &mut Vec<Connections>) {
+    replicas.retain_mut(|connections| {
+        connections.queue.retain_mut(|pooled| {
+            pooled.idle_sweeps = if pooled.sender.is_ready() { pooled.idle_sweeps + 1 } else { 0 };
+            !pooled.sender.is_closed() && pooled.idle_sweeps < IDLE_SWEEPS
+        });
+        !connections.queue.is_empty()
+    });
 }
 
 /// Turns `request`'s absolute URI into the origin form sent on the wire, and returns the

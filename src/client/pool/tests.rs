@@ -234,3 +234,25 @@ async fn https_replicas_are_verified_against_the_ca_file_by_server_name_and_reus
     let refused = Pool::new(connector(&wrong_name).unwrap(), 4).send(get(&url)).await.unwrap_err();
     assert!(matches!(refused, Error::NotSent(_)), "a failed handshake sent nothing: {refused:?}");
 }
+
+#[tokio::test]
+async fn a_connection_idle_for_the_idle_timeout_is_closed_and_one_in_use_is_kept() {
+    let (address, _, release) = counting_replica().await;
+    let pool = pool();
+    let url = format!("http://{address}/api/v1/query");
+    assert_eq!(text(pool.send(get(&url)).await.unwrap()).await, format!("1 {address}"));
+    for _ in 1..IDLE_SWEEPS {
+        pool.sweep_now();
+    }
+    assert_eq!(pool.held(&url), 1, "idle for less than the timeout");
+    pool.sweep_now();
+    assert_eq!(pool.held(&url), 0, "idle for the timeout");
+
+    let held = pool.send(get(&format!("http://{address}/hold"))).await.expect("a head");
+    for _ in 0..IDLE_SWEEPS {
+        pool.sweep_now();
+    }
+    assert_eq!(pool.held(&url), 1, "still streaming an answer");
+    release.send(()).unwrap();
+    assert_eq!(text(held).await, format!("2 {address}"));
+}

@@ -450,12 +450,19 @@ impl<'a> Params<'a> {
     }
 }
 
-/// The first value of `name` in a form, or `None`.
+/// The first value of `name` in a form, or `None`. Only the value found is decoded (a
+/// query's PromQL is most of a request's parameters, and this runs for several names).
 fn first_value<'f>(form: &'f [u8], name: &str) -> Option<Cow<'f, str>> {
     form.split(|&b| b == b'&')
-        .filter(|pair| !pair.contains(&b';') && escapes_are_valid(pair))
-        .filter_map(|pair| form_urlencoded::parse(pair).next())
-        .find(|(key, _)| key == name)
+        .filter(|pair| {
+            let key = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            let named = match form_urlencoded::parse(key).next() {
+                Some((key, _)) => key == name,
+                None => name.is_empty(),
+            };
+            named && !pair.contains(&b';') && escapes_are_valid(pair)
+        })
+        .find_map(|pair| form_urlencoded::parse(pair).next())
         .map(|(_, value)| value)
 }
 

@@ -4,8 +4,8 @@
 1. On the request path: requests/s for `query` and `query_range` through mpp with
    `--coverage-routing=true` beside the same mpp with `--coverage-routing=false`, in
    alternation, under the same wrk load. The two fake replicas (nginx) answer the coverage scan
-   so that one of them has a hole an hour ago: every query is then parsed for its window and
-   held against the coverage map. Once with the same query every time (a dashboard refreshing;
+   so that one of them has a hole an hour ago: every query sent to that one (half of them,
+   with the `random` strategy) is parsed for its window and held against the coverage map. Once with the same query every time (a dashboard refreshing;
    the window is remembered per expression), once with a different expression each time (each
    one parsed).
 2. The start-up scan: two real Prometheus replicas holding a day of backfilled `up` samples
@@ -191,7 +191,9 @@ def startup_scan(procs, work):
 def report(path_results, scan, rounds, seconds):
     lines = [BEGIN, "", "## Gap-free answers: their cost", "",
              f"Request path ({rounds} rounds of {seconds} s, medians; `wrk -t1`; two fake replicas, one with a",
-             "hole an hour ago, so that every query is parsed and held against the coverage map):", "",
+             "hole an hour ago, and the `random` strategy: the half of the requests that go to the replica",
+             "with the hole are parsed and held against the coverage map; a replica without a hole covers",
+             "any window, so the other half are not):", "",
              "| connections | request | coverage routing on | off | on/off |", "| --- | --- | ---: | ---: | ---: |"]
     for (connections, what, name), rps in sorted(path_results.items()):
         if name != "on":

@@ -209,7 +209,7 @@ impl Proxy {
                 }
             },
         };
-        match self.coverage_read(&prepared, &snapshot) {
+        match self.coverage_read(&prepared, &snapshot, &backend) {
             Some(read) => match route::plan(&snapshot, backend, &read) {
                 Route::One { replica, diverted } => {
                     self.relay(prepared, replica, false, diverted, snapshot, deadline, started).await
@@ -222,10 +222,11 @@ impl Proxy {
         }
     }
 
-    /// What a request reads, when coverage routing is on, the request is a routable query
-    /// and some usable replica has a hole (otherwise every replica covers every window and
-    /// the query is not even parsed).
-    fn coverage_read(&self, prepared: &Prepared, snapshot: &Snapshot) -> Option<Read> {
+    /// What a request reads, when coverage routing is on, the request is a routable query,
+    /// the replica it would go to (`default`) has a hole and so does some usable replica
+    /// (otherwise that replica, or every one, covers every window, and the query is not even
+    /// parsed).
+    fn coverage_read(&self, prepared: &Prepared, snapshot: &Snapshot, default: &Replica) -> Option<Read> {
         let read_method = prepared.method == Method::GET || prepared.method == Method::POST;
         if !self.inner.coverage_routing
             || !read_method
@@ -233,6 +234,12 @@ impl Proxy {
         {
             return None;
         }
+        // A default replica scanned and without a hole covers whatever the query reads.
+        let own = default.coverage();
+        if own.known() && own.holes().is_empty() && own.open_from.is_none() {
+            return None;
+        }
+        drop(own);
         let mut holes = false;
         let mut lookback: Option<Millis> = None;
         for replica in &snapshot.viable {

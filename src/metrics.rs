@@ -60,13 +60,6 @@ pub struct MergeLabels {
     pub outcome: &'static str,
 }
 
-/// A label naming why a replica is out of the selection for its data.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DataHealthLabels {
-    /// The replica's base URL.
-    pub backend: Arc<str>,
-}
-
 type HistogramFamily = Family<BackendLabels, DurationHistogram, fn() -> DurationHistogram>;
 
 /// All metrics, registered once at start-up and shared by the request path and the
@@ -106,7 +99,7 @@ pub struct Metrics {
     pub coverage_queries: Counter,
     /// `mpp_backend_data_ejected{backend}`: 1 while a replica is out of the selection because
     /// its ingestion stalled or lags its peers.
-    pub data_ejected: Family<DataHealthLabels, Gauge>,
+    pub data_ejected: Family<BackendLabels, Gauge>,
 }
 
 /// The upper bounds of `mpp_request_duration_seconds`, in seconds (`+Inf` follows).
@@ -283,7 +276,7 @@ impl Metrics {
         self.probe_failures.remove(&labels);
         self.coverage_ratio.remove(&labels);
         self.coverage_holes.remove(&labels);
-        self.data_ejected.remove(&DataHealthLabels { backend: backend.clone() });
+        self.data_ejected.remove(&labels);
         // Status codes are three digits; the family cannot be filtered, so every one is named.
         for code in 100..600 {
             self.requests.remove(&RequestLabels { backend: backend.clone(), code });

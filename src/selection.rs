@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::discovery::{Discovery, DiscoveryError};
-use crate::metrics::{BackendLabels, DataHealthLabels, Metrics, RoundLabels};
+use crate::metrics::{BackendLabels, Metrics, RoundLabels};
 use crate::probe::{Probe, Prober};
 use crate::registry::{Registry, Replica};
 use crate::strategy::Strategy;
@@ -446,7 +446,7 @@ impl<G: Gather> Selector<G> {
                 }
                 _ => {}
             }
-            let labels = DataHealthLabels { backend: candidate.replica.url_label() };
+            let labels = BackendLabels { backend: candidate.replica.url_label() };
             self.metrics.data_ejected.get_or_create(&labels).set(i64::from(candidate.data.ejected.is_some()));
         }
     }

@@ -7,7 +7,6 @@ use std::error::Error as StdError;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::body::Guarded;
@@ -17,7 +16,7 @@ pub static MPP_ERROR: http::HeaderName = http::HeaderName::from_static("mpp-erro
 
 /// The body of every answer mpp gives: a backend's streamed answer (holding its replica's
 /// connection slot until done), or one of our own.
-pub type ProxyBody = Either<Guarded<Incoming, OwnedSemaphorePermit>, Full<Bytes>>;
+pub type ProxyBody = Either<Guarded<crate::client::pool::Body, OwnedSemaphorePermit>, Full<Bytes>>;
 
 /// Why a request got no answer from a backend.
 #[derive(Debug, thiserror::Error)]

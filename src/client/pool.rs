@@ -1,37 +1,38 @@
 //! The request path's own connections to the replicas: one [`Pool`] per serving thread,
-//! holding hyper `client::conn::http1` connections. Probes and discovery keep the pooled
-//! legacy client ([`super::HttpClient`]); this pool exists because that client costs the
-//! request path a lock and a map keyed by a freshly hashed authority, a boxed future, a
-//! oneshot and a spawned task for every request whose answer has a body (to put the
-//! connection back once the body is read). Here a request takes the oldest connection of
-//! its replica that is ready, sends on it, and puts it straight back behind the others once
-//! the answer's head is in: a connection still streaming an answer is not ready, and is
-//! passed over until it is.
+//! holding idle HTTP/1.1 connections ([`super::http1`] speaks the protocol). Probes and
+//! discovery keep the pooled legacy client ([`super::HttpClient`]).
 //!
-//! Each connection's hyper task runs on the serving thread that opened it (each serving
-//! thread runs a single-threaded runtime), so a request and its connection never leave
-//! their thread.
+//! A request is written and its answer read on the task that serves the client, with no
+//! connection task, no channel between the two, and no lock but the pool's own, held for a
+//! push or a pop. The answer's [`Body`] owns the connection while it streams and puts it
+//! back in the pool the moment its last byte is read (when the replica keeps it open and
+//! sent nothing after it); a body dropped before its end closes the connection. The pool
+//! holds only idle connections, the most recently used on top (which keeps the connections in
+//! use few and warm, and lets the others time out).
 //!
 //! What it keeps exact for the retry policy ([`Error`]): whether the request may have been
-//! written. A reused connection found closed before anything was written is passed over for
-//! another (or a new one), as the legacy client does. hyper's connection task reads before it
-//! writes, so a close the replica has already sent is seen before a queued request goes out:
-//! the request comes back unsent and takes another connection (a write included).
+//! written. A reused connection is looked at before a request is written on it: one the
+//! replica closed (or that has bytes nobody asked for) is dropped and another taken, so a
+//! close the replica has already sent never costs a request (a write included).
 
-use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use bytes::{Bytes, BytesMut};
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::{Frame, SizeHint};
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
 
 use super::Connector;
+use super::http1::{self, Decoded, Decoder};
 
 /// A connection that has not carried a request for this long is closed (as the legacy
 /// client's `pool_idle_timeout`); Prometheus would otherwise keep it open for good.
@@ -40,21 +41,29 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// looks in a row has been idle for between `IDLE_TIMEOUT - SWEEP_INTERVAL` and `IDLE_TIMEOUT`.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 const IDLE_SWEEPS: u32 = (IDLE_TIMEOUT.as_secs() / SWEEP_INTERVAL.as_secs()) as u32;
+/// How much room a read is given: an API answer of a few kilobytes arrives in one read, and
+/// a streamed one in reads of this size.
+const READ_CHUNK: usize = 16 * 1024;
+/// A request body up to this size goes out in the same write as its head.
+const INLINE_BODY: usize = 16 * 1024;
+/// A connection's write buffer larger than this (after a very large head) is not kept.
+const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 
-type Sender = SendRequest<Full<Bytes>>;
+/// What a connection reads and writes: TCP, or TLS over it.
+type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How sending a request failed, and whether it may have been written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Nothing was written: the connection could not be made (TCP, TLS), or it closed
-    /// before the request was handed to it.
+    /// Nothing was written: the connection could not be made (TCP, TLS), or the request
+    /// names no replica.
     #[error("{0}")]
     NotSent(BoxError),
     /// The request may have reached the replica (the connection failed while writing it or
-    /// waiting for the answer).
+    /// waiting for the answer, or the answer was not HTTP).
     #[error("{0}")]
-    Sent(hyper::Error),
+    Sent(BoxError),
 }
 
 /// One serving thread's connections to the replicas. Cheap to clone.
@@ -65,7 +74,6 @@ pub struct Pool {
 
 struct Shared {
     connector: Connector,
-    http1: http1::Builder,
     max_per_replica: usize,
     /// Per replica, looked up by a scan: a thread talks to a handful of replicas, and
     /// comparing a short authority is cheaper than hashing it.
@@ -77,45 +85,48 @@ struct Shared {
 /// Connections are shared by the replicas that have the same scheme and authority.
 type Key = (Scheme, Authority);
 
-/// One replica's connections, oldest first, and its `Host` header.
+/// One replica's idle connections, the most recently used last.
 struct Connections {
     key: Key,
+    #[expect(
+        clippy::vec_box,
+        reason = "a connection moves between the pool and an answer's body on every request: boxed, that is a pointer"
+    )]
+    idle: Vec<Box<Conn>>,
+}
+
+/// One connection to a replica, with its buffers.
+struct Conn {
+    io: Io,
+    /// What has been read and not yet taken: an answer's head or body bytes.
+    read: BytesMut,
+    /// The request head (and a small body) being written; kept for the next request.
+    write: Vec<u8>,
+    /// The `Host` header for the replica.
     host: HeaderValue,
-    queue: VecDeque<Pooled>,
-}
-
-impl Connections {
-    /// `key`'s entry in `replicas`, made if there is none.
-    fn of<'a>(replicas: &'a mut Vec<Connections>, key: &Key) -> &'a mut Connections {
-        let index = match replicas.iter().position(|c| c.key == *key) {
-            Some(index) => index,
-            None => {
-                replicas.push(Connections { key: key.clone(), host: host(key), queue: VecDeque::new() });
-                replicas.len() - 1
-            }
-        };
-        &mut replicas[index]
-    }
-}
-
-struct Pooled {
-    sender: Sender,
     /// How many sweeps in a row have found it idle (counted rather than timed, so that a
     /// request reads no clock for it).
     idle_sweeps: u32,
 }
 
+impl Conn {
+    /// Whether an idle connection can carry a request: not closed by the replica, and with
+    /// nothing to read. A read that would block costs no system call here (tokio knows the
+    /// socket has had no event since its last short read).
+    fn poll_usable(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        matches!(Pin::new(&mut self.io).poll_read(cx, &mut probe), Poll::Pending)
+    }
+}
+
 impl Pool {
     /// A pool over `connector` (http and https, the replicas' TLS options), keeping at most
-    /// `max_per_replica` connections to each replica.
+    /// `max_per_replica` idle connections to each replica.
     pub fn new(connector: Connector, max_per_replica: u32) -> Self {
-        let mut http1 = http1::Builder::new();
-        // As the legacy client: answers with spaces before the colon are taken, not refused.
-        http1.allow_spaces_after_header_name_in_responses(true);
         Pool {
             shared: Arc::new(Shared {
                 connector,
-                http1,
                 max_per_replica: max_per_replica.max(1) as usize,
                 replicas: Mutex::new(Vec::new()),
                 sweeping: std::sync::atomic::AtomicBool::new(false),
@@ -123,71 +134,77 @@ impl Pool {
         }
     }
 
-    /// Sends `request` (its URI absolute: the replica's scheme and authority) and waits for
-    /// the answer's head.
-    pub async fn send(&self, mut request: Request<Full<Bytes>>) -> Result<Response<Incoming>, Error> {
-        let key = origin_form(&mut request)?;
+    /// Sends `request` (its URI absolute: the replica's scheme and authority; its body whole)
+    /// and waits for the answer's head. The answer's body streams from the connection.
+    pub async fn send(&self, request: Request<Bytes>) -> Result<Response<Body>, Error> {
+        let (parts, body) = request.into_parts();
+        let (Some(scheme), Some(authority)) = (parts.uri.scheme(), parts.uri.authority()) else {
+            return Err(Error::NotSent("the request's URI names no replica".into()));
+        };
+        let key: Key = (scheme.clone(), authority.clone());
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         self.start_sweeping();
-        loop {
-            let Some(mut sender) = self.checkout(&key, &mut request) else { break };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    self.checkin(&key, sender);
-                    return Ok(response);
+        let mut conn = loop {
+            match self.checkout(&key) {
+                Some(mut conn) => {
+                    if std::future::poll_fn(|cx| Poll::Ready(conn.poll_usable(cx))).await {
+                        break conn;
+                    }
                 }
-                Err(mut failure) => match failure.take_message() {
-                    // Closed before it took the request: try another connection.
-                    Some(unsent) => request = unsent,
-                    None => return Err(Error::Sent(failure.into_error())),
-                },
+                // Boxed: opening a connection is rare, and its future (the TCP and TLS
+                // handshakes) would otherwise grow every request's future, which is moved about.
+                None => break Box::pin(self.connect(&key)).await?,
             }
-        }
-        // Boxed: opening a connection is rare, and its future (the TCP and TLS handshakes)
-        // would otherwise triple the size of every request's future, which is moved about.
-        let mut sender = Box::pin(self.connect(&key)).await?;
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                self.checkin(&key, sender);
-                Ok(response)
+        };
+        let conn_ref = &mut *conn;
+        conn_ref.write.clear();
+        http1::write_head(&mut conn_ref.write, &parts.method, target, &parts.headers, &conn_ref.host, body.len());
+        let written = if body.len() <= INLINE_BODY {
+            conn_ref.write.extend_from_slice(&body);
+            conn_ref.io.write_all(&conn_ref.write).await
+        } else {
+            match conn_ref.io.write_all(&conn_ref.write).await {
+                Ok(()) => conn_ref.io.write_all(&body).await,
+                Err(e) => Err(e),
             }
-            Err(mut failure) => match failure.take_message() {
-                Some(_) => Err(Error::NotSent(failure.into_error().into())),
-                None => Err(Error::Sent(failure.into_error())),
-            },
+        };
+        written.map_err(|e| Error::Sent(e.into()))?;
+        conn_ref.io.flush().await.map_err(|e| Error::Sent(e.into()))?;
+        if conn_ref.write.capacity() > KEEP_WRITE_BUFFER {
+            conn_ref.write = Vec::new();
         }
+        let head = loop {
+            if let Some(head) =
+                http1::parse_head(&mut conn_ref.read, &parts.method).map_err(|e| Error::Sent(e.into()))?
+            {
+                break head;
+            }
+            conn_ref.read.reserve(READ_CHUNK);
+            match conn_ref.io.read_buf(&mut conn_ref.read).await {
+                Ok(0) => return Err(Error::Sent("the replica closed the connection before it answered".into())),
+                Ok(_) => {}
+                Err(e) => return Err(Error::Sent(e.into())),
+            }
+        };
+        let mut answer = Body {
+            conn: Some(conn),
+            decoder: Decoder::new(head.framing),
+            keep_alive: head.keep_alive,
+            home: Arc::downgrade(&self.shared),
+            key,
+        };
+        answer.finish_if_done();
+        Ok(head.response.map(|()| answer))
     }
 
-    /// The oldest ready connection to `key`, dropping closed ones on the way and passing
-    /// over busy ones (still streaming an answer). Also sets `request`'s `Host`.
-    fn checkout(&self, key: &Key, request: &mut Request<Full<Bytes>>) -> Option<Sender> {
+    /// The most recently used idle connection to `key`, if any.
+    fn checkout(&self, key: &Key) -> Option<Box<Conn>> {
         let mut replicas = self.shared.replicas.lock().expect("no code panics holding the pool's lock");
-        let connections = Connections::of(&mut replicas, key);
-        if !request.headers().contains_key(header::HOST) {
-            request.headers_mut().insert(header::HOST, connections.host.clone());
-        }
-        for _ in 0..connections.queue.len() {
-            let pooled = connections.queue.pop_front()?;
-            if pooled.sender.is_ready() {
-                return Some(pooled.sender);
-            }
-            if !pooled.sender.is_closed() {
-                connections.queue.push_back(pooled);
-            }
-        }
-        None
+        replicas.iter_mut().find(|c| c.key == *key)?.idle.pop()
     }
 
-    /// Puts a connection back behind the others, if there is room.
-    fn checkin(&self, key: &Key, sender: Sender) {
-        let mut replicas = self.shared.replicas.lock().expect("no code panics holding the pool's lock");
-        let connections = Connections::of(&mut replicas, key);
-        if connections.queue.len() < self.shared.max_per_replica {
-            connections.queue.push_back(Pooled { sender, idle_sweeps: 0 });
-        }
-    }
-
-    /// Opens a connection to `key` and starts its task on this thread.
-    async fn connect(&self, key: &Key) -> Result<Sender, Error> {
+    /// Opens a connection to `key`.
+    async fn connect(&self, key: &Key) -> Result<Box<Conn>, Error> {
         let uri = Uri::builder()
             .scheme(key.0.clone())
             .authority(key.1.clone())
@@ -197,14 +214,13 @@ impl Pool {
         let mut connector = self.shared.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(Error::NotSent)?;
         let io = connector.call(uri).await.map_err(Error::NotSent)?;
-        let (sender, connection) = self.shared.http1.handshake(io).await.map_err(|e| Error::NotSent(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                // Debug, not Display: it carries the cause (`client` sits below `error`).
-                tracing::debug!(error = ?error, "a replica connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Box::new(Conn {
+            io: TokioIo::new(io),
+            read: BytesMut::new(),
+            write: Vec::new(),
+            host: host(key),
+            idle_sweeps: 0,
+        }))
     }
 
     /// Starts, once, the task that closes connections idle for [`IDLE_TIMEOUT`]; it runs on
@@ -224,14 +240,121 @@ impl Pool {
         sweep_once(&mut self.shared.replicas.lock().expect("no code panics holding the pool's lock"));
     }
 
-    /// How many connections the pool holds to `uri`'s replica (busy or idle), for tests.
+    /// How many idle connections the pool holds to `uri`'s replica, for tests.
     #[cfg(test)]
     fn held(&self, uri: &str) -> usize {
         let uri: Uri = uri.parse().expect("a test URI");
         let key = (uri.scheme().expect("scheme").clone(), uri.authority().expect("authority").clone());
         let replicas = self.shared.replicas.lock().expect("no code panics holding the pool's lock");
-        let connections = replicas.iter().find(|c| c.key == key);
-        connections.map_or(0, |c| c.queue.iter().filter(|p| !p.sender.is_closed()).count())
+        replicas.iter().find(|c| c.key == key).map_or(0, |c| c.idle.len())
+    }
+}
+
+impl Shared {
+    /// Puts an idle connection back on top, if there is room.
+    fn checkin(&self, key: Key, mut conn: Box<Conn>) {
+        conn.idle_sweeps = 0;
+        let mut replicas = self.replicas.lock().expect("no code panics holding the pool's lock");
+        let index = match replicas.iter().position(|c| c.key == key) {
+            Some(index) => index,
+            None => {
+                replicas.push(Connections { key, idle: Vec::new() });
+                replicas.len() - 1
+            }
+        };
+        let connections = &mut replicas[index];
+        if connections.idle.len() < self.max_per_replica {
+            connections.idle.push(conn);
+        }
+    }
+}
+
+/// An answer's body, read from its connection as the client takes it. Once it is read whole,
+/// the connection goes back to the pool it came from.
+pub struct Body {
+    /// The connection, until the body is complete (or failed).
+    conn: Option<Box<Conn>>,
+    decoder: Decoder,
+    keep_alive: bool,
+    home: Weak<Shared>,
+    key: Key,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body").field("decoder", &self.decoder).field("keep_alive", &self.keep_alive).finish()
+    }
+}
+
+impl Body {
+    /// Once the body is complete, gives its connection back to the pool, if the replica
+    /// keeps it open and sent nothing beyond the answer.
+    fn finish_if_done(&mut self) {
+        if !self.decoder.is_done() {
+            return;
+        }
+        let Some(conn) = self.conn.take() else { return };
+        if self.keep_alive
+            && conn.read.is_empty()
+            && let Some(shared) = self.home.upgrade()
+        {
+            shared.checkin(self.key.clone(), conn);
+        }
+    }
+
+    /// Fails the body: its connection is closed.
+    fn fail(&mut self, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.decoder = Decoder::Done;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            match this.decoder.decode(&mut conn.read) {
+                Err(e) => return this.fail(e.into()),
+                Ok(Decoded::Data(data)) => {
+                    this.finish_if_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish_if_done();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+            }
+            conn.read.reserve(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return this.fail(e.into()),
+                Poll::Ready(Ok(0)) if this.decoder == Decoder::UntilClose => {
+                    // The close ends this body, and the connection with it.
+                    this.conn = None;
+                    this.decoder = Decoder::Done;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => return this.fail(http1::ProtocolError::Incomplete.into()),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -247,28 +370,17 @@ async fn sweep(shared: Weak<Shared>) {
     }
 }
 
-/// One look at every connection: a closed one goes, an idle one counts one more sweep and
-/// goes at [`IDLE_SWEEPS`], a busy one starts again from zero.
+/// One look at every idle connection: one the replica closed goes, any other counts one more
+/// sweep and goes at [`IDLE_SWEEPS`].
 fn sweep_once(replicas: &mut Vec<Connections>) {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
     replicas.retain_mut(|connections| {
-        connections.queue.retain_mut(|pooled| {
-            pooled.idle_sweeps = if pooled.sender.is_ready() { pooled.idle_sweeps + 1 } else { 0 };
-            !pooled.sender.is_closed() && pooled.idle_sweeps < IDLE_SWEEPS
+        connections.idle.retain_mut(|conn| {
+            conn.idle_sweeps += 1;
+            conn.idle_sweeps < IDLE_SWEEPS && conn.poll_usable(&mut cx)
         });
-        !connections.queue.is_empty()
+        !connections.idle.is_empty()
     });
-}
-
-/// Turns `request`'s absolute URI into the origin form sent on the wire, and returns the
-/// replica's key.
-fn origin_form(request: &mut Request<Full<Bytes>>) -> Result<Key, Error> {
-    let mut parts = std::mem::take(request.uri_mut()).into_parts();
-    let (Some(scheme), Some(authority)) = (parts.scheme.take(), parts.authority.take()) else {
-        return Err(Error::NotSent("the request's URI names no replica".into()));
-    };
-    let path = parts.path_and_query.take().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *request.uri_mut() = Uri::from(path);
-    Ok((scheme, authority))
 }
 
 /// The `Host` header for `key`: the authority without its scheme's default port, as the

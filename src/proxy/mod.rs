@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::body::Guarded;
-use crate::client::pool::Pool;
+use crate::client::pool::{self, Pool};
 use crate::coverage::Millis;
 use crate::coverage::tracker::DEFAULT_LOOKBACK;
 use crate::credentials::Credentials;
@@ -130,10 +130,10 @@ struct Prepared {
 /// How one attempt ended.
 enum Outcome {
     /// An answer for the client (a Prometheus API error answer included).
-    Answer(Response<Incoming>, OwnedSemaphorePermit),
+    Answer(Response<pool::Body>, OwnedSemaphorePermit),
     /// A failure; with the replica's own answer when it gave one (a 503 while not ready),
     /// which the client gets if no other replica does better.
-    Failed(AttemptError, Option<(Response<Incoming>, OwnedSemaphorePermit)>),
+    Failed(AttemptError, Option<(Response<pool::Body>, OwnedSemaphorePermit)>),
 }
 
 impl Proxy {
@@ -289,7 +289,7 @@ impl Proxy {
         // Allocates only when an attempt fails.
         let mut tried: Vec<Arc<Replica>> = Vec::new();
         loop {
-            let (failure, unavailable) = match self.attempt(&prepared, &backend, last_resort, deadline).await {
+            let (failure, unavailable) = match self.attempt(&prepared, &backend, &tried, last_resort, deadline).await {
                 Outcome::Answer(response, slot) => {
                     let answer = self.answer(response, slot, &backend, &snapshot, &prepared, started, diverted);
                     return Ok(self.with_failover(answer, &tried, &backend, deadline).await);
@@ -380,8 +380,8 @@ impl Proxy {
         let inner = &*self.inner;
         prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
         let replicas: Vec<Arc<Replica>> = std::iter::once(primary.clone()).chain(others).collect();
-        let outcomes = join_all(replicas.iter().map(|r| self.attempt(&prepared, r, false, deadline))).await;
-        let mut answers: Vec<(Arc<Replica>, Response<Incoming>, OwnedSemaphorePermit)> = Vec::new();
+        let outcomes = join_all(replicas.iter().map(|r| self.attempt(&prepared, r, &[], false, deadline))).await;
+        let mut answers: Vec<(Arc<Replica>, Response<pool::Body>, OwnedSemaphorePermit)> = Vec::new();
         for (replica, outcome) in replicas.iter().zip(outcomes) {
             match outcome {
                 Outcome::Answer(response, slot) => answers.push((replica.clone(), response, slot)),
@@ -394,7 +394,7 @@ impl Proxy {
         let count = |outcome: &'static str| {
             inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: label, outcome }).inc();
         };
-        let usable = |r: &Response<Incoming>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
+        let usable = |r: &Response<pool::Body>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
         let Some(first_ok) = answers.iter().position(|(_, r, _)| usable(r)) else {
             return match answers.into_iter().next() {
                 // Nobody answered 200: the first answer is the client's, as it is.
@@ -588,8 +588,16 @@ impl Proxy {
         })
     }
 
-    /// One try of the request on one backend, until the answer's headers arrive.
-    async fn attempt(&self, prepared: &Prepared, backend: &Replica, last_resort: bool, deadline: Instant) -> Outcome {
+    /// One try of the request on one backend (after the `tried` ones), until the answer's
+    /// headers arrive.
+    async fn attempt(
+        &self,
+        prepared: &Prepared,
+        backend: &Replica,
+        tried: &[Arc<Replica>],
+        last_resort: bool,
+        deadline: Instant,
+    ) -> Outcome {
         let slots = backend.connection_slots();
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -613,15 +621,15 @@ impl Proxy {
             Ok(uri) => uri,
             Err(e) => return Outcome::Failed(AttemptError::Local(e.to_string()), None),
         };
-        let mut request = Request::new(Full::new(prepared.body.bytes.clone()));
+        let mut request = Request::new(prepared.body.bytes.clone());
         *request.method_mut() = prepared.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = prepared.outgoing_headers.clone();
         let patience = if last_resort { LAST_RESORT_PATIENCE } else { Duration::ZERO };
         let sent = self.pool.send(request);
-        let outcome = match retry::wait_for_answer(sent, prepared.replayable, backend.health(), patience, deadline)
-            .await
-        {
+        let movable =
+            || prepared.replayable && retry::has_alternative(&self.inner.snapshot.load(), tried, backend, last_resort);
+        let outcome = match retry::wait_for_answer(sent, movable, backend.health(), patience, deadline).await {
             Ok(response)
                 if response.status() == StatusCode::SERVICE_UNAVAILABLE && !headers::is_api_answer(&response) =>
             {
@@ -648,7 +656,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     fn answer(
         &self,
-        response: Response<Incoming>,
+        response: Response<pool::Body>,
         slot: OwnedSemaphorePermit,
         backend: &Arc<Replica>,
         snapshot: &Snapshot,

@@ -68,12 +68,13 @@ pub fn next_attempt(
 /// Waits for `send` (an attempt's answer) until `deadline`. A query waiting on a replica
 /// that the liveness check or other requests have since found down moves on (`Abandoned`),
 /// after `patience` at the earliest (a last-resort attempt gives a replica already known
-/// down some time); writes wait for their answer. The replica's health is an atomic read
-/// every [`DOWN_CHECK`] rather than a wake-up, so that no request registers with anything
-/// the background tasks lock.
+/// down some time), but only while `movable` says there is somewhere to move to: a query on
+/// the only replica left waits for its answer, as writes always do. The replica's health is
+/// an atomic read every [`DOWN_CHECK`] rather than a wake-up, so that no request registers
+/// with anything the background tasks lock; `movable` is asked only then.
 pub async fn wait_for_answer<F, T, E>(
     send: F,
-    replayable: bool,
+    movable: impl Fn() -> bool,
     health: &Health,
     patience: Duration,
     deadline: Instant,
@@ -89,7 +90,7 @@ where
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => return Err(e.into()),
             Err(_) if Instant::now() >= deadline => return Err(AttemptError::TimedOut),
-            Err(_) if replayable && health.is_down() && started.elapsed() >= patience => {
+            Err(_) if health.is_down() && started.elapsed() >= patience && movable() => {
                 return Err(AttemptError::Abandoned);
             }
             Err(_) => {}
@@ -111,6 +112,18 @@ pub fn next_backend(snapshot: &Snapshot, tried: &[Arc<Replica>]) -> Option<Arc<R
 /// refuses the connection at once.
 pub fn last_resort(snapshot: &Snapshot, tried: &[Arc<Replica>]) -> Option<Arc<Replica>> {
     pick_random(snapshot.candidates.iter().map(|c| &c.replica).filter(|b| !tried.contains(b)))
+}
+
+/// Whether an attempt on `current` that fails could be followed by another, as
+/// [`next_attempt`] would choose it: a selected or viable replica not tried yet and not
+/// down, or for a last-resort attempt any candidate not tried yet; and attempts left.
+pub fn has_alternative(snapshot: &Snapshot, tried: &[Arc<Replica>], current: &Replica, last_resort: bool) -> bool {
+    if tried.len() + 1 >= MAX_ATTEMPTS {
+        return false;
+    }
+    let other = |b: &Arc<Replica>| !tried.contains(b) && **b != *current;
+    snapshot.selected.iter().chain(&snapshot.viable).any(|b| other(b) && !b.health().is_down())
+        || (last_resort && snapshot.candidates.iter().any(|c| other(&c.replica)))
 }
 
 /// A random one of `pool`, without collecting it (this runs on every request).
@@ -192,7 +205,7 @@ impl From<crate::client::pool::Error> for AttemptError {
         use crate::client::pool::Error;
         match error {
             Error::NotSent(e) => AttemptError::Connect(error_chain(e.as_ref())),
-            Error::Sent(e) => AttemptError::Sent(error_chain(&e)),
+            Error::Sent(e) => AttemptError::Sent(error_chain(e.as_ref())),
         }
     }
 }
@@ -275,11 +288,11 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(120);
         let waiting = tokio::spawn({
             let a = a.clone();
-            async move { wait_for_answer(never(), true, a.health(), Duration::ZERO, deadline).await }
+            async move { wait_for_answer(never(), || true, a.health(), Duration::ZERO, deadline).await }
         });
         let write = tokio::spawn({
             let a = a.clone();
-            async move { wait_for_answer(never(), false, a.health(), Duration::ZERO, deadline).await }
+            async move { wait_for_answer(never(), || false, a.health(), Duration::ZERO, deadline).await }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished());
@@ -291,13 +304,32 @@ mod tests {
         assert!(!write.is_finished(), "a write is never moved");
     }
 
+    #[test]
+    fn a_query_moves_on_only_where_another_attempt_could_follow() {
+        let (a, b) = two();
+        let mut snapshot = Snapshot::empty();
+        snapshot.selected = vec![a.clone(), b.clone()];
+        assert!(has_alternative(&snapshot, &[], &a, false), "b is there");
+        assert!(!has_alternative(&snapshot, std::slice::from_ref(&b), &a, false), "b was tried already");
+        b.health().mark_down();
+        assert!(!has_alternative(&snapshot, &[], &a, false), "b is down too: a is the only one left");
+        b.health().mark_up();
+        snapshot.selected = vec![a.clone()];
+        assert!(!has_alternative(&snapshot, &[], &a, false), "a lone replica");
+        let c = replicas(&["http://c:1"]).remove(0);
+        let tried = [b.clone(), c.clone()];
+        snapshot.selected = vec![a.clone(), b, c];
+        assert!(has_alternative(&snapshot, &tried[..1], &tried[1], false), "a is a third attempt");
+        assert!(!has_alternative(&snapshot, &tried, &a, false), "no fourth attempt");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_attempt_ends_at_the_deadline_and_is_not_retried() {
         let (a, _) = two();
         let started = Instant::now();
         let deadline = started + Duration::from_secs(2);
         let never = std::future::pending::<Result<(), AttemptError>>();
-        let failure = wait_for_answer(never, true, a.health(), Duration::ZERO, deadline).await.unwrap_err();
+        let failure = wait_for_answer(never, || true, a.health(), Duration::ZERO, deadline).await.unwrap_err();
         assert!(matches!(failure, AttemptError::TimedOut));
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         let mut snapshot = Snapshot::empty();
@@ -330,7 +362,7 @@ mod tests {
             .unwrap();
         let failure = sender.try_send_request(request).await.unwrap_err();
         assert!(failure.message().is_none(), "the request was written");
-        let may_have_sent = AttemptError::from(Error::Sent(failure.into_error()));
+        let may_have_sent = AttemptError::from(Error::Sent(failure.into_error().into()));
         assert!(!may_have_sent.retryable(false), "a write is not sent twice");
         assert!(may_have_sent.retryable(true), "a read may be");
     }

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::Method;
-use http_body_util::BodyExt;
+use http::{Method, header};
 use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
@@ -22,16 +23,16 @@ fn pool() -> Pool {
     Pool::new(connector(&TlsOptions::default()).expect("a plain connector"), 16)
 }
 
-fn get(url: &str) -> Request<Full<Bytes>> {
-    Request::builder().uri(url).body(Full::new(Bytes::new())).expect("a test request")
+fn get(url: &str) -> Request<Bytes> {
+    Request::builder().uri(url).body(Bytes::new()).expect("a test request")
 }
 
-fn post(url: &str, body: &'static str) -> Request<Full<Bytes>> {
-    Request::builder().method(Method::POST).uri(url).body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
+fn post(url: &str, body: &'static str) -> Request<Bytes> {
+    Request::builder().method(Method::POST).uri(url).body(Bytes::from_static(body.as_bytes())).unwrap()
 }
 
 /// The answer's body, read to its end.
-async fn text(response: Response<Incoming>) -> String {
+async fn text(response: Response<Body>) -> String {
     let body = response.into_body().collect().await.expect("a whole body").to_bytes();
     String::from_utf8(body.to_vec()).expect("UTF-8")
 }
@@ -236,7 +237,7 @@ async fn https_replicas_are_verified_against_the_ca_file_by_server_name_and_reus
 }
 
 #[tokio::test]
-async fn a_connection_idle_for_the_idle_timeout_is_closed_and_one_in_use_is_kept() {
+async fn a_connection_idle_for_the_idle_timeout_is_closed_and_one_in_use_comes_back_when_its_answer_is_read() {
     let (address, _, release) = counting_replica().await;
     let pool = pool();
     let url = format!("http://{address}/api/v1/query");
@@ -252,7 +253,10 @@ async fn a_connection_idle_for_the_idle_timeout_is_closed_and_one_in_use_is_kept
     for _ in 0..IDLE_SWEEPS {
         pool.sweep_now();
     }
-    assert_eq!(pool.held(&url), 1, "still streaming an answer");
+    assert_eq!(pool.held(&url), 0, "still streaming an answer: not idle");
     release.send(()).unwrap();
     assert_eq!(text(held).await, format!("2 {address}"));
+    assert_eq!(pool.held(&url), 1, "back once its answer was read whole");
+    let again = text(pool.send(get(&url)).await.unwrap()).await;
+    assert_eq!(again, format!("2 {address}"), "and reused");
 }

@@ -1,0 +1,403 @@
+//! HTTP/1.1 on the wire for the request path's own client ([`super::pool`]): a request head
+//! written in one piece, an answer's head parsed with `httparse` (its header values slices of
+//! the bytes read, not copies), and the answer's body framed as RFC 9112 section 6.3 says:
+//! no body, `Content-Length`, `chunked`, or up to the close. Pure functions over buffers:
+//! the pool does the reading and writing.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
+
+/// The largest answer head (status line and headers) taken, as the listener's limit for
+/// requests ([`crate::server::MAX_HEADER_BYTES`]).
+pub const MAX_HEAD_BYTES: usize = crate::server::MAX_HEADER_BYTES;
+/// The most header lines in an answer head.
+const MAX_HEADERS: usize = crate::server::MAX_HEADERS;
+/// Header lines parsed without a heap allocation for httparse; more take a second parse.
+const INLINE_HEADERS: usize = 64;
+/// The longest chunk-size line (with extensions) and the most trailer bytes taken.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// An answer that does not speak HTTP/1.1 as it should.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("the answer's head is over {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("the answer's head is malformed: {0}")]
+    Malformed(httparse::Error),
+    #[error("the answer's head has an invalid header {0:?}")]
+    InvalidHeader(String),
+    #[error("the answer switches protocols, which a proxied request never asks for")]
+    SwitchingProtocols,
+    #[error("the answer's Content-Length is invalid or given twice with different values")]
+    InvalidContentLength,
+    #[error("the answer's chunked body is malformed: {0}")]
+    InvalidChunk(&'static str),
+    #[error("the connection closed before the answer was complete")]
+    Incomplete,
+}
+
+/// Writes a request head for `method` and `target` (origin form) into `out`, with `headers`
+/// and, unless they name one, `host`; then the body's length. The headers' own
+/// `Content-Length` and `Transfer-Encoding` are left out: the body is sent whole, with its
+/// length, as hyper's client does for a buffered body.
+pub fn write_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    host: &HeaderValue,
+    body_len: usize,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        line(out, b"host", host.as_bytes());
+    }
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        let mut digits = [0; 20];
+        line(out, b"content-length", format_usize(body_len, &mut digits));
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn format_usize(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// How an answer's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (a `HEAD` request, `204`, `304`).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Everything until the replica closes the connection.
+    UntilClose,
+}
+
+/// An answer's head, parsed.
+#[derive(Debug)]
+pub struct Head {
+    /// Status, version and headers (with no body yet).
+    pub response: Response<()>,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this answer.
+    pub keep_alive: bool,
+}
+
+/// Parses the answer's head at the front of `buf`, for a request made with `method`: `None`
+/// while it is incomplete. A complete head is taken off `buf` (interim `1xx` answers before
+/// it are skipped); what follows it stays.
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
+    loop {
+        let Some(Parsed { len, status, version, names }) = parse_one(buf)? else {
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(ProtocolError::HeadTooLarge);
+            }
+            return Ok(None);
+        };
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProtocolError::SwitchingProtocols);
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(names.len());
+        for (name, start, end) in names {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                .map_err(|_| ProtocolError::InvalidHeader(name.as_str().to_owned()))?;
+            headers.append(name, value);
+        }
+        let framing = framing(method, status, &headers)?;
+        let keep_alive = keep_alive(version, &headers) && framing != Framing::UntilClose;
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        return Ok(Some(Head { response, framing, keep_alive }));
+    }
+}
+
+/// One head at the front of a buffer: its length, status, version, and each header's name
+/// with where its value lies in the head.
+struct Parsed {
+    len: usize,
+    status: StatusCode,
+    version: Version,
+    names: Vec<(HeaderName, usize, usize)>,
+}
+
+fn parse_one(buf: &BytesMut) -> Result<Option<Parsed>, ProtocolError> {
+    let mut config = httparse::ParserConfig::default();
+    // As hyper's client was set up: answers with spaces before the colon are taken.
+    config.allow_spaces_after_header_name_in_responses(true);
+    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    let mut response = httparse::Response::new(&mut inline);
+    match config.parse_response(&mut response, buf) {
+        Ok(status) => located(buf, status, &response),
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut many = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut many);
+            match config.parse_response(&mut response, buf) {
+                Ok(status) => located(buf, status, &response),
+                Err(e) => Err(ProtocolError::Malformed(e)),
+            }
+        }
+        Err(e) => Err(ProtocolError::Malformed(e)),
+    }
+}
+
+fn located(
+    buf: &[u8],
+    status: httparse::Status<usize>,
+    response: &httparse::Response<'_, '_>,
+) -> Result<Option<Parsed>, ProtocolError> {
+    let httparse::Status::Complete(len) = status else { return Ok(None) };
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Malformed(httparse::Error::Status))?;
+    let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let base = buf.as_ptr() as usize;
+    let mut names = Vec::with_capacity(response.headers.len());
+    for h in response.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::InvalidHeader(h.name.to_owned()))?;
+        let start = h.value.as_ptr() as usize - base;
+        names.push((name, start, start + h.value.len()));
+    }
+    Ok(Some(Parsed { len, status, version, names }))
+}
+
+/// How the body of an answer with `status` and `headers` to a `method` request is
+/// delimited (RFC 9112 section 6.3).
+fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, ProtocolError> {
+    if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Empty);
+    }
+    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let chunked = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked { Framing::Chunked } else { Framing::UntilClose });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| ProtocolError::InvalidContentLength)?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ProtocolError::InvalidContentLength);
+            }
+            let n: u64 = part.parse().map_err(|_| ProtocolError::InvalidContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ProtocolError::InvalidContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// Whether the connection stays open after this answer: HTTP/1.1 unless it says `close`,
+/// HTTP/1.0 only if it says `keep-alive`; and never after an answer with both
+/// `Transfer-Encoding` and `Content-Length` (RFC 9112 section 6.3).
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+        return false;
+    }
+    let says = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if version == Version::HTTP_10 { says("keep-alive") } else { !says("close") }
+}
+
+/// What decoding found in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// More must be read first.
+    NeedMore,
+    /// The body is complete.
+    End,
+}
+
+/// Where a body's decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    /// This many bytes are still to come.
+    Length(u64),
+    /// Everything until the close.
+    UntilClose,
+    /// A chunked body, at `Chunk`.
+    Chunked(Chunk),
+    /// Complete.
+    Done,
+}
+
+/// Where a chunked body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// In a chunk's data, with this many bytes to come.
+    Data(u64),
+    /// At the line end after a chunk's data.
+    DataEnd,
+    /// In the trailer section, having read this many bytes of it.
+    Trailers(usize),
+}
+
+impl Decoder {
+    /// The decoder for `framing`.
+    pub fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty | Framing::Length(0) => Decoder::Done,
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::Chunked(Chunk::Size),
+            Framing::UntilClose => Decoder::UntilClose,
+        }
+    }
+
+    /// Whether the body is complete.
+    pub fn is_done(&self) -> bool {
+        *self == Decoder::Done
+    }
+
+    /// The body bytes still to come, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            Decoder::Length(n) => Some(*n),
+            Decoder::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Takes the next body bytes (or the framing around them) off the front of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
+        loop {
+            match self {
+                Decoder::Done => return Ok(Decoded::End),
+                Decoder::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = (*left).min(buf.len() as u64) as usize;
+                    *left -= n as u64;
+                    if *left == 0 {
+                        *self = Decoder::Done;
+                    }
+                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                Decoder::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                Decoder::Chunked(chunk) => match *chunk {
+                    Chunk::Size => {
+                        let Some(line) = take_line(buf, MAX_CHUNK_LINE, "a chunk-size line is too long")? else {
+                            return Ok(Decoded::NeedMore);
+                        };
+                        let size = chunk_size(&line)?;
+                        *chunk = if size == 0 { Chunk::Trailers(0) } else { Chunk::Data(size) };
+                    }
+                    Chunk::Data(left) => {
+                        if buf.is_empty() {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        let n = left.min(buf.len() as u64) as usize;
+                        *chunk = if left == n as u64 { Chunk::DataEnd } else { Chunk::Data(left - n as u64) };
+                        return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    }
+                    Chunk::DataEnd => {
+                        let Some(line) = take_line(buf, 2, "a chunk's data runs past its size")? else {
+                            return Ok(Decoded::NeedMore);
+                        };
+                        if !line.is_empty() {
+                            return Err(ProtocolError::InvalidChunk("a chunk's data runs past its size"));
+                        }
+                        *chunk = Chunk::Size;
+                    }
+                    Chunk::Trailers(read) => {
+                        let limit = MAX_TRAILER_BYTES.saturating_sub(read);
+                        let Some(line) = take_line(buf, limit, "the trailers are too long")? else {
+                            return Ok(Decoded::NeedMore);
+                        };
+                        if line.is_empty() {
+                            *self = Decoder::Done;
+                        } else {
+                            *chunk = Chunk::Trailers(read + line.len() + 2);
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The line at the front of `buf` without its `\r\n` (or bare `\n`), taken off `buf`; `None`
+/// while no line end has arrived. A line longer than `limit` is an error (`what`).
+fn take_line(buf: &mut BytesMut, limit: usize, what: &'static str) -> Result<Option<Bytes>, ProtocolError> {
+    let Some(end) = buf.iter().take(limit + 1).position(|&b| b == b'\n') else {
+        return if buf.len() > limit { Err(ProtocolError::InvalidChunk(what)) } else { Ok(None) };
+    };
+    let mut line = buf.split_to(end + 1).freeze();
+    line.truncate(end);
+    if line.last() == Some(&b'\r') {
+        line.truncate(end - 1);
+    }
+    Ok(Some(line))
+}
+
+/// A chunk-size line's size (hexadecimal, before any `;` extension).
+fn chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    let digits = digits.trim_ascii();
+    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(ProtocolError::InvalidChunk("a chunk size is not a hexadecimal number"));
+    }
+    let text = std::str::from_utf8(digits).map_err(|_| ProtocolError::InvalidChunk("a chunk size is not ASCII"))?;
+    u64::from_str_radix(text, 16).map_err(|_| ProtocolError::InvalidChunk("a chunk size is too large"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+use super::*;
+
+fn head_of(text: &str, method: &Method) -> Result<Option<Head>, ProtocolError> {
+    parse_head(&mut BytesMut::from(text), method)
+}
+
+fn complete(text: &str) -> Head {
+    head_of(text, &Method::GET).expect("a valid head").expect("a complete head")
+}
+
+/// Feeds `wire` to a decoder for `framing` one byte at a time (the worst split a network can
+/// make) and returns the body and what is left after it.
+fn decode_bytewise(framing: Framing, wire: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
+    let mut decoder = Decoder::new(framing);
+    let mut buf = BytesMut::new();
+    let mut body = Vec::new();
+    let mut rest = wire.iter();
+    loop {
+        match decoder.decode(&mut buf)? {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::End => {
+                let mut left = buf.to_vec();
+                left.extend(rest);
+                return Ok((body, left));
+            }
+            Decoded::NeedMore => match rest.next() {
+                Some(b) => buf.extend_from_slice(&[*b]),
+                None => return Err(ProtocolError::Incomplete),
+            },
+        }
+    }
+}
+
+#[test]
+fn a_request_head_carries_the_headers_the_host_and_the_body_length() {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+    headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    let host = HeaderValue::from_static("replica:9090");
+    let mut out = Vec::new();
+    write_head(&mut out, &Method::POST, "/api/v1/query", &headers, &host, 12);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "POST /api/v1/query HTTP/1.1\r\nhost: replica:9090\r\nx-forwarded-for: 10.0.0.1\r\ncontent-length: 12\r\n\r\n"
+    );
+
+    headers.insert(header::HOST, HeaderValue::from_static("named"));
+    let mut out = Vec::new();
+    write_head(&mut out, &Method::GET, "/api/v1/query?query=up", &headers, &host, 0);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with("GET /api/v1/query?query=up HTTP/1.1\r\nx-forwarded-for: 10.0.0.1\r\nhost: named\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("content-length"), "a GET without a body names no length: {text}");
+
+    let mut out = Vec::new();
+    write_head(&mut out, &Method::POST, "/", &HeaderMap::new(), &host, 0);
+    assert!(String::from_utf8(out).unwrap().contains("content-length: 0\r\n"), "an empty POST says so");
+}
+
+#[test]
+fn a_head_is_taken_off_the_buffer_and_the_body_bytes_stay() {
+    let mut buf = BytesMut::from(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4\r\nX-Many: a\r\nx-many: b\r\n\r\nbody",
+    );
+    let head = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+    assert_eq!(&buf[..], b"body");
+    assert_eq!(head.response.status(), StatusCode::OK);
+    assert_eq!(head.response.version(), Version::HTTP_11);
+    assert_eq!(head.response.headers()[header::CONTENT_TYPE], "application/json");
+    let many: Vec<_> = head.response.headers().get_all("x-many").iter().collect();
+    assert_eq!(many, ["a", "b"]);
+    assert_eq!(head.framing, Framing::Length(4));
+    assert!(head.keep_alive);
+}
+
+#[test]
+fn an_incomplete_head_waits_for_more_and_an_oversized_one_is_refused() {
+    assert!(head_of("HTTP/1.1 200 OK\r\nContent-Le", &Method::GET).unwrap().is_none());
+    let long = format!("HTTP/1.1 200 OK\r\nx-long: {}", "a".repeat(MAX_HEAD_BYTES));
+    assert!(matches!(head_of(&long, &Method::GET), Err(ProtocolError::HeadTooLarge)));
+}
+
+#[test]
+fn interim_answers_are_skipped_and_a_protocol_switch_is_refused() {
+    let head = complete(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+    );
+    assert_eq!(head.response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(head.framing, Framing::Empty);
+    assert!(matches!(
+        head_of("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", &Method::GET),
+        Err(ProtocolError::SwitchingProtocols)
+    ));
+}
+
+#[test]
+fn the_body_is_framed_as_rfc_9112_says() {
+    let head = head_of("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", &Method::HEAD).unwrap().unwrap();
+    assert_eq!(head.framing, Framing::Empty, "an answer to HEAD has no body");
+    assert_eq!(complete("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").framing, Framing::Empty);
+    assert_eq!(complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").framing, Framing::Chunked);
+    assert_eq!(complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n").framing, Framing::Chunked);
+    let gzip = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+    assert_eq!(gzip.framing, Framing::UntilClose, "not chunked last: read to the close");
+    assert!(!gzip.keep_alive);
+    assert_eq!(complete("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n").framing, Framing::Length(7));
+    let neither = complete("HTTP/1.1 200 OK\r\n\r\n");
+    assert_eq!(neither.framing, Framing::UntilClose);
+    assert!(!neither.keep_alive, "a body read to the close ends the connection");
+    let both = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+    assert_eq!(both.framing, Framing::Chunked, "Transfer-Encoding wins");
+    assert!(!both.keep_alive, "and the connection is not reused after it");
+    for bad in
+        ["Content-Length: 7, 8", "Content-Length: -1", "Content-Length: 1e3", "Content-Length: 7\r\nContent-Length: 9"]
+    {
+        let text = format!("HTTP/1.1 200 OK\r\n{bad}\r\n\r\n");
+        assert!(matches!(head_of(&text, &Method::GET), Err(ProtocolError::InvalidContentLength)), "{bad}");
+    }
+}
+
+#[test]
+fn keep_alive_follows_the_version_and_the_connection_header() {
+    assert!(!complete("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n").keep_alive);
+    assert!(!complete("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+    assert!(complete("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n").keep_alive);
+}
+
+#[test]
+fn a_head_with_more_headers_than_fit_inline_is_parsed_whole() {
+    let mut text = String::from("HTTP/1.1 200 OK\r\n");
+    for i in 0..(INLINE_HEADERS * 3) {
+        text.push_str(&format!("x-h{i}: {i}\r\n"));
+    }
+    text.push_str("Content-Length: 0\r\n\r\n");
+    let head = complete(&text);
+    assert_eq!(head.response.headers().len(), INLINE_HEADERS * 3 + 1);
+    assert_eq!(head.response.headers()["x-h100"], "100");
+}
+
+#[test]
+fn a_malformed_head_is_an_error_not_a_panic() {
+    for bad in [
+        "not HTTP at all\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        "HTTP/1.1 099 X\r\n\r\n",
+    ] {
+        assert!(head_of(bad, &Method::GET).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_length_delimited_body_ends_at_its_length_and_leaves_what_follows() {
+    let (body, rest) = decode_bytewise(Framing::Length(5), b"helloHTTP/1.1").unwrap();
+    assert_eq!((body.as_slice(), rest.as_slice()), (&b"hello"[..], &b"HTTP/1.1"[..]));
+    let mut buf = BytesMut::from("hello world");
+    let mut decoder = Decoder::new(Framing::Length(5));
+    assert_eq!(decoder.remaining(), Some(5));
+    assert_eq!(decoder.decode(&mut buf).unwrap(), Decoded::Data(Bytes::from_static(b"hello")));
+    assert!(decoder.is_done(), "done with the last byte, before anyone asks again");
+    assert!(Decoder::new(Framing::Empty).is_done());
+    assert!(Decoder::new(Framing::Length(0)).is_done());
+}
+
+#[test]
+fn a_chunked_body_is_decoded_across_any_split_with_extensions_and_trailers() {
+    let wire = b"5;name=value\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nExpires: never\r\n\r\nNEXT";
+    let (body, rest) = decode_bytewise(Framing::Chunked, wire).unwrap();
+    assert_eq!(String::from_utf8(body).unwrap(), "hello 0123456789");
+    assert_eq!(rest, b"NEXT");
+    let (body, _) = decode_bytewise(Framing::Chunked, b"3\nabc\n0\n\n").unwrap();
+    assert_eq!(body, b"abc", "bare line feeds are taken");
+}
+
+#[test]
+fn a_malformed_chunked_body_is_an_error() {
+    let cases: [&[u8]; 5] =
+        [b"zz\r\nhello\r\n0\r\n\r\n", b"3\r\nhello\r\n0\r\n\r\n", b"11111111111111111\r\n", b"\r\n", b"-1\r\n"];
+    for wire in cases {
+        let failed = decode_bytewise(Framing::Chunked, wire);
+        assert!(
+            matches!(failed, Err(ProtocolError::InvalidChunk(_))),
+            "{:?}: {failed:?}",
+            String::from_utf8_lossy(wire)
+        );
+    }
+    let endless = vec![b'1'; MAX_CHUNK_LINE + 10];
+    assert!(matches!(decode_bytewise(Framing::Chunked, &endless), Err(ProtocolError::InvalidChunk(_))));
+    let mut trailers = b"0\r\n".to_vec();
+    for _ in 0..(MAX_TRAILER_BYTES / 10 + 1) {
+        trailers.extend_from_slice(b"x: 123456\r\n");
+    }
+    assert!(matches!(decode_bytewise(Framing::Chunked, &trailers), Err(ProtocolError::InvalidChunk(_))));
+}
+
+#[test]
+fn a_body_until_the_close_takes_everything() {
+    let mut decoder = Decoder::new(Framing::UntilClose);
+    let mut buf = BytesMut::from("all of it");
+    assert_eq!(decoder.decode(&mut buf).unwrap(), Decoded::Data(Bytes::from_static(b"all of it")));
+    assert_eq!(decoder.decode(&mut buf).unwrap(), Decoded::NeedMore);
+    assert_eq!(decoder.remaining(), None);
+}

@@ -86,6 +86,21 @@ impl Backend {
         &self.id
     }
 
+    /// The scheme, `http` or `https`.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// The host and port.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The path prefix requests get in front of their path (no trailing slash), or empty.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The URL as a header value, for `MPP.ServedBy`.
     pub fn served_by(&self) -> &http::HeaderValue {
         &self.served_by

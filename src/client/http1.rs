@@ -38,21 +38,24 @@ pub enum ProtocolError {
     Incomplete,
 }
 
-/// Writes a request head for `method` and `target` (origin form) into `out`, with `headers`
-/// and, unless they name one, `host`; then the body's length. The headers' own
+/// Writes a request head for `method` and `target` (origin form, in pieces written one after
+/// another) into `out`, with `headers` and, unless they name one, `host`; then the body's
+/// length. The headers' own
 /// `Content-Length` and `Transfer-Encoding` are left out: the body is sent whole, with its
 /// length, as hyper's client does for a buffered body.
 pub fn write_head(
     out: &mut Vec<u8>,
     method: &Method,
-    target: &str,
+    target: &[&str],
     headers: &HeaderMap,
     host: &HeaderValue,
     body_len: usize,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    for piece in target {
+        out.extend_from_slice(piece.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !headers.contains_key(header::HOST) {
         line(out, b"host", host.as_bytes());

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, HeaderValue, Method, Response, Uri};
 use hyper::body::{Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
@@ -64,6 +64,21 @@ pub enum Error {
     /// waiting for the answer, or the answer was not HTTP).
     #[error("{0}")]
     Sent(BoxError),
+}
+
+/// A request as it goes to a replica, borrowed from the request mpp read: every attempt
+/// writes the same one (only the target may differ).
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The request target (origin form) in pieces written one after another: the replica's
+    /// path prefix, the client's path and query, a parameter mpp adds.
+    pub target: [&'a str; 3],
+    /// The headers, as they are to be sent (`Host` is added when they have none).
+    pub headers: &'a HeaderMap,
+    /// The whole body.
+    pub body: &'a Bytes,
 }
 
 /// One serving thread's connections to the replicas. Cheap to clone.
@@ -134,18 +149,18 @@ impl Pool {
         }
     }
 
-    /// Sends `request` (its URI absolute: the replica's scheme and authority; its body whole)
-    /// and waits for the answer's head. The answer's body streams from the connection.
-    pub async fn send(&self, request: Request<Bytes>) -> Result<Response<Body>, Error> {
-        let (parts, body) = request.into_parts();
-        let (Some(scheme), Some(authority)) = (parts.uri.scheme(), parts.uri.authority()) else {
-            return Err(Error::NotSent("the request's URI names no replica".into()));
-        };
-        let key: Key = (scheme.clone(), authority.clone());
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    /// Sends `request` to the replica at `scheme` and `authority` and waits for the answer's
+    /// head. The answer's body streams from the connection.
+    pub async fn send(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        request: Outgoing<'_>,
+    ) -> Result<Response<Body>, Error> {
+        let Outgoing { method, target, headers, body } = request;
         self.start_sweeping();
         let mut conn = loop {
-            match self.checkout(&key) {
+            match self.checkout(scheme, authority) {
                 Some(mut conn) => {
                     if std::future::poll_fn(|cx| Poll::Ready(conn.poll_usable(cx))).await {
                         break conn;
@@ -153,18 +168,18 @@ impl Pool {
                 }
                 // Boxed: opening a connection is rare, and its future (the TCP and TLS
                 // handshakes) would otherwise grow every request's future, which is moved about.
-                None => break Box::pin(self.connect(&key)).await?,
+                None => break Box::pin(self.connect(scheme, authority)).await?,
             }
         };
         let conn_ref = &mut *conn;
         conn_ref.write.clear();
-        http1::write_head(&mut conn_ref.write, &parts.method, target, &parts.headers, &conn_ref.host, body.len());
+        http1::write_head(&mut conn_ref.write, method, &target, headers, &conn_ref.host, body.len());
         let written = if body.len() <= INLINE_BODY {
-            conn_ref.write.extend_from_slice(&body);
+            conn_ref.write.extend_from_slice(body);
             conn_ref.io.write_all(&conn_ref.write).await
         } else {
             match conn_ref.io.write_all(&conn_ref.write).await {
-                Ok(()) => conn_ref.io.write_all(&body).await,
+                Ok(()) => conn_ref.io.write_all(body).await,
                 Err(e) => Err(e),
             }
         };
@@ -175,7 +190,7 @@ impl Pool {
         }
         let head = loop {
             if let Some(head) =
-                http1::parse_head(&mut conn_ref.read, &parts.method).map_err(|e| Error::Sent(e.into()))?
+                http1::parse_head(&mut conn_ref.read, method).map_err(|e| Error::Sent(e.into()))?
             {
                 break head;
             }
@@ -191,23 +206,23 @@ impl Pool {
             decoder: Decoder::new(head.framing),
             keep_alive: head.keep_alive,
             home: Arc::downgrade(&self.shared),
-            key,
+            key: (scheme.clone(), authority.clone()),
         };
         answer.finish_if_done();
         Ok(head.response.map(|()| answer))
     }
 
-    /// The most recently used idle connection to `key`, if any.
-    fn checkout(&self, key: &Key) -> Option<Box<Conn>> {
+    /// The most recently used idle connection to the replica, if any.
+    fn checkout(&self, scheme: &Scheme, authority: &Authority) -> Option<Box<Conn>> {
         let mut replicas = self.shared.replicas.lock().expect("no code panics holding the pool's lock");
-        replicas.iter_mut().find(|c| c.key == *key)?.idle.pop()
+        replicas.iter_mut().find(|c| c.key.1 == *authority && c.key.0 == *scheme)?.idle.pop()
     }
 
-    /// Opens a connection to `key`.
-    async fn connect(&self, key: &Key) -> Result<Box<Conn>, Error> {
+    /// Opens a connection to the replica.
+    async fn connect(&self, scheme: &Scheme, authority: &Authority) -> Result<Box<Conn>, Error> {
         let uri = Uri::builder()
-            .scheme(key.0.clone())
-            .authority(key.1.clone())
+            .scheme(scheme.clone())
+            .authority(authority.clone())
             .path_and_query("/")
             .build()
             .map_err(|e| Error::NotSent(e.into()))?;
@@ -218,7 +233,7 @@ impl Pool {
             io: TokioIo::new(io),
             read: BytesMut::new(),
             write: Vec::new(),
-            host: host(key),
+            host: host(scheme, authority),
             idle_sweeps: 0,
         }))
     }
@@ -383,10 +398,9 @@ fn sweep_once(replicas: &mut Vec<Connections>) {
     });
 }
 
-/// The `Host` header for `key`: the authority without its scheme's default port, as the
+/// The `Host` header for a replica: its authority without its scheme's default port, as the
 /// legacy client sends it.
-fn host(key: &Key) -> HeaderValue {
-    let (scheme, authority) = key;
+fn host(scheme: &Scheme, authority: &Authority) -> HeaderValue {
     let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
     let text = match authority.port_u16() {
         Some(port) if port == default_port => authority.host(),

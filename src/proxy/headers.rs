@@ -135,8 +135,9 @@ pub fn is_plain_json(headers: &HeaderMap) -> bool {
     json && headers.get(header::CONTENT_ENCODING).is_none_or(|e| e == "identity")
 }
 
-/// `path_and_query` with `timeout=<seconds>` added (Prometheus reads a bare number as seconds).
-pub fn with_timeout(path_and_query: &PathAndQuery, left: Duration) -> PathAndQuery {
+/// What is added to `path_and_query` to pass `timeout=<seconds>` (Prometheus reads a bare
+/// number as seconds): `?timeout=…` or `&timeout=…`. Made without an allocation, per attempt.
+pub fn timeout_parameter(path_and_query: &PathAndQuery, left: Duration) -> TimeoutParameter {
     // Whole milliseconds, written as integers: float formatting showed in the profile.
     let millis = left.as_millis().max(1);
     let separator = match path_and_query.query() {
@@ -144,8 +145,30 @@ pub fn with_timeout(path_and_query: &PathAndQuery, left: Duration) -> PathAndQue
         Some(_) => "&",
         None => "?",
     };
-    let text = format!("{path_and_query}{separator}timeout={}.{:03}", millis / 1000, millis % 1000);
-    text.parse().unwrap_or_else(|_| path_and_query.clone())
+    let mut parameter = TimeoutParameter { text: [0; 48], len: 0 };
+    let mut free = &mut parameter.text[..];
+    // 48 bytes hold the longest: `&timeout=` and a u128 of seconds would not, but a duration
+    // left of a request is far below 10^30 s; a write that does not fit leaves the part that did.
+    let _ = std::io::Write::write_fmt(
+        &mut free,
+        format_args!("{separator}timeout={}.{:03}", millis / 1000, millis % 1000),
+    );
+    parameter.len = 48 - free.len();
+    parameter
+}
+
+/// A `timeout` query parameter, ready to be written after the path and query.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutParameter {
+    text: [u8; 48],
+    len: usize,
+}
+
+impl TimeoutParameter {
+    /// The parameter as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.text[..self.len]).unwrap_or("")
+    }
 }
 
 #[cfg(test)]
@@ -193,8 +216,8 @@ mod tests {
         form.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
         assert!(!wants_timeout(&pq("/api/v1/query"), &form, b"query=up&timeout=1m"));
         assert!(wants_timeout(&pq("/api/v1/query"), &form, b"query=up"));
-        let timed = with_timeout(&pq("/api/v1/query?query=up"), Duration::from_millis(119_500));
-        assert_eq!(timed.as_str(), "/api/v1/query?query=up&timeout=119.500");
-        assert_eq!(with_timeout(&pq("/api/v1/query"), Duration::ZERO).as_str(), "/api/v1/query?timeout=0.001");
+        let timed = timeout_parameter(&pq("/api/v1/query?query=up"), Duration::from_millis(119_500));
+        assert_eq!(timed.as_str(), "&timeout=119.500");
+        assert_eq!(timeout_parameter(&pq("/api/v1/query"), Duration::ZERO).as_str(), "?timeout=0.001");
     }
 }

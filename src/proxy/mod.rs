@@ -519,7 +519,6 @@ impl Proxy {
             AttemptError::TimedOut => {
                 ProxyError::Timeout { limit: format_duration(self.inner.request_timeout), backend: url }
             }
-            AttemptError::Local(e) => ProxyError::BadRequest(format!("cannot forward it to {url}: {e}")),
             AttemptError::Busy => ProxyError::Overloaded(format!(
                 "{url} has {} requests in flight (--max-backend-connections)",
                 self.inner.max_backend_connections
@@ -612,21 +611,17 @@ impl Proxy {
                 }
             }
         };
-        let path_and_query = if prepared.pass_timeout {
-            headers::with_timeout(&prepared.path_and_query, deadline.saturating_duration_since(Instant::now()))
-        } else {
-            prepared.path_and_query.clone()
+        let timeout = prepared
+            .pass_timeout
+            .then(|| headers::timeout_parameter(&prepared.path_and_query, deadline.saturating_duration_since(Instant::now())));
+        let request = pool::Outgoing {
+            method: &prepared.method,
+            target: [backend.prefix(), prepared.path_and_query.as_str(), timeout.as_ref().map_or("", |t| t.as_str())],
+            headers: &prepared.outgoing_headers,
+            body: &prepared.body.bytes,
         };
-        let uri = match backend.uri(&path_and_query) {
-            Ok(uri) => uri,
-            Err(e) => return Outcome::Failed(AttemptError::Local(e.to_string()), None),
-        };
-        let mut request = Request::new(prepared.body.bytes.clone());
-        *request.method_mut() = prepared.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = prepared.outgoing_headers.clone();
         let patience = if last_resort { LAST_RESORT_PATIENCE } else { Duration::ZERO };
-        let sent = self.pool.send(request);
+        let sent = self.pool.send(backend.scheme(), backend.authority(), request);
         let movable =
             || prepared.replayable && retry::has_alternative(&self.inner.snapshot.load(), tried, backend, last_resort);
         let outcome = match retry::wait_for_answer(sent, movable, backend.health(), patience, deadline).await {

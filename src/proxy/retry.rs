@@ -155,9 +155,6 @@ pub enum AttemptError {
     /// Every connection to the replica (`--max-backend-connections`) stayed in use while the
     /// request queued for one. Nothing was sent.
     Busy,
-    /// The request could not be made for this replica (its URL with the request's path is
-    /// too long, say): the client's doing, not the replica's. Nothing was sent.
-    Local(String),
 }
 
 impl AttemptError {
@@ -168,7 +165,7 @@ impl AttemptError {
         match self {
             AttemptError::Connect(_) | AttemptError::Loop | AttemptError::Busy => true,
             AttemptError::Sent(_) | AttemptError::Unavailable | AttemptError::Abandoned => replayable,
-            AttemptError::TimedOut | AttemptError::Local(_) => false,
+            AttemptError::TimedOut => false,
         }
     }
 
@@ -220,7 +217,6 @@ impl std::fmt::Display for AttemptError {
             AttemptError::Loop => f.write_str("answered 508 Loop Detected: it is this mpp, or forwards to it"),
             AttemptError::TimedOut => f.write_str("did not answer within the request's time"),
             AttemptError::Busy => f.write_str("had all its connections in use"),
-            AttemptError::Local(e) => write!(f, "cannot be sent this request: {e}"),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::{Method, header};
+use http::{Method, Request, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -23,12 +23,28 @@ fn pool() -> Pool {
     Pool::new(connector(&TlsOptions::default()).expect("a plain connector"), 16)
 }
 
-fn get(url: &str) -> Request<Bytes> {
-    Request::builder().uri(url).body(Bytes::new()).expect("a test request")
+/// A request for `url`, to be sent by [`Sending::send`].
+struct Sending {
+    method: Method,
+    url: Uri,
+    body: Bytes,
 }
 
-fn post(url: &str, body: &'static str) -> Request<Bytes> {
-    Request::builder().method(Method::POST).uri(url).body(Bytes::from_static(body.as_bytes())).unwrap()
+fn get(url: &str) -> Sending {
+    Sending { method: Method::GET, url: url.parse().expect("a test URL"), body: Bytes::new() }
+}
+
+fn post(url: &str, body: &'static str) -> Sending {
+    Sending { method: Method::POST, url: url.parse().expect("a test URL"), body: Bytes::from_static(body.as_bytes()) }
+}
+
+/// Sends `request` through `pool`, with no headers of its own.
+async fn send(pool: &Pool, request: Sending) -> Result<Response<Body>, Error> {
+    let headers = HeaderMap::new();
+    let url = &request.url;
+    let target = url.path_and_query().map_or("/", |p| p.as_str());
+    let outgoing = Outgoing { method: &request.method, target: ["", target, ""], headers: &headers, body: &request.body };
+    Pool::send(pool, url.scheme().unwrap(), url.authority().unwrap(), outgoing).await
 }
 
 /// The answer's body, read to its end.
@@ -86,7 +102,7 @@ async fn consecutive_requests_reuse_one_connection_and_name_the_replica_as_host(
     let pool = pool();
     let url = format!("http://{address}/api/v1/query");
     for _ in 0..3 {
-        let answer = text(pool.send(get(&url)).await.expect("an answer")).await;
+        let answer = text(send(&pool, get(&url)).await.expect("an answer")).await;
         assert_eq!(answer, format!("1 {address}"));
     }
     assert_eq!(connections.load(Ordering::SeqCst), 1);
@@ -97,8 +113,8 @@ async fn consecutive_requests_reuse_one_connection_and_name_the_replica_as_host(
 async fn a_connection_still_streaming_an_answer_is_passed_over() {
     let (address, connections, release) = counting_replica().await;
     let pool = pool();
-    let held = pool.send(get(&format!("http://{address}/hold"))).await.expect("a head");
-    let other = text(pool.send(get(&format!("http://{address}/"))).await.expect("an answer")).await;
+    let held = send(&pool, get(&format!("http://{address}/hold"))).await.expect("a head");
+    let other = text(send(&pool, get(&format!("http://{address}/"))).await.expect("an answer")).await;
     assert_eq!(other, format!("2 {address}"), "a second connection, not a queue behind the first");
     release.send(()).unwrap();
     assert_eq!(text(held).await, format!("1 {address}"));
@@ -161,10 +177,10 @@ fn answer(text: &str) -> Vec<u8> {
 async fn a_connection_the_replica_closed_is_not_reused_for_a_write() {
     let (address, closed) = closing_replica();
     let pool = pool();
-    let first = pool.send(get(&format!("http://{address}/api/v1/query"))).await.unwrap();
+    let first = send(&pool, get(&format!("http://{address}/api/v1/query"))).await.unwrap();
     assert_eq!(text(first).await, "first");
     closed.recv().unwrap();
-    let write = pool.send(post(&format!("http://{address}/api/v1/write"), "samples")).await;
+    let write = send(&pool, post(&format!("http://{address}/api/v1/write"), "samples")).await;
     assert_eq!(text(write.expect("the write goes on a new connection")).await, "second");
 }
 
@@ -173,7 +189,7 @@ async fn a_refused_connection_sent_nothing() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     drop(listener);
-    let failure = pool().send(post(&format!("http://{address}/api/v1/write"), "x")).await.unwrap_err();
+    let failure = send(&pool(), post(&format!("http://{address}/api/v1/write"), "x")).await.unwrap_err();
     assert!(matches!(failure, Error::NotSent(_)), "{failure:?}");
 }
 
@@ -187,7 +203,7 @@ async fn a_connection_cut_after_the_request_was_written_may_have_sent_it() {
         let _ = stream.read(&mut head).await;
         // Gone without an answer: the replica may have acted on it.
     });
-    let failure = pool().send(post(&format!("http://{address}/api/v1/write"), "x")).await.unwrap_err();
+    let failure = send(&pool(), post(&format!("http://{address}/api/v1/write"), "x")).await.unwrap_err();
     assert!(matches!(failure, Error::Sent(_)), "{failure:?}");
 }
 
@@ -228,11 +244,11 @@ async fn https_replicas_are_verified_against_the_ca_file_by_server_name_and_reus
     };
     let pool = Pool::new(connector(&verified).unwrap(), 4);
     for _ in 0..2 {
-        assert_eq!(text(pool.send(get(&url)).await.expect("an answer over TLS")).await, "secure");
+        assert_eq!(text(send(&pool, get(&url)).await.expect("an answer over TLS")).await, "secure");
     }
     assert_eq!(handshakes.load(Ordering::SeqCst), 1, "one TLS connection for both");
     let wrong_name = TlsOptions { ca_file: Some(ca_file), ..TlsOptions::default() };
-    let refused = Pool::new(connector(&wrong_name).unwrap(), 4).send(get(&url)).await.unwrap_err();
+    let refused = send(&Pool::new(connector(&wrong_name).unwrap(), 4), get(&url)).await.unwrap_err();
     assert!(matches!(refused, Error::NotSent(_)), "a failed handshake sent nothing: {refused:?}");
 }
 
@@ -241,7 +257,7 @@ async fn a_connection_idle_for_the_idle_timeout_is_closed_and_one_in_use_comes_b
     let (address, _, release) = counting_replica().await;
     let pool = pool();
     let url = format!("http://{address}/api/v1/query");
-    assert_eq!(text(pool.send(get(&url)).await.unwrap()).await, format!("1 {address}"));
+    assert_eq!(text(send(&pool, get(&url)).await.unwrap()).await, format!("1 {address}"));
     for _ in 1..IDLE_SWEEPS {
         pool.sweep_now();
     }
@@ -249,7 +265,7 @@ async fn a_connection_idle_for_the_idle_timeout_is_closed_and_one_in_use_comes_b
     pool.sweep_now();
     assert_eq!(pool.held(&url), 0, "idle for the timeout");
 
-    let held = pool.send(get(&format!("http://{address}/hold"))).await.expect("a head");
+    let held = send(&pool, get(&format!("http://{address}/hold"))).await.expect("a head");
     for _ in 0..IDLE_SWEEPS {
         pool.sweep_now();
     }
@@ -257,6 +273,6 @@ async fn a_connection_idle_for_the_idle_timeout_is_closed_and_one_in_use_comes_b
     release.send(()).unwrap();
     assert_eq!(text(held).await, format!("2 {address}"));
     assert_eq!(pool.held(&url), 1, "back once its answer was read whole");
-    let again = text(pool.send(get(&url)).await.unwrap()).await;
+    let again = text(send(&pool, get(&url)).await.unwrap()).await;
     assert_eq!(again, format!("2 {address}"), "and reused");
 }

@@ -191,7 +191,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let prepared = self.prepare(request, peer).await?;
         let inner = &*self.inner;
-        let deadline = Instant::now() + inner.request_timeout;
+        let deadline = started + inner.request_timeout;
         let snapshot = self.settled_snapshot(deadline).await;
         let backend = match inner.affinity.preferred(&snapshot, prepared.route_cookie.as_deref(), prepared.client) {
             Some((backend, sticky)) => {
@@ -214,8 +214,11 @@ impl Proxy {
                 Route::One { replica, diverted } => {
                     self.relay(prepared, replica, false, diverted, snapshot, deadline, started).await
                 }
+                // Boxed, as the other rare paths below: the request's future is moved about
+                // (into hyper's connection), and each path's state would otherwise add to
+                // every request's.
                 Route::Merge { primary, others } => {
-                    self.merge(prepared, read.endpoint, primary, others, snapshot, deadline, started).await
+                    Box::pin(self.merge(prepared, read.endpoint, primary, others, snapshot, deadline, started)).await
                 }
             },
             None => self.relay(prepared, backend, false, false, snapshot, deadline, started).await,
@@ -292,7 +295,10 @@ impl Proxy {
             let (failure, unavailable) = match self.attempt(&prepared, &backend, &tried, last_resort, deadline).await {
                 Outcome::Answer(response, slot) => {
                     let answer = self.answer(response, slot, &backend, &snapshot, &prepared, started, diverted);
-                    return Ok(self.with_failover(answer, &tried, &backend, deadline).await);
+                    if tried.is_empty() {
+                        return Ok(answer);
+                    }
+                    return Ok(Box::pin(self.with_failover(answer, &tried, &backend, deadline)).await);
                 }
                 Outcome::Failed(failure, answer) => (failure, answer),
             };
@@ -605,7 +611,7 @@ impl Proxy {
                     deadline.min(Instant::now() + QUEUE_PATIENCE),
                     slots.clone().acquire_owned(),
                 );
-                match queued.await {
+                match Box::pin(queued).await {
                     Ok(Ok(slot)) => slot,
                     Ok(Err(_)) | Err(_) => return Outcome::Failed(AttemptError::Busy, None),
                 }

@@ -85,8 +85,9 @@ where
 {
     let started = Instant::now();
     tokio::pin!(send);
+    let mut check_at = started + DOWN_CHECK;
     loop {
-        match tokio::time::timeout_at(deadline.min(Instant::now() + DOWN_CHECK), &mut send).await {
+        match tokio::time::timeout_at(deadline.min(check_at), &mut send).await {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => return Err(e.into()),
             Err(_) if Instant::now() >= deadline => return Err(AttemptError::TimedOut),
@@ -95,6 +96,7 @@ where
             }
             Err(_) => {}
         }
+        check_at = Instant::now() + DOWN_CHECK;
     }
 }
 

@@ -8,11 +8,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 
-/// The largest answer head (status line and headers) taken, as the listener's limit for
-/// requests ([`crate::server::MAX_HEADER_BYTES`]).
-pub const MAX_HEAD_BYTES: usize = crate::server::MAX_HEADER_BYTES;
-/// The most header lines in an answer head.
-const MAX_HEADERS: usize = crate::server::MAX_HEADERS;
+/// The largest answer head (status line and headers) taken: hyper's client limit (a
+/// Prometheus answer's head is a few hundred bytes). A head is parsed again from its start
+/// after each read, so this also bounds that work.
+pub const MAX_HEAD_BYTES: usize = 400 * 1024;
+/// The most header lines in an answer head (hyper's client limit).
+const MAX_HEADERS: usize = 100;
 /// Header lines parsed without a heap allocation for httparse; more take a second parse.
 const INLINE_HEADERS: usize = 64;
 /// The longest chunk-size line (with extensions) and the most trailer bytes taken.
@@ -28,6 +29,8 @@ pub enum ProtocolError {
     Malformed(httparse::Error),
     #[error("the answer's head has an invalid header {0:?}")]
     InvalidHeader(String),
+    #[error("the answer is HTTP/1.0 with a Transfer-Encoding")]
+    TransferEncodingInHttp10,
     #[error("the answer switches protocols, which a proxied request never asks for")]
     SwitchingProtocols,
     #[error("the answer's Content-Length is invalid or given twice with different values")]
@@ -42,7 +45,7 @@ pub enum ProtocolError {
 /// another) into `out`, with `headers` and, unless they name one, `host`; then the body's
 /// length. The headers' own
 /// `Content-Length` and `Transfer-Encoding` are left out: the body is sent whole, with its
-/// length, as hyper's client does for a buffered body.
+/// length (`0` too, for the methods that carry a body).
 pub fn write_head(
     out: &mut Vec<u8>,
     method: &Method,
@@ -142,6 +145,10 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
                 .map_err(|_| ProtocolError::InvalidHeader(name.as_str().to_owned()))?;
             headers.append(name, value);
         }
+        if version == Version::HTTP_10 && headers.contains_key(header::TRANSFER_ENCODING) {
+            // RFC 9112 section 6.1: an HTTP/1.0 message's framing cannot be trusted then.
+            return Err(ProtocolError::TransferEncodingInHttp10);
+        }
         let framing = framing(method, status, &headers)?;
         let keep_alive = keep_alive(version, &headers) && framing != Framing::UntilClose;
         let mut response = Response::new(());
@@ -193,9 +200,11 @@ fn located(
     let base = buf.as_ptr() as usize;
     let mut names = Vec::with_capacity(response.headers.len());
     for h in response.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::InvalidHeader(h.name.to_owned()))?;
-        let start = h.value.as_ptr() as usize - base;
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ProtocolError::InvalidHeader(h.name.chars().take(64).collect()))?;
+        // httparse's values are slices of `buf`; anything else is refused, not trusted.
+        let start = (h.value.as_ptr() as usize).checked_sub(base).filter(|s| s + h.value.len() <= buf.len());
+        let Some(start) = start else { return Err(ProtocolError::Malformed(httparse::Error::HeaderValue)) };
         names.push((name, start, start + h.value.len()));
     }
     Ok(Some(Parsed { len, status, version, names }))

@@ -26,7 +26,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, Uri};
 use hyper::body::{Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -79,6 +79,9 @@ pub struct Outgoing<'a> {
     pub headers: &'a HeaderMap,
     /// The whole body.
     pub body: &'a Bytes,
+    /// Whether the request may reach the replica twice (a query): it then goes again on a
+    /// new connection when a reused one turns out closed before it answered.
+    pub replayable: bool,
 }
 
 /// One serving thread's connections to the replicas. Cheap to clone.
@@ -125,6 +128,17 @@ struct Conn {
 }
 
 impl Conn {
+    /// Whether the kernel holds neither a close nor bytes from the replica on the
+    /// connection (a `recv` with `MSG_PEEK` that would block). One system call.
+    fn peek_usable(&self) -> bool {
+        let tcp = match self.io.inner() {
+            MaybeHttpsStream::Http(tcp) => tcp.inner(),
+            MaybeHttpsStream::Https(tls) => tls.inner().get_ref().0.inner().inner(),
+        };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(socket2::SockRef::from(tcp).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Whether an idle connection can carry a request: not closed by the replica, and with
     /// nothing to read. A read that would block costs no system call here (tokio knows the
     /// socket has had no event since its last short read).
@@ -157,59 +171,53 @@ impl Pool {
         authority: &Authority,
         request: Outgoing<'_>,
     ) -> Result<Response<Body>, Error> {
-        let Outgoing { method, target, headers, body } = request;
         self.start_sweeping();
-        let mut conn = loop {
-            match self.checkout(scheme, authority) {
-                Some(mut conn) => {
-                    if std::future::poll_fn(|cx| Poll::Ready(conn.poll_usable(cx))).await {
-                        break conn;
-                    }
+        let mut fresh = false;
+        loop {
+            let (mut conn, reused) = self.take(scheme, authority, fresh, request.replayable).await?;
+            match exchange(&mut conn, &request).await {
+                Ok((head, body_whole)) => {
+                    let mut answer = Body {
+                        conn: Some(conn),
+                        decoder: Decoder::new(head.framing),
+                        // A body the replica answered before it read it whole leaves the
+                        // connection in no state to reuse.
+                        keep_alive: head.keep_alive && body_whole,
+                        home: Arc::downgrade(&self.shared),
+                        key: (scheme.clone(), authority.clone()),
+                    };
+                    answer.finish_if_done();
+                    return Ok(head.response.map(|()| answer));
                 }
-                // Boxed: opening a connection is rare, and its future (the TCP and TLS
-                // handshakes) would otherwise grow every request's future, which is moved about.
-                None => break Box::pin(self.connect(scheme, authority)).await?,
+                // A reused connection that the replica closed before it answered a byte (its
+                // close crossed the request): a request that may go twice goes again, once, on
+                // a new connection, as Go's transport does.
+                Err(Failed { unanswered: true, .. }) if reused && request.replayable && !fresh => fresh = true,
+                Err(Failed { error, .. }) => return Err(Error::Sent(error)),
             }
-        };
-        let conn_ref = &mut *conn;
-        conn_ref.write.clear();
-        http1::write_head(&mut conn_ref.write, method, &target, headers, &conn_ref.host, body.len());
-        let written = if body.len() <= INLINE_BODY {
-            conn_ref.write.extend_from_slice(body);
-            conn_ref.io.write_all(&conn_ref.write).await
-        } else {
-            match conn_ref.io.write_all(&conn_ref.write).await {
-                Ok(()) => conn_ref.io.write_all(body).await,
-                Err(e) => Err(e),
-            }
-        };
-        written.map_err(|e| Error::Sent(e.into()))?;
-        conn_ref.io.flush().await.map_err(|e| Error::Sent(e.into()))?;
-        if conn_ref.write.capacity() > KEEP_WRITE_BUFFER {
-            conn_ref.write = Vec::new();
         }
-        let head = loop {
-            if let Some(head) =
-                http1::parse_head(&mut conn_ref.read, method).map_err(|e| Error::Sent(e.into()))?
+    }
+
+    /// A connection to the replica: the most recently used idle one that is still usable,
+    /// unless `fresh`, else a new one; and whether it was reused. For a request that must not
+    /// go twice, a reused connection is also asked the kernel (one `recv` with `MSG_PEEK`)
+    /// whether the replica has closed it, a close that tokio may not have seen yet.
+    async fn take(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        fresh: bool,
+        replayable: bool,
+    ) -> Result<(Box<Conn>, bool), Error> {
+        while !fresh && let Some(mut conn) = self.checkout(scheme, authority) {
+            if std::future::poll_fn(|cx| Poll::Ready(conn.poll_usable(cx))).await && (replayable || conn.peek_usable())
             {
-                break head;
+                return Ok((conn, true));
             }
-            conn_ref.read.reserve(READ_CHUNK);
-            match conn_ref.io.read_buf(&mut conn_ref.read).await {
-                Ok(0) => return Err(Error::Sent("the replica closed the connection before it answered".into())),
-                Ok(_) => {}
-                Err(e) => return Err(Error::Sent(e.into())),
-            }
-        };
-        let mut answer = Body {
-            conn: Some(conn),
-            decoder: Decoder::new(head.framing),
-            keep_alive: head.keep_alive,
-            home: Arc::downgrade(&self.shared),
-            key: (scheme.clone(), authority.clone()),
-        };
-        answer.finish_if_done();
-        Ok(head.response.map(|()| answer))
+        }
+        // Boxed: opening a connection is rare, and its future (the TCP and TLS handshakes)
+        // would otherwise grow every request's future, which is moved about.
+        Ok((Box::pin(self.connect(scheme, authority)).await?, false))
     }
 
     /// The most recently used idle connection to the replica, if any.
@@ -371,6 +379,100 @@ impl hyper::body::Body for Body {
             None => SizeHint::default(),
         }
     }
+}
+
+/// How an exchange failed: the error, and whether the replica had answered nothing at all
+/// (not a byte) when it did.
+struct Failed {
+    error: BoxError,
+    unanswered: bool,
+}
+
+/// Writes `request` on `conn` and reads the answer's head; and whether the body was written
+/// whole (a replica may answer before it has read a large body: an error, typically, after
+/// which it closes). A write that fails still yields the answer when its head had arrived.
+async fn exchange(conn: &mut Conn, request: &Outgoing<'_>) -> Result<(http1::Head, bool), Failed> {
+    let Outgoing { method, target, headers, body, .. } = *request;
+    conn.write.clear();
+    http1::write_head(&mut conn.write, method, &target, headers, &conn.host, body.len());
+    let inline = body.len() <= INLINE_BODY;
+    if inline {
+        conn.write.extend_from_slice(body);
+    }
+    let mut written = conn.io.write_all(&conn.write).await;
+    if conn.write.capacity() > KEEP_WRITE_BUFFER {
+        conn.write = Vec::new();
+    }
+    let mut body_whole = true;
+    if written.is_ok() && !inline {
+        match write_watching(conn, body).await {
+            Ok(whole) => body_whole = whole,
+            Err(e) => written = Err(e),
+        }
+    }
+    if written.is_ok() {
+        written = conn.io.flush().await;
+    }
+    if let Err(e) = written {
+        // The answer may be in already (sent before the replica closed on the unread body).
+        let _ = std::future::poll_fn(|cx| {
+            conn.read.reserve(READ_CHUNK);
+            Poll::Ready(tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read))
+        })
+        .await;
+        return match http1::parse_head(&mut conn.read, method) {
+            Ok(Some(head)) => Ok((head, false)),
+            _ => Err(Failed { unanswered: conn.read.is_empty(), error: e.into() }),
+        };
+    }
+    loop {
+        match http1::parse_head(&mut conn.read, method) {
+            Ok(Some(head)) => return Ok((head, body_whole)),
+            Ok(None) => {}
+            Err(e) => return Err(Failed { error: e.into(), unanswered: false }),
+        }
+        conn.read.reserve(READ_CHUNK);
+        let unanswered = conn.read.is_empty();
+        match conn.io.read_buf(&mut conn.read).await {
+            Ok(0) => {
+                let error = "the replica closed the connection before it answered".into();
+                return Err(Failed { error, unanswered });
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Failed { error: e.into(), unanswered }),
+        }
+    }
+}
+
+/// Writes a large body, watching for an answer whenever the replica stops reading: `false`
+/// when one arrived before the body was written whole.
+async fn write_watching(conn: &mut Conn, body: &[u8]) -> std::io::Result<bool> {
+    let mut sent = 0;
+    std::future::poll_fn(|cx| {
+        loop {
+            if sent == body.len() {
+                return Poll::Ready(Ok(true));
+            }
+            match Pin::new(&mut conn.io).poll_write(cx, &body[sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    conn.read.reserve(READ_CHUNK);
+                    return match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read) {
+                        Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the replica closed the connection while the request was written",
+                        ))),
+                        Poll::Ready(Ok(_)) => Poll::Ready(Ok(false)),
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    })
+    .await
 }
 
 /// Closes idle connections past [`IDLE_TIMEOUT`] and forgets replicas with none, until the

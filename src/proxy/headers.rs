@@ -149,10 +149,8 @@ pub fn timeout_parameter(path_and_query: &PathAndQuery, left: Duration) -> Timeo
     let mut free = &mut parameter.text[..];
     // 48 bytes hold the longest: `&timeout=` and a u128 of seconds would not, but a duration
     // left of a request is far below 10^30 s; a write that does not fit leaves the part that did.
-    let _ = std::io::Write::write_fmt(
-        &mut free,
-        format_args!("{separator}timeout={}.{:03}", millis / 1000, millis % 1000),
-    );
+    let _ =
+        std::io::Write::write_fmt(&mut free, format_args!("{separator}timeout={}.{:03}", millis / 1000, millis % 1000));
     parameter.len = 48 - free.len();
     parameter
 }

@@ -617,14 +617,15 @@ impl Proxy {
                 }
             }
         };
-        let timeout = prepared
-            .pass_timeout
-            .then(|| headers::timeout_parameter(&prepared.path_and_query, deadline.saturating_duration_since(Instant::now())));
+        let timeout = prepared.pass_timeout.then(|| {
+            headers::timeout_parameter(&prepared.path_and_query, deadline.saturating_duration_since(Instant::now()))
+        });
         let request = pool::Outgoing {
             method: &prepared.method,
             target: [backend.prefix(), prepared.path_and_query.as_str(), timeout.as_ref().map_or("", |t| t.as_str())],
             headers: &prepared.outgoing_headers,
             body: &prepared.body.bytes,
+            replayable: prepared.replayable,
         };
         let patience = if last_resort { LAST_RESORT_PATIENCE } else { Duration::ZERO };
         let sent = self.pool.send(backend.scheme(), backend.authority(), request);

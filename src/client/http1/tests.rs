@@ -126,18 +126,21 @@ fn keep_alive_follows_the_version_and_the_connection_header() {
     assert!(!complete("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n").keep_alive);
     assert!(!complete("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
     assert!(complete("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n").keep_alive);
+    let chunked_10 = "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert!(matches!(head_of(chunked_10, &Method::GET), Err(ProtocolError::TransferEncodingInHttp10)));
 }
 
 #[test]
 fn a_head_with_more_headers_than_fit_inline_is_parsed_whole() {
     let mut text = String::from("HTTP/1.1 200 OK\r\n");
-    for i in 0..(INLINE_HEADERS * 3) {
+    for i in 0..(MAX_HEADERS - 1) {
         text.push_str(&format!("x-h{i}: {i}\r\n"));
     }
     text.push_str("Content-Length: 0\r\n\r\n");
     let head = complete(&text);
-    assert_eq!(head.response.headers().len(), INLINE_HEADERS * 3 + 1);
-    assert_eq!(head.response.headers()["x-h100"], "100");
+    const { assert!(MAX_HEADERS > INLINE_HEADERS) };
+    assert_eq!(head.response.headers().len(), MAX_HEADERS);
+    assert_eq!(head.response.headers()["x-h98"], "98");
 }
 
 #[test]

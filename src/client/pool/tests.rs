@@ -43,7 +43,14 @@ async fn send(pool: &Pool, request: Sending) -> Result<Response<Body>, Error> {
     let headers = HeaderMap::new();
     let url = &request.url;
     let target = url.path_and_query().map_or("/", |p| p.as_str());
-    let outgoing = Outgoing { method: &request.method, target: ["", target, ""], headers: &headers, body: &request.body };
+    let replayable = request.method == Method::GET;
+    let outgoing = Outgoing {
+        method: &request.method,
+        target: ["", target, ""],
+        headers: &headers,
+        body: &request.body,
+        replayable,
+    };
     Pool::send(pool, url.scheme().unwrap(), url.authority().unwrap(), outgoing).await
 }
 
@@ -110,7 +117,7 @@ async fn consecutive_requests_reuse_one_connection_and_name_the_replica_as_host(
 }
 
 #[tokio::test]
-async fn a_connection_still_streaming_an_answer_is_passed_over() {
+async fn a_request_while_an_answer_still_streams_gets_a_connection_of_its_own() {
     let (address, connections, release) = counting_replica().await;
     let pool = pool();
     let held = send(&pool, get(&format!("http://{address}/hold"))).await.expect("a head");
@@ -173,6 +180,8 @@ fn answer(text: &str) -> Vec<u8> {
     format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}", text.len()).into_bytes()
 }
 
+/// A write never goes on a connection the replica has closed, whether or not the runtime
+/// has seen the close yet: the kernel is asked (`MSG_PEEK`) before a write is sent.
 #[tokio::test]
 async fn a_connection_the_replica_closed_is_not_reused_for_a_write() {
     let (address, closed) = closing_replica();
@@ -182,6 +191,56 @@ async fn a_connection_the_replica_closed_is_not_reused_for_a_write() {
     closed.recv().unwrap();
     let write = send(&pool, post(&format!("http://{address}/api/v1/write"), "samples")).await;
     assert_eq!(text(write.expect("the write goes on a new connection")).await, "second");
+}
+
+/// A query on a connection whose close crossed it (the runtime had not seen the close) goes
+/// again on a new connection instead of failing.
+#[tokio::test]
+async fn a_query_on_a_connection_the_replica_closed_goes_again_on_a_new_one() {
+    let (address, closed) = closing_replica();
+    let pool = pool();
+    let first = send(&pool, get(&format!("http://{address}/api/v1/query"))).await.unwrap();
+    assert_eq!(text(first).await, "first");
+    closed.recv().unwrap();
+    let query = send(&pool, get(&format!("http://{address}/api/v1/query?query=up"))).await;
+    assert_eq!(text(query.expect("the query is answered")).await, "second");
+}
+
+/// A replica that reads a request's head, answers `413`, and then reads no more: closing
+/// the connection (the kernel then resets it, most of the body unread) or holding it open.
+async fn refusing_replica(close: bool) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        let answer = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo much";
+        stream.write_all(answer.as_bytes()).await.unwrap();
+        if !close {
+            std::future::pending::<()>().await;
+        }
+    });
+    address
+}
+
+/// A replica that answers a large write before reading its body (an error, typically) gets
+/// its answer to the client, whether it then resets the connection or leaves the rest unread.
+#[tokio::test]
+async fn an_answer_to_a_large_write_sent_before_its_body_was_read_is_the_answer() {
+    let body: &'static str = Box::leak("s".repeat(8 << 20).into_boxed_str());
+    for close in [true, false] {
+        let address = refusing_replica(close).await;
+        let pool = pool();
+        let write = send(&pool, post(&format!("http://{address}/api/v1/write"), body));
+        let answer = tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .unwrap_or_else(|_| panic!("no answer while the body was unread (close: {close})"))
+            .expect("the answer");
+        assert_eq!(answer.status(), 413);
+        assert_eq!(text(answer).await, "too much");
+    }
 }
 
 #[tokio::test]

@@ -11,9 +11,12 @@
 //! use few and warm, and lets the others time out).
 //!
 //! What it keeps exact for the retry policy ([`Error`]): whether the request may have been
-//! written. A reused connection is looked at before a request is written on it: one the
-//! replica closed (or that has bytes nobody asked for) is dropped and another taken, so a
-//! close the replica has already sent never costs a request (a write included).
+//! written. An idle connection is looked at before it is used: one the replica closed (or
+//! that has bytes nobody asked for) is dropped and another taken. That look is free, and sees
+//! what the runtime has seen; a close that crossed the request may still come after it. So a
+//! request that must not go twice (a write) also asks the kernel (a `recv` with `MSG_PEEK`)
+//! before it goes on a reused connection, and a query whose reused connection closes before
+//! a byte of answer goes again, once, on a new connection, as Go's transport does.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};

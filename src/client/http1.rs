@@ -16,8 +16,10 @@ pub const MAX_HEAD_BYTES: usize = 400 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Header lines parsed without a heap allocation for httparse; more take a second parse.
 const INLINE_HEADERS: usize = 64;
-/// The longest chunk-size line (with extensions) and the most trailer bytes taken.
+/// The longest chunk-size line (with extensions), the most extension bytes in one body, and
+/// the most trailer bytes taken (hyper's client limits for the last two).
 const MAX_CHUNK_LINE: usize = 4096;
+const MAX_EXTENSION_BYTES: usize = 16 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// An answer that does not speak HTTP/1.1 as it should.
@@ -278,8 +280,8 @@ pub enum Decoder {
     Length(u64),
     /// Everything until the close.
     UntilClose,
-    /// A chunked body, at `Chunk`.
-    Chunked(Chunk),
+    /// A chunked body, at `Chunk`, with this many bytes of chunk extensions read so far.
+    Chunked(Chunk, usize),
     /// Complete.
     Done,
 }
@@ -303,7 +305,7 @@ impl Decoder {
         match framing {
             Framing::Empty | Framing::Length(0) => Decoder::Done,
             Framing::Length(n) => Decoder::Length(n),
-            Framing::Chunked => Decoder::Chunked(Chunk::Size),
+            Framing::Chunked => Decoder::Chunked(Chunk::Size, 0),
             Framing::UntilClose => Decoder::UntilClose,
         }
     }
@@ -344,12 +346,16 @@ impl Decoder {
                     }
                     return Ok(Decoded::Data(buf.split().freeze()));
                 }
-                Decoder::Chunked(chunk) => match *chunk {
+                Decoder::Chunked(chunk, extensions) => match *chunk {
                     Chunk::Size => {
                         let Some(line) = take_line(buf, MAX_CHUNK_LINE, "a chunk-size line is too long")? else {
                             return Ok(Decoded::NeedMore);
                         };
-                        let size = chunk_size(&line)?;
+                        let (size, extension) = chunk_size(&line)?;
+                        *extensions += extension;
+                        if *extensions > MAX_EXTENSION_BYTES {
+                            return Err(ProtocolError::InvalidChunk("the chunk extensions are too long"));
+                        }
                         *chunk = if size == 0 { Chunk::Trailers(0) } else { Chunk::Data(size) };
                     }
                     Chunk::Data(left) => {
@@ -386,29 +392,33 @@ impl Decoder {
     }
 }
 
-/// The line at the front of `buf` without its `\r\n` (or bare `\n`), taken off `buf`; `None`
-/// while no line end has arrived. A line longer than `limit` is an error (`what`).
+/// The line at the front of `buf` without its `\r\n`, taken off `buf`; `None` while no line
+/// end has arrived. A line longer than `limit`, or ending in a bare `\n`, is an error.
 fn take_line(buf: &mut BytesMut, limit: usize, what: &'static str) -> Result<Option<Bytes>, ProtocolError> {
     let Some(end) = buf.iter().take(limit + 1).position(|&b| b == b'\n') else {
         return if buf.len() > limit { Err(ProtocolError::InvalidChunk(what)) } else { Ok(None) };
     };
-    let mut line = buf.split_to(end + 1).freeze();
-    line.truncate(end);
-    if line.last() == Some(&b'\r') {
-        line.truncate(end - 1);
+    if end == 0 || buf[end - 1] != b'\r' {
+        return Err(ProtocolError::InvalidChunk("a line of the chunked body does not end in CRLF"));
     }
+    let mut line = buf.split_to(end + 1).freeze();
+    line.truncate(end - 1);
     Ok(Some(line))
 }
 
-/// A chunk-size line's size (hexadecimal, before any `;` extension).
-fn chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
+/// A chunk-size line's size (hexadecimal, before any `;` extension), and how many bytes of
+/// extension the line has.
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), ProtocolError> {
     let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-    let digits = digits.trim_ascii();
+    let extension = line.len() - digits.len();
+    // Whitespace may come before an extension (RFC 9112 section 7.1.1), not before the size.
+    let digits = digits.trim_ascii_end();
     if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err(ProtocolError::InvalidChunk("a chunk size is not a hexadecimal number"));
     }
     let text = std::str::from_utf8(digits).map_err(|_| ProtocolError::InvalidChunk("a chunk size is not ASCII"))?;
-    u64::from_str_radix(text, 16).map_err(|_| ProtocolError::InvalidChunk("a chunk size is too large"))
+    let size = u64::from_str_radix(text, 16).map_err(|_| ProtocolError::InvalidChunk("a chunk size is too large"))?;
+    Ok((size, extension))
 }
 
 #[cfg(test)]

@@ -174,14 +174,22 @@ fn a_chunked_body_is_decoded_across_any_split_with_extensions_and_trailers() {
     let (body, rest) = decode_bytewise(Framing::Chunked, wire).unwrap();
     assert_eq!(String::from_utf8(body).unwrap(), "hello 0123456789");
     assert_eq!(rest, b"NEXT");
-    let (body, _) = decode_bytewise(Framing::Chunked, b"3\nabc\n0\n\n").unwrap();
-    assert_eq!(body, b"abc", "bare line feeds are taken");
+    let (body, _) = decode_bytewise(Framing::Chunked, b"3 ;ext\r\nabc\r\n0\r\n\r\n").unwrap();
+    assert_eq!(body, b"abc", "whitespace before an extension is taken");
 }
 
 #[test]
 fn a_malformed_chunked_body_is_an_error() {
-    let cases: [&[u8]; 5] =
-        [b"zz\r\nhello\r\n0\r\n\r\n", b"3\r\nhello\r\n0\r\n\r\n", b"11111111111111111\r\n", b"\r\n", b"-1\r\n"];
+    let cases: [&[u8]; 8] = [
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"3\r\nhello\r\n0\r\n\r\n",
+        b"11111111111111111\r\n",
+        b"\r\n",
+        b"-1\r\n",
+        b"3\nabc\r\n0\r\n\r\n",
+        b"3\r\nabc\n0\r\n\r\n",
+        b" 3\r\nabc\r\n0\r\n\r\n",
+    ];
     for wire in cases {
         let failed = decode_bytewise(Framing::Chunked, wire);
         assert!(
@@ -190,6 +198,12 @@ fn a_malformed_chunked_body_is_an_error() {
             String::from_utf8_lossy(wire)
         );
     }
+    let mut extended = Vec::new();
+    for _ in 0..(MAX_EXTENSION_BYTES / 1000 + 1) {
+        extended.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(1000)).as_bytes());
+    }
+    let too_much = decode_bytewise(Framing::Chunked, &extended);
+    assert!(matches!(too_much, Err(ProtocolError::InvalidChunk("the chunk extensions are too long"))), "{too_much:?}");
     let endless = vec![b'1'; MAX_CHUNK_LINE + 10];
     assert!(matches!(decode_bytewise(Framing::Chunked, &endless), Err(ProtocolError::InvalidChunk(_))));
     let mut trailers = b"0\r\n".to_vec();

@@ -48,6 +48,13 @@ async fn oversized_heads_and_bodies_and_ambiguous_framing_get_clear_answers() {
     let huge_header =
         format!("GET /api/v1/query?query=up HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(2 << 20));
     assert!(raw(&mpp, huge_header.as_bytes()).contains(" 431 "));
+    let lines = |n: usize| {
+        let headers: String = (0..n).map(|i| format!("X-Line-{i}: {i}\r\n")).collect();
+        format!("GET /api/v1/query?query=up HTTP/1.1\r\nHost: x\r\n{headers}\r\n")
+    };
+    let most = 256; // server::MAX_HEADERS
+    assert!(raw(&mpp, lines(most - 1).as_bytes()).contains(" 200 "), "{most} header lines, Host included");
+    assert!(raw(&mpp, lines(most).as_bytes()).contains(" 431 "), "one line more");
 
     // Refused from the declared length alone, without waiting for the body.
     let declared = b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nquery=up";

@@ -147,8 +147,8 @@ pub fn timeout_parameter(path_and_query: &PathAndQuery, left: Duration) -> Timeo
     };
     let mut parameter = TimeoutParameter { text: [0; 48], len: 0 };
     let mut free = &mut parameter.text[..];
-    // 48 bytes hold the longest: `&timeout=` and a u128 of seconds would not, but a duration
-    // left of a request is far below 10^30 s; a write that does not fit leaves the part that did.
+    // 48 bytes hold the longest there can be: `&timeout=`, a duration's u64 of seconds (20
+    // digits), `.` and 3 digits of milliseconds make 33.
     let _ =
         std::io::Write::write_fmt(&mut free, format_args!("{separator}timeout={}.{:03}", millis / 1000, millis % 1000));
     parameter.len = 48 - free.len();

@@ -328,9 +328,9 @@ impl Proxy {
         }
     }
 
-    /// An answer that another replica gave after `failed` ones did not: says so in a header
-    /// and, for an API answer mpp can read within `--merge-max-bytes`, in its `warnings`
-    /// (Grafana shows them). A longer answer streams on as it is.
+    /// An answer that another replica gave after `failed` ones (at least one) did not: says
+    /// so in a header and, for an API answer mpp can read within `--merge-max-bytes`, in its
+    /// `warnings` (Grafana shows them). A longer answer streams on as it is.
     async fn with_failover(
         &self,
         answer: Response<ProxyBody>,
@@ -338,9 +338,6 @@ impl Proxy {
         served: &Replica,
         deadline: Instant,
     ) -> Response<ProxyBody> {
-        if failed.is_empty() {
-            return answer;
-        }
         let names = failed.iter().map(|r| r.url()).collect::<Vec<_>>().join(", ");
         let (mut parts, body) = answer.into_parts();
         if let Ok(value) = HeaderValue::from_str(&names) {

@@ -180,30 +180,31 @@ fn answer(text: &str) -> Vec<u8> {
     format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}", text.len()).into_bytes()
 }
 
-/// A write never goes on a connection the replica has closed, whether or not the runtime
-/// has seen the close yet: the kernel is asked (`MSG_PEEK`) before a write is sent.
-#[tokio::test]
-async fn a_connection_the_replica_closed_is_not_reused_for_a_write() {
+/// Sends `request` through a pool whose one idle connection the replica has just closed,
+/// whether or not the runtime has seen the close yet, and returns the answer's text.
+async fn after_the_replica_closed(request: impl FnOnce(SocketAddr) -> Sending) -> String {
     let (address, closed) = closing_replica();
     let pool = pool();
     let first = send(&pool, get(&format!("http://{address}/api/v1/query"))).await.unwrap();
     assert_eq!(text(first).await, "first");
     closed.recv().unwrap();
-    let write = send(&pool, post(&format!("http://{address}/api/v1/write"), "samples")).await;
-    assert_eq!(text(write.expect("the write goes on a new connection")).await, "second");
+    text(send(&pool, request(address)).await.expect("an answer, on a new connection")).await
+}
+
+/// A write never goes on a connection the replica has closed: the kernel is asked
+/// (`MSG_PEEK`) before a write is sent.
+#[tokio::test]
+async fn a_connection_the_replica_closed_is_not_reused_for_a_write() {
+    let write = after_the_replica_closed(|address| post(&format!("http://{address}/api/v1/write"), "samples")).await;
+    assert_eq!(write, "second");
 }
 
 /// A query on a connection whose close crossed it (the runtime had not seen the close) goes
 /// again on a new connection instead of failing.
 #[tokio::test]
 async fn a_query_on_a_connection_the_replica_closed_goes_again_on_a_new_one() {
-    let (address, closed) = closing_replica();
-    let pool = pool();
-    let first = send(&pool, get(&format!("http://{address}/api/v1/query"))).await.unwrap();
-    assert_eq!(text(first).await, "first");
-    closed.recv().unwrap();
-    let query = send(&pool, get(&format!("http://{address}/api/v1/query?query=up"))).await;
-    assert_eq!(text(query.expect("the query is answered")).await, "second");
+    let query = after_the_replica_closed(|address| get(&format!("http://{address}/api/v1/query?query=up"))).await;
+    assert_eq!(query, "second");
 }
 
 /// A replica that reads a request's head, answers `413`, and then reads no more: closing

@@ -150,6 +150,8 @@ async fn prometheus_error_answers_reach_the_client_and_never_eject_the_replica()
 struct HangingReplica {
     addr: SocketAddr,
     hung: Arc<AtomicUsize>,
+    /// Hung queries whose connection mpp dropped (so a real Prometheus would stop them).
+    cancelled: Arc<AtomicUsize>,
     timeouts: Arc<std::sync::Mutex<Vec<String>>>,
     _server: tokio::task::JoinHandle<()>,
 }
@@ -161,15 +163,16 @@ impl HangingReplica {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hung = Arc::new(AtomicUsize::new(0));
+        let cancelled = Arc::new(AtomicUsize::new(0));
         let timeouts = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (hung2, timeouts2) = (hung.clone(), timeouts.clone());
+        let (hung2, cancelled2, timeouts2) = (hung.clone(), cancelled.clone(), timeouts.clone());
         let server = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (hung, timeouts) = (hung2.clone(), timeouts2.clone());
+                let (hung, cancelled, timeouts) = (hung2.clone(), cancelled2.clone(), timeouts2.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let (hung, timeouts) = (hung.clone(), timeouts.clone());
+                        let (hung, cancelled, timeouts) = (hung.clone(), cancelled.clone(), timeouts.clone());
                         async move {
                             let path = request.uri().path().to_string();
                             let query = request.uri().query().unwrap_or("").to_string();
@@ -180,6 +183,8 @@ impl HangingReplica {
                                     hung.fetch_add(1, Ordering::SeqCst);
                                     let timeout = query.split('&').find_map(|p| p.strip_prefix("timeout="));
                                     timeouts.lock().unwrap().push(timeout.unwrap_or("").to_string());
+                                    // hyper drops this future when mpp closes the connection.
+                                    let _cancelled = CountOnDrop(cancelled);
                                     std::future::pending::<()>().await;
                                     unreachable!()
                                 }
@@ -194,8 +199,40 @@ impl HangingReplica {
                 });
             }
         });
-        HangingReplica { addr, hung, timeouts, _server: server }
+        HangingReplica { addr, hung, cancelled, timeouts, _server: server }
     }
+}
+
+struct CountOnDrop(Arc<AtomicUsize>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_cancels_its_query_at_the_replica() {
+    // Grafana cancels a panel's query (a refresh, a closed dashboard) by closing its
+    // HTTP/1.1 connection: the query must not go on running at the replica.
+    let replica = HangingReplica::start().await;
+    let url = format!("http://{}", replica.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let file = endpoints_file(dir.path(), std::slice::from_ref(&url));
+    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--request-timeout", "60s"]).await;
+    mpp.wait_selected(&[&url]).await;
+    let client = open(mpp.addr, b"GET /api/v1/query_range?query=up&start=0&end=60&step=15 HTTP/1.1\r\nHost: x\r\n\r\n");
+    wait_until("the query reaches the replica", Duration::from_secs(10), || async {
+        replica.hung.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(replica.cancelled.load(Ordering::SeqCst), 0);
+    drop(client);
+    wait_until("the replica's query is cancelled", Duration::from_secs(5), || async {
+        replica.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(replica.hung.load(Ordering::SeqCst), 1, "and not sent again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,22 +63,23 @@ pub fn write_head(
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !headers.contains_key(header::HOST) {
-        line(out, b"host", host.as_bytes());
+        header_line(out, b"host", host.as_bytes());
     }
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         let mut digits = [0; 20];
-        line(out, b"content-length", format_usize(body_len, &mut digits));
+        header_line(out, b"content-length", format_usize(body_len, &mut digits));
     }
     out.extend_from_slice(b"\r\n");
 }
 
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Writes one `name: value` header line (shared with the listener's answers).
+pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -226,6 +227,12 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
         return Ok(if chunked { Framing::Chunked } else { Framing::UntilClose });
     }
+    Ok(content_length(headers)?.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// The length `headers` give in `Content-Length` (every value, and every item of a list,
+/// the same number), if any. Shared with the listener ([`crate::server::http1`]).
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProtocolError> {
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| ProtocolError::InvalidContentLength)?;
@@ -241,13 +248,13 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
             length = Some(n);
         }
     }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+    Ok(length)
 }
 
 /// Whether the connection stays open after this answer: HTTP/1.1 unless it says `close`,
 /// HTTP/1.0 only if it says `keep-alive`; and never after an answer with both
 /// `Transfer-Encoding` and `Content-Length` (RFC 9112 section 6.3).
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+pub fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
         return false;
     }

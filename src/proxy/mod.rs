@@ -23,7 +23,6 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -45,6 +44,17 @@ use body::{BodyLimits, Buffered};
 use client_ip::TrustedProxies;
 use retry::AttemptError;
 use route::Route;
+
+/// A client's request body, whichever protocol brought it: hyper's for HTTP/2, the
+/// listener's own for HTTP/1 ([`crate::server::http1::RequestBody`]).
+pub trait ClientBody:
+    hyper::body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static> + Send + Unpin
+{
+}
+impl<B> ClientBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static> + Send + Unpin
+{
+}
 
 /// How long a last-resort attempt (on a replica already found down, because no other is
 /// left) waits for an answer before a query moves on.
@@ -167,7 +177,7 @@ impl Proxy {
     }
 
     /// Forwards one request; always produces an answer (a JSON error at worst).
-    pub async fn handle(&self, request: Request<Incoming>, peer: IpAddr) -> Response<ProxyBody> {
+    pub async fn handle<B: ClientBody>(&self, request: Request<B>, peer: IpAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         match self.forward(request, peer, started).await {
             Ok(response) => response,
@@ -183,9 +193,9 @@ impl Proxy {
         response
     }
 
-    async fn forward(
+    async fn forward<B: ClientBody>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         peer: IpAddr,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -560,7 +570,7 @@ impl Proxy {
     }
 
     /// Reads the body (within the limits) and works out everything the attempts share.
-    async fn prepare(&self, request: Request<Incoming>, peer: IpAddr) -> Result<Prepared, ProxyError> {
+    async fn prepare<B: ClientBody>(&self, request: Request<B>, peer: IpAddr) -> Result<Prepared, ProxyError> {
         let (parts, body) = request.into_parts();
         let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         if !path_and_query.path().starts_with('/') {

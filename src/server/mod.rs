@@ -15,6 +15,7 @@
 
 pub mod connection;
 pub mod head;
+pub mod http1;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,19 +25,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use http_body_util::Either;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::admin::Admin;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{ClientBody, Proxy};
 use crate::via::Pseudonym;
 use crate::web::Web;
-use connection::{Activity, Deadlines, Metered, Pressure};
+use connection::{Activity, Answer, Deadlines, Metered, Pressure};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -192,27 +195,15 @@ async fn serve_connections(
     pressure: Pressure,
 ) {
     let limits = shared.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The connection watcher keeps the header deadline (see `connection`).
-        .header_read_timeout(None)
-        .max_buf_size(MAX_HEADER_BYTES)
-        // Go (and so Prometheus) limits the head by size only; so does mpp.
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
+    // HTTP/1 is served by mpp's own loop (`http1`); HTTP/2 by hyper.
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(connection::H2_PING_INTERVAL)
         .keep_alive_timeout(connection::H2_PING_TIMEOUT);
-    // Over TLS, the protocol is the one ALPN chose (HTTP/1.1 when the web config turns
-    // HTTP/2 off), not whatever the client's first bytes look like.
-    // Shared by the connection tasks; each makes its own copy once, in `into_owned`.
-    let (http1_only, http2_only) = (Arc::new(builder.clone().http1_only()), Arc::new(builder.clone().http2_only()));
-    let builder = Arc::new(builder);
+    let http2 = Arc::new(http2);
     let (shutdown, shutting_down) = watch::channel(false);
     // Each connection task holds a clone; `recv` returns `None` once all have ended.
     let (active, mut all_ended) = mpsc::channel::<()>(1);
@@ -235,20 +226,23 @@ async fn serve_connections(
         let active = active.clone();
         match shared.web.as_ref().and_then(|web| web.acceptor()) {
             None => {
-                let builder = builder.clone();
+                let http2 = http2.clone();
                 tokio::spawn(async move {
-                    connection.serve(stream, &builder, false).await;
+                    connection.serve(stream, http2, Protocol::Detect, false).await;
                     drop((slot, active));
                 });
             }
             Some(acceptor) => {
-                let (http1_only, http2_only) = (http1_only.clone(), http2_only.clone());
+                let http2 = http2.clone();
                 tokio::spawn(async move {
                     // The handshake is part of "from accept to the first request".
                     match tokio::time::timeout(limits.deadlines.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            // Over TLS, the protocol is the one ALPN chose (HTTP/1.1 when the
+                            // web config turns HTTP/2 off), not what the first bytes look like.
                             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            connection.serve(stream, if h2 { &http2_only } else { &http1_only }, true).await;
+                            let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
+                            connection.serve(stream, http2, protocol, true).await;
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake not done within --header-read-timeout"),
@@ -276,32 +270,52 @@ struct Connection {
     peer: SocketAddr,
 }
 
+/// Which protocol a connection speaks.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Clear text: HTTP/2 if it starts with the preface, else HTTP/1.
+    Detect,
+}
+
 impl Connection {
     /// Serves `io` until it ends, held to its deadlines by [`connection::watch`].
-    async fn serve<I>(self, io: I, builder: &auto::Builder<TokioExecutor>, tls: bool)
+    async fn serve<I>(self, io: I, http2: Arc<http2::Builder<TokioExecutor>>, protocol: Protocol, tls: bool)
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     {
         let Connection { activity, proxy, shared, pressure, shutting_down, peer } = self;
-        let service = {
-            // One reference count per request rather than one per field of both.
-            let (state, activity) = (Arc::new((proxy, shared.clone())), activity.clone());
-            service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let in_flight = activity.begin(request.version() == http::Version::HTTP_2);
-                let state = state.clone();
-                async move {
-                    let (proxy, shared) = &*state;
-                    let response = respond(proxy, shared, request, peer, tls).await;
-                    Ok::<_, Infallible>(response.map(|body| in_flight.answer(body)))
+        let limits = shared.limits;
+        let metrics = shared.metrics.clone();
+        let handler = Arc::new(Handler { proxy, shared, activity: activity.clone(), peer, tls });
+        let control = Arc::new(http1::Control::default());
+        let io: Box<dyn http1::Io> = Box::new(Metered::new(io, activity.clone()));
+        let serving = {
+            let control = control.clone();
+            async move {
+                let mut reader = http1::Reader::new(io);
+                let h2 = match protocol {
+                    Protocol::Http1 => false,
+                    Protocol::Http2 => true,
+                    Protocol::Detect => match http1::detect_http2(&mut reader, &control).await {
+                        http1::Http2Preface::Yes => true,
+                        http1::Http2Preface::No => false,
+                        http1::Http2Preface::Closed => return Ok(()),
+                    },
+                };
+                if h2 {
+                    serve_http2(&http2, http1::Prefixed::new(reader.into_parts()), handler, &control).await
+                } else {
+                    http1::serve(reader, &*handler, &control).await
                 }
-            })
+            }
         };
-        let io = TokioIo::new(Metered::new(io, activity.clone()));
-        let connection = builder.serve_connection(io, service).into_owned();
+        let connection = http1::Watched::new(serving, control);
         let (closed_for, error) =
-            connection::watch(connection, &activity, shared.limits.deadlines, &pressure, shutting_down).await;
+            connection::watch(connection, &activity, limits.deadlines, &pressure, shutting_down).await;
         if let Some(reason) = closed_for {
-            shared.metrics.connection_closed(reason.label());
+            metrics.connection_closed(reason.label());
             tracing::debug!(%peer, reason = reason.label(), "closed a connection");
         }
         if let Some(error) = error {
@@ -310,12 +324,65 @@ impl Connection {
     }
 }
 
+/// What serves a connection's requests, whichever protocol carries them.
+struct Handler {
+    proxy: Proxy,
+    shared: Shared,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    tls: bool,
+}
+
+impl http1::Service for Handler {
+    type Body = Answer<crate::error::ProxyBody>;
+
+    fn call(
+        &self,
+        request: http::Request<http1::RequestBody>,
+    ) -> impl Future<Output = http::Response<Self::Body>> + Send {
+        let in_flight = self.activity.begin(false);
+        async move {
+            let response = respond(&self.proxy, &self.shared, request, self.peer, self.tls).await;
+            response.map(|body| in_flight.answer(body))
+        }
+    }
+}
+
+/// Serves an HTTP/2 connection with hyper, until it ends or `control` asks it to close
+/// (then it says GOAWAY and finishes its streams).
+async fn serve_http2(
+    builder: &http2::Builder<TokioExecutor>,
+    io: http1::Prefixed,
+    handler: Arc<Handler>,
+    control: &http1::Control,
+) -> Result<(), BoxError> {
+    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let in_flight = handler.activity.begin(true);
+        let handler = handler.clone();
+        async move {
+            let response = respond(&handler.proxy, &handler.shared, request, handler.peer, handler.tls).await;
+            Ok::<_, Infallible>(response.map(|body| in_flight.answer(body)))
+        }
+    });
+    let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
+    let mut asked = false;
+    std::future::poll_fn(|cx| {
+        if !asked && control.closing() {
+            asked = true;
+            connection.as_mut().graceful_shutdown();
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await
+    .map_err(Into::into)
+}
+
 /// The answer to one request: the web config's refusal (429, 401), or [`route`]'s, with the
 /// web config's headers.
-async fn respond(
+async fn respond<B: ClientBody>(
     proxy: &Proxy,
     shared: &Shared,
-    mut request: http::Request<hyper::body::Incoming>,
+    mut request: http::Request<B>,
     peer: SocketAddr,
     tls: bool,
 ) -> http::Response<crate::error::ProxyBody> {
@@ -342,10 +409,10 @@ async fn respond(
 }
 
 /// A refusal of the request's head, the admin paths, or the proxy's answer.
-async fn route(
+async fn route<B: ClientBody>(
     proxy: &Proxy,
     shared: &Shared,
-    request: http::Request<hyper::body::Incoming>,
+    request: http::Request<B>,
     peer: SocketAddr,
 ) -> http::Response<crate::error::ProxyBody> {
     let admin_path = request.uri().path().starts_with("/mpp/");

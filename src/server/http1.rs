@@ -1,0 +1,701 @@
+//! mpp's own HTTP/1.1 server side: the listener-side twin of the request path's client
+//! ([`crate::client::http1`]). One loop per client connection reads a request head into the
+//! connection's buffer, parses it with `httparse`, hands the request to the service on the
+//! same task, and writes the answer's head and its first bytes of body in one write. hyper
+//! still serves HTTP/2 ([`Http2Preface`] tells the two apart on clear-text connections).
+//!
+//! What it keeps of hyper's HTTP/1 server, on purpose:
+//! - the same limits: a head over [`super::MAX_HEADER_BYTES`] or with more than
+//!   [`super::MAX_HEADERS`] lines gets 431; a malformed one gets 400; the connection then
+//!   closes;
+//! - request framing as RFC 9112 section 6 says: `Transfer-Encoding` ending in `chunked`
+//!   wins over a `Content-Length` (which is dropped, and the connection closes after the
+//!   answer, so nothing smuggled behind the body is read as a request); conflicting lengths,
+//!   a `Transfer-Encoding` not ending in `chunked`, or one in HTTP/1.0 get 400;
+//! - keep-alive by version and `Connection`; `Expect: 100-continue` answered;
+//!   pipelined requests answered in order;
+//! - a client that closes its connection while its request is being answered cancels it
+//!   (the replica's connection is dropped, so Prometheus stops the query).
+
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice, Write as _};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::oneshot;
+
+use super::{MAX_HEADER_BYTES, MAX_HEADERS};
+use crate::client::http1::{self as wire, Decoded, Decoder, Framing, ProtocolError, header_line};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A client connection's socket (plain or TLS, metered), as the loop holds it.
+/// (`Sync` too: the request, body and all, is borrowed across the web config's checks.)
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+
+/// The first bytes of every HTTP/2 connection (RFC 9113 section 3.4).
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Room made in the read buffer before a read of a request head.
+const HEAD_READ: usize = 8 * 1024;
+/// Room made in the read buffer before a read of a request body.
+const BODY_READ: usize = 64 * 1024;
+/// Body bytes up to which an answer's data is copied next to its head (or chunk line) and
+/// written in one piece; larger data is written from where it lies, with a vectored write.
+const COPY_LIMIT: usize = 16 * 1024;
+
+/// What the loop serves requests with: the admission, routing and proxying of
+/// [`super::respond`], with the connection's activity kept.
+pub trait Service {
+    /// The answer's body.
+    type Body: Body<Data = Bytes, Error: Into<BoxError> + Send> + Unpin + Send;
+    /// The answer to `request`.
+    fn call(&self, request: Request<RequestBody>) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+/// Shared between the loop and the watcher ([`super::connection::watch`]): a close asked
+/// for, and whether the loop is waiting for a request with nothing read of it.
+#[derive(Debug, Default)]
+pub struct Control {
+    closing: AtomicBool,
+    idle: AtomicBool,
+}
+
+impl Control {
+    /// Asks the loop to close after the answer in progress (at once, when idle).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a close was asked for.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Whether the loop may be dropped now: asked to close, and between requests.
+    pub fn may_drop(&self) -> bool {
+        self.closing() && self.idle.load(Ordering::Relaxed)
+    }
+}
+
+/// A client socket and the bytes read from it that are not consumed yet.
+pub struct Reader {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+}
+
+impl Reader {
+    /// A reader of `io`, with nothing read yet.
+    pub fn new(io: Box<dyn Io>) -> Self {
+        Reader { io, buf: BytesMut::new() }
+    }
+
+    /// Reads what is there (after making room for `room` bytes); 0 at the end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < room / 4 {
+            self.buf.reserve(room);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self, room: usize) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx, room)).await
+    }
+
+    /// While an answer is being worked out: whether the client has closed its side (or the
+    /// socket failed). Bytes that arrive meanwhile (a pipelined request) are kept, up to
+    /// the head limit.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.buf.len() < MAX_HEADER_BYTES {
+            match self.poll_fill(cx, HEAD_READ) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return false,
+            }
+        }
+        false
+    }
+
+    /// The socket and the bytes read but not consumed, for hyper's HTTP/2 server.
+    pub fn into_parts(self) -> (Box<dyn Io>, Bytes) {
+        (self.io, self.buf.freeze())
+    }
+}
+
+/// How a clear-text connection's first bytes say which protocol it speaks.
+pub enum Http2Preface {
+    /// The HTTP/2 preface: the connection is hyper's.
+    Yes,
+    /// Anything else: HTTP/1.
+    No,
+    /// The connection closed (or failed) before saying.
+    Closed,
+}
+
+/// Reads until the first bytes tell an HTTP/2 preface from an HTTP/1 request.
+pub async fn detect_http2(reader: &mut Reader, control: &Control) -> Http2Preface {
+    loop {
+        let seen = reader.buf.len().min(HTTP2_PREFACE.len());
+        if reader.buf[..seen] != HTTP2_PREFACE[..seen] {
+            return Http2Preface::No;
+        }
+        if seen == HTTP2_PREFACE.len() {
+            return Http2Preface::Yes;
+        }
+        control.idle.store(seen == 0, Ordering::Relaxed);
+        let read = reader.fill(HEAD_READ).await;
+        control.idle.store(false, Ordering::Relaxed);
+        if !matches!(read, Ok(n) if n > 0) {
+            return Http2Preface::Closed;
+        }
+    }
+}
+
+/// Serves HTTP/1.1 requests on `reader` until the client closes, a request asks to, an
+/// error, or [`Control::close`].
+pub async fn serve<S: Service + Sync>(reader: Reader, service: &S, control: &Control) -> Result<(), BoxError> {
+    let mut reader = Some(reader);
+    let mut out = Vec::with_capacity(512);
+    loop {
+        let Some(r) = reader.as_mut() else { return Ok(()) };
+        let head = loop {
+            match parse_request(&mut r.buf) {
+                Ok(Some(head)) => break head,
+                Ok(None) if r.buf.len() >= MAX_HEADER_BYTES => {
+                    return refuse(r, &mut out, HeadError::TooLarge).await;
+                }
+                Ok(None) => {}
+                Err(error) => return refuse(r, &mut out, error).await,
+            }
+            let idle = r.buf.is_empty();
+            if idle && control.closing() {
+                return Ok(());
+            }
+            control.idle.store(idle, Ordering::Relaxed);
+            let read = r.fill(HEAD_READ).await;
+            control.idle.store(false, Ordering::Relaxed);
+            if read? == 0 {
+                // Closed between requests, or mid-head: nobody to answer.
+                return Ok(());
+            }
+        };
+        let RequestHead { parts, decoder, keep_alive, expects_continue } = head;
+        let answer_head = parts.method == Method::HEAD;
+        let version = parts.version;
+        let mut returned = None;
+        let body = if decoder.is_done() {
+            RequestBody(None)
+        } else {
+            if expects_continue {
+                r.io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            }
+            let (back, comes_back) = oneshot::channel();
+            returned = Some(comes_back);
+            let reader = reader.take();
+            RequestBody(Some(Box::new(Streaming { reader, decoder, back: Some(back) })))
+        };
+        let mut body_complete = returned.is_none();
+        let response = {
+            let mut answer = pin!(service.call(Request::from_parts(parts, body)));
+            poll_fn(|cx| {
+                if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                    return Poll::Ready(Some(response));
+                }
+                if let Some(comes_back) = returned.as_mut() {
+                    // The body is read (or dropped): the socket is the loop's again.
+                    if let Poll::Ready(back) = Pin::new(comes_back).poll(cx) {
+                        returned = None;
+                        if let Ok(Returned { reader: r, complete }) = back {
+                            reader = Some(r);
+                            body_complete = complete;
+                        }
+                    }
+                }
+                if reader.as_mut().is_some_and(|r| r.poll_gone(cx)) { Poll::Ready(None) } else { Poll::Pending }
+            })
+            .await
+        };
+        // The request went with the service's future: a body it held has come back by now.
+        if let Some(mut comes_back) = returned.take()
+            && let Ok(Returned { reader: r, complete }) = comes_back.try_recv()
+        {
+            reader = Some(r);
+            body_complete = complete;
+        }
+        let (Some(response), Some(r)) = (response, reader.as_mut()) else {
+            // The client left (its answer is dropped, which cancels it), or the body's
+            // socket did not come back.
+            return Ok(());
+        };
+        // A body left unread cannot be told from the next request: close after the answer.
+        let keep_alive = keep_alive && body_complete && !control.closing();
+        let keep_alive = write_response(&mut *r.io, &mut out, response, answer_head, version, keep_alive).await?;
+        if !keep_alive {
+            let _ = r.io.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+/// A request head, parsed.
+#[derive(Debug)]
+struct RequestHead {
+    parts: http::request::Parts,
+    decoder: Decoder,
+    keep_alive: bool,
+    expects_continue: bool,
+}
+
+/// A request head that cannot be served, and the answer it gets.
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error("the request head is over {MAX_HEADER_BYTES} bytes")]
+    TooLarge,
+    #[error("the request head has more than {MAX_HEADERS} header lines")]
+    TooManyHeaders,
+    #[error("the request head is malformed: {0}")]
+    Malformed(httparse::Error),
+    #[error("the request head is malformed: {0}")]
+    Invalid(&'static str),
+}
+
+impl HeadError {
+    fn status(&self) -> StatusCode {
+        match self {
+            HeadError::TooLarge | HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::Malformed(_) | HeadError::Invalid(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Parses the request head at the front of `buf`: `None` while it is incomplete. A complete
+/// head is taken off `buf`; what follows it stays.
+fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(e) => return Err(HeadError::Malformed(e)),
+    };
+    let method = request.method.unwrap_or_default();
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Invalid("the method is not a token"))?;
+    let version = if request.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // httparse's slices point into `buf`; where they lie is taken, then `buf`'s head frozen,
+    // so that the target and every header value are slices of it rather than copies.
+    let base = buf.as_ptr() as usize;
+    let within = |s: &[u8]| {
+        let start = (s.as_ptr() as usize).checked_sub(base).filter(|start| start + s.len() <= len);
+        start.map(|start| start..start + s.len()).ok_or(HeadError::Malformed(httparse::Error::Token))
+    };
+    let target = within(request.path.unwrap_or_default().as_bytes())?;
+    let mut names = Vec::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Invalid("a header name"))?;
+        names.push((name, within(h.value)?));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Invalid("the request target"))?;
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, value) in names {
+        // httparse has checked the value's bytes (no CR, LF or other controls but tab).
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| HeadError::Invalid("a header value"))?;
+        headers.append(name, value);
+    }
+    let mut keep_alive = wire::keep_alive(version, &headers);
+    let decoder = if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        if version == Version::HTTP_10 {
+            return Err(HeadError::Invalid("HTTP/1.0 with a Transfer-Encoding"));
+        }
+        let chunked = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        if !chunked {
+            return Err(HeadError::Invalid("the Transfer-Encoding does not end in chunked"));
+        }
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            // RFC 9112 section 6.3: chunked wins; whatever follows the body is not trusted.
+            keep_alive = false;
+        }
+        Decoder::new(Framing::Chunked)
+    } else {
+        match wire::content_length(&headers) {
+            Ok(length) => Decoder::new(Framing::Length(length.unwrap_or(0))),
+            Err(_) => {
+                return Err(HeadError::Invalid("the Content-Length is invalid or given twice with different values"));
+            }
+        }
+    };
+    let expects_continue = version == Version::HTTP_11
+        && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(RequestHead { parts, decoder, keep_alive, expects_continue }))
+}
+
+/// Answers a head that cannot be served, and closes.
+async fn refuse(reader: &mut Reader, out: &mut Vec<u8>, error: HeadError) -> Result<(), BoxError> {
+    let status = error.status();
+    let text = format!("{error}\n");
+    out.clear();
+    status_line(out, status);
+    out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n");
+    let _ = write!(out, "content-length: {}\r\n", text.len());
+    date_line(out);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(text.as_bytes());
+    reader.io.write_all(out).await?;
+    let _ = reader.io.shutdown().await;
+    Err(error.into())
+}
+
+/// Writes `response` (its head, and its body unless the request was `HEAD`), framed by its
+/// `Content-Length`, its exact size, or chunked (HTTP/1.0: until the close). Returns whether
+/// the connection may carry another request.
+async fn write_response<B>(
+    io: &mut dyn Io,
+    out: &mut Vec<u8>,
+    response: Response<B>,
+    answer_head: bool,
+    version: Version,
+    mut keep_alive: bool,
+) -> Result<bool, BoxError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    if says_close(&parts.headers) {
+        keep_alive = false;
+    }
+    out.clear();
+    status_line(out, status);
+    for (name, value) in &parts.headers {
+        // The framing and the connection's fate are this loop's to say.
+        if name != header::TRANSFER_ENCODING && name != header::CONNECTION {
+            header_line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let declared = if no_body { None } else { wire::content_length(&parts.headers).ok().flatten() };
+    let exact = body.size_hint().exact();
+    let mut framing = if no_body {
+        Framing::Empty
+    } else if let Some(length) = declared {
+        Framing::Length(length)
+    } else if let Some(length) = exact.filter(|&n| !answer_head || n > 0) {
+        let _ = write!(out, "content-length: {length}\r\n");
+        Framing::Length(length)
+    } else if answer_head {
+        Framing::Empty
+    } else if version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    if answer_head {
+        framing = Framing::Empty;
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        date_line(out);
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::Empty || matches!(framing, Framing::Length(0)) {
+        drop(body);
+        io.write_all(out).await?;
+        io.flush().await?;
+        return Ok(keep_alive);
+    }
+    let mut sent: u64 = 0;
+    loop {
+        // Data that is ready goes with what is waiting to be written; otherwise that is
+        // written first, and then the body is waited for.
+        let frame = if out.is_empty() {
+            poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        } else {
+            match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    io.write_all(out).await?;
+                    io.flush().await?;
+                    out.clear();
+                    continue;
+                }
+            }
+        };
+        let (data, end) = match frame {
+            None => (Bytes::new(), true),
+            Some(Err(error)) => {
+                // Nothing can say so in the answer: the client sees it cut short.
+                let error: BoxError = error.into();
+                let _ = io.write_all(out).await;
+                return Err(error);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => (data, body.is_end_stream()),
+                Err(_) => continue, // trailers: HTTP/1.1 clients did not ask for them
+            },
+        };
+        if data.is_empty() && !end {
+            continue;
+        }
+        if let Framing::Length(length) = framing
+            && sent + data.len() as u64 > length
+        {
+            let _ = io.write_all(out).await;
+            return Err(format!("the answer's body is longer than its Content-Length of {length}").into());
+        }
+        sent += data.len() as u64;
+        let chunked = framing == Framing::Chunked && !data.is_empty();
+        if chunked {
+            let _ = write!(out, "{:x}\r\n", data.len());
+        }
+        if out.len() + data.len() <= COPY_LIMIT {
+            out.extend_from_slice(&data);
+            if chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        } else {
+            let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
+            write_all_vectored(io, &mut [IoSlice::new(out), IoSlice::new(&data), IoSlice::new(tail)]).await?;
+            out.clear();
+        }
+        if end {
+            if let Framing::Length(length) = framing
+                && sent != length
+            {
+                let _ = io.write_all(out).await;
+                return Err(format!("the answer's body ended after {sent} of its {length} bytes").into());
+            }
+            if framing == Framing::Chunked {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            io.write_all(out).await?;
+            io.flush().await?;
+            out.clear();
+            return Ok(keep_alive && framing != Framing::UntilClose);
+        }
+    }
+}
+
+/// Whether `headers` say `Connection: close`.
+fn says_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("close"))))
+}
+
+async fn write_all_vectored(io: &mut dyn Io, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = io.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date: ...`, formatted once a second per thread.
+fn date_line(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        header_line(out, b"date", text.as_bytes());
+    });
+}
+
+/// A request's body, read from the client's socket by whoever polls it (the proxy, which
+/// reads bodies whole); it gives the socket back to the loop when dropped.
+pub struct RequestBody(Option<Box<Streaming>>);
+
+struct Streaming {
+    reader: Option<Reader>,
+    decoder: Decoder,
+    back: Option<oneshot::Sender<Returned>>,
+}
+
+/// The socket handed back, and whether the body was read to its end.
+struct Returned {
+    reader: Reader,
+    complete: bool,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
+            let _ = back.send(Returned { reader, complete: self.decoder.is_done() });
+        }
+    }
+}
+
+/// A request body that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the request body failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the client closed the connection before the request body was complete")]
+    Incomplete,
+    #[error("the request body is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(streaming) = self.0.as_mut() else { return Poll::Ready(None) };
+        let Some(reader) = streaming.reader.as_mut() else { return Poll::Ready(None) };
+        loop {
+            match streaming.decoder.decode(&mut reader.buf) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::NeedMore) => {}
+                Err(ProtocolError::InvalidChunk(what)) => return Poll::Ready(Some(Err(BodyError::Malformed(what)))),
+                Err(_) => return Poll::Ready(Some(Err(BodyError::Malformed("its framing is invalid")))),
+            }
+            let room = streaming.decoder.remaining().map_or(BODY_READ, |n| n.clamp(1, BODY_READ as u64) as usize);
+            match ready!(reader.poll_fill(cx, room)) {
+                Ok(0) => return Poll::Ready(Some(Err(BodyError::Incomplete))),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Some(Err(error.into()))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|s| s.decoder.is_done())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.0.as_ref().map(|s| s.decoder.remaining()) {
+            None => SizeHint::with_exact(0),
+            Some(Some(n)) => SizeHint::with_exact(n),
+            Some(None) => SizeHint::default(),
+        }
+    }
+}
+
+/// A socket with bytes already read from it put back in front, for hyper's HTTP/2 server.
+pub struct Prefixed {
+    prefix: Bytes,
+    io: Box<dyn Io>,
+}
+
+impl Prefixed {
+    /// `io`, whose reads start with `prefix`.
+    pub fn new((io, prefix): (Box<dyn Io>, Bytes)) -> Self {
+        Prefixed { prefix, io }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A connection's serving future with its [`Control`], as the watcher drives it.
+pub struct Watched<F> {
+    future: Pin<Box<F>>,
+    control: Arc<Control>,
+}
+
+impl<F> Watched<F> {
+    /// `future`, closed through `control`.
+    pub fn new(future: F, control: Arc<Control>) -> Self {
+        Watched { future: Box::pin(future), control }
+    }
+}
+
+impl<F: Future<Output = Result<(), BoxError>>> Future for Watched<F> {
+    type Output = Result<(), BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.control.may_drop() {
+            return Poll::Ready(Ok(()));
+        }
+        self.future.as_mut().poll(cx)
+    }
+}
+
+impl<F> super::connection::GracefulClose for Watched<F> {
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.control.close();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -408,6 +408,10 @@ fn take_line(buf: &mut BytesMut, limit: usize, what: &'static str) -> Result<Opt
     if end == 0 || buf[end - 1] != b'\r' {
         return Err(ProtocolError::InvalidChunk("a line of the chunked body does not end in CRLF"));
     }
+    if buf[..end - 1].contains(&b'\r') {
+        // A bare CR that another parser might take for a line end (chunk smuggling).
+        return Err(ProtocolError::InvalidChunk("a line of the chunked body has a bare CR"));
+    }
     let mut line = buf.split_to(end + 1).freeze();
     line.truncate(end - 1);
     Ok(Some(line))

@@ -215,14 +215,14 @@ impl Proxy {
                     // get a 503.
                     let backend = retry::last_resort(&snapshot, &[])
                         .ok_or_else(|| ProxyError::NoReplica(snapshot.reason.clone()))?;
-                    return self.relay(prepared, backend, true, false, snapshot, deadline, started).await;
+                    return Box::pin(self.relay(prepared, backend, true, false, snapshot, deadline, started)).await;
                 }
             },
         };
         match self.coverage_read(&prepared, &snapshot, &backend) {
             Some(read) => match route::plan(&snapshot, backend, &read) {
                 Route::One { replica, diverted } => {
-                    self.relay(prepared, replica, false, diverted, snapshot, deadline, started).await
+                    Box::pin(self.relay(prepared, replica, false, diverted, snapshot, deadline, started)).await
                 }
                 // Boxed, as the other rare paths below: the request's future is moved about
                 // (into hyper's connection), and each path's state would otherwise add to
@@ -231,7 +231,7 @@ impl Proxy {
                     Box::pin(self.merge(prepared, read.endpoint, primary, others, snapshot, deadline, started)).await
                 }
             },
-            None => self.relay(prepared, backend, false, false, snapshot, deadline, started).await,
+            None => Box::pin(self.relay(prepared, backend, false, false, snapshot, deadline, started)).await,
         }
     }
 

@@ -145,7 +145,9 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    fn bytes_arrived(&self) {
+    /// Bytes of a request head have arrived (or are waiting, read ahead while the previous
+    /// request was answered): the header deadline runs from now, unless it already does.
+    pub fn bytes_arrived(&self) {
         if self.head_started.load(Ordering::Relaxed) == 0 && self.in_flight.load(Ordering::Acquire) == 0 {
             self.head_started.store(self.now_ms() + 1, Ordering::Relaxed);
         }
@@ -325,7 +327,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        // Over TLS, the close_notify is a write like any other, held to the same stall limit.
+        let result = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.written(cx, result)
     }
 }
 
@@ -359,6 +363,8 @@ where
         };
         let wake = due.map_or(now + WATCH_TICK, |due| due.min(now + WATCH_TICK));
         tokio::select! {
+            // The connection first, and no random order: the other two are rare.
+            biased;
             result = connection.as_mut() => return (closed_for, result.err()),
             changed = shutdown.changed(), if !shutting_down => {
                 shutting_down = true;

@@ -41,6 +41,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// The longest request target taken; longer ones get 414 (hyper's limit).
+const MAX_TARGET: usize = u16::MAX as usize - 1;
 /// The first bytes of every HTTP/2 connection (RFC 9113 section 3.4).
 pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Room made in the read buffer before a read of a request head.
@@ -58,6 +62,10 @@ pub trait Service {
     type Body: Body<Data = Bytes, Error: Into<BoxError> + Send> + Unpin + Send;
     /// The answer to `request`.
     fn call(&self, request: Request<RequestBody>) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// Part of the next request's head was read while this one was answered: its header
+    /// deadline runs from now.
+    fn head_waiting(&self) {}
 }
 
 /// Shared between the loop and the watcher ([`super::connection::watch`]): a close asked
@@ -109,18 +117,15 @@ impl Reader {
         poll_fn(|cx| self.poll_fill(cx, room)).await
     }
 
-    /// While an answer is being worked out: whether the client has closed its side (or the
-    /// socket failed). Bytes that arrive meanwhile (a pipelined request) are kept, up to
-    /// the head limit.
+    /// While an answer is being worked out or sent: whether the client has closed its side
+    /// (or the socket failed). As hyper does, this reads only while nothing is buffered:
+    /// one read's worth of a pipelined request is kept, and requests already read are
+    /// answered even if the client has since half-closed.
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.buf.len() < MAX_HEADER_BYTES {
-            match self.poll_fill(cx, HEAD_READ) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
-                Poll::Ready(Ok(_)) => {}
-                Poll::Pending => return false,
-            }
+        if !self.buf.is_empty() {
+            return false;
         }
-        false
+        matches!(self.poll_fill(cx, HEAD_READ), Poll::Ready(Ok(0) | Err(_)))
     }
 
     /// The socket and the bytes read but not consumed, for hyper's HTTP/2 server.
@@ -193,13 +198,13 @@ pub async fn serve<S: Service + Sync>(reader: Reader, service: &S, control: &Con
         let body = if decoder.is_done() {
             RequestBody(None)
         } else {
-            if expects_continue {
-                r.io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-            }
             let (back, comes_back) = oneshot::channel();
             returned = Some(comes_back);
             let reader = reader.take();
-            RequestBody(Some(Box::new(Streaming { reader, decoder, back: Some(back) })))
+            // The interim answer goes when the body is first read, so that a request refused
+            // from its head alone (413, 401) does not invite the client to send the body.
+            let interim = if expects_continue { CONTINUE.len() } else { 0 };
+            RequestBody(Some(Box::new(Streaming { reader, decoder, interim, unflushed: false, back: Some(back) })))
         };
         let mut body_complete = returned.is_none();
         let response = {
@@ -236,10 +241,13 @@ pub async fn serve<S: Service + Sync>(reader: Reader, service: &S, control: &Con
         };
         // A body left unread cannot be told from the next request: close after the answer.
         let keep_alive = keep_alive && body_complete && !control.closing();
-        let keep_alive = write_response(&mut *r.io, &mut out, response, answer_head, version, keep_alive).await?;
+        let keep_alive = write_response(r, &mut out, response, answer_head, version, keep_alive).await?;
         if !keep_alive {
             let _ = r.io.shutdown().await;
             return Ok(());
+        }
+        if !r.buf.is_empty() {
+            service.head_waiting();
         }
     }
 }
@@ -258,6 +266,8 @@ struct RequestHead {
 enum HeadError {
     #[error("the request head is over {MAX_HEADER_BYTES} bytes")]
     TooLarge,
+    #[error("the request target is over {MAX_TARGET} bytes")]
+    TargetTooLong,
     #[error("the request head has more than {MAX_HEADERS} header lines")]
     TooManyHeaders,
     #[error("the request head is malformed: {0}")]
@@ -270,6 +280,7 @@ impl HeadError {
     fn status(&self) -> StatusCode {
         match self {
             HeadError::TooLarge | HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::TargetTooLong => StatusCode::URI_TOO_LONG,
             HeadError::Malformed(_) | HeadError::Invalid(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -286,6 +297,10 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(e) => return Err(HeadError::Malformed(e)),
     };
+    if len > MAX_HEADER_BYTES {
+        // The last read may have brought the rest of a head over the limit.
+        return Err(HeadError::TooLarge);
+    }
     let method = request.method.unwrap_or_default();
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Invalid("the method is not a token"))?;
     let version = if request.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
@@ -297,6 +312,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         start.map(|start| start..start + s.len()).ok_or(HeadError::Malformed(httparse::Error::Token))
     };
     let target = within(request.path.unwrap_or_default().as_bytes())?;
+    if target.len() > MAX_TARGET {
+        return Err(HeadError::TargetTooLong);
+    }
     let mut names = Vec::with_capacity(request.headers.len());
     for h in request.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Invalid("a header name"))?;
@@ -352,7 +370,7 @@ async fn refuse(reader: &mut Reader, out: &mut Vec<u8>, error: HeadError) -> Res
     let status = error.status();
     let text = format!("{error}\n");
     out.clear();
-    status_line(out, status);
+    status_line(out, status, Version::HTTP_11);
     out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n");
     let _ = write!(out, "content-length: {}\r\n", text.len());
     date_line(out);
@@ -367,7 +385,7 @@ async fn refuse(reader: &mut Reader, out: &mut Vec<u8>, error: HeadError) -> Res
 /// `Content-Length`, its exact size, or chunked (HTTP/1.0: until the close). Returns whether
 /// the connection may carry another request.
 async fn write_response<B>(
-    io: &mut dyn Io,
+    reader: &mut Reader,
     out: &mut Vec<u8>,
     response: Response<B>,
     answer_head: bool,
@@ -383,15 +401,18 @@ where
     if says_close(&parts.headers) {
         keep_alive = false;
     }
+    let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     out.clear();
-    status_line(out, status);
+    status_line(out, status, version);
     for (name, value) in &parts.headers {
-        // The framing and the connection's fate are this loop's to say.
-        if name != header::TRANSFER_ENCODING && name != header::CONNECTION {
+        // The framing and the connection's fate are this loop's to say (and a 204 has no
+        // length at all, RFC 9110 section 8.6).
+        let ours = name == header::TRANSFER_ENCODING || name == header::CONNECTION;
+        let lengthless = no_body && status != StatusCode::NOT_MODIFIED && name == header::CONTENT_LENGTH;
+        if !ours && !lengthless {
             header_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let declared = if no_body { None } else { wire::content_length(&parts.headers).ok().flatten() };
     let exact = body.size_hint().exact();
     let mut framing = if no_body {
@@ -422,6 +443,7 @@ where
         date_line(out);
     }
     out.extend_from_slice(b"\r\n");
+    let io = &mut reader.io;
     if framing == Framing::Empty || matches!(framing, Framing::Length(0)) {
         drop(body);
         io.write_all(out).await?;
@@ -433,18 +455,26 @@ where
         // Data that is ready goes with what is waiting to be written; otherwise that is
         // written first, and then the body is waited for.
         let frame = if out.is_empty() {
-            poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            // A client that leaves while the answer is awaited cancels it, as before its head.
+            let frame = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(frame) => Poll::Ready(Some(frame)),
+                Poll::Pending if reader.poll_gone(cx) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            })
+            .await;
+            frame.ok_or("the client closed the connection while its answer was sent")?
         } else {
             match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    io.write_all(out).await?;
-                    io.flush().await?;
+                    reader.io.write_all(out).await?;
+                    reader.io.flush().await?;
                     out.clear();
                     continue;
                 }
             }
         };
+        let io = &mut reader.io;
         let (data, end) = match frame {
             None => (Bytes::new(), true),
             Some(Err(error)) => {
@@ -520,8 +550,9 @@ async fn write_all_vectored(io: &mut dyn Io, mut slices: &mut [IoSlice<'_>]) -> 
     Ok(())
 }
 
-fn status_line(out: &mut Vec<u8>, status: StatusCode) {
-    out.extend_from_slice(b"HTTP/1.1 ");
+/// The status line, in the version of the request (HTTP/1.0 clients get `HTTP/1.0`).
+fn status_line(out: &mut Vec<u8>, status: StatusCode, version: Version) {
+    out.extend_from_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
@@ -551,6 +582,10 @@ pub struct RequestBody(Option<Box<Streaming>>);
 struct Streaming {
     reader: Option<Reader>,
     decoder: Decoder,
+    /// How much of [`CONTINUE`] is still to be written before the body is read.
+    interim: usize,
+    /// [`CONTINUE`] is written but not yet flushed.
+    unflushed: bool,
     back: Option<oneshot::Sender<Returned>>,
 }
 
@@ -586,6 +621,22 @@ impl Body for RequestBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(streaming) = self.0.as_mut() else { return Poll::Ready(None) };
         let Some(reader) = streaming.reader.as_mut() else { return Poll::Ready(None) };
+        while streaming.interim > 0 {
+            let unsent = &CONTINUE[CONTINUE.len() - streaming.interim..];
+            match ready!(Pin::new(&mut reader.io).poll_write(cx, unsent)) {
+                Ok(0) => return Poll::Ready(Some(Err(io::Error::from(io::ErrorKind::WriteZero).into()))),
+                Ok(n) => streaming.interim -= n,
+                Err(error) => return Poll::Ready(Some(Err(error.into()))),
+            }
+            streaming.unflushed = streaming.interim == 0;
+        }
+        if streaming.unflushed {
+            // Over TLS, the interim answer must leave rustls's buffer before the body comes.
+            if let Err(error) = ready!(Pin::new(&mut reader.io).poll_flush(cx)) {
+                return Poll::Ready(Some(Err(error.into())));
+            }
+            streaming.unflushed = false;
+        }
         loop {
             match streaming.decoder.decode(&mut reader.buf) {
                 Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),

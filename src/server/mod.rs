@@ -346,6 +346,10 @@ impl http1::Service for Handler {
             response.map(|body| in_flight.answer(body))
         }
     }
+
+    fn head_waiting(&self) {
+        self.activity.bytes_arrived();
+    }
 }
 
 /// Serves an HTTP/2 connection with hyper, until it ends or `control` asks it to close

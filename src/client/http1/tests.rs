@@ -180,8 +180,11 @@ fn a_chunked_body_is_decoded_across_any_split_with_extensions_and_trailers() {
 
 #[test]
 fn a_malformed_chunked_body_is_an_error() {
-    let cases: [&[u8]; 8] = [
+    let cases: [&[u8]; 10] = [
         b"zz\r\nhello\r\n0\r\n\r\n",
+        // A bare CR, which another parser in front might take for a line end.
+        b"3;a\rb\r\nabc\r\n0\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nX-T: a\rb\r\n\r\n",
         b"3\r\nhello\r\n0\r\n\r\n",
         b"11111111111111111\r\n",
         b"\r\n",

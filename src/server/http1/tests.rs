@@ -89,7 +89,8 @@ fn serve_with<S: Service + Sync + Send + 'static>(service: S) -> (DuplexStream, 
     (client, task)
 }
 
-/// Echoes the method, path and body; counts answers dropped before they were complete.
+/// Echoes the method, path and body (or, for `/refuse`, answers 413 without reading it);
+/// counts answers dropped before they were complete.
 struct Echo {
     dropped: Arc<AtomicUsize>,
     stall: bool,
@@ -109,6 +110,12 @@ impl Service for Echo {
         let stall = self.stall;
         async move {
             let (parts, body) = request.into_parts();
+            if parts.uri == "/refuse" {
+                std::mem::forget(dropped);
+                let mut refusal = Response::new(Full::new(Bytes::from_static(b"too large")));
+                *refusal.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                return refusal;
+            }
             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_else(|e| Bytes::from(e.to_string()));
             if stall {
                 std::future::pending::<()>().await;
@@ -248,4 +255,45 @@ async fn an_http2_preface_is_told_from_an_http1_request() {
     let mut reader = Reader::new(Box::new(server));
     client.write_all(b"PRX").await.unwrap();
     assert!(matches!(detect_http2(&mut reader, &Control::default()).await, Http2Preface::No));
+}
+
+#[tokio::test]
+async fn a_body_refused_unread_gets_no_interim_answer_and_closes_the_connection() {
+    let (mut client, _task) = serve_with(echo());
+    client
+        .write_all(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "no 100 Continue first: {answer}");
+    assert!(answer.contains("connection: close\r\n"), "the unread body cannot be told from a request: {answer}");
+}
+
+#[tokio::test]
+async fn requests_read_before_the_client_half_closes_are_all_answered() {
+    let (client, _task) = serve_with(echo());
+    let (mut read, mut write) = tokio::io::split(client);
+    write
+        .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    write.shutdown().await.unwrap();
+    let mut answers = Vec::new();
+    read.read_to_end(&mut answers).await.unwrap();
+    let answers = String::from_utf8_lossy(&answers);
+    assert!(answers.contains("GET /a ") && answers.contains("GET /b "), "{answers}");
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_an_http_1_0_status_line_and_a_huge_target_gets_414() {
+    let (mut client, _task) = serve_with(echo());
+    client.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.0 200 OK\r\n"), "{}", String::from_utf8_lossy(&answer));
+
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(MAX_TARGET));
+    assert_eq!(parse(long.as_bytes()).unwrap_err().status(), StatusCode::URI_TOO_LONG);
 }

@@ -142,7 +142,8 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
             continue;
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(names.len());
+        // Room for what the proxy adds (`MPP.ServedBy`, the web config's headers).
+        let mut headers = HeaderMap::with_capacity(names.len() + 2);
         for (name, start, end) in names {
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| ProtocolError::InvalidHeader(name.as_str().to_owned()))?;

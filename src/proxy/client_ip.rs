@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use http::HeaderMap;
 
+use super::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+
 /// One address block, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -90,7 +92,7 @@ impl TrustedProxies {
     /// says about earlier hops is not passed on to the replicas as if mpp vouched for it.
     pub fn drop_untrusted_forwarding(&self, headers: &mut HeaderMap, peer: IpAddr) {
         if !self.trusts(peer.to_canonical()) {
-            for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+            for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
                 headers.remove(name);
             }
         }
@@ -103,7 +105,7 @@ impl TrustedProxies {
             return peer;
         }
         let entries: Vec<&str> = headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))

@@ -9,6 +9,13 @@ use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Response};
 
+/// The de facto forwarding headers, as names made once.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// See [`X_FORWARDED_FOR`].
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// See [`X_FORWARDED_FOR`].
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// The header naming the replica that answered, as the original mpp calls it.
 pub static SERVED_BY: HeaderName = HeaderName::from_static("mpp.servedby");
 
@@ -52,24 +59,49 @@ pub fn request_headers(mut headers: HeaderMap, peer: IpAddr, tls: bool) -> Heade
     strip_hop_by_hop(&mut headers);
     let host = headers.remove(header::HOST);
     headers.remove(header::EXPECT);
-    let mut forwarded_for = String::new();
-    for earlier in headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
-        if !earlier.trim().is_empty() {
-            forwarded_for.push_str(earlier.trim());
-            forwarded_for.push_str(", ");
+    let mut earlier = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
+    let forwarded_for = if earlier.peek().is_none() {
+        peer_value(peer)
+    } else {
+        let mut forwarded_for = String::new();
+        for earlier in earlier {
+            if !earlier.trim().is_empty() {
+                forwarded_for.push_str(earlier.trim());
+                forwarded_for.push_str(", ");
+            }
         }
+        let _ = write!(forwarded_for, "{}", peer.to_canonical());
+        HeaderValue::from_str(&forwarded_for).ok()
+    };
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    let _ = write!(forwarded_for, "{}", peer.to_canonical());
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
     }
     if let Some(host) = host {
-        headers.entry("x-forwarded-host").or_insert(host);
+        headers.entry(X_FORWARDED_HOST).or_insert(host);
     }
     headers
+}
+
+/// `peer` as an `X-Forwarded-For` value, formatted once for a run of requests from the same
+/// address (a client's requests come from one address, and formatting one showed in the
+/// profile).
+fn peer_value(peer: IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((ip, value)) = last.as_ref()
+            && *ip == peer
+        {
+            return Some(value.clone());
+        }
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.to_canonical().to_string())).ok()?;
+        *last = Some((peer, value.clone()));
+        Some(value)
+    })
 }
 
 /// Marks a request that arrived over TLS (a request extension the listener sets), so that

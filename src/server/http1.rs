@@ -322,7 +322,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Invalid("the request target"))?;
-    let mut headers = HeaderMap::with_capacity(names.len());
+    // Room for what the proxy adds (X-Forwarded-For, -Proto, -Host, Via, credentials), so
+    // that the map is not grown, and rehashed, on the way to the replica.
+    let mut headers = HeaderMap::with_capacity(names.len() + 5);
     for (name, value) in names {
         // httparse has checked the value's bytes (no CR, LF or other controls but tab).
         let value =

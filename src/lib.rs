@@ -91,6 +91,7 @@ pub use config::{Args, Config};
 /// targets in `fuzz/` and the integration tests. Not a stable interface: it follows the code.
 pub mod fuzzing {
     pub use crate::backend::Backend;
+    pub use crate::client::http1::{Decoded, Decoder, parse_head};
     pub use crate::coverage::{Span, holes_in_buckets};
     pub use crate::discovery::{
         LabelSelector, PortRef, PrincipalSecret, candidates_from_tasks, parse_endpoints, pod_backend, slice_backends,
@@ -101,6 +102,7 @@ pub mod fuzzing {
     pub use crate::proxy::client_ip::TrustedProxies;
     pub use crate::proxy::headers;
     pub use crate::server::head;
+    pub use crate::server::http1::parse_request_head;
     pub use crate::strategy::Strategy;
     pub use crate::units::{format_duration, parse_duration, parse_size};
     pub use crate::via::Pseudonym;

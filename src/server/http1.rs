@@ -367,12 +367,13 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     Ok(Some(RequestHead { parts, decoder, keep_alive, expects_continue }))
 }
 
+/// A request's parts, its body's decoder, and whether its connection may be kept.
+pub type ParsedHead = (http::request::Parts, Decoder, bool);
+
 /// The listener's request-head parser, for the fuzz target ([`crate::fuzzing`]): the
 /// request's parts, its body's decoder and whether the connection may be kept, or why the
 /// head is refused (with the status it gets).
-pub fn parse_request_head(
-    buf: &mut BytesMut,
-) -> Result<Option<(http::request::Parts, Decoder, bool)>, (StatusCode, String)> {
+pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, (StatusCode, String)> {
     match parse_request(buf) {
         Ok(head) => Ok(head.map(|h| (h.parts, h.decoder, h.keep_alive))),
         Err(error) => Err((error.status(), error.to_string())),

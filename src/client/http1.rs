@@ -155,6 +155,11 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
         }
         let framing = framing(method, status, &headers)?;
         let keep_alive = keep_alive(version, &headers) && framing != Framing::UntilClose;
+        if framing == Framing::Chunked {
+            // RFC 9112 section 6.3: the chunked framing wins, and a length beside it must not
+            // travel on (the listener would frame the answer by it).
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;

@@ -4,16 +4,17 @@
 //! | phase | deadline |
 //! |---|---|
 //! | from accept to the first request (protocol detection, an HTTP/2 preface, HTTP/1 headers) | `--header-read-timeout` |
-//! | an HTTP/1 request's headers, from their first byte | `--header-read-timeout` |
+//! | an HTTP/1 request's headers, from their first byte (from the end of the previous answer, for a head read ahead while it was sent) | `--header-read-timeout` |
 //! | a request body | `--request-body-min-rate`, after a grace of `--header-read-timeout` (enforced by the proxy) |
 //! | writing an answer to a client that does not read | [`WRITE_STALL_TIMEOUT`] without progress |
 //! | no request in flight (keep-alive) | `--idle-timeout`; [`PRESSURE_IDLE_TIMEOUT`] when slots run short |
 //! | a dead peer | HTTP/2 pings every [`H2_PING_INTERVAL`]; TCP keepalive |
 //!
-//! hyper's own HTTP/1 header timer is off: it also runs while a keep-alive connection waits
-//! for its next request, which would close idle connections long before clients expect
-//! (Go's clients keep them 90 s, and a request racing the close fails). Instead, reads are
-//! metered here and a small watcher task per connection enforces the table above.
+//! The header deadline runs only while a head is on its way, never while a keep-alive
+//! connection waits for its next request (Go's clients keep idle connections 90 s, and a
+//! request racing a close fails). Reads are metered here and a small watcher per connection
+//! enforces the table above, over the listener's own HTTP/1 loop ([`super::http1`]) or
+//! hyper's HTTP/2 server alike.
 
 use std::future::Future;
 use std::io;
@@ -333,7 +334,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
     }
 }
 
-/// Drives `connection` (a hyper connection over a [`Metered`] socket) to its end, asking it
+/// Drives `connection` (the HTTP/1 loop or hyper's HTTP/2 server, over a [`Metered`]
+/// socket: [`super::http1::Watched`]) to its end, asking it
 /// to close gracefully when its [`Activity`] passes a deadline or `shutdown` fires, and
 /// dropping it [`CLOSE_GRACE`] later if it is then idle. Returns why the watcher closed it,
 /// if it did, and the connection's own error, if any.
@@ -403,20 +405,6 @@ where
 /// A connection that can be asked to finish what it is doing and close.
 pub(crate) trait GracefulClose {
     fn close_gracefully(self: Pin<&mut Self>);
-}
-
-impl<I, S, E> GracefulClose for hyper_util::server::conn::auto::Connection<'static, I, S, E>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::ResBody: hyper::body::Body + Send + 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn close_gracefully(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
 }
 
 #[cfg(test)]

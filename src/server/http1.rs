@@ -118,9 +118,11 @@ impl Reader {
     }
 
     /// While an answer is being worked out or sent: whether the client has closed its side
-    /// (or the socket failed). As hyper does, this reads only while nothing is buffered:
-    /// one read's worth of a pipelined request is kept, and requests already read are
-    /// answered even if the client has since half-closed.
+    /// (or the socket failed). As hyper does, this reads only while nothing is buffered, so
+    /// one read's worth of a pipelined request is kept, and a request with another already
+    /// buffered behind it is answered even if the client has since half-closed. A half-close
+    /// with nothing buffered counts as hanging up (hyper's default too: the end of input
+    /// cannot be told from a close).
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.buf.is_empty() {
             return false;
@@ -207,6 +209,7 @@ pub async fn serve<S: Service + Sync>(reader: Reader, service: &S, control: &Con
             RequestBody(Some(Box::new(Streaming { reader, decoder, interim, unflushed: false, back: Some(back) })))
         };
         let mut body_complete = returned.is_none();
+        let mut interim_left = 0;
         let response = {
             let mut answer = pin!(service.call(Request::from_parts(parts, body)));
             poll_fn(|cx| {
@@ -217,9 +220,10 @@ pub async fn serve<S: Service + Sync>(reader: Reader, service: &S, control: &Con
                     // The body is read (or dropped): the socket is the loop's again.
                     if let Poll::Ready(back) = Pin::new(comes_back).poll(cx) {
                         returned = None;
-                        if let Ok(Returned { reader: r, complete }) = back {
+                        if let Ok(Returned { reader: r, complete, interim }) = back {
                             reader = Some(r);
                             body_complete = complete;
+                            interim_left = interim;
                         }
                     }
                 }
@@ -228,17 +232,29 @@ pub async fn serve<S: Service + Sync>(reader: Reader, service: &S, control: &Con
             .await
         };
         // The request went with the service's future: a body it held has come back by now.
-        if let Some(mut comes_back) = returned.take()
-            && let Ok(Returned { reader: r, complete }) = comes_back.try_recv()
-        {
-            reader = Some(r);
-            body_complete = complete;
+        if let Some(mut comes_back) = returned.take() {
+            match comes_back.try_recv() {
+                Ok(Returned { reader: r, complete, interim }) => {
+                    reader = Some(r);
+                    body_complete = complete;
+                    interim_left = interim;
+                }
+                Err(_) => {
+                    tracing::warn!("a request body outlived its answer; closing the connection unanswered");
+                    return Ok(());
+                }
+            }
         }
-        let (Some(response), Some(r)) = (response, reader.as_mut()) else {
-            // The client left (its answer is dropped, which cancels it), or the body's
-            // socket did not come back.
+        let Some(response) = response else {
+            // The client left: its answer is dropped, which cancels it.
             return Ok(());
         };
+        let Some(r) = reader.as_mut() else { return Ok(()) };
+        if interim_left > 0 && interim_left < CONTINUE.len() {
+            // The interim answer went out in part before the body was dropped: finish it, so
+            // that the final answer starts on a message boundary.
+            r.io.write_all(&CONTINUE[CONTINUE.len() - interim_left..]).await?;
+        }
         // A body left unread cannot be told from the next request: close after the answer.
         let keep_alive = keep_alive && body_complete && !control.closing();
         let keep_alive = write_response(r, &mut out, response, answer_head, version, keep_alive).await?;
@@ -604,16 +620,18 @@ struct Streaming {
     back: Option<oneshot::Sender<Returned>>,
 }
 
-/// The socket handed back, and whether the body was read to its end.
+/// The socket handed back, whether the body was read to its end, and how much of
+/// [`CONTINUE`] was left unwritten.
 struct Returned {
     reader: Reader,
     complete: bool,
+    interim: usize,
 }
 
 impl Drop for Streaming {
     fn drop(&mut self) {
         if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
-            let _ = back.send(Returned { reader, complete: self.decoder.is_done() });
+            let _ = back.send(Returned { reader, complete: self.decoder.is_done(), interim: self.interim });
         }
     }
 }
@@ -621,10 +639,13 @@ impl Drop for Streaming {
 /// A request body that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    /// The socket failed.
     #[error("reading the request body failed: {0}")]
     Io(#[from] io::Error),
+    /// The client closed its side before the body's end.
     #[error("the client closed the connection before the request body was complete")]
     Incomplete,
+    /// The chunked framing is broken.
     #[error("the request body is malformed: {0}")]
     Malformed(&'static str),
 }

@@ -113,6 +113,7 @@ fn the_body_is_framed_as_rfc_9112_says() {
     let both = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
     assert_eq!(both.framing, Framing::Chunked, "Transfer-Encoding wins");
     assert!(!both.keep_alive, "and the connection is not reused after it");
+    assert!(!both.response.headers().contains_key("content-length"), "nor does the length travel on");
     for bad in
         ["Content-Length: 7, 8", "Content-Length: -1", "Content-Length: 1e3", "Content-Length: 7\r\nContent-Length: 9"]
     {

@@ -225,15 +225,22 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+    if let Some(chunked) = ends_in_chunked(headers) {
         return Ok(if chunked { Framing::Chunked } else { Framing::UntilClose });
     }
     Ok(content_length(headers)?.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// Whether the last coding `Transfer-Encoding` names is `chunked`; `None` without one.
+/// Shared with the listener.
+pub fn ends_in_chunked(headers: &HeaderMap) -> Option<bool> {
+    let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back()?;
+    Some(
+        last.to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked")),
+    )
 }
 
 /// The length `headers` give in `Content-Length` (every value, and every item of a list,
@@ -264,15 +271,21 @@ pub fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
         return false;
     }
-    let says = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if version == Version::HTTP_10 { says("keep-alive") } else { !says("close") }
+    if version == Version::HTTP_10 {
+        connection_says(headers, "keep-alive")
+    } else {
+        !connection_says(headers, "close")
+    }
+}
+
+/// Whether `Connection` names `token` (shared with the listener).
+pub fn connection_says(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// What decoding found in the buffer.

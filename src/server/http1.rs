@@ -348,15 +348,10 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         headers.append(name, value);
     }
     let mut keep_alive = wire::keep_alive(version, &headers);
-    let decoder = if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+    let decoder = if let Some(chunked) = wire::ends_in_chunked(&headers) {
         if version == Version::HTTP_10 {
             return Err(HeadError::Invalid("HTTP/1.0 with a Transfer-Encoding"));
         }
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
         if !chunked {
             return Err(HeadError::Invalid("the Transfer-Encoding does not end in chunked"));
         }
@@ -429,7 +424,7 @@ where
 {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
-    if says_close(&parts.headers) {
+    if wire::connection_says(&parts.headers, "close") {
         keep_alive = false;
     }
     let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -559,14 +554,6 @@ where
             return Ok(keep_alive && framing != Framing::UntilClose);
         }
     }
-}
-
-/// Whether `headers` say `Connection: close`.
-fn says_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("close"))))
 }
 
 async fn write_all_vectored(io: &mut dyn Io, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {

@@ -203,6 +203,20 @@ impl HangingReplica {
     }
 }
 
+impl HangingReplica {
+    /// A hanging replica with mpp in front of it (`--request-timeout` as given), selected;
+    /// and the replica's URL, and the directory of mpp's endpoints file.
+    async fn behind_mpp(request_timeout: &str) -> (HangingReplica, Mpp, String, tempfile::TempDir) {
+        let replica = HangingReplica::start().await;
+        let url = format!("http://{}", replica.addr);
+        let dir = tempfile::tempdir().unwrap();
+        let file = endpoints_file(dir.path(), std::slice::from_ref(&url));
+        let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--request-timeout", request_timeout]).await;
+        mpp.wait_selected(&[&url]).await;
+        (replica, mpp, url, dir)
+    }
+}
+
 struct CountOnDrop(Arc<AtomicUsize>);
 
 impl Drop for CountOnDrop {
@@ -215,12 +229,7 @@ impl Drop for CountOnDrop {
 async fn a_client_that_hangs_up_cancels_its_query_at_the_replica() {
     // Grafana cancels a panel's query (a refresh, a closed dashboard) by closing its
     // HTTP/1.1 connection: the query must not go on running at the replica.
-    let replica = HangingReplica::start().await;
-    let url = format!("http://{}", replica.addr);
-    let dir = tempfile::tempdir().unwrap();
-    let file = endpoints_file(dir.path(), std::slice::from_ref(&url));
-    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--request-timeout", "60s"]).await;
-    mpp.wait_selected(&[&url]).await;
+    let (replica, mpp, _url, _dir) = HangingReplica::behind_mpp("60s").await;
     let client = open(mpp.addr, b"GET /api/v1/query_range?query=up&start=0&end=60&step=15 HTTP/1.1\r\nHost: x\r\n\r\n");
     wait_until("the query reaches the replica", Duration::from_secs(10), || async {
         replica.hung.load(Ordering::SeqCst) == 1
@@ -237,12 +246,7 @@ async fn a_client_that_hangs_up_cancels_its_query_at_the_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_that_runs_out_of_time_gets_504_once_and_is_not_run_again() {
-    let replica = HangingReplica::start().await;
-    let url = format!("http://{}", replica.addr);
-    let dir = tempfile::tempdir().unwrap();
-    let file = endpoints_file(dir.path(), std::slice::from_ref(&url));
-    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--request-timeout", "2s"]).await;
-    mpp.wait_selected(&[&url]).await;
+    let (replica, mpp, url, _dir) = HangingReplica::behind_mpp("2s").await;
 
     let started = Instant::now();
     let answer = get(&mpp.url("/api/v1/query_range?query=up&start=0&end=60&step=15")).await.unwrap();

@@ -333,6 +333,22 @@ struct Handler {
     tls: bool,
 }
 
+impl Handler {
+    /// [`respond`]'s answer, with the request in flight on the connection from the moment it
+    /// arrived until its answer's body is sent.
+    fn answer<B: ClientBody + Sync + 'static>(
+        &self,
+        request: http::Request<B>,
+        http2: bool,
+    ) -> impl Future<Output = http::Response<Answer<crate::error::ProxyBody>>> + Send + '_ {
+        let in_flight = self.activity.begin(http2);
+        async move {
+            let response = respond(&self.proxy, &self.shared, request, self.peer, self.tls).await;
+            response.map(|body| in_flight.answer(body))
+        }
+    }
+}
+
 impl http1::Service for Handler {
     type Body = Answer<crate::error::ProxyBody>;
 
@@ -340,11 +356,7 @@ impl http1::Service for Handler {
         &self,
         request: http::Request<http1::RequestBody>,
     ) -> impl Future<Output = http::Response<Self::Body>> + Send {
-        let in_flight = self.activity.begin(false);
-        async move {
-            let response = respond(&self.proxy, &self.shared, request, self.peer, self.tls).await;
-            response.map(|body| in_flight.answer(body))
-        }
+        self.answer(request, false)
     }
 
     fn head_waiting(&self) {
@@ -361,12 +373,8 @@ async fn serve_http2(
     control: &http1::Control,
 ) -> Result<(), BoxError> {
     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-        let in_flight = handler.activity.begin(true);
         let handler = handler.clone();
-        async move {
-            let response = respond(&handler.proxy, &handler.shared, request, handler.peer, handler.tls).await;
-            Ok::<_, Infallible>(response.map(|body| in_flight.answer(body)))
-        }
+        async move { Ok::<_, Infallible>(handler.answer(request, true).await) }
     });
     let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
     let mut asked = false;

@@ -133,6 +133,13 @@ fn echo() -> Echo {
     Echo { dropped: Arc::default(), stall: false }
 }
 
+/// Everything the server sends until it closes the connection.
+async fn read_to_close<R: tokio::io::AsyncRead + Unpin>(client: &mut R) -> String {
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 async fn read_until(client: &mut DuplexStream, needle: &str) -> String {
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -215,9 +222,7 @@ async fn http_1_0_and_bodies_of_unknown_length_are_framed_as_each_client_can_tak
     assert!(!answers.contains("hello"), "HEAD and 204 carry no body: {answers}");
 
     client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut rest = Vec::new();
-    client.read_to_end(&mut rest).await.unwrap();
-    let rest = String::from_utf8_lossy(&rest);
+    let rest = read_to_close(&mut client).await;
     assert!(rest.contains("connection: close\r\n") && rest.ends_with("\r\n\r\nhello world"), "until the close: {rest}");
 }
 
@@ -232,9 +237,7 @@ async fn read_until_blank_line_after(client: &mut DuplexStream, mut got: String,
 async fn refused_heads_get_a_status_and_a_reason_and_the_connection_closes() {
     let (mut client, _task) = serve_with(echo());
     client.write_all(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").await.unwrap();
-    let mut answer = Vec::new();
-    client.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_to_close(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
     assert!(answer.contains("Content-Length is invalid"), "{answer}");
 }
@@ -266,9 +269,7 @@ async fn a_body_refused_unread_gets_no_interim_answer_and_closes_the_connection(
         .write_all(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\nExpect: 100-continue\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    client.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_to_close(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 413 "), "no 100 Continue first: {answer}");
     assert!(answer.contains("connection: close\r\n"), "the unread body cannot be told from a request: {answer}");
 }
@@ -283,9 +284,7 @@ async fn a_half_close_leaves_the_requests_buffered_before_it_answered_and_cancel
         .await
         .unwrap();
     write.shutdown().await.unwrap();
-    let mut answers = Vec::new();
-    read.read_to_end(&mut answers).await.unwrap();
-    let answers = String::from_utf8_lossy(&answers);
+    let answers = read_to_close(&mut read).await;
     assert!(answers.contains("GET /a "), "answered with /b buffered behind it: {answers}");
     assert!(!answers.contains("GET /b "), "the last one is cancelled: {answers}");
 }
@@ -294,9 +293,8 @@ async fn a_half_close_leaves_the_requests_buffered_before_it_answered_and_cancel
 async fn an_http_1_0_client_gets_an_http_1_0_status_line_and_a_huge_target_gets_414() {
     let (mut client, _task) = serve_with(echo());
     client.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut answer = Vec::new();
-    client.read_to_end(&mut answer).await.unwrap();
-    assert!(answer.starts_with(b"HTTP/1.0 200 OK\r\n"), "{}", String::from_utf8_lossy(&answer));
+    let answer = read_to_close(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
 
     let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(MAX_TARGET));
     assert_eq!(parse(long.as_bytes()).unwrap_err().status(), StatusCode::URI_TOO_LONG);

@@ -228,18 +228,23 @@ impl Status {
         let time =
             |t: f64| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0))).to_string();
         html! {
-            p { "From " (time(from)) " to now; buckets of " (scanned[0].1.bucket_seconds) " s. Red: a hole (less data than its peers); hatched: down, not checked since." }
+            p { "From " (time(from)) " to now; buckets of " (scanned[0].1.bucket_seconds) " s. Red: a hole (less data than its peers); hatched: down, not checked since; pale: not scanned yet." }
             table.coverage {
                 @for (n, (candidate, coverage)) in scanned.iter().enumerate() {
                     tr {
-                        td { (candidate.url) br; small { (format!("{:.3} %", coverage.ratio * 100.0)) " complete · " (coverage.holes.len()) @if coverage.holes.len() == 1 { " hole" } @else { " holes" } } }
+                        td { (candidate.url) br; small { (coverage_summary(coverage)) } }
                         td {
                             svg xmlns="http://www.w3.org/2000/svg" width=(WIDTH) height="22" role="img" {
                                 title { (candidate.url) ": " (coverage.holes.len()) " holes" }
                                 defs { pattern id=(format!("open{n}")) width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)" {
                                     rect width="3" height="6" fill="#c33" {}
                                 } }
-                                rect x=(x(coverage.from)) y="3" width=((x(to) - x(coverage.from)).max(1.0)) height="16" fill="#9bb" {}
+                                rect x=(x(coverage.from)) y="3" width=((x(coverage.to) - x(coverage.from)).max(1.0)) height="16" fill="#9bb" {}
+                                @if coverage.to < to {
+                                    rect x=(x(coverage.to)) y="3" width=(x(to) - x(coverage.to)) height="16" fill="#dde" {
+                                        title { "not scanned yet: since " (time(coverage.to)) }
+                                    }
+                                }
                                 @for hole in &coverage.holes {
                                     rect x=(x(hole.start)) y="3" width=((x(hole.end) - x(hole.start)).max(1.0)) height="16"
                                         fill=(if hole.open { format!("url(#open{n})") } else { "#c33".to_string() }) {
@@ -260,6 +265,19 @@ impl Status {
     }
 }
 
+/// "99.981 % of 6h 40m complete · 1 hole": the share is of the scanned range, which is
+/// named, so that a replica scanned for one bucket, a hole, reads as such and not as a
+/// replica with no data at all.
+fn coverage_summary(coverage: &CoverageStatus) -> String {
+    let holes = coverage.holes.len();
+    format!(
+        "{:.3} % of {} complete · {holes} {}",
+        coverage.ratio * 100.0,
+        duration((coverage.to - coverage.from).max(0.0) as u64),
+        if holes == 1 { "hole" } else { "holes" }
+    )
+}
+
 fn duration(seconds: u64) -> String {
     humantime::format_duration(Duration::from_secs(seconds)).to_string()
 }
@@ -271,3 +289,80 @@ table.facts th{background:#f0f0f0;width:12em}table.candidates th{background:#e8e
 tr.selected td{background:#e6f6e6}tr.down td{background:#fbeaea}td.num{text-align:right;font-variant-numeric:tabular-nums}\
 td.err{color:#a00;max-width:40em;word-break:break-word}.error{color:#a00;font-weight:bold}.summary{font-size:1.1em}\
 .foot{color:#666;font-size:.9em;margin-top:2em}table.coverage td{vertical-align:middle}svg{display:block}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(coverage: CoverageStatus) -> CandidateStatus {
+        CandidateStatus {
+            url: "http://replica-b:9090".to_string(),
+            id: "b".to_string(),
+            selected: true,
+            viable: true,
+            ready: true,
+            answers_up: true,
+            uptime_seconds: Some(30),
+            samples: None,
+            has_history: None,
+            last_probe_error: None,
+            probe_millis: 1,
+            data_ejected: None,
+            coverage: Some(coverage),
+        }
+    }
+
+    fn status(candidates: Vec<CandidateStatus>) -> Status {
+        Status {
+            version: "test",
+            started_at: String::new(),
+            uptime_seconds: 0,
+            strategy: String::new(),
+            strategy_description: String::new(),
+            comparison_metric: "",
+            selection_interval: String::new(),
+            affinity_options: String::new(),
+            discovery: String::new(),
+            discovery_error: None,
+            selection_round: 0,
+            last_round_at: None,
+            last_round_millis: 0,
+            selection_reason: String::new(),
+            candidates,
+        }
+    }
+
+    /// A replica started after its peer, scanned for one bucket so far (a hole, since it was
+    /// not there yet): the share names the range it is of, and the rest of the timeline up to
+    /// now is drawn as not scanned, not as complete.
+    #[test]
+    fn a_replica_scanned_for_one_bucket_reads_as_such() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let (from, to) = (now - 60.0, now - 40.0);
+        let coverage = CoverageStatus {
+            ratio: 0.0,
+            from,
+            to,
+            bucket_seconds: 20.0,
+            holes: vec![HoleStatus { start: from, end: to, open: false }],
+        };
+        assert_eq!(coverage_summary(&coverage), "0.000 % of 20s complete · 1 hole");
+        let page = status(vec![candidate(coverage)]).coverage_html().into_string();
+        assert!(page.contains("0.000 % of 20s complete · 1 hole"), "{page}");
+        assert!(page.contains("fill=\"#dde\"><title>not scanned yet: since "), "{page}");
+        // Complete (grey) only over the scanned bucket: a third of the 60 s drawn.
+        let grey = page.split("fill=\"#9bb\"").next().unwrap().rsplit("width=\"").next().unwrap();
+        let width: f64 = grey.split('"').next().unwrap().parse().unwrap();
+        assert!((width - 240.0).abs() < 1.0, "{width}: {page}");
+    }
+
+    #[test]
+    fn a_replica_scanned_to_now_has_no_unscanned_stretch() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let coverage =
+            CoverageStatus { ratio: 1.0, from: now - 7200.0, to: now + 60.0, bucket_seconds: 60.0, holes: vec![] };
+        assert_eq!(coverage_summary(&coverage), "100.000 % of 2h 1m complete · 0 holes");
+        let page = status(vec![candidate(coverage)]).coverage_html().into_string();
+        assert!(!page.contains("<title>not scanned yet"), "{page}");
+    }
+}

@@ -11,12 +11,14 @@ pub mod headers;
 pub mod retry;
 pub mod route;
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use futures_util::future::join_all;
 use http::HeaderValue;
 use http::uri::PathAndQuery;
@@ -176,13 +178,16 @@ impl Proxy {
         Proxy { inner: self.inner.clone(), pool }
     }
 
-    /// Forwards one request; always produces an answer (a JSON error at worst).
-    pub async fn handle<B: ClientBody>(&self, request: Request<B>, peer: IpAddr) -> Response<ProxyBody> {
+    /// Forwards one request; always produces an answer (a JSON error at worst). The error is
+    /// mapped onto `forward`'s own future rather than awaited in a future around it: each
+    /// level of nesting is a state the request's future carries, and copies, on every request.
+    pub fn handle<B: ClientBody>(
+        &self,
+        request: Request<B>,
+        peer: IpAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> {
         let started = Instant::now();
-        match self.forward(request, peer, started).await {
-            Ok(response) => response,
-            Err(error) => self.refuse(error),
-        }
+        self.forward(request, peer, started).map(|answer| answer.unwrap_or_else(|error| self.refuse(error)))
     }
 
     /// The answer to a request that is refused (counted like any other answer).

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::future;
 use http_body_util::Either;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -334,8 +335,8 @@ struct Handler {
 }
 
 impl Handler {
-    /// [`respond`]'s answer, with the request in flight on the connection from the moment it
-    /// arrived until its answer's body is sent.
+    /// [`route`]'s answer (through [`respond`] with a web config), with the request in flight
+    /// on the connection from the moment it arrived until its answer's body is sent.
     fn answer<B: ClientBody + Sync + 'static>(
         &self,
         request: http::Request<B>,
@@ -343,7 +344,13 @@ impl Handler {
     ) -> impl Future<Output = http::Response<Answer<crate::error::ProxyBody>>> + Send + '_ {
         let in_flight = self.activity.begin(http2);
         async move {
-            let response = respond(&self.proxy, &self.shared, request, self.peer, self.tls).await;
+            // Without a web config, nothing comes between the client and the route; the web
+            // config's checks are a future of their own, boxed, so that the common path's
+            // future does not carry (and copy on every request) room for them.
+            let response = match self.shared.web {
+                None => route(&self.proxy, &self.shared, request, self.peer).await,
+                Some(_) => Box::pin(respond(&self.proxy, &self.shared, request, self.peer, self.tls)).await,
+            };
             response.map(|body| in_flight.answer(body))
         }
     }
@@ -420,16 +427,21 @@ async fn respond<B: ClientBody>(
     response
 }
 
-/// A refusal of the request's head, the admin paths, or the proxy's answer.
-async fn route<B: ClientBody>(
+/// A refusal of the request's head, the admin paths, or the proxy's answer. Decided at once,
+/// with the proxy's future returned as it is rather than awaited in one of this function's
+/// own (see [`Proxy::handle`]).
+fn route<B: ClientBody>(
     proxy: &Proxy,
     shared: &Shared,
     request: http::Request<B>,
     peer: SocketAddr,
-) -> http::Response<crate::error::ProxyBody> {
+) -> impl Future<Output = http::Response<crate::error::ProxyBody>> {
     let admin_path = request.uri().path().starts_with("/mpp/");
     if let Err(refusal) = head::check(&request, &shared.pseudonym, !admin_path) {
-        return proxy.refuse(refusal);
+        return future::Either::Left(future::ready(proxy.refuse(refusal)));
     }
-    if admin_path { shared.admin.handle(&request).map(Either::Right) } else { proxy.handle(request, peer.ip()).await }
+    if admin_path {
+        return future::Either::Left(future::ready(shared.admin.handle(&request).map(Either::Right)));
+    }
+    future::Either::Right(proxy.handle(request, peer.ip()))
 }

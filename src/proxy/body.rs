@@ -4,10 +4,12 @@
 //! (`--request-body-budget`), so that many clients (or many HTTP/2 streams of one) cannot
 //! buffer mpp out of memory, and a slow client holds no more of it than it has sent.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
 use http_body_util::BodyExt;
@@ -46,18 +48,32 @@ pub struct Buffered {
 impl BodyLimits {
     /// Reads `body` whole, or refuses: 413 over the size (from a declared length at once),
     /// 408 too slow, 503 over budget.
-    pub async fn read<B>(&self, headers: &HeaderMap, body: B) -> Result<Buffered, ProxyError>
+    /// Without a body (most queries), decided at once: a future of its own only for a body
+    /// that is read.
+    pub fn read<B>(
+        &self,
+        headers: &HeaderMap,
+        body: B,
+    ) -> impl Future<Output = Result<Buffered, ProxyError>> + use<'_, B>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max) {
-            return Err(ProxyError::BodyTooLarge { limit: self.max });
+            return Either::Left(std::future::ready(Err(ProxyError::BodyTooLarge { limit: self.max })));
         }
         if body.is_end_stream() {
-            return Ok(Buffered { bytes: Bytes::new(), _reserved: None });
+            return Either::Left(std::future::ready(Ok(Buffered { bytes: Bytes::new(), _reserved: None })));
         }
+        Either::Right(self.read_arriving(declared, body))
+    }
+
+    async fn read_arriving<B>(&self, declared: Option<u64>, body: B) -> Result<Buffered, ProxyError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         // The budget pays for bytes as they arrive, not for a declared length: a client that
         // declares 16 MiB and sends a byte a second holds a byte a second, not 16 MiB.
         let mut reserved: Option<OwnedSemaphorePermit> = None;

@@ -204,10 +204,18 @@ impl Proxy {
         peer: IpAddr,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let prepared = self.prepare(request, peer).await?;
+        // The steps that need no waiting are plain calls, not futures of their own nested in
+        // this one (see `handle`).
+        let (parts, body) = request.into_parts();
+        let path_and_query = request_path(&parts.uri)?;
+        let body = self.inner.body.read(&parts.headers, body).await?;
+        let prepared = self.prepare(parts, path_and_query, body, peer);
         let inner = &*self.inner;
         let deadline = started + inner.request_timeout;
-        let snapshot = self.settled_snapshot(deadline).await;
+        let snapshot = match inner.snapshot.load_full() {
+            snapshot if snapshot.settled => snapshot,
+            _ => Box::pin(self.settled_snapshot(deadline)).await,
+        };
         let backend = match inner.affinity.preferred(&snapshot, prepared.route_cookie.as_deref(), prepared.client) {
             Some((backend, sticky)) => {
                 inner.metrics.affinity_hits.get_or_create(&AffinityLabels { r#type: sticky.label() }).inc();
@@ -574,14 +582,15 @@ impl Proxy {
         }
     }
 
-    /// Reads the body (within the limits) and works out everything the attempts share.
-    async fn prepare<B: ClientBody>(&self, request: Request<B>, peer: IpAddr) -> Result<Prepared, ProxyError> {
-        let (parts, body) = request.into_parts();
-        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if !path_and_query.path().starts_with('/') {
-            return Err(ProxyError::BadRequest(format!("request target '{path_and_query}' is not a path")));
-        }
-        let body = self.inner.body.read(&parts.headers, body).await?;
+    /// Works out everything the attempts share, from the request's head and its body (read
+    /// within the limits).
+    fn prepare(
+        &self,
+        parts: http::request::Parts,
+        path_and_query: PathAndQuery,
+        body: Buffered,
+        peer: IpAddr,
+    ) -> Prepared {
         let pass_timeout = headers::wants_timeout(&path_and_query, &parts.headers, &body.bytes);
         let client = self.inner.trusted_proxies.client_address(&parts.headers, peer);
         let route_cookie = affinity::route_cookie(&parts.headers).map(str::to_owned);
@@ -593,7 +602,7 @@ impl Proxy {
         if let Some(credentials) = &self.inner.credentials {
             credentials.apply(&mut outgoing_headers);
         }
-        Ok(Prepared {
+        Prepared {
             client,
             route_cookie,
             replayable: retry::replayable(&parts.method, path_and_query.path()),
@@ -602,7 +611,7 @@ impl Proxy {
             path_and_query,
             body,
             pass_timeout,
-        })
+        }
     }
 
     /// One try of the request on one backend (after the `tried` ones), until the answer's
@@ -713,6 +722,16 @@ impl Proxy {
         }
         Response::from_parts(parts, body)
     }
+}
+
+/// The request's target as a path (and query) to forward; a target that is not a path (an
+/// authority, or `*`) is refused.
+fn request_path(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
+    let path_and_query = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if !path_and_query.path().starts_with('/') {
+        return Err(ProxyError::BadRequest(format!("request target '{path_and_query}' is not a path")));
+    }
+    Ok(path_and_query)
 }
 
 /// An answer's body as far as it was read: whole (with the budget it holds), or, over the

@@ -649,7 +649,7 @@ impl Proxy {
             replayable: prepared.replayable,
         };
         let patience = if last_resort { LAST_RESORT_PATIENCE } else { Duration::ZERO };
-        let sent = self.pool.send(backend.scheme(), backend.authority(), request);
+        let sent = std::pin::pin!(self.pool.send(backend.scheme(), backend.authority(), request));
         let movable =
             || prepared.replayable && retry::has_alternative(&self.inner.snapshot.load(), tried, backend, last_resort);
         let outcome = match retry::wait_for_answer(sent, movable, backend.health(), patience, deadline).await {

@@ -4,6 +4,7 @@
 //! when an attempt waiting on a replica found down gives up on it.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,8 +73,11 @@ pub fn next_attempt(
 /// the only replica left waits for its answer, as writes always do. The replica's health is
 /// an atomic read every [`DOWN_CHECK`] rather than a wake-up, so that no request registers
 /// with anything the background tasks lock; `movable` is asked only then.
+///
+/// `send` comes pinned where the caller keeps it: an `async fn` keeps a future it is given
+/// by value twice in its state (as given, and where it is pinned), and this one is large.
 pub async fn wait_for_answer<F, T, E>(
-    send: F,
+    mut send: Pin<&mut F>,
     movable: impl Fn() -> bool,
     health: &Health,
     patience: Duration,
@@ -84,7 +88,6 @@ where
     E: Into<AttemptError>,
 {
     let started = Instant::now();
-    tokio::pin!(send);
     let mut check_at = started + DOWN_CHECK;
     loop {
         match tokio::time::timeout_at(deadline.min(check_at), &mut send).await {
@@ -227,6 +230,8 @@ impl std::fmt::Display for AttemptError {
 mod tests {
     use super::*;
 
+    use std::pin::pin;
+
     use crate::registry::tests::replicas;
 
     fn two() -> (Arc<Replica>, Arc<Replica>) {
@@ -286,11 +291,11 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(120);
         let waiting = tokio::spawn({
             let a = a.clone();
-            async move { wait_for_answer(never(), || true, a.health(), Duration::ZERO, deadline).await }
+            async move { wait_for_answer(pin!(never()), || true, a.health(), Duration::ZERO, deadline).await }
         });
         let write = tokio::spawn({
             let a = a.clone();
-            async move { wait_for_answer(never(), || false, a.health(), Duration::ZERO, deadline).await }
+            async move { wait_for_answer(pin!(never()), || false, a.health(), Duration::ZERO, deadline).await }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished());
@@ -327,7 +332,7 @@ mod tests {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(2);
         let never = std::future::pending::<Result<(), AttemptError>>();
-        let failure = wait_for_answer(never, || true, a.health(), Duration::ZERO, deadline).await.unwrap_err();
+        let failure = wait_for_answer(pin!(never), || true, a.health(), Duration::ZERO, deadline).await.unwrap_err();
         assert!(matches!(failure, AttemptError::TimedOut));
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         let mut snapshot = Snapshot::empty();

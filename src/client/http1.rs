@@ -14,8 +14,6 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 pub const MAX_HEAD_BYTES: usize = 400 * 1024;
 /// The most header lines in an answer head (hyper's client limit).
 const MAX_HEADERS: usize = 100;
-/// Header lines parsed without a heap allocation for httparse; more take a second parse.
-const INLINE_HEADERS: usize = 64;
 /// The longest chunk-size line (with extensions), the most extension bytes in one body, and
 /// the most trailer bytes taken (hyper's client limits for the last two).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -128,7 +126,7 @@ pub struct Head {
 /// it are skipped); what follows it stays.
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
     loop {
-        let Some(Parsed { len, status, version, names }) = parse_one(buf)? else {
+        let Some(Parsed { len, status, version, names, transfer_encoding }) = parse_one(buf)? else {
             if buf.len() > MAX_HEAD_BYTES {
                 return Err(ProtocolError::HeadTooLarge);
             }
@@ -149,12 +147,12 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
                 .map_err(|_| ProtocolError::InvalidHeader(name.as_str().to_owned()))?;
             headers.append(name, value);
         }
-        if version == Version::HTTP_10 && headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 && transfer_encoding {
             // RFC 9112 section 6.1: an HTTP/1.0 message's framing cannot be trusted then.
             return Err(ProtocolError::TransferEncodingInHttp10);
         }
-        let framing = framing(method, status, &headers)?;
-        let keep_alive = keep_alive(version, &headers) && framing != Framing::UntilClose;
+        let framing = framing(method, status, &headers, transfer_encoding)?;
+        let keep_alive = keep_alive(version, &headers, transfer_encoding) && framing != Framing::UntilClose;
         if framing == Framing::Chunked {
             // RFC 9112 section 6.3: the chunked framing wins, and a length beside it must not
             // travel on (the listener would frame the answer by it).
@@ -175,24 +173,21 @@ struct Parsed {
     status: StatusCode,
     version: Version,
     names: Vec<(HeaderName, usize, usize)>,
+    /// Whether a `Transfer-Encoding` is among them (most answers have none, and looking for
+    /// one in the map costs a hash).
+    transfer_encoding: bool,
 }
 
 fn parse_one(buf: &BytesMut) -> Result<Option<Parsed>, ProtocolError> {
     let mut config = httparse::ParserConfig::default();
     // As hyper's client was set up: answers with spaces before the colon are taken.
     config.allow_spaces_after_header_name_in_responses(true);
-    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
-    let mut response = httparse::Response::new(&mut inline);
-    match config.parse_response(&mut response, buf) {
+    // Left uninitialised: httparse writes the headers it finds (setting up 100 empty ones
+    // for every answer showed in the profile).
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    match config.parse_response_with_uninit_headers(&mut response, buf, &mut slots) {
         Ok(status) => located(buf, status, &response),
-        Err(httparse::Error::TooManyHeaders) => {
-            let mut many = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut many);
-            match config.parse_response(&mut response, buf) {
-                Ok(status) => located(buf, status, &response),
-                Err(e) => Err(ProtocolError::Malformed(e)),
-            }
-        }
         Err(e) => Err(ProtocolError::Malformed(e)),
     }
 }
@@ -208,24 +203,32 @@ fn located(
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let base = buf.as_ptr() as usize;
     let mut names = Vec::with_capacity(response.headers.len());
+    let mut transfer_encoding = false;
     for h in response.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ProtocolError::InvalidHeader(h.name.chars().take(64).collect()))?;
+        transfer_encoding |= name == header::TRANSFER_ENCODING;
         // httparse's values are slices of `buf`; anything else is refused, not trusted.
         let start = (h.value.as_ptr() as usize).checked_sub(base).filter(|s| s + h.value.len() <= buf.len());
         let Some(start) = start else { return Err(ProtocolError::Malformed(httparse::Error::HeaderValue)) };
         names.push((name, start, start + h.value.len()));
     }
-    Ok(Some(Parsed { len, status, version, names }))
+    Ok(Some(Parsed { len, status, version, names, transfer_encoding }))
 }
 
 /// How the body of an answer with `status` and `headers` to a `method` request is
 /// delimited (RFC 9112 section 6.3).
-fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, ProtocolError> {
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+    transfer_encoding: bool,
+) -> Result<Framing, ProtocolError> {
     if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    if let Some(chunked) = ends_in_chunked(headers) {
+    let chunked = if transfer_encoding { ends_in_chunked(headers) } else { None };
+    if let Some(chunked) = chunked {
         return Ok(if chunked { Framing::Chunked } else { Framing::UntilClose });
     }
     Ok(content_length(headers)?.map_or(Framing::UntilClose, Framing::Length))
@@ -267,8 +270,8 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProtocolError>
 /// Whether the connection stays open after this answer: HTTP/1.1 unless it says `close`,
 /// HTTP/1.0 only if it says `keep-alive`; and never after an answer with both
 /// `Transfer-Encoding` and `Content-Length` (RFC 9112 section 6.3).
-pub fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+pub fn keep_alive(version: Version, headers: &HeaderMap, transfer_encoding: bool) -> bool {
+    if transfer_encoding && headers.contains_key(header::CONTENT_LENGTH) {
         return false;
     }
     if version == Version::HTTP_10 {

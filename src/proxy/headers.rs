@@ -33,22 +33,25 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including any that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: a look at each name (standard names compare as integers) is
-    // cheaper than hashing nine names to remove nothing, which showed in the profile.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name) || name.as_str() == "proxy-connection") {
+    let hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name.as_str() == "proxy-connection";
+    // Most requests have none, and most answers only `Connection` (a replica's
+    // `Connection: keep-alive`): a look at each name present (standard names compare as
+    // integers) finds them, and only those are removed, rather than hashing every
+    // hop-by-hop name to remove nothing, which showed in the profile.
+    if !headers.keys().any(hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    doomed.extend(headers.keys().filter(|name| hop(name)).cloned());
+    for name in &doomed {
         headers.remove(name);
     }
-    headers.remove("proxy-connection");
 }
 
 /// Turns the client's headers into the backend request's: hop-by-hop headers and `Host`
@@ -214,8 +217,16 @@ mod tests {
         h.insert(header::HOST, "grafana.example:9090".parse().unwrap());
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert(header::ACCEPT, "application/json".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.append(header::UPGRADE, "h2c".parse().unwrap());
+        h.append(header::UPGRADE, "websocket".parse().unwrap());
         let out = request_headers(h, "::ffff:192.0.2.7".parse().unwrap(), false);
         assert!(out.get("x-secret").is_none() && out.get(header::TE).is_none());
+        for gone in [header::CONNECTION, HeaderName::from_static("keep-alive"), header::UPGRADE] {
+            assert!(!out.contains_key(&gone), "{gone}: {out:?}");
+        }
+        assert!(!out.contains_key("proxy-connection"), "{out:?}");
         assert!(out.get(header::HOST).is_none());
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(out["x-forwarded-host"], "grafana.example:9090");

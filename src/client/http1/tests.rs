@@ -132,16 +132,21 @@ fn keep_alive_follows_the_version_and_the_connection_header() {
 }
 
 #[test]
-fn a_head_with_more_headers_than_fit_inline_is_parsed_whole() {
+fn a_head_with_the_most_headers_is_parsed_whole_and_one_more_is_refused() {
     let mut text = String::from("HTTP/1.1 200 OK\r\n");
     for i in 0..(MAX_HEADERS - 1) {
         text.push_str(&format!("x-h{i}: {i}\r\n"));
     }
+    let over = format!("{text}x-one-more: 1\r\nContent-Length: 0\r\n\r\n");
     text.push_str("Content-Length: 0\r\n\r\n");
     let head = complete(&text);
-    const { assert!(MAX_HEADERS > INLINE_HEADERS) };
     assert_eq!(head.response.headers().len(), MAX_HEADERS);
     assert_eq!(head.response.headers()["x-h98"], "98");
+    assert!(
+        matches!(head_of(&over, &Method::GET), Err(ProtocolError::Malformed(httparse::Error::TooManyHeaders))),
+        "{:?}",
+        head_of(&over, &Method::GET)
+    );
 }
 
 #[test]

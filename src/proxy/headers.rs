@@ -19,10 +19,12 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// The header naming the replica that answered, as the original mpp calls it.
 pub static SERVED_BY: HeaderName = HeaderName::from_static("mpp.servedby");
 
-/// Headers that describe one connection, not the message (RFC 9110, section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, not the message (RFC 9110, section 7.6.1), and
+/// the `Proxy-Connection` of old clients.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -33,22 +35,26 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including any that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let hop = |name: &HeaderName| HOP_BY_HOP.contains(name) || name.as_str() == "proxy-connection";
     // Most requests have none, and most answers only `Connection` (a replica's
     // `Connection: keep-alive`): a look at each name present (standard names compare as
     // integers) finds them, and only those are removed, rather than hashing every
     // hop-by-hop name to remove nothing, which showed in the profile.
-    if !headers.keys().any(hop) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
+    // What `Connection` names besides its own options (`close`, `keep-alive`) and the
+    // hop-by-hop headers removed anyway.
     let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
-    doomed.extend(headers.keys().filter(|name| hop(name)).cloned());
+    doomed.extend(headers.keys().filter(|name| HOP_BY_HOP.contains(name)).cloned());
     for name in &doomed {
         headers.remove(name);
     }
@@ -61,11 +67,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn request_headers(mut headers: HeaderMap, peer: IpAddr, tls: bool) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     let host = headers.remove(header::HOST);
-    headers.remove(header::EXPECT);
-    let mut earlier = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
-    let forwarded_for = if earlier.peek().is_none() {
+    // Which of the headers looked at below the client sent: one look at each name is
+    // cheaper than hashing names that most requests do not carry.
+    let (mut expect, mut forwarded_for, mut forwarded_proto) = (false, false, false);
+    for name in headers.keys() {
+        expect |= name == header::EXPECT;
+        forwarded_for |= name == X_FORWARDED_FOR;
+        forwarded_proto |= name == X_FORWARDED_PROTO;
+    }
+    if expect {
+        headers.remove(header::EXPECT);
+    }
+    let forwarded_for = if !forwarded_for {
         peer_value(peer)
     } else {
+        let earlier = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
         let mut forwarded_for = String::new();
         for earlier in earlier {
             if !earlier.trim().is_empty() {
@@ -79,7 +95,7 @@ pub fn request_headers(mut headers: HeaderMap, peer: IpAddr, tls: bool) -> Heade
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    if !headers.contains_key(X_FORWARDED_PROTO) {
+    if !forwarded_proto {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
     }
     if let Some(host) = host {
@@ -180,13 +196,32 @@ pub fn timeout_parameter(path_and_query: &PathAndQuery, left: Duration) -> Timeo
         Some(_) => "&",
         None => "?",
     };
+    // 48 bytes hold the longest there can be: `&timeout=`, the seconds of a u128 of
+    // milliseconds capped to a u64 (20 digits), `.` and 3 digits of milliseconds make 33.
+    // Written digit by digit: the formatting machinery showed in the profile.
     let mut parameter = TimeoutParameter { text: [0; 48], len: 0 };
-    let mut free = &mut parameter.text[..];
-    // 48 bytes hold the longest there can be: `&timeout=`, a duration's u64 of seconds (20
-    // digits), `.` and 3 digits of milliseconds make 33.
-    let _ =
-        std::io::Write::write_fmt(&mut free, format_args!("{separator}timeout={}.{:03}", millis / 1000, millis % 1000));
-    parameter.len = 48 - free.len();
+    let seconds = u64::try_from(millis / 1000).unwrap_or(u64::MAX);
+    let fraction = (millis % 1000) as u64;
+    parameter.push(separator.as_bytes());
+    parameter.push(b"timeout=");
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = seconds;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    parameter.push(&digits[at..]);
+    parameter.push(&[
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ]);
     parameter
 }
 
@@ -198,6 +233,11 @@ pub struct TimeoutParameter {
 }
 
 impl TimeoutParameter {
+    fn push(&mut self, bytes: &[u8]) {
+        self.text[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
     /// The parameter as text.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.text[..self.len]).unwrap_or("")
@@ -260,5 +300,9 @@ mod tests {
         let timed = timeout_parameter(&pq("/api/v1/query?query=up"), Duration::from_millis(119_500));
         assert_eq!(timed.as_str(), "&timeout=119.500");
         assert_eq!(timeout_parameter(&pq("/api/v1/query"), Duration::ZERO).as_str(), "?timeout=0.001");
+        assert_eq!(timeout_parameter(&pq("/api/v1/query?"), Duration::from_millis(10_050)).as_str(), "timeout=10.050");
+        assert_eq!(timeout_parameter(&pq("/api/v1/query?a=b"), Duration::from_millis(7)).as_str(), "&timeout=0.007");
+        let longest = timeout_parameter(&pq("/api/v1/query?a=b"), Duration::MAX);
+        assert_eq!(longest.as_str(), "&timeout=18446744073709551615.999");
     }
 }

@@ -125,9 +125,13 @@ async fn prometheus_error_answers_reach_the_client_and_never_eject_the_replica()
     wait_until("one replica selected", Duration::from_secs(20), || async { mpp.selected().await.len() == 1 }).await;
     let serving = mpp.selected().await[0].clone();
 
-    // A timeout of a microsecond makes Prometheus answer 503 with errorType "timeout".
+    // A timeout of a microsecond makes Prometheus answer 503 with errorType "timeout": for
+    // certain with a range query of 3,601 steps (the engine looks at the deadline at each
+    // step; an instant query on a fresh server can be done before it looks at all).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let timed_out = format!("/api/v1/query_range?query=up&start={}&end={now}&step=1&timeout=0.000001", now - 3600);
     for _ in 0..20 {
-        let answer = get(&mpp.url("/api/v1/query?query=up&timeout=0.000001")).await.unwrap();
+        let answer = get(&mpp.url(&timed_out)).await.unwrap();
         assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.text());
         let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
         assert_eq!(body["errorType"], "timeout", "Prometheus's own answer: {body}");

@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all build release dist image test lint demo deps bench bench-deps bench-pingora soak clean
+.PHONY: all build release dist image test lint demo deps bench bench-deps bench-pingora bench-instructions soak clean
 
 all: build
 
@@ -55,6 +55,11 @@ bench-pingora:
 bench: bench-deps deps dist bench-pingora
 	python3 bench/bench.py
 	python3 bench/coverage.py --write
+
+# Instructions per proxied request, counted by callgrind (steady from run to run, unlike
+# requests/s): `make bench-instructions BINARIES="old/mpp new/mpp"` compares builds.
+bench-instructions: bench-deps dist
+	python3 bench/instructions.py $(BINARIES)
 
 # Ten minutes under GET and POST load while three real replicas are killed and restarted.
 soak: deps bench-deps dist

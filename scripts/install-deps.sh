@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need from Debian: prometheus and promtool, and podman,
 # buildah and runc (`make image` and the container test); with the argument `bench`, what the
-# benchmark needs: wrk, h2load (nghttp2-client), nginx, HAProxy, curl and openssl, and cmake
-# (the Pingora reference in bench/pingora builds zlib-ng with it).
+# benchmark needs: wrk, h2load (nghttp2-client), nginx, HAProxy, curl and openssl, cmake (the
+# Pingora reference in bench/pingora builds zlib-ng with it), and valgrind (callgrind counts
+# instructions per request for `make bench-instructions`).
 # As root it installs them; otherwise it says what to install and fails.
 set -euo pipefail
 
 if [ "${1:-}" = bench ]; then
-    tools=(wrk h2load nginx haproxy curl openssl cmake)
-    packages=(wrk nghttp2-client nginx-light haproxy curl openssl cmake)
+    tools=(wrk h2load nginx haproxy curl openssl cmake valgrind)
+    packages=(wrk nghttp2-client nginx-light haproxy curl openssl cmake valgrind)
 else
     tools=(prometheus promtool podman buildah runc); packages=(prometheus podman buildah runc)
 fi

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""User-space instructions per proxied request, counted by callgrind.
+
+Requests per second move with whatever else the machine is doing; instructions do not. This
+runs each mpp binary given (target/dist/mpp by default) under callgrind in front of the same
+fast backend as bench.py, warms it up, then counts the instructions mpp's threads execute for
+a fixed number of keep-alive requests (h2load over HTTP/1.1) and divides. Two builds compared
+this way differ by what their code does, to a tenth of a percent from run to run. It does not
+see the kernel's share (the system calls) or cache misses: `make bench` measures those.
+
+    python3 bench/instructions.py [--requests N] [--connections C] [BINARY ...]
+"""
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+
+def count(procs, work, binary, backend, requests, connections):
+    port = bench.free_port()
+    endpoints = work / f"endpoints-{port}"
+    endpoints.write_text(f"http://127.0.0.1:{backend}\n")
+    out = work / f"callgrind-{port}"
+    # Liveness checks and probes every 30 s, so that none falls in the counted stretch.
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no",
+            str(binary), "--endpoints-file", str(endpoints), "--listen-address", f"127.0.0.1:{port}",
+            "--liveness-interval", "30s"]
+    process = procs.start(f"callgrind-{port}", argv)
+    url = f"http://127.0.0.1:{port}{bench.QUERY}"
+    bench.wait_http(url, timeout=120)
+
+    def load(n):
+        result = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", str(connections), url],
+                                capture_output=True, text=True, check=True).stdout
+        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", result)
+        if not done or int(done.group(2)) != n:
+            sys.exit(f"not every request succeeded through {binary}:\n{result}")
+
+    load(2000)
+    subprocess.run(["callgrind_control", "-z", str(process.pid)], check=True, capture_output=True)
+    load(requests)
+    subprocess.run(["callgrind_control", "-d", str(process.pid)], check=True, capture_output=True)
+    dump = Path(f"{out}.{process.pid}.1")
+    for _ in range(100):
+        if dump.exists() and "summary:" in dump.read_text(errors="replace"):
+            break
+        time.sleep(0.1)
+    summary = re.search(r"^summary:\s+(\d+)", dump.read_text(errors="replace"), re.M)
+    procs.stop(process)
+    if not summary:
+        sys.exit(f"callgrind wrote no summary for {binary} ({dump})")
+    return int(summary.group(1)) / requests
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("binaries", nargs="*", default=[str(bench.ROOT / "target" / "dist" / "mpp")])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    for tool, package in [("valgrind", "valgrind"), ("callgrind_control", "valgrind"), ("h2load", "nghttp2-client"),
+                          ("nginx", "nginx-light")]:
+        if subprocess.run(["sh", "-c", f"command -v {tool} || test -x /usr/sbin/{tool}"],
+                          capture_output=True).returncode != 0:
+            sys.exit(f"{tool} is missing: make bench-deps installs it (apt-get install -y {package})")
+    work = Path(tempfile.mkdtemp(prefix="mpp-instructions-"))
+    procs = bench.Processes(work)
+    try:
+        big = work / "big"
+        big.write_bytes(b"x")
+        backend = bench.free_port()
+        bench.nginx_backend(procs, work, [backend], big)
+        bench.wait_http(f"http://127.0.0.1:{backend}/-/ready")
+        for binary in args.binaries:
+            per_request = count(procs, work, binary, backend, args.requests, args.connections)
+            print(f"{binary}: {per_request:,.0f} instructions per proxied request "
+                  f"({args.requests} requests, {args.connections} connections)", flush=True)
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -42,15 +42,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    // What `Connection` names besides its own options (`close`, `keep-alive`) and the
-    // hop-by-hop headers removed anyway.
+    // What `Connection` names besides the hop-by-hop headers removed anyway (`keep-alive`,
+    // the usual token, is one of them). A field named like an option (`Close: x`) goes too,
+    // as RFC 9110 section 7.6.1 requires.
     let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|token| !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive"))
+        .filter(|token| !token.eq_ignore_ascii_case("keep-alive"))
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
@@ -267,6 +268,17 @@ mod tests {
             assert!(!out.contains_key(&gone), "{gone}: {out:?}");
         }
         assert!(!out.contains_key("proxy-connection"), "{out:?}");
+
+        // Every option `Connection` names, on any of its lines and in any case, takes the
+        // field of that name with it.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "Close".parse().unwrap());
+        h.append(header::CONNECTION, " X-Hop ,keep-alive".parse().unwrap());
+        h.insert("close", "x".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("x-kept", "2".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"], "{h:?}");
         assert!(out.get(header::HOST).is_none());
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(out["x-forwarded-host"], "grafana.example:9090");

@@ -126,7 +126,7 @@ pub struct Head {
 /// it are skipped); what follows it stays.
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
     loop {
-        let Some(Parsed { len, status, version, names, transfer_encoding }) = parse_one(buf)? else {
+        let Some(Parsed { len, status, version, names, present }) = parse_one(buf)? else {
             if buf.len() > MAX_HEAD_BYTES {
                 return Err(ProtocolError::HeadTooLarge);
             }
@@ -147,12 +147,12 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
                 .map_err(|_| ProtocolError::InvalidHeader(name.as_str().to_owned()))?;
             headers.append(name, value);
         }
-        if version == Version::HTTP_10 && transfer_encoding {
+        if version == Version::HTTP_10 && present.transfer_encoding {
             // RFC 9112 section 6.1: an HTTP/1.0 message's framing cannot be trusted then.
             return Err(ProtocolError::TransferEncodingInHttp10);
         }
-        let framing = framing(method, status, &headers, transfer_encoding)?;
-        let keep_alive = keep_alive(version, &headers, transfer_encoding) && framing != Framing::UntilClose;
+        let framing = framing(method, status, &headers, &present)?;
+        let keep_alive = keep_alive(version, &headers, &present) && framing != Framing::UntilClose;
         if framing == Framing::Chunked {
             // RFC 9112 section 6.3: the chunked framing wins, and a length beside it must not
             // travel on (the listener would frame the answer by it).
@@ -173,9 +173,8 @@ struct Parsed {
     status: StatusCode,
     version: Version,
     names: Vec<(HeaderName, usize, usize)>,
-    /// Whether a `Transfer-Encoding` is among them (most answers have none, and looking for
-    /// one in the map costs a hash).
-    transfer_encoding: bool,
+    /// Which of the framing headers are among them.
+    present: FramingHeaders,
 }
 
 fn parse_one(buf: &BytesMut) -> Result<Option<Parsed>, ProtocolError> {
@@ -203,17 +202,17 @@ fn located(
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let base = buf.as_ptr() as usize;
     let mut names = Vec::with_capacity(response.headers.len());
-    let mut transfer_encoding = false;
+    let mut present = FramingHeaders::default();
     for h in response.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ProtocolError::InvalidHeader(h.name.chars().take(64).collect()))?;
-        transfer_encoding |= name == header::TRANSFER_ENCODING;
+        present.note(&name);
         // httparse's values are slices of `buf`; anything else is refused, not trusted.
         let start = (h.value.as_ptr() as usize).checked_sub(base).filter(|s| s + h.value.len() <= buf.len());
         let Some(start) = start else { return Err(ProtocolError::Malformed(httparse::Error::HeaderValue)) };
         names.push((name, start, start + h.value.len()));
     }
-    Ok(Some(Parsed { len, status, version, names, transfer_encoding }))
+    Ok(Some(Parsed { len, status, version, names, present }))
 }
 
 /// How the body of an answer with `status` and `headers` to a `method` request is
@@ -222,16 +221,17 @@ fn framing(
     method: &Method,
     status: StatusCode,
     headers: &HeaderMap,
-    transfer_encoding: bool,
+    present: &FramingHeaders,
 ) -> Result<Framing, ProtocolError> {
     if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    let chunked = if transfer_encoding { ends_in_chunked(headers) } else { None };
+    let chunked = if present.transfer_encoding { ends_in_chunked(headers) } else { None };
     if let Some(chunked) = chunked {
         return Ok(if chunked { Framing::Chunked } else { Framing::UntilClose });
     }
-    Ok(content_length(headers)?.map_or(Framing::UntilClose, Framing::Length))
+    let length = if present.content_length { content_length(headers)? } else { None };
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
 /// Whether the last coding `Transfer-Encoding` names is `chunked`; `None` without one.
@@ -269,15 +269,40 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProtocolError>
 
 /// Whether the connection stays open after this answer: HTTP/1.1 unless it says `close`,
 /// HTTP/1.0 only if it says `keep-alive`; and never after an answer with both
-/// `Transfer-Encoding` and `Content-Length` (RFC 9112 section 6.3).
-pub fn keep_alive(version: Version, headers: &HeaderMap, transfer_encoding: bool) -> bool {
-    if transfer_encoding && headers.contains_key(header::CONTENT_LENGTH) {
+/// `Transfer-Encoding` and `Content-Length` (RFC 9112 section 6.3). `present` says which
+/// of those headers the message has; the map is looked at only for those it has.
+pub fn keep_alive(version: Version, headers: &HeaderMap, present: &FramingHeaders) -> bool {
+    if present.transfer_encoding && present.content_length {
         return false;
     }
-    if version == Version::HTTP_10 {
-        connection_says(headers, "keep-alive")
-    } else {
-        !connection_says(headers, "close")
+    let says = |token| present.connection && connection_says(headers, token);
+    if version == Version::HTTP_10 { says("keep-alive") } else { !says("close") }
+}
+
+/// Which of the headers that frame a message (and, for a request, `Expect`) its head
+/// carries, noted while the head is parsed: most messages lack most of them, and looking
+/// for one in the map costs a hash. Shared with the listener.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FramingHeaders {
+    pub connection: bool,
+    pub transfer_encoding: bool,
+    pub content_length: bool,
+    pub expect: bool,
+}
+
+impl FramingHeaders {
+    /// Notes `name`, one of the head's header names.
+    pub fn note(&mut self, name: &HeaderName) {
+        // Standard names compare as integers.
+        if *name == header::CONNECTION {
+            self.connection = true;
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if *name == header::EXPECT {
+            self.expect = true;
+        }
     }
 }
 

@@ -568,10 +568,6 @@ impl Proxy {
     /// little rather than failing at once. Polls the snapshot, like waiting attempts, so that
     /// requests register with nothing the background tasks lock.
     async fn settled_snapshot(&self, deadline: Instant) -> Arc<Snapshot> {
-        let snapshot = self.inner.snapshot.load_full();
-        if snapshot.settled {
-            return snapshot;
-        }
         let give_up = deadline.min(Instant::now() + STARTUP_PATIENCE);
         loop {
             let snapshot = self.inner.snapshot.load_full();

@@ -302,30 +302,6 @@ impl HeadError {
     }
 }
 
-/// Which of the headers that decide how a request is framed and answered a head carries.
-#[derive(Default)]
-struct FramedBy {
-    connection: bool,
-    transfer_encoding: bool,
-    content_length: bool,
-    expect: bool,
-}
-
-impl FramedBy {
-    fn note(&mut self, name: &HeaderName) {
-        // Standard names compare as integers.
-        if *name == header::CONNECTION {
-            self.connection = true;
-        } else if *name == header::TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-        } else if *name == header::CONTENT_LENGTH {
-            self.content_length = true;
-        } else if *name == header::EXPECT {
-            self.expect = true;
-        }
-    }
-}
-
 /// Parses the request head at the front of `buf`: `None` while it is incomplete. A complete
 /// head is taken off `buf`; what follows it stays.
 fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
@@ -358,10 +334,10 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     let mut names = Vec::with_capacity(request.headers.len());
     // Which of the headers that frame the request are there: most requests carry none, and
     // looking each up in the map costs a hash.
-    let mut framed_by = FramedBy::default();
+    let mut present = wire::FramingHeaders::default();
     for h in request.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Invalid("a header name"))?;
-        framed_by.note(&name);
+        present.note(&name);
         names.push((name, within(h.value)?));
     }
     let head = buf.split_to(len).freeze();
@@ -375,12 +351,8 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
             HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| HeadError::Invalid("a header value"))?;
         headers.append(name, value);
     }
-    let mut keep_alive = if framed_by.connection {
-        wire::keep_alive(version, &headers, framed_by.transfer_encoding)
-    } else {
-        version == Version::HTTP_11
-    };
-    let chunked = if framed_by.transfer_encoding { wire::ends_in_chunked(&headers) } else { None };
+    let mut keep_alive = wire::keep_alive(version, &headers, &present);
+    let chunked = if present.transfer_encoding { wire::ends_in_chunked(&headers) } else { None };
     let decoder = if let Some(chunked) = chunked {
         if version == Version::HTTP_10 {
             return Err(HeadError::Invalid("HTTP/1.0 with a Transfer-Encoding"));
@@ -393,7 +365,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
             keep_alive = false;
         }
         Decoder::new(Framing::Chunked)
-    } else if !framed_by.content_length {
+    } else if !present.content_length {
         Decoder::new(Framing::Length(0))
     } else {
         match wire::content_length(&headers) {
@@ -404,7 +376,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         }
     };
     let expects_continue = version == Version::HTTP_11
-        && framed_by.expect
+        && present.expect
         && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut parts = Request::new(()).into_parts().0;
     parts.method = method;

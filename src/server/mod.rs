@@ -347,9 +347,9 @@ impl Handler {
             // Without a web config, nothing comes between the client and the route; the web
             // config's checks are a future of their own, boxed, so that the common path's
             // future does not carry (and copy on every request) room for them.
-            let response = match self.shared.web {
+            let response = match &self.shared.web {
                 None => route(&self.proxy, &self.shared, request, self.peer).await,
-                Some(_) => Box::pin(respond(&self.proxy, &self.shared, request, self.peer, self.tls)).await,
+                Some(web) => Box::pin(respond(web, &self.proxy, &self.shared, request, self.peer, self.tls)).await,
             };
             response.map(|body| in_flight.answer(body))
         }
@@ -396,16 +396,16 @@ async fn serve_http2(
     .map_err(Into::into)
 }
 
-/// The answer to one request: the web config's refusal (429, 401), or [`route`]'s, with the
-/// web config's headers.
+/// The answer to one request under `web`, the web config: its refusal (429, 401), or
+/// [`route`]'s, with the web config's headers.
 async fn respond<B: ClientBody>(
+    web: &Web,
     proxy: &Proxy,
     shared: &Shared,
     mut request: http::Request<B>,
     peer: SocketAddr,
     tls: bool,
 ) -> http::Response<crate::error::ProxyBody> {
-    let Some(web) = &shared.web else { return route(proxy, shared, request, peer).await };
     let authorization_is_mpps = match web.admit(&request).await {
         Ok(basic_auth) => basic_auth,
         Err(refusal) => {

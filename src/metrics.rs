@@ -55,8 +55,8 @@ pub struct CloseLabels {
 pub struct MergeLabels {
     /// The API endpoint: `query`, `query_range`, `series`, `labels`, `label_values`, `query_exemplars`.
     pub endpoint: &'static str,
-    /// `merged`, `too_large` (the primary's answer went alone) or `failed` (the others'
-    /// answers could not be used).
+    /// `merged`, `sliced` (a range query answered in time slices), `too_large` (one
+    /// replica's answer went alone) or `failed` (the others' answers could not be used).
     pub outcome: &'static str,
 }
 
@@ -90,6 +90,9 @@ pub struct Metrics {
     /// `mpp_merged_requests_total{endpoint,outcome}`: queries no single replica could answer
     /// whole, answered from several.
     pub merged_requests: Family<MergeLabels, Counter>,
+    /// `mpp_slice_requests_total`: the sub-range requests of range queries answered in time
+    /// slices (divided by `mpp_merged_requests_total{outcome="sliced"}`: slices per query).
+    pub slice_requests: Counter,
     /// `mpp_backend_coverage_ratio{backend}`: the share of the scanned time range the replica
     /// holds complete data for.
     pub coverage_ratio: Family<BackendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -217,6 +220,12 @@ impl Metrics {
             "Queries no single replica could answer whole, answered from several, by endpoint and outcome",
             merged_requests.clone(),
         );
+        let slice_requests = Counter::default();
+        registry.register(
+            "mpp_slice_requests",
+            "Sub-range requests sent for range queries answered in time slices",
+            slice_requests.clone(),
+        );
         let coverage_ratio = Family::default();
         registry.register(
             "mpp_backend_coverage_ratio",
@@ -255,6 +264,7 @@ impl Metrics {
             connections_closed,
             web_config_last_reload_successful,
             merged_requests,
+            slice_requests,
             coverage_ratio,
             coverage_holes,
             coverage_queries,

@@ -39,9 +39,14 @@ impl Span {
     }
 
     /// How many milliseconds of it fall within `[start, end]` (a window's end is inclusive:
-    /// a query evaluated at `end` reads the sample at `end`).
+    /// a query evaluated at `end` reads the sample at `end`). Nothing of an empty window
+    /// (`start > end`, such as a query that reads no data), and never an overflow: the
+    /// widest overlap saturates at `Millis::MAX`.
     pub fn overlap(&self, start: Millis, end: Millis) -> Millis {
-        (self.end.min(end.saturating_add(1)) - self.start.max(start)).max(0)
+        if start > end {
+            return 0;
+        }
+        self.end.min(end.saturating_add(1)).saturating_sub(self.start.max(start)).max(0)
     }
 }
 
@@ -77,15 +82,21 @@ impl Coverage {
         &self.holes
     }
 
-    /// Whether the replica holds complete data for `[start, end]`.
+    /// Whether the replica holds complete data for `[start, end]` (every replica holds an
+    /// empty window). Logarithmic in the holes: a range query asks this at each of its steps.
     pub fn covers(&self, start: Millis, end: Millis) -> bool {
-        self.missing(start, end) == 0 && self.open_from.is_none_or(|open| end < open)
+        if start > end {
+            return true;
+        }
+        let first_after = self.holes.partition_point(|h| h.end <= start);
+        let holed = self.holes.get(first_after).is_some_and(|h| h.start <= end);
+        !holed && self.open_from.is_none_or(|open| end < open)
     }
 
-    /// Milliseconds of `[start, end]` the replica lacks (its open hole included).
+    /// Milliseconds of `[start, end]` the replica lacks (its open hole included), saturating.
     pub fn missing(&self, start: Millis, end: Millis) -> Millis {
         let open = self.open_from.map_or(0, |open| Span::new(open, Millis::MAX).overlap(start, end));
-        self.holes.iter().map(|h| h.overlap(start, end)).sum::<Millis>() + open
+        self.holes.iter().map(|h| h.overlap(start, end)).fold(open, Millis::saturating_add)
     }
 
     /// The share of the scanned range without holes (1 when nothing is scanned yet).

@@ -27,6 +27,9 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+mod concat;
+pub use concat::concatenate;
+
 /// Which API answer is being merged: the endpoints routed by window.
 pub use crate::window::Endpoint;
 

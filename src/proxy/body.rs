@@ -45,6 +45,13 @@ pub struct Buffered {
     _reserved: Option<OwnedSemaphorePermit>,
 }
 
+impl Buffered {
+    /// Bytes mpp made itself (a rewritten form), paid for by the request they came from.
+    pub fn made(bytes: Bytes) -> Self {
+        Buffered { bytes, _reserved: None }
+    }
+}
+
 impl BodyLimits {
     /// Reads `body` whole, or refuses: 413 over the size (from a declared length at once),
     /// 408 too slow, 503 over budget.

@@ -10,6 +10,7 @@ pub mod client_ip;
 pub mod headers;
 pub mod retry;
 pub mod route;
+pub mod slice;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -40,7 +41,7 @@ use crate::registry::Replica;
 use crate::selection::Snapshot;
 use crate::units::format_duration;
 use crate::via::Pseudonym;
-use crate::window::{self, Read};
+use crate::window::{self, Read, Window};
 use affinity::{Affinity, AffinityOptions};
 use body::{BodyLimits, Buffered};
 use client_ip::TrustedProxies;
@@ -243,6 +244,10 @@ impl Proxy {
                 Route::Merge { primary, others } => {
                     Box::pin(self.merge(prepared, read.endpoint, primary, others, snapshot, deadline, started)).await
                 }
+                Route::Slices(slices) => {
+                    let steps = read.steps.as_ref().expect("slices are planned from a range query's steps");
+                    Box::pin(self.sliced(prepared, slices, steps, snapshot, deadline, started)).await
+                }
             },
             None => Box::pin(self.relay(prepared, backend, false, false, snapshot, deadline, started)).await,
         }
@@ -291,8 +296,17 @@ impl Proxy {
         ) {
             Ok(read) => read,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot tell what the query reads; routing it by strategy");
-                None
+                // Prometheus may still accept it (PromQL newer than the parser knows): the
+                // replica missing the least of everything it holds answers, never one
+                // chosen without a look at the holes.
+                tracing::debug!(error = %e, "cannot tell what the query reads; routing it by all of its data");
+                let endpoint = window::Endpoint::of_path(prepared.path_and_query.path())?;
+                Some(Read {
+                    endpoint,
+                    window: Window { start: Millis::MIN / 4, end: now },
+                    eval_time: None,
+                    steps: None,
+                })
             }
         }
     }

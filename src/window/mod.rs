@@ -32,8 +32,8 @@ use std::time::{Duration, SystemTime};
 
 use lrpar::{Lexeme, Lexer, NonStreamingLexer};
 use promql_parser::parser::token::{
-    T_ADD, T_AT, T_COLON, T_EQL_REGEX, T_LEFT_BRACE, T_LEFT_BRACKET, T_LEFT_PAREN, T_NEQ_REGEX, T_NUMBER, T_OFFSET,
-    T_RIGHT_BRACE, T_STRING, T_SUB, TokenId, TokenType,
+    T_ADD, T_AT, T_COLON, T_END, T_EQL_REGEX, T_IDENTIFIER, T_LEFT_BRACE, T_LEFT_BRACKET, T_LEFT_PAREN, T_NEQ_REGEX,
+    T_NUMBER, T_OFFSET, T_RIGHT_BRACE, T_RIGHT_PAREN, T_START, T_STRING, T_SUB, TokenId, TokenType,
 };
 use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
 
@@ -134,7 +134,7 @@ impl Endpoint {
 }
 
 /// What a request reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Read {
     /// Which endpoint the request asks.
     pub endpoint: Endpoint,
@@ -142,6 +142,60 @@ pub struct Read {
     pub window: Window,
     /// For [`Endpoint::Query`], the evaluation time (`time`, or `now` without one).
     pub eval_time: Option<i64>,
+    /// For [`Endpoint::QueryRange`], what each step reads, when the query parsed and its
+    /// `step` is one Prometheus accepts.
+    pub steps: Option<Steps>,
+}
+
+/// The most steps of a range query Prometheus answers (`web/api/v1/api.go` refuses more than
+/// 11,000 points per series).
+pub const MAX_STEPS: i64 = 11_000;
+
+/// What a range query reads at each of its steps: the steps are `start`, `start + step`, ...
+/// up to `end`, and at step `t` the query reads every window of [`Steps::windows_at`]. A read
+/// that moves with the evaluation time (any selector without `@`) is kept apart from one an
+/// `@` fixes, and each selector's apart from the others', so that `x - x offset 1w` does not
+/// count the week between its two reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steps {
+    /// The first step (the query's `start`).
+    pub start: i64,
+    /// The query's `end`; the last step is at or before it.
+    pub end: i64,
+    /// The time between steps (more than 0).
+    pub step: i64,
+    /// Windows relative to a step's time `t`: `[t + before, t + after]`.
+    pub moving: Vec<(i64, i64)>,
+    /// Windows read at every step (fixed by `@`).
+    pub fixed: Vec<Window>,
+    /// Nothing is stored after this time.
+    pub now: i64,
+}
+
+impl Steps {
+    /// How many steps the query has.
+    pub fn count(&self) -> usize {
+        if self.step <= 0 || self.end < self.start {
+            return 0;
+        }
+        usize::try_from(self.end.saturating_sub(self.start) / self.step + 1).unwrap_or(0)
+    }
+
+    /// The time of step `index`.
+    pub fn time(&self, index: usize) -> i64 {
+        self.start.saturating_add((index as i64).saturating_mul(self.step))
+    }
+
+    /// The windows of stored data read at step time `t`, each cut at `now`; a window wholly
+    /// after `now` reads nothing and is left out.
+    pub fn windows_at(&self, t: i64) -> impl Iterator<Item = Window> + '_ {
+        self.moving
+            .iter()
+            .map(move |&(before, after)| Window { start: t.saturating_add(before), end: t.saturating_add(after) })
+            .chain(self.fixed.iter().copied())
+            .map(|w| Window { start: w.start, end: w.end.min(self.now) })
+            .filter(|w| !w.is_empty())
+    }
 }
 
 /// What a request to `path` reads, with its parameters from `query_string` (the URL's, without
@@ -184,7 +238,15 @@ pub fn read_window(
             if end < start {
                 return Err("query_range: end is before start".to_string());
             }
-            (remembered_window(&query, start, end, params.lookback(lookback)?)?, None)
+            let lookback = params.lookback(lookback)?;
+            let window = remembered_window(&query, start, end, lookback)?;
+            let steps = match params.get("step").map(|step| parse_duration(&step)) {
+                Some(Ok(step)) if step > 0 && end.checked_sub(start).is_some_and(|span| span / step < MAX_STEPS) => {
+                    Some(step_reads(&query, start, end, step, lookback, now)?)
+                }
+                _ => None,
+            };
+            return Ok(Some(Read { endpoint, window: clipped(window, now), eval_time: None, steps }));
         }
         // What `match[]` or `query` selects does not move the window: these read [start, end].
         Endpoint::Series | Endpoint::Labels | Endpoint::LabelValues | Endpoint::Exemplars => {
@@ -195,9 +257,48 @@ pub fn read_window(
             (Window { start, end: params.time("end")?.unwrap_or(now) }, None)
         }
     };
+    Ok(Some(Read { endpoint, window: clipped(window, now), eval_time, steps: None }))
+}
+
+/// `window` cut at `now` ([`Window::EMPTY`] when nothing of it is left).
+fn clipped(window: Window, now: i64) -> Window {
     let window = Window { start: window.start, end: window.end.min(now) };
-    let window = if window.is_empty() { Window::EMPTY } else { window };
-    Ok(Some(Read { endpoint, window, eval_time }))
+    if window.is_empty() { Window::EMPTY } else { window }
+}
+
+/// What the range query `expr` from `start` to `end` every `step` reads at each step (see
+/// [`Steps`]). Parses the query once (remembered per thread like [`remembered_window`] when it
+/// has no `@`).
+pub fn step_reads(expr: &str, start: i64, end: i64, step: i64, lookback: i64, now: i64) -> Result<Steps, String> {
+    let (moving, fixed) = if expr.contains('@') {
+        let pieces = expr_pieces(expr, start, end, lookback)?;
+        let moving = pieces.iter().filter(|p| p.moving).map(|p| (p.window.start, p.window.end)).collect();
+        let fixed = pieces.iter().filter(|p| !p.moving).map(|p| p.window).collect();
+        (moving, fixed)
+    } else {
+        (remembered(expr, lookback)?, Vec::new())
+    };
+    Ok(Steps { start, end, step, moving, fixed, now })
+}
+
+/// One window a selector reads: relative to the evaluation time (`moving`, as read at time
+/// 0), or fixed by an `@`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    window: Window,
+    moving: bool,
+}
+
+/// Every selector's window in `expr` evaluated at time 0, for a range query from `start` to
+/// `end` (what `@ start()` and `@ end()` mean), deduplicated.
+fn expr_pieces(expr: &str, start: i64, end: i64, lookback: i64) -> Result<Vec<Piece>, String> {
+    let ast = parse_checked(expr)?;
+    let evaluation = Evaluation { start, end, lookback: lookback.max(0) };
+    let mut pieces = Vec::new();
+    evaluation.pieces(&ast, Instants { first: 0, last: 0, moving: true }, &mut pieces)?;
+    pieces.sort_by_key(|p| (p.moving, p.window.start, p.window.end));
+    pieces.dedup();
+    Ok(pieces)
 }
 
 /// The stored data that `expr` reads when evaluated at every time in `[eval_start, eval_end]`
@@ -208,17 +309,24 @@ pub fn read_window(
 /// `Err` for PromQL that does not parse, and for a query longer than [`MAX_QUERY_BYTES`] or
 /// nested deeper than [`MAX_NESTING`].
 pub fn expr_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) -> Result<Window, String> {
-    let expr = check_cost(expr)?;
-    // Last resort for a panic in the parser that `check_cost` does not foresee: the request is
-    // routed as before instead of losing its connection.
-    let ast = std::panic::catch_unwind(|| parser::parse(&expr))
-        .map_err(|_| "the PromQL parser failed on this query".to_string())?
-        .map_err(|e| format!("PromQL: {e}"))?;
+    let ast = parse_checked(expr)?;
     if eval_start > eval_end {
         return Ok(Window::EMPTY);
     }
     let evaluation = Evaluation { start: eval_start, end: eval_end, lookback: lookback.max(0) };
-    evaluation.read(&ast, Instants { first: eval_start, last: eval_end })
+    let mut pieces = Vec::new();
+    evaluation.pieces(&ast, Instants { first: eval_start, last: eval_end, moving: true }, &mut pieces)?;
+    Ok(pieces.iter().fold(Window::EMPTY, |window, piece| window.union(piece.window)))
+}
+
+/// `expr` parsed, once [`check_cost`] lets it through.
+fn parse_checked(expr: &str) -> Result<Expr, String> {
+    let expr = check_cost(expr)?;
+    // Last resort for a panic in the parser that `check_cost` does not foresee: the request is
+    // routed conservatively instead of losing its connection.
+    std::panic::catch_unwind(|| parser::parse(&expr))
+        .map_err(|_| "the PromQL parser failed on this query".to_string())?
+        .map_err(|e| format!("PromQL: {e}"))
 }
 
 /// How many expressions each serving thread remembers the window of.
@@ -227,12 +335,17 @@ const REMEMBERED: usize = 1024;
 /// thread); longer ones are parsed each time.
 const REMEMBERED_BYTES: usize = 4096;
 
-/// A remembered expression: its text and lookback (to tell hash collisions apart) and its
-/// window relative to its evaluation times (`None`: it reads nothing).
-type Remembered = (Box<str>, i64, Result<Option<(i64, i64)>, String>);
+/// What is remembered of an expression without `@`: the windows it reads relative to one
+/// evaluation time `t` (`[t + before, t + after]`, one per distinct selector read; none when
+/// it reads nothing), or why it could not be read.
+type Relative = Result<std::rc::Rc<[(i64, i64)]>, String>;
+
+/// A remembered expression: its text and lookback (to tell hash collisions apart) and what
+/// it reads.
+type Remembered = (Box<str>, i64, Relative);
 
 thread_local! {
-    /// Per serving thread (no lock on the request path): an expression's window relative to
+    /// Per serving thread (no lock on the request path): what an expression reads relative to
     /// its evaluation times, by a hash of the expression and the lookback. Dashboards send the
     /// same expressions over and over with other times; parsing one costs tens of
     /// microseconds, finding it here well under one.
@@ -240,12 +353,15 @@ thread_local! {
         std::cell::RefCell::new(lru::LruCache::new(std::num::NonZeroUsize::new(REMEMBERED).expect("not zero")));
 }
 
-/// [`expr_window`], remembered. Without an `@` modifier, an expression reads the same stretch
-/// relative to every evaluation time (`[start + a, end + b]`), so that stretch is what is
-/// remembered; an expression with `@` (fixed times) is parsed each time.
-fn remembered_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) -> Result<Window, String> {
-    if expr.contains('@') || eval_start > eval_end || expr.len() > REMEMBERED_BYTES {
-        return expr_window(expr, eval_start, eval_end, lookback);
+/// What `expr` (without `@`) reads relative to one evaluation time, remembered (see
+/// [`RELATIVE`]; an expression longer than [`REMEMBERED_BYTES`] is parsed each time).
+fn remembered(expr: &str, lookback: i64) -> Result<Vec<(i64, i64)>, String> {
+    let relative = || -> Relative {
+        let pieces = expr_pieces(expr, 0, 0, lookback)?;
+        Ok(pieces.iter().map(|p| (p.window.start, p.window.end)).collect())
+    };
+    if expr.len() > REMEMBERED_BYTES {
+        return relative().map(|pieces| pieces.to_vec());
     }
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -258,16 +374,29 @@ fn remembered_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) 
     let relative = match found {
         Some(relative) => relative,
         None => {
-            let relative = expr_window(expr, 0, 0, lookback).map(|w| (!w.is_empty()).then_some((w.start, w.end)));
+            let relative = relative();
             RELATIVE.with(|cache| cache.borrow_mut().put(key, (expr.into(), lookback, relative.clone())));
             relative
         }
     };
-    Ok(match relative? {
-        Some((before, after)) => {
+    relative.map(|pieces| pieces.to_vec())
+}
+
+/// [`expr_window`], remembered. Without an `@` modifier, an expression reads the same
+/// stretches relative to every evaluation time, so those are what is remembered; an
+/// expression with `@` (fixed times) is parsed each time.
+fn remembered_window(expr: &str, eval_start: i64, eval_end: i64, lookback: i64) -> Result<Window, String> {
+    if expr.contains('@') || eval_start > eval_end {
+        return expr_window(expr, eval_start, eval_end, lookback);
+    }
+    let pieces = remembered(expr, lookback)?;
+    let before = pieces.iter().map(|p| p.0).min();
+    let after = pieces.iter().map(|p| p.1).max();
+    Ok(match (before, after) {
+        (Some(before), Some(after)) => {
             Window { start: eval_start.saturating_add(before), end: eval_end.saturating_add(after) }
         }
-        None => Window::EMPTY,
+        _ => Window::EMPTY,
     })
 }
 
@@ -321,6 +450,14 @@ fn check_cost(expr: &str) -> Result<Cow<'_, str>, String> {
             emptied.push_str("\".\"");
             copied = span.end();
         }
+        // Prometheus 2.x's name for what 3.x (and the parser) call `double_exponential_smoothing`:
+        // the same arguments, so the same window.
+        if token == T_IDENTIFIER && lexer.span_str(lexeme.span()) == "holt_winters" {
+            let span = lexeme.span();
+            emptied.push_str(&expr[copied..span.start()]);
+            emptied.push_str("double_exponential_smoothing");
+            copied = span.end();
+        }
         (before_that, before) = (before, Some(token));
     }
     if copied == 0 {
@@ -330,11 +467,58 @@ fn check_cost(expr: &str) -> Result<Cow<'_, str>, String> {
     Ok(Cow::Owned(emptied))
 }
 
-/// The times at which an expression is evaluated: every time in `[first, last]`.
+/// `expr` with every `@ start()` and `@ end()` replaced by the time it means in a range query
+/// from `start` to `end` (milliseconds), so that a sub-range of the query evaluates the same
+/// expression at its steps. Unchanged (borrowed) when it has neither; `Err` when it does not
+/// lex.
+pub fn pin_start_end(expr: &str, start: i64, end: i64) -> Result<Cow<'_, str>, String> {
+    if !expr.contains('@') {
+        return Ok(Cow::Borrowed(expr));
+    }
+    let lexer = parser::lex::lexer(expr).map_err(|e| format!("PromQL: {e}"))?;
+    let lexemes: Vec<_> = lexer.iter().collect::<Result<_, _>>().map_err(|_| "PromQL: invalid token".to_string())?;
+    let mut pinned = String::with_capacity(expr.len() + 16);
+    let mut copied = 0;
+    for (i, lexeme) in lexemes.iter().enumerate() {
+        if lexeme.tok_id() != T_AT {
+            continue;
+        }
+        let time = match lexemes.get(i + 1).map(|l| l.tok_id()) {
+            Some(T_START) => start,
+            Some(T_END) => end,
+            _ => continue,
+        };
+        let (Some(open), Some(close)) = (lexemes.get(i + 2), lexemes.get(i + 3)) else { continue };
+        if open.tok_id() != T_LEFT_PAREN || close.tok_id() != T_RIGHT_PAREN {
+            continue;
+        }
+        let name = lexemes[i + 1].span();
+        pinned.push_str(&expr[copied..name.start()]);
+        pinned.push_str(&seconds(time));
+        copied = close.span().end();
+    }
+    if copied == 0 {
+        return Ok(Cow::Borrowed(expr));
+    }
+    pinned.push_str(&expr[copied..]);
+    Ok(Cow::Owned(pinned))
+}
+
+/// Unix milliseconds as the seconds Prometheus reads in a parameter or after `@`
+/// (`1700000000.250`).
+pub fn seconds(millis: i64) -> String {
+    let sign = if millis < 0 { "-" } else { "" };
+    let abs = millis.unsigned_abs();
+    format!("{sign}{}.{:03}", abs / 1000, abs % 1000)
+}
+
+/// The times at which an expression is evaluated: every time in `[first, last]`; `moving`
+/// while they are the query's own evaluation times (shifted, perhaps), not fixed by an `@`.
 #[derive(Debug, Clone, Copy)]
 struct Instants {
     first: i64,
     last: i64,
+    moving: bool,
 }
 
 /// One query's evaluation: its own start and end (what `@ start()` and `@ end()` mean at any
@@ -346,69 +530,68 @@ struct Evaluation {
 }
 
 impl Evaluation {
-    /// The stored data `expr` reads when evaluated at `at`.
-    fn read(&self, expr: &Expr, at: Instants) -> Result<Window, String> {
-        Ok(match expr {
-            Expr::VectorSelector(selector) => self.selector(selector, self.lookback, at),
+    /// Adds to `out` the stored data each selector in `expr` reads when evaluated at `at`.
+    fn pieces(&self, expr: &Expr, at: Instants, out: &mut Vec<Piece>) -> Result<(), String> {
+        match expr {
+            Expr::VectorSelector(selector) => out.push(self.selector(selector, self.lookback, at)),
             // A range replaces the lookback: `x[5m]` reads 5 minutes, not 10.
-            Expr::MatrixSelector(matrix) => self.selector(&matrix.vs, millis(&matrix.range), at),
+            Expr::MatrixSelector(matrix) => out.push(self.selector(&matrix.vs, millis(&matrix.range), at)),
             Expr::Subquery(subquery) => {
                 let at = self.moved(subquery.at.as_ref(), subquery.offset.as_ref(), at);
-                let inner = Instants { first: at.first.saturating_sub(millis(&subquery.range)), last: at.last };
-                self.read(&subquery.expr, inner)?
+                let inner = Instants { first: at.first.saturating_sub(millis(&subquery.range)), ..at };
+                self.pieces(&subquery.expr, inner, out)?;
             }
             Expr::Aggregate(aggregate) => {
-                let param = match &aggregate.param {
-                    Some(param) => self.read(param, at)?,
-                    None => Window::EMPTY,
-                };
-                param.union(self.read(&aggregate.expr, at)?)
+                if let Some(param) = &aggregate.param {
+                    self.pieces(param, at, out)?;
+                }
+                self.pieces(&aggregate.expr, at, out)?;
             }
-            Expr::Binary(binary) => self.read(&binary.lhs, at)?.union(self.read(&binary.rhs, at)?),
-            Expr::Unary(unary) => self.read(&unary.expr, at)?,
-            Expr::Paren(paren) => self.read(&paren.expr, at)?,
+            Expr::Binary(binary) => {
+                self.pieces(&binary.lhs, at, out)?;
+                self.pieces(&binary.rhs, at, out)?;
+            }
+            Expr::Unary(unary) => self.pieces(&unary.expr, at, out)?,
+            Expr::Paren(paren) => self.pieces(&paren.expr, at, out)?,
             Expr::Call(call) => {
                 // `info` also reads info series (`target_info` by default) that no selector names,
                 // at the evaluation times, with the lookback and without the argument's offset.
-                let implicit = match call.func.name {
-                    "info" => Window { start: at.first.saturating_sub(self.lookback), end: at.last },
-                    _ => Window::EMPTY,
-                };
-                let mut window = implicit;
-                for arg in &call.args.args {
-                    window = window.union(self.read(arg, at)?);
+                if call.func.name == "info" {
+                    let window = Window { start: at.first.saturating_sub(self.lookback), end: at.last };
+                    out.push(Piece { window, moving: at.moving });
                 }
-                window
+                for arg in &call.args.args {
+                    self.pieces(arg, at, out)?;
+                }
             }
-            Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Window::EMPTY,
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
             // Only built by programs that extend the parser's tree, never by parsing.
             Expr::Extension(_) => return Err("PromQL: unknown expression".to_string()),
-        })
+        }
+        Ok(())
     }
 
     /// What a selector reads at `at`, back `range` from each (moved) evaluation time.
-    fn selector(&self, selector: &VectorSelector, range: i64, at: Instants) -> Window {
+    fn selector(&self, selector: &VectorSelector, range: i64, at: Instants) -> Piece {
         let at = self.moved(selector.at.as_ref(), selector.offset.as_ref(), at);
-        Window { start: at.first.saturating_sub(range), end: at.last }
+        Piece { window: Window { start: at.first.saturating_sub(range), end: at.last }, moving: at.moving }
     }
 
     /// `at` replaced by an `@` and then moved back by an offset (forward by a negative one).
     fn moved(&self, at_modifier: Option<&AtModifier>, offset: Option<&Offset>, at: Instants) -> Instants {
+        let fixed = |time: i64| Instants { first: time, last: time, moving: false };
         let at = match at_modifier {
             None => at,
-            Some(AtModifier::Start) => Instants { first: self.start, last: self.start },
-            Some(AtModifier::End) => Instants { first: self.end, last: self.end },
-            Some(AtModifier::At(time)) => {
-                let time = unix_millis(time);
-                Instants { first: time, last: time }
-            }
+            Some(AtModifier::Start) => fixed(self.start),
+            Some(AtModifier::End) => fixed(self.end),
+            Some(AtModifier::At(time)) => fixed(unix_millis(time)),
         };
         let offset = match offset {
             None => 0,
             Some(Offset::Pos(duration)) => millis(duration),
             Some(Offset::Neg(duration)) => millis(duration).saturating_neg(),
         };
-        Instants { first: at.first.saturating_sub(offset), last: at.last.saturating_sub(offset) }
+        Instants { first: at.first.saturating_sub(offset), last: at.last.saturating_sub(offset), moving: at.moving }
     }
 }
 

@@ -58,7 +58,10 @@ fn endpoints_are_found_by_the_end_of_the_path() {
 #[test]
 fn instant_query_reads_the_lookback_before_its_time() {
     let read = get("/api/v1/query", "query=up&time=1700000000").unwrap().unwrap();
-    assert_eq!(read, Read { endpoint: Endpoint::Query, window: window(T - LOOKBACK, T), eval_time: Some(T) });
+    assert_eq!(
+        read,
+        Read { endpoint: Endpoint::Query, window: window(T - LOOKBACK, T), eval_time: Some(T), steps: None }
+    );
     let read = get("/api/v1/query", "query=up").unwrap().unwrap();
     assert_eq!(read.eval_time, Some(NOW), "no time is now");
     assert_eq!(read.window, window(NOW - LOOKBACK, NOW));
@@ -117,9 +120,12 @@ fn range_query_reads_from_start_minus_the_longest_range_to_end() {
     let query = "query=sum(rate(http_requests_total[5m]))&start=1700000000&end=2023-11-14T23:13:20Z&step=15";
     let read = get("/api/v1/query_range", query).unwrap().unwrap();
     assert_eq!(
-        read,
-        Read { endpoint: Endpoint::QueryRange, window: window(T - 5 * MINUTE, T + HOUR), eval_time: None }
+        (read.endpoint, read.window, read.eval_time),
+        (Endpoint::QueryRange, window(T - 5 * MINUTE, T + HOUR), None)
     );
+    let steps = read.steps.expect("a step Prometheus accepts");
+    assert_eq!((steps.start, steps.end, steps.step, steps.count()), (T, T + HOUR, 15_000, 241));
+    assert_eq!((steps.moving.as_slice(), steps.fixed.as_slice()), (&[(-5 * MINUTE, 0)][..], &[][..]));
     let read = get("/api/v1/query_range", "query=up&start=1700000000&end=1700000000&step=1").unwrap().unwrap();
     assert_eq!(read.window, window(T - LOOKBACK, T));
 }
@@ -484,4 +490,79 @@ fn regular_expressions_cost_nothing_and_do_not_move_the_window() {
     assert_eq!(window, expr_window("rate(x[5m] offset 1h)", 10_000_000, 10_000_000, 300_000).unwrap());
     assert!(expr_window(r#"{job=~".+"}"#, 0, 0, 1).is_ok(), "a selector of regexes alone stays valid");
     assert!(expr_window(r#"x{a!~'b', c=~`d`}"#, 0, 0, 1).is_ok());
+}
+
+#[test]
+fn each_step_reads_each_selectors_own_window_and_what_an_at_fixes() {
+    let steps = step_reads("x - x offset 1h", T, T + HOUR, 60_000, LOOKBACK, NOW).unwrap();
+    // Two reads an hour apart, not the hour between them.
+    assert_eq!(steps.moving, vec![(-HOUR - LOOKBACK, -HOUR), (-LOOKBACK, 0)]);
+    let at = T + 10 * MINUTE;
+    let windows: Vec<Window> = steps.windows_at(at).collect();
+    assert_eq!(windows, vec![window(at - HOUR - LOOKBACK, at - HOUR), window(at - LOOKBACK, at)]);
+
+    let steps = step_reads(
+        "rate(x[5m] @ start()) + y @ end() + sum_over_time(z[10m:1m] offset -2m)",
+        T,
+        T + HOUR,
+        60_000,
+        LOOKBACK,
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(steps.fixed, vec![window(T - 5 * MINUTE, T), window(T + HOUR - LOOKBACK, T + HOUR)]);
+    assert_eq!(steps.moving, vec![(-10 * MINUTE + 2 * MINUTE - LOOKBACK, 2 * MINUTE)]);
+
+    // Nothing is stored after now: a window reaching past it is cut, one wholly after it goes.
+    let steps = step_reads("x offset -10m", NOW - MINUTE, NOW, 60_000, LOOKBACK, NOW).unwrap();
+    assert_eq!(steps.windows_at(NOW - MINUTE).collect::<Vec<_>>(), Vec::<Window>::new());
+    let steps = step_reads("x offset -1m", NOW - 10 * MINUTE, NOW, 60_000, LOOKBACK, NOW).unwrap();
+    assert_eq!(
+        steps.windows_at(NOW - 2 * MINUTE).collect::<Vec<_>>(),
+        vec![window(NOW - MINUTE - LOOKBACK, NOW - MINUTE)]
+    );
+    assert_eq!(steps.windows_at(NOW).collect::<Vec<_>>(), vec![window(NOW + MINUTE - LOOKBACK, NOW)]);
+}
+
+#[test]
+fn a_query_that_reads_no_data_has_no_window_at_any_step() {
+    for expr in ["42", "time()", "vector(1)", "scalar(vector(1)) * 2"] {
+        let steps = step_reads(expr, T, T + HOUR, 60_000, LOOKBACK, NOW).unwrap();
+        assert!(steps.moving.is_empty() && steps.fixed.is_empty(), "{expr}");
+        assert_eq!(steps.windows_at(T).count(), 0, "{expr}");
+        let read =
+            get("/api/v1/query_range", &format!("query={expr}&start=1700000000&end=1700003600&step=60")).unwrap();
+        assert!(read.unwrap().window.is_empty(), "{expr}");
+    }
+}
+
+#[test]
+fn holt_winters_reads_as_double_exponential_smoothing() {
+    assert_eq!(expr_window("holt_winters(x[10m], 0.5, 0.5)", T, T, LOOKBACK), Ok(window(T - 10 * MINUTE, T)));
+    assert_eq!(
+        expr_window("holt_winters(x[10m], 0.5, 0.5)", T, T, LOOKBACK),
+        expr_window("double_exponential_smoothing(x[10m], 0.5, 0.5)", T, T, LOOKBACK)
+    );
+}
+
+#[test]
+fn step_parameters_prometheus_refuses_give_no_steps() {
+    for step in ["0", "-15", "abc", "0.0001"] {
+        let query = format!("query=up&start=1700000000&end=1700003600&step={step}");
+        let read = get("/api/v1/query_range", &query).unwrap().unwrap();
+        assert_eq!(read.steps, None, "step={step}");
+    }
+    let read = get("/api/v1/query_range", "query=up&start=1700000000&end=1700003600&step=1m").unwrap().unwrap();
+    assert_eq!(read.steps.map(|s| s.step), Some(MINUTE));
+}
+
+#[test]
+fn at_start_and_end_are_pinned_to_the_querys_times() {
+    assert_eq!(pin_start_end("x @ start() - x @ end()", 1_500, -2_250).unwrap(), "x @ 1.500 - x @ -2.250");
+    assert_eq!(pin_start_end("x @ 100", 0, 0).unwrap(), "x @ 100");
+    assert_eq!(pin_start_end("rate(x[5m])", 0, 0).unwrap(), "rate(x[5m])");
+    // A label or metric named start is not an `@`.
+    assert_eq!(pin_start_end("start{a=\"@ start()\"} @ start()", 1_000, 0).unwrap(), "start{a=\"@ start()\"} @ 1.000");
+    let pinned = pin_start_end("sum(rate(x[1m] @ end()))", T, T + HOUR).unwrap();
+    assert_eq!(expr_window(&pinned, T, T, LOOKBACK), expr_window("sum(rate(x[1m] @ end()))", T, T + HOUR, LOOKBACK));
 }

@@ -1,0 +1,100 @@
+//! Concatenating the time slices of one range query: each slice is the same query over other
+//! steps, answered by one replica, so that every step of the answer comes from a replica that
+//! held that step's whole read window. Nothing is recomputed and nothing is filled: a series
+//! has exactly the points its slices have, in time order, and the series come in
+//! Prometheus's own order (sorted by label set, as its engine sorts a range query's matrix),
+//! so that the answer is byte for byte what one replica holding every step would have written.
+
+use std::collections::BTreeMap;
+
+use super::{Answer, Data, Endpoint, LabelSet, MergeError, Merged, Part, Series, push_list};
+
+/// Concatenates `slices` (in time order, their steps disjoint) of a `query_range` answer;
+/// appends `warning` (if Some) to the answer's `warnings`, after those of the slices.
+///
+/// Errors when a slice is not a successful matrix answer (the caller then sends that slice's
+/// answer, an error Prometheus gave, as it is).
+pub fn concatenate(slices: &[Part<'_>], warning: Option<&str>) -> Result<Merged, MergeError> {
+    let mut notes: Option<super::Notes> = None;
+    let mut series: BTreeMap<LabelSet, Series> = BTreeMap::new();
+    let mut points = 0;
+    for slice in slices {
+        let answer = Answer::parse(slice.body)?;
+        let Data::Matrix(matrix, _) = Data::parse(Endpoint::QueryRange, answer.data)? else {
+            return Err(MergeError::Mismatch(format!("replica {} did not answer a matrix", slice.replica)));
+        };
+        match &mut notes {
+            Some(notes) => notes.extend(answer.notes),
+            None => notes = Some(answer.notes),
+        }
+        for (labels, mut part) in matrix.into_pairs() {
+            points += part.values.len() + part.histograms.len();
+            match series.get_mut(&labels) {
+                Some(kept) => {
+                    kept.values.append(&mut part.values);
+                    kept.histograms.append(&mut part.histograms);
+                }
+                None => {
+                    series.insert(labels, part);
+                }
+            }
+        }
+    }
+    let mut notes = notes.ok_or_else(|| MergeError::NotJson("no slice to concatenate".into()))?;
+    if let Some(warning) = warning {
+        notes.warn(warning.into());
+    }
+    let mut out = String::with_capacity(slices.iter().map(|s| s.body.len()).sum::<usize>());
+    out.push_str(r#"{"status":"success","data":{"resultType":"matrix","result":"#);
+    push_list(&mut out, series.values(), Series::write);
+    out.push('}');
+    notes.write(&mut out);
+    out.push('}');
+    Ok(Merged { body: out.into_bytes(), filled: points, added_series: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(body: &str) -> Part<'_> {
+        Part { body: body.as_bytes(), replica: "r" }
+    }
+
+    #[test]
+    fn slices_join_byte_for_byte_into_the_answer_one_replica_would_give() {
+        let whole = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":"up","job":"a"},"values":[[1,"1"],[2,"1"],[3,"1e+300"]]},{"metric":{"__name__":"up","job":"a","x":"y"},"values":[[3,"2"]]},{"metric":{"__name__":"up","job":"b"},"values":[[1,"0"],[3,"0"]],"histograms":[[2,{"count":"1","sum":"2","buckets":[[0,"0","1","1"]]}]]}]}}"#;
+        let first = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":"up","job":"a"},"values":[[1,"1"],[2,"1"]]},{"metric":{"__name__":"up","job":"b"},"values":[[1,"0"]],"histograms":[[2,{"count":"1","sum":"2","buckets":[[0,"0","1","1"]]}]]}]}}"#;
+        let second = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":"up","job":"a"},"values":[[3,"1e+300"]]},{"metric":{"__name__":"up","job":"a","x":"y"},"values":[[3,"2"]]},{"metric":{"__name__":"up","job":"b"},"values":[[3,"0"]]}]}}"#;
+        let joined = concatenate(&[part(first), part(second)], None).unwrap();
+        assert_eq!(String::from_utf8(joined.body).unwrap(), whole);
+        let alone = concatenate(&[part(whole)], None).unwrap();
+        assert_eq!(String::from_utf8(alone.body).unwrap(), whole, "one slice is its own answer");
+    }
+
+    #[test]
+    fn series_come_in_prometheus_label_order_whatever_slice_brought_them() {
+        let first = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"job":"b"},"values":[[1,"1"]]}]}}"#;
+        let second = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"Z":"1"},"values":[[2,"1"]]},{"metric":{"job":"a"},"values":[[2,"1"]]},{"metric":{"job":"b"},"values":[[2,"2"]]}]}}"#;
+        let joined = String::from_utf8(concatenate(&[part(first), part(second)], Some("w")).unwrap().body).unwrap();
+        assert_eq!(
+            joined,
+            r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"Z":"1"},"values":[[2,"1"]]},{"metric":{"job":"a"},"values":[[2,"1"]]},{"metric":{"job":"b"},"values":[[1,"1"],[2,"2"]]}]},"warnings":["w"]}"#
+        );
+    }
+
+    #[test]
+    fn warnings_of_every_slice_are_kept_once_and_an_error_is_refused() {
+        let a = r#"{"status":"success","data":{"resultType":"matrix","result":[]},"warnings":["x"],"infos":["i"]}"#;
+        let b = r#"{"status":"success","data":{"resultType":"matrix","result":[]},"warnings":["x","y"]}"#;
+        let joined = String::from_utf8(concatenate(&[part(a), part(b)], None).unwrap().body).unwrap();
+        assert_eq!(
+            joined,
+            r#"{"status":"success","data":{"resultType":"matrix","result":[]},"warnings":["x","y"],"infos":["i"]}"#
+        );
+        let error = r#"{"status":"error","errorType":"bad_data","error":"nope"}"#;
+        assert_eq!(concatenate(&[part(a), part(error)], None).unwrap_err(), MergeError::NotSuccess);
+        let vector = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert!(matches!(concatenate(&[part(vector)], None), Err(MergeError::Mismatch(_))));
+    }
+}

@@ -52,8 +52,35 @@ fn range_path(start: f64, end: f64) -> String {
     format!("/api/v1/query_range?query=up%7Bjob%3D%22node%22%7D&start={start:.3}&end={end:.3}&step=1")
 }
 
-fn merged(answer: &Answer) -> bool {
-    answer.headers.contains_key("mpp-merged-from")
+fn sliced(answer: &Answer) -> bool {
+    answer.headers.contains_key("mpp-slices")
+}
+
+/// The slices an answer says it was joined from: (replica, first step, last step), Unix
+/// milliseconds.
+fn slices_of(answer: &Answer) -> Vec<(String, i64, i64)> {
+    let header = answer.headers.get("mpp-slices").expect("an MPP-Slices header").to_str().unwrap();
+    header
+        .split(", ")
+        .map(|slice| {
+            let (url, range) = slice.split_once(' ').unwrap_or_else(|| panic!("a slice: {slice}"));
+            let (from, to) = range.split_once('-').unwrap_or_else(|| panic!("a range: {range}"));
+            let millis = |t: &str| (t.parse::<f64>().unwrap() * 1000.0).round() as i64;
+            (url.to_string(), millis(from), millis(to))
+        })
+        .collect()
+}
+
+/// The points (Unix milliseconds, value as written) of a one-series matrix answer.
+fn points(answer: &Answer) -> Vec<(i64, String)> {
+    let value = body(answer);
+    let result = value["data"]["result"].as_array().expect("a matrix").clone();
+    assert!(result.len() <= 1, "one series: {}", answer.text());
+    result
+        .iter()
+        .flat_map(|series| series["values"].as_array().unwrap().clone())
+        .map(|point| ((point[0].as_f64().unwrap() * 1000.0).round() as i64, point[1].as_str().unwrap().to_string()))
+        .collect()
 }
 
 /// Times of the two outages, Unix seconds.
@@ -87,7 +114,8 @@ async fn check(mpp: &Mpp, a: &Prometheus, b: &Prometheus, o: &Outages, when: &st
         assert!(union.len() >= own.len() + 3, "{when}: the other replica fills replica {name}'s hole");
     }
 
-    // Through mpp, GET and form POST: every step either has, merged from both.
+    // Through mpp, GET and form POST: every step either has, each from a replica that holds
+    // it, in slices.
     let through = get(&mpp.url(&path)).await.unwrap();
     let form = path.split_once('?').unwrap().1.to_string();
     let posted = post_form(&mpp.url("/api/v1/query_range"), &form).await.unwrap();
@@ -97,9 +125,17 @@ async fn check(mpp: &Mpp, a: &Prometheus, b: &Prometheus, o: &Outages, when: &st
         assert_eq!(series.len(), 1, "{when} {how}: {}", answer.text());
         let missing: Vec<_> = union.difference(&series[0].1).collect();
         assert!(missing.is_empty(), "{when} {how}: through mpp, steps {missing:?} are missing");
-        assert!(merged(answer), "{when} {how}: no MPP-Merged-From header: {:?}", answer.headers);
+        assert!(sliced(answer), "{when} {how}: no MPP-Slices header: {:?}", answer.headers);
         let warnings = body(answer)["warnings"].to_string();
-        assert!(warnings.contains("merged"), "{when} {how}: no warning saying it was merged: {warnings}");
+        assert!(!warnings.contains("merged"), "{when} {how}: a sliced answer is not a merge: {warnings}");
+        // Each slice's points are its replica's own, value for value.
+        let through = points(answer);
+        for (url, from, to) in slices_of(answer) {
+            let direct = points(&get(&format!("{url}{path}")).await.unwrap());
+            let theirs: Vec<_> = direct.into_iter().filter(|(t, _)| (from..=to).contains(t)).collect();
+            let ours: Vec<_> = through.iter().filter(|(t, _)| (from..=to).contains(t)).cloned().collect();
+            assert_eq!(ours, theirs, "{when} {how}: the steps {from}..={to} are {url}'s own");
+        }
     }
 
     // A range over A's hole only: B has it whole and answers alone. Unless a scrape of B's
@@ -109,10 +145,10 @@ async fn check(mpp: &Mpp, a: &Prometheus, b: &Prometheus, o: &Outages, when: &st
     let only_a_path = range_path(from, to);
     let only_a = get(&mpp.url(&only_a_path)).await.unwrap();
     if holed_between(mpp, &b.url(), from, to).await {
-        assert!(merged(&only_a), "{when}: B has a hole of its own there, yet no merge: {:?}", only_a.headers);
+        assert!(sliced(&only_a), "{when}: B has a hole of its own there, yet no slices: {:?}", only_a.headers);
     } else {
         assert_eq!(only_a.served_by().as_deref(), Some(b.url().as_str()), "{when}: {:?}", only_a.headers);
-        assert!(!merged(&only_a), "{when}: a window one replica covers is not merged");
+        assert!(!sliced(&only_a), "{when}: a window one replica covers is not sliced");
         let b_there = direct_steps(&b.url(), &only_a_path).await;
         assert_eq!(steps(&only_a)[0].1, b_there, "{when}: B's own answer");
         let a_there = direct_steps(&a.url(), &only_a_path).await;
@@ -201,7 +237,7 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     wait_for_holes(&mpp).await;
     check(&mpp, &a, &b, &outages, "while mpp watched").await;
     let metrics = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
-    assert!(metrics.contains("mpp_merged_requests_total{endpoint=\"query_range\",outcome=\"merged\"}"), "{metrics}");
+    assert!(metrics.contains("mpp_merged_requests_total{endpoint=\"query_range\",outcome=\"sliced\"}"), "{metrics}");
     assert!(metrics.contains("mpp_backend_coverage_ratio{"), "{metrics}");
 
     // A new mpp, long after the holes: its first answers already avoid them.
@@ -213,15 +249,15 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     let page = get(&mpp.url("/mpp/status")).await.unwrap().text();
     assert!(page.contains("<svg") && page.matches("fill=\"#c33\"").count() >= 2, "{page}");
 
-    // Answers over --merge-max-bytes are not merged: the primary's streams on whole, and the
-    // header says why.
+    // Slices whose answers are over --merge-max-bytes are not joined: one replica's answer
+    // streams on whole, and the header says why.
     mpp.stop().await.unwrap();
     let small = [&args[..], &["--merge-max-bytes", "256"]].concat();
     let mpp = Mpp::start(&small).await;
     let path = range_path(outages.start, outages.end);
     let answer = get(&mpp.url(&path)).await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert!(!merged(&answer), "{:?}", answer.headers);
+    assert!(!sliced(&answer), "{:?}", answer.headers);
     let warning = answer.headers.get("mpp-warning").map(|v| v.to_str().unwrap().to_string());
     assert!(warning.as_deref().is_some_and(|w| w.contains("--merge-max-bytes")), "{:?}", answer.headers);
     let served = answer.served_by().unwrap();

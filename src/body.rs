@@ -1,11 +1,16 @@
 //! A response body that holds something until the body is done: a connection's count of
 //! requests in flight, or a replica's connection slot. hyper drops a body once it has been
 //! sent whole (or the client went away), which is exactly when such a hold must end.
+//! Also [`BoxError`], the one error type of bodies and connections on both sides.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use hyper::body::{Body, Frame, SizeHint};
+
+/// The error of a body or a connection, on the listener's side and the client's alike: only
+/// reported (logged, or wrapped in a typed error), never branched on, so boxed as hyper does.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `body`, holding `guard` until it is dropped; optionally with what was already read of it
 /// in front (an answer read to merge or annotate, found too long for that, streams on whole).

@@ -36,6 +36,7 @@ use tower_service::Service;
 
 use super::Connector;
 use super::http1::{self, Decoded, Decoder};
+use crate::body::BoxError;
 
 /// A connection that has not carried a request for this long is closed (as the legacy
 /// client's `pool_idle_timeout`); Prometheus would otherwise keep it open for good.
@@ -54,7 +55,6 @@ const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 
 /// What a connection reads and writes: TCP, or TLS over it.
 type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How sending a request failed, and whether it may have been written.
 #[derive(Debug, thiserror::Error)]

@@ -32,9 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 
 use super::{MAX_HEADER_BYTES, MAX_HEADERS};
+use crate::body::BoxError;
 use crate::client::http1::{self as wire, Decoded, Decoder, Framing, ProtocolError, header_line};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A client connection's socket (plain or TLS, metered), as the loop holds it.
 /// (`Sync` too: the request, body and all, is borrowed across the web config's checks.)

@@ -34,13 +34,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::admin::Admin;
+use crate::body::BoxError;
 use crate::metrics::Metrics;
 use crate::proxy::{ClientBody, Proxy};
 use crate::via::Pseudonym;
 use crate::web::Web;
 use connection::{Activity, Answer, Deadlines, Metered, Pressure};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(30);

@@ -92,7 +92,7 @@ pub use config::{Args, Config};
 pub mod fuzzing {
     pub use crate::backend::Backend;
     pub use crate::client::http1::{Decoded, Decoder, parse_head};
-    pub use crate::coverage::{Span, holes_in_buckets};
+    pub use crate::coverage::{Coverage, Span, holes_in_buckets};
     pub use crate::discovery::{
         LabelSelector, PortRef, PrincipalSecret, candidates_from_tasks, parse_endpoints, pod_backend, slice_backends,
     };
@@ -107,7 +107,7 @@ pub mod fuzzing {
     pub use crate::units::{format_duration, parse_duration, parse_size};
     pub use crate::via::Pseudonym;
     pub use crate::web::{Web, WebConfig};
-    pub use crate::window::{Endpoint, Read, Window, expr_window, read_window};
+    pub use crate::window::{Endpoint, Read, Steps, Window, expr_window, pin_start_end, read_window, step_reads};
 }
 
 /// At start-up, how often the first rounds are retried while discovery has not answered

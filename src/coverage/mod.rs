@@ -225,6 +225,67 @@ mod tests {
         assert!(c.holes().windows(2).all(|w| w[0].end < w[1].start));
     }
 
+    /// Times that break careless arithmetic: the ends of `i64`, the empty window's, and a few
+    /// ordinary ones.
+    const EDGES: [Millis; 9] = [Millis::MIN, Millis::MIN + 1, -1_000, -1, 0, 1, 1_000, Millis::MAX - 1, Millis::MAX];
+
+    fn random_time(rng: &mut impl rand::Rng) -> Millis {
+        use rand::RngExt;
+        if rng.random_bool(0.3) { EDGES[rng.random_range(0..EDGES.len())] } else { rng.random_range(-5_000..5_000) }
+    }
+
+    #[test]
+    fn span_arithmetic_never_overflows_and_agrees_with_counting() {
+        use rand::RngExt;
+        let mut rng = rand::rng();
+        for _ in 0..20_000 {
+            let (a, b, start, end) =
+                (random_time(&mut rng), random_time(&mut rng), random_time(&mut rng), random_time(&mut rng));
+            let span = Span::new(a.min(b), a.max(b));
+            let overlap = span.overlap(start, end);
+            assert!(overlap >= 0, "{span:?} over [{start}, {end}]: {overlap}");
+            if start > end {
+                assert_eq!(overlap, 0, "an empty window overlaps nothing");
+            }
+            // Small enough to count millisecond by millisecond: the overlap is the count.
+            let small = |t: Millis| (-5_000..5_000).contains(&t);
+            if [span.start, span.end, start, end].into_iter().all(small) {
+                let counted = (start..=end).filter(|t| (span.start..span.end).contains(t)).count() as Millis;
+                assert_eq!(overlap, counted, "{span:?} over [{start}, {end}]");
+            }
+        }
+    }
+
+    #[test]
+    fn covers_and_missing_agree_for_any_window_including_empty_and_extreme_ones() {
+        use rand::RngExt;
+        let mut rng = rand::rng();
+        for _ in 0..2_000 {
+            let mut holes: Vec<(Millis, Millis)> = (0..rng.random_range(0..6))
+                .map(|_| {
+                    let start = rng.random_range(-4_000..4_000);
+                    (start, start + rng.random_range(1..500))
+                })
+                .collect();
+            holes.sort();
+            let mut c = coverage(-5_000, 5_000, &holes);
+            if rng.random_bool(0.3) {
+                c.open_from = Some(random_time(&mut rng));
+            }
+            for _ in 0..50 {
+                let (start, end) = (random_time(&mut rng), random_time(&mut rng));
+                let missing = c.missing(start, end);
+                assert!(missing >= 0);
+                if start > end {
+                    assert!(c.covers(start, end) && missing == 0, "every replica holds an empty window");
+                    continue;
+                }
+                let open_touches = c.open_from.is_some_and(|open| end >= open);
+                assert_eq!(c.covers(start, end), missing == 0 && !open_touches, "{c:?} over [{start}, {end}]");
+            }
+        }
+    }
+
     #[test]
     fn buckets_short_of_the_best_replica_are_holes() {
         // Three replicas, five buckets of 4 s: b misses one bucket and part of another; c is

@@ -236,7 +236,6 @@ mod tests {
 
     #[test]
     fn span_arithmetic_never_overflows_and_agrees_with_counting() {
-        use rand::RngExt;
         let mut rng = rand::rng();
         for _ in 0..20_000 {
             let (a, b, start, end) =

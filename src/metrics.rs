@@ -98,7 +98,8 @@ pub struct Metrics {
     pub coverage_ratio: Family<BackendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// `mpp_backend_coverage_holes{backend}`: the holes in that range (an open one included).
     pub coverage_holes: Family<BackendLabels, Gauge>,
-    /// `mpp_coverage_scan_queries_total`: range queries the coverage tracker sent.
+    /// `mpp_coverage_scan_queries_total`: queries the coverage tracker sent (bucket scans and
+    /// reads around a hole's edges).
     pub coverage_queries: Counter,
     /// `mpp_backend_data_ejected{backend}`: 1 while a replica is out of the selection because
     /// its ingestion stalled or lags its peers.
@@ -241,7 +242,7 @@ impl Metrics {
         let coverage_queries = Counter::default();
         registry.register(
             "mpp_coverage_scan_queries",
-            "Range queries the coverage tracker sent to the replicas",
+            "Queries the coverage tracker sent to the replicas: bucket scans and reads around a hole's edges",
             coverage_queries.clone(),
         );
         let data_ejected = Family::default();

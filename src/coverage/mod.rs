@@ -14,6 +14,7 @@
 //! replicas ([`holes_in_buckets`]). `up` is written for every scrape attempt, failed or not,
 //! so a missing `up` sample means the replica did not scrape, whatever its targets did.
 
+pub(crate) mod edges;
 pub mod tracker;
 
 /// Unix time in milliseconds, as the Prometheus TSDB keeps it.
@@ -144,6 +145,17 @@ fn coalesce(sorted: Vec<Span>) -> Vec<Span> {
     holes
 }
 
+/// The best replica's count in each bucket of `counts` (see [`holes_in_buckets`]).
+pub fn best_counts(counts: &[Vec<f64>]) -> Vec<f64> {
+    let buckets = counts.iter().map(Vec::len).max().unwrap_or(0);
+    (0..buckets).map(|i| counts.iter().map(|c| count_in(c, i)).fold(0.0, f64::max)).collect()
+}
+
+/// A replica's count in bucket `i`: none where it has no number.
+fn count_in(counts: &[f64], i: usize) -> f64 {
+    counts.get(i).copied().filter(|c| c.is_finite()).unwrap_or(0.0)
+}
+
 /// A bucket counts as a hole for a replica holding fewer than this share of the best
 /// replica's samples in it: with four scrapes per bucket, one missed scrape of every target
 /// (0.75) is a hole, while the odd sample that one replica's scrape timing puts into the
@@ -155,11 +167,9 @@ pub const COMPLETE_SHARE: f64 = 0.875;
 /// bucket)`. A bucket no replica has samples in is a hole for none (nothing was there to
 /// hold), and a replica alone is never short of its peers.
 pub fn holes_in_buckets(first_start: Millis, bucket: Millis, counts: &[Vec<f64>]) -> Vec<Vec<Span>> {
-    let buckets = counts.iter().map(Vec::len).max().unwrap_or(0);
     let mut holes: Vec<Vec<Span>> = vec![Vec::new(); counts.len()];
-    for i in 0..buckets {
-        let count = |r: usize| counts[r].get(i).copied().filter(|c| c.is_finite()).unwrap_or(0.0);
-        let best = (0..counts.len()).map(count).fold(0.0, f64::max);
+    for (i, best) in best_counts(counts).into_iter().enumerate() {
+        let count = |r: usize| count_in(&counts[r], i);
         if best <= 0.0 {
             continue;
         }

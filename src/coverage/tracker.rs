@@ -27,7 +27,8 @@ use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use serde::Deserialize;
 
-use super::{Coverage, Millis, Span, holes_in_buckets};
+use super::edges::{self, Found, Samples};
+use super::{Coverage, MAX_HOLES, Millis, Span, best_counts, holes_in_buckets};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::probe::{Prober, encode_query};
 use crate::registry::Replica;
@@ -161,12 +162,13 @@ impl Tracker {
         let scrape = self.scrape_interval.unwrap_or(bucket / SCRAPES_PER_BUCKET);
         let Some(range) = scan_range(&scanned, earliest, now, bucket, scrape) else { return };
         let replicas: Vec<Arc<Replica>> = up.into_iter().map(|(r, _, _)| r).collect();
-        self.scan(&replicas, range, bucket).await;
+        self.scan(&replicas, range, bucket, scrape).await;
     }
 
     /// Asks every replica in `replicas` about `range` and publishes what is learned: a
-    /// replica whose query fails keeps what was known (and its open hole).
-    async fn scan(&mut self, replicas: &[Arc<Replica>], range: Span, bucket: Millis) {
+    /// replica whose query fails keeps what was known (and its open hole). Each hole found is
+    /// then placed at scrape precision (`scrape` being the longest scrape interval).
+    async fn scan(&mut self, replicas: &[Arc<Replica>], range: Span, bucket: Millis, scrape: Millis) {
         let mut coverages: Vec<Option<Coverage>> =
             replicas.iter().map(|r| Some(Coverage::clone(&r.coverage()))).collect();
         let this = &*self;
@@ -195,7 +197,21 @@ impl Tracker {
                     None => {}
                 }
             }
-            for (holes, &i) in holes_in_buckets(start, bucket, &counts).iter().zip(&answered) {
+            let best = best_counts(&counts);
+            let found = holes_in_buckets(start, bucket, &counts);
+            let placing = found.iter().zip(&answered).map(|(holes, &i)| {
+                let found = holes.iter().map(|&hole| Found {
+                    hole,
+                    bucket,
+                    scrape,
+                    best: (
+                        best[bucket_index(hole.start, start, bucket)],
+                        best[bucket_index(hole.end - bucket, start, bucket)],
+                    ),
+                });
+                this.place(&replicas[i], found.collect())
+            });
+            for (holes, &i) in join_all(placing).await.iter().zip(&answered) {
                 if let Some(coverage) = coverages[i].as_mut() {
                     coverage.scanned(Span::new(start, end), holes);
                     if end < range.end {
@@ -218,6 +234,48 @@ impl Tracker {
             seen.scanned_to = Some(range.end);
             self.publish(replica, coverage);
         }
+    }
+
+    /// `found`'s holes in `replica`'s data, each edge placed on the replica's own samples of
+    /// `up` around it ([`edges`]): one read for a hole of up to two buckets, one per edge for
+    /// a longer one, of the last [`MAX_HOLES`] holes only (more would be joined anyway). A
+    /// read that fails leaves its edges on the buckets.
+    async fn place(&self, replica: &Replica, found: Vec<Found>) -> Vec<Span> {
+        let unplaced = found.len().saturating_sub(MAX_HOLES);
+        let mut holes: Vec<Span> = found[..unplaced].iter().map(|f| f.hole).collect();
+        for found in &found[unplaced..] {
+            let (hole, bucket) = (found.hole, found.bucket);
+            // Samples are read up to where every scrape has had time to be ingested, so
+            // that one not yet written is not taken for a missing one.
+            let ingested = now_millis() - found.scrape;
+            let window = |start: Millis, end: Millis| Span::new(start, end.min(ingested));
+            let read = if hole.end - hole.start <= 2 * bucket {
+                self.samples(replica, window(hole.start - bucket, hole.end + bucket)).await.map(|s| (s.clone(), s))
+            } else {
+                let before = self.samples(replica, window(hole.start - bucket, hole.start + 2 * bucket)).await;
+                let after = self.samples(replica, window(hole.end - 2 * bucket, hole.end + bucket)).await;
+                before.and_then(|before| Ok((before, after?)))
+            };
+            match read {
+                Ok((before, after)) => holes.push(edges::refine(found, &before, &after)),
+                Err(e) => {
+                    tracing::debug!(backend = %replica, error = %e, "cannot read the samples around a hole");
+                    holes.push(hole);
+                }
+            }
+        }
+        holes
+    }
+
+    /// `replica`'s samples of `up` within `window`.
+    async fn samples(&self, replica: &Replica, window: Span) -> Result<Samples, String> {
+        self.metrics.coverage_queries.inc();
+        let query = format!("up[{}ms]", (window.end - window.start).max(1));
+        let path = format!("/api/v1/query?query={}&time={}", encode_query(&query), seconds(window.end));
+        let body = tokio::time::timeout(QUERY_TIMEOUT, self.prober.get(replica, &path))
+            .await
+            .map_err(|_| format!("no answer within {QUERY_TIMEOUT:?}"))??;
+        Ok(Samples { window, series: sample_times(&body, window)? })
     }
 
     /// A replica whose oldest sample is later than another's lacks what lies between, even
@@ -354,12 +412,6 @@ fn seconds(millis: Millis) -> String {
 /// Reads `sum(count_over_time(up[b]))` over `[start, end)` into one count per bucket.
 fn bucket_counts(body: &[u8], start: Millis, end: Millis, bucket: Millis) -> Result<Vec<f64>, String> {
     #[derive(Deserialize)]
-    struct Answer {
-        status: String,
-        error: Option<String>,
-        data: Option<Data>,
-    }
-    #[derive(Deserialize)]
     struct Data {
         result: Vec<Series>,
     }
@@ -367,13 +419,10 @@ fn bucket_counts(body: &[u8], start: Millis, end: Millis, bucket: Millis) -> Res
     struct Series {
         values: Vec<(f64, String)>,
     }
-    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("not a range query answer: {e}"))?;
-    if answer.status != "success" {
-        return Err(answer.error.unwrap_or(answer.status));
-    }
+    let data: Option<Data> = answer_data(body, "a range query answer")?;
     let buckets = ((end - start) / bucket).max(0) as usize;
     let mut counts = vec![0.0; buckets];
-    for series in answer.data.map(|d| d.result).unwrap_or_default() {
+    for series in data.map(|d| d.result).unwrap_or_default() {
         for (at, value) in series.values {
             let index = ((at * 1000.0).round() as Millis).saturating_sub(start) / bucket - 1;
             if let (Ok(i), Ok(v)) = (usize::try_from(index), value.parse::<f64>())
@@ -384,6 +433,60 @@ fn bucket_counts(body: &[u8], start: Millis, end: Millis, bucket: Millis) -> Res
         }
     }
     Ok(counts)
+}
+
+/// The `data` of a Prometheus API answer (`what` it should be), or the error it reports.
+fn answer_data<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<Option<T>, String> {
+    #[derive(Deserialize)]
+    struct Answer<T> {
+        status: String,
+        error: Option<String>,
+        data: Option<T>,
+    }
+    let answer: Answer<T> = serde_json::from_slice(body).map_err(|e| format!("not {what}: {e}"))?;
+    if answer.status != "success" {
+        return Err(answer.error.unwrap_or(answer.status));
+    }
+    Ok(answer.data)
+}
+
+/// The index of the bucket that starts at `at` in buckets of `bucket` from `first`.
+fn bucket_index(at: Millis, first: Millis, bucket: Millis) -> usize {
+    usize::try_from((at - first) / bucket).unwrap_or(0)
+}
+
+/// Reads a range selector's answer into each series' sample times within `window`, ascending.
+fn sample_times(body: &[u8], window: Span) -> Result<Vec<Vec<Millis>>, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Data {
+        result_type: String,
+        result: Vec<Series>,
+    }
+    #[derive(Deserialize)]
+    struct Series {
+        #[serde(default)]
+        values: Vec<(f64, serde::de::IgnoredAny)>,
+    }
+    let data: Data = answer_data(body, "a query answer")?.ok_or("a query answer without data")?;
+    if data.result_type != "matrix" {
+        return Err(format!("a {} where a range selector's matrix was expected", data.result_type));
+    }
+    Ok(data
+        .result
+        .into_iter()
+        .map(|series| {
+            let mut times: Vec<Millis> = series
+                .values
+                .iter()
+                .map(|(at, _)| (at * 1000.0).round() as Millis)
+                .filter(|t| (window.start..=window.end).contains(t))
+                .collect();
+            times.sort_unstable();
+            times
+        })
+        .filter(|times| !times.is_empty())
+        .collect())
 }
 
 /// The longest `scrapeInterval` among `/api/v1/targets`' active targets.
@@ -437,6 +540,18 @@ mod tests {
         assert!(bucket_counts(b"<html>", 0, 4000, 4000).is_err());
         assert_eq!(seconds(-1), "-1.999");
         assert_eq!(seconds(1_700_000_000_123), "1700000000.123");
+    }
+
+    #[test]
+    fn reads_each_series_sample_times_within_the_window() {
+        let body = br#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"job":"a"},"values":[[10.5,"1"],[9.5,"0"],[11.500,"1"],[30,"1"]]},
+            {"metric":{"job":"b"},"values":[[1,"1"]]}]}}"#;
+        assert_eq!(sample_times(body, Span::new(9000, 12_000)).unwrap(), vec![vec![9500, 10_500, 11_500]]);
+        let vector = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert!(sample_times(vector, Span::new(0, 1)).unwrap_err().contains("vector"));
+        assert!(sample_times(br#"{"status":"error","error":"bad"}"#, Span::new(0, 1)).unwrap_err().contains("bad"));
+        assert!(sample_times(b"<html>", Span::new(0, 1)).is_err());
     }
 
     #[test]

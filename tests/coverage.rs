@@ -12,6 +12,8 @@ use common::{Answer, Mpp, Prometheus, endpoints_file, get, post_form, wait_until
 use serde_json::Value;
 
 const DOWN_FOR: Duration = Duration::from_secs(6);
+/// The replicas' scrape interval, milliseconds.
+const SCRAPE_MS: i64 = 1000;
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
@@ -171,14 +173,71 @@ async fn check(mpp: &Mpp, a: &Prometheus, b: &Prometheus, o: &Outages, when: &st
     }
 }
 
-/// Whether mpp's status shows a hole in `replica`'s coverage between `from` and `to` (Unix
-/// seconds).
-async fn holed_between(mpp: &Mpp, replica: &str, from: f64, to: f64) -> bool {
+/// The holes mpp's status shows in `replica`'s coverage, `[start, end)` in Unix milliseconds.
+async fn holes_of(mpp: &Mpp, replica: &str) -> Vec<(i64, i64)> {
     let status = mpp.status().await;
     let candidates = status["candidates"].as_array().cloned().unwrap_or_default();
     let candidate = candidates.iter().find(|c| c["url"] == replica).expect("the replica is a candidate");
     let holes = candidate["coverage"]["holes"].as_array().cloned().unwrap_or_default();
-    holes.iter().any(|h| h["start"].as_f64().unwrap_or(f64::MAX) < to && h["end"].as_f64().unwrap_or(0.0) > from)
+    let millis = |t: &Value| (t.as_f64().expect("a time in seconds") * 1000.0).round() as i64;
+    holes.iter().map(|h| (millis(&h["start"]), millis(&h["end"]))).collect()
+}
+
+/// Whether mpp's status shows a hole in `replica`'s coverage between `from` and `to` (Unix
+/// seconds).
+async fn holed_between(mpp: &Mpp, replica: &str, from: f64, to: f64) -> bool {
+    let (from, to) = ((from * 1000.0) as i64, (to * 1000.0) as i64);
+    holes_of(mpp, replica).await.iter().any(|&(start, end)| start < to && end > from)
+}
+
+/// A replica's real outage between `down` and `up` (Unix seconds), as its own samples of `up`
+/// show it: the earliest last sample before the longest gap among its series, and the latest
+/// first sample after it (Unix milliseconds).
+async fn outage(replica: &Prometheus, (down, up): (f64, f64)) -> (i64, i64) {
+    // A restarted Prometheus scrapes again some seconds after it is ready (its scrape manager
+    // takes its targets on a 5 s tick).
+    let (from, to) = (down - 3.0, up + 10.0);
+    if now() < to {
+        tokio::time::sleep(Duration::from_secs_f64(to - now())).await;
+    }
+    let path = format!("/api/v1/query?query=up%5B{}ms%5D&time={to:.3}", ((to - from) * 1000.0) as i64);
+    let answer = get(&format!("{}{path}", replica.url())).await.unwrap();
+    let value = body(&answer);
+    let result = value["data"]["result"].as_array().cloned().unwrap_or_default();
+    assert!(!result.is_empty(), "samples of up around the outage: {}", answer.text());
+    let (mut last, mut first) = (i64::MAX, i64::MIN);
+    for series in result {
+        let times: Vec<i64> = series["values"]
+            .as_array()
+            .expect("a range of samples")
+            .iter()
+            .map(|point| (point[0].as_f64().unwrap() * 1000.0).round() as i64)
+            .collect();
+        let (before, after) = times.windows(2).map(|w| (w[0], w[1])).max_by_key(|(a, b)| b - a).expect("two samples");
+        assert!(after - before > 3 * SCRAPE_MS, "the outage shows in the replica's own samples: {}", answer.text());
+        (last, first) = (last.min(before), first.max(after));
+    }
+    (last, first)
+}
+
+/// mpp's status shows the replica's outage as a hole within one scrape interval of what the
+/// replica's own samples show, never narrower: from just after the last sample before it to the
+/// first sample after it.
+async fn hole_at_scrape_precision(mpp: &Mpp, replica: &Prometheus, when: (f64, f64), name: &str) {
+    let (last, first) = outage(replica, when).await;
+    let truth = (last + 1, first);
+    // The scan that first sees the replica back may end before its first sample: wait for the
+    // hole to reach it.
+    let covering = |holes: &[(i64, i64)]| holes.iter().copied().find(|&(s, e)| s <= truth.0 && e >= truth.1);
+    let what = format!("replica {name}'s hole on /mpp/status covering its outage {truth:?}");
+    wait_until(&what, Duration::from_secs(30), || async { covering(&holes_of(mpp, &replica.url()).await).is_some() })
+        .await;
+    let holes = holes_of(mpp, &replica.url()).await;
+    let hole = covering(&holes).expect("a hole covers the outage");
+    assert!(
+        truth.0 - hole.0 <= SCRAPE_MS && hole.1 - truth.1 <= SCRAPE_MS,
+        "replica {name}'s hole {hole:?} is within one scrape interval of its outage {truth:?}: {holes:?}"
+    );
 }
 
 /// Waits until mpp's status shows a closed hole for both replicas.
@@ -235,6 +294,8 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     let outages = Outages { start, a: (a_down, a_up), b: (b_down, b_up), end: now().floor() - 2.0 };
 
     wait_for_holes(&mpp).await;
+    hole_at_scrape_precision(&mpp, &a, outages.a, "A").await;
+    hole_at_scrape_precision(&mpp, &b, outages.b, "B").await;
     check(&mpp, &a, &b, &outages, "while mpp watched").await;
     let metrics = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
     assert!(metrics.contains("mpp_merged_requests_total{endpoint=\"query_range\",outcome=\"sliced\"}"), "{metrics}");
@@ -243,6 +304,8 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     // A new mpp, long after the holes: its first answers already avoid them.
     mpp.stop().await.unwrap();
     let mpp = Mpp::start(&args).await;
+    hole_at_scrape_precision(&mpp, &a, outages.a, "A").await;
+    hole_at_scrape_precision(&mpp, &b, outages.b, "B").await;
     check(&mpp, &a, &b, &outages, "after mpp restarted").await;
 
     // The status page draws the holes.

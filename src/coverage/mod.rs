@@ -12,7 +12,8 @@
 //! Holes are found per *bucket*, a stretch of a few scrape intervals: the tracker counts each
 //! replica's samples of `up` per bucket and compares them with the best count among the
 //! replicas ([`holes_in_buckets`]). `up` is written for every scrape attempt, failed or not,
-//! so a missing `up` sample means the replica did not scrape, whatever its targets did.
+//! so a missing `up` sample means the replica did not scrape, whatever its targets did. Each
+//! hole found is then placed at scrape precision on the replica's own samples ([`edges`]).
 
 pub(crate) mod edges;
 pub mod tracker;

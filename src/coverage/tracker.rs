@@ -2,6 +2,8 @@
 //! replicas' own data and keeps it current. It never delays the selection loop or a request:
 //! it reads the published snapshot and writes each replica's coverage into the registry.
 //!
+//! - **Every hole a scan finds** is placed at scrape precision ([`super::edges`]): one small
+//!   query per hole edge, on the holed replica, for the last [`super::MAX_HOLES`] holes of a scan.
 //! - **At start-up** it scans everything: from the oldest sample any replica holds
 //!   (`prometheus_tsdb_lowest_timestamp_seconds`, read by the probes) to now, one range query
 //!   per replica per 10,000 buckets, `sum(count_over_time(up[<bucket>]))` with the bucket as

@@ -246,23 +246,21 @@ impl Tracker {
         let unplaced = found.len().saturating_sub(MAX_HOLES);
         let mut holes: Vec<Span> = found[..unplaced].iter().map(|f| f.hole).collect();
         for found in &found[unplaced..] {
-            let (hole, bucket) = (found.hole, found.bucket);
-            // Samples are read up to where every scrape has had time to be ingested, so
-            // that one not yet written is not taken for a missing one.
-            let ingested = now_millis() - found.scrape;
-            let window = |start: Millis, end: Millis| Span::new(start, end.min(ingested));
-            let read = if hole.end - hole.start <= 2 * bucket {
-                self.samples(replica, window(hole.start - bucket, hole.end + bucket)).await.map(|s| (s.clone(), s))
-            } else {
-                let before = self.samples(replica, window(hole.start - bucket, hole.start + 2 * bucket)).await;
-                let after = self.samples(replica, window(hole.end - 2 * bucket, hole.end + bucket)).await;
-                before.and_then(|before| Ok((before, after?)))
-            };
+            let (before, after) = edge_windows(found.hole, found.bucket, now_millis() - found.scrape);
+            let read = async {
+                let before = self.samples(replica, before).await?;
+                let after = match after {
+                    Some(after) => self.samples(replica, after).await?,
+                    None => before.clone(),
+                };
+                Ok::<_, String>((before, after))
+            }
+            .await;
             match read {
                 Ok((before, after)) => holes.push(edges::refine(found, &before, &after)),
                 Err(e) => {
                     tracing::debug!(backend = %replica, error = %e, "cannot read the samples around a hole");
-                    holes.push(hole);
+                    holes.push(found.hole);
                 }
             }
         }
@@ -437,6 +435,19 @@ fn bucket_counts(body: &[u8], start: Millis, end: Millis, bucket: Millis) -> Res
     Ok(counts)
 }
 
+/// Where a hole's samples are read: around its start, and around its end unless that is the
+/// same read (a hole of up to two buckets). Each reaches a bucket outside the hole and two
+/// inside it (so that a series' interval shows on both sides of a short gap), and no later than
+/// `ingested`, where every scrape has had time to be written (one not yet written is not a
+/// missing one).
+fn edge_windows(hole: Span, bucket: Millis, ingested: Millis) -> (Span, Option<Span>) {
+    let window = |start: Millis, end: Millis| Span::new(start, end.min(ingested));
+    if hole.end - hole.start <= 2 * bucket {
+        return (window(hole.start - bucket, hole.end + bucket), None);
+    }
+    (window(hole.start - bucket, hole.start + 2 * bucket), Some(window(hole.end - 2 * bucket, hole.end + bucket)))
+}
+
 /// The `data` of a Prometheus API answer (`what` it should be), or the error it reports.
 fn answer_data<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<Option<T>, String> {
     #[derive(Deserialize)]
@@ -542,6 +553,17 @@ mod tests {
         assert!(bucket_counts(b"<html>", 0, 4000, 4000).is_err());
         assert_eq!(seconds(-1), "-1.999");
         assert_eq!(seconds(1_700_000_000_123), "1700000000.123");
+    }
+
+    #[test]
+    fn a_short_hole_is_read_once_a_long_one_at_each_edge_never_past_what_is_ingested() {
+        let bucket = 4000;
+        assert_eq!(edge_windows(Span::new(40_000, 48_000), bucket, 100_000), (Span::new(36_000, 52_000), None));
+        assert_eq!(
+            edge_windows(Span::new(40_000, 60_000), bucket, 100_000),
+            (Span::new(36_000, 48_000), Some(Span::new(52_000, 64_000)))
+        );
+        assert_eq!(edge_windows(Span::new(40_000, 44_000), bucket, 45_000), (Span::new(36_000, 45_000), None));
     }
 
     #[test]

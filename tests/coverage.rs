@@ -240,20 +240,6 @@ async fn hole_at_scrape_precision(mpp: &Mpp, replica: &Prometheus, when: (f64, f
     );
 }
 
-/// Waits until mpp's status shows a closed hole for both replicas.
-async fn wait_for_holes(mpp: &Mpp) {
-    wait_until("both replicas' holes on /mpp/status", Duration::from_secs(30), || async {
-        let status = mpp.status().await;
-        let candidates = status["candidates"].as_array().cloned().unwrap_or_default();
-        candidates.len() == 2
-            && candidates.iter().all(|c| {
-                let holes = c["coverage"]["holes"].as_array().cloned().unwrap_or_default();
-                !holes.is_empty() && holes.iter().all(|h| h["open"] == false)
-            })
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     let target = Prometheus::start().await;
@@ -293,7 +279,7 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let outages = Outages { start, a: (a_down, a_up), b: (b_down, b_up), end: now().floor() - 2.0 };
 
-    wait_for_holes(&mpp).await;
+    mpp.wait_for_closed_holes(2).await;
     hole_at_scrape_precision(&mpp, &a, outages.a, "A").await;
     hole_at_scrape_precision(&mpp, &b, outages.b, "B").await;
     check(&mpp, &a, &b, &outages, "while mpp watched").await;

@@ -346,6 +346,20 @@ impl Mpp {
         .await;
     }
 
+    /// Waits until `/mpp/status` shows `count` candidates, each with a hole, all closed.
+    pub async fn wait_for_closed_holes(&self, count: usize) {
+        wait_until("every replica's closed hole on /mpp/status", Duration::from_secs(30), || async {
+            let status = self.status().await;
+            let candidates = status["candidates"].as_array().cloned().unwrap_or_default();
+            candidates.len() == count
+                && candidates.iter().all(|c| {
+                    let holes = c["coverage"]["holes"].as_array().cloned().unwrap_or_default();
+                    !holes.is_empty() && holes.iter().all(|h| h["open"] == false)
+                })
+        })
+        .await;
+    }
+
     /// Stops mpp and waits for it to finish draining.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let _ = self.stop.take().map(|s| s.send(()));

@@ -331,8 +331,9 @@ async fn answers_over_holes_come_step_by_step_from_replicas_holding_each_window(
     validate(&setup.a.url(), &shapes, start, end).await;
     let mpp = setup.mpp.url("");
     let (timeline, mpp) = (&timeline, mpp.as_str());
-    let tally = stream::iter(&shapes)
-        .map(|shape| async move { range_over_holes(mpp, shape, timeline).await })
+    // Every other shape is sent as a form POST, whose body mpp rewrites for each slice.
+    let ranges = stream::iter(shapes.iter().enumerate())
+        .map(|(i, shape)| async move { range_over_holes(mpp, shape, i % 2 == 1, timeline).await })
         .buffer_unordered(PARALLEL)
         .fold(Tally::default(), |tally, one| async move { tally.add(one) })
         .await;
@@ -340,22 +341,25 @@ async fn answers_over_holes_come_step_by_step_from_replicas_holding_each_window(
         "holes: {} range queries compared in {:?}: {} steps, {} where one replica holds the window and the other's is holed, {} where both are holed",
         shapes.len(),
         started.elapsed(),
-        tally.steps,
-        tally.one_holds,
-        tally.nobody_holds
+        ranges.steps,
+        ranges.one_holds,
+        ranges.nobody_holds
     );
-    let (mut failures, mut checked) = (tally.failures, tally.steps);
+    let mut instants = Tally::default();
     for replica in [&timeline.a, &timeline.b] {
         let time = (replica.hole.0 + replica.hole.1) / 2;
-        let instant: Vec<String> = stream::iter(&shapes)
+        instants = stream::iter(&shapes)
             .map(|shape| async move { instant_in_hole(mpp, shape, time, timeline).await })
             .buffer_unordered(PARALLEL)
-            .filter_map(|failure| async { failure })
-            .collect()
+            .fold(instants, |tally, one| async move { tally.add(one) })
             .await;
-        failures.extend(instant);
-        checked += shapes.len();
     }
+    eprintln!(
+        "holes: {} instant queries inside the holes, {} where one replica holds the window and the other's is holed, {} where both are holed",
+        instants.steps, instants.one_holds, instants.nobody_holds
+    );
+    let checked = ranges.steps + instants.steps;
+    let failures = ranges.add(instants).failures;
     eprintln!("holes: done in {:?}", started.elapsed());
     report("holes", failures, checked);
 }
@@ -404,12 +408,12 @@ impl Tally {
 
 /// The shape as a range query over both holes, through mpp and directly at both replicas,
 /// compared step by step.
-async fn range_over_holes(mpp: &str, shape: &Shape, timeline: &Timeline) -> Tally {
+async fn range_over_holes(mpp: &str, shape: &Shape, post: bool, timeline: &Timeline) -> Tally {
     let Timeline { start, end, a, b } = timeline;
     let what = Ask::Range { start: *start, end: *end };
     let q = &shape.query;
     let (through, of_a, of_b) =
-        tokio::join!(ask(mpp, q, what, false), ask(&a.url, q, what, false), ask(&b.url, q, what, false));
+        tokio::join!(ask(mpp, q, what, post), ask(&a.url, q, what, false), ask(&b.url, q, what, false));
     let (through, of_a, of_b) = match (through, of_a, of_b) {
         (Ok(t), Ok(x), Ok(y)) => (t, x, y),
         (t, x, y) => {
@@ -429,10 +433,15 @@ async fn range_over_holes(mpp: &str, shape: &Shape, timeline: &Timeline) -> Tall
     }
     let slices =
         through.headers.get("mpp-slices").map_or("none".into(), |v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let routes = match routes(&through, [a, b], (*start, *end)) {
+        Ok(routes) => routes,
+        Err(e) => return Tally::failed(format!("{q}: {e}")),
+    };
     let answers = Answers {
         ours: holes::steps(&answer),
         theirs: [holes::steps(&json(&of_a)), holes::steps(&json(&of_b))],
         slices,
+        routes,
     };
     let mut tally = Tally::default();
     let mut nobody_holds = Vec::new();
@@ -458,12 +467,42 @@ async fn range_over_holes(mpp: &str, shape: &Shape, timeline: &Timeline) -> Tall
     tally
 }
 
+/// Which replica (0: A, 1: B) mpp says answered which steps (first and last, Unix
+/// milliseconds): its `MPP-Slices` header, or else `MPP.ServedBy` for all of `range`.
+fn routes(answer: &Answer, replicas: [&Replica; 2], range: (i64, i64)) -> Result<Vec<(usize, i64, i64)>, String> {
+    let index = |url: &str| replicas.iter().position(|r| r.url == url).ok_or(format!("{url} is neither replica"));
+    let Some(header) = answer.headers.get("mpp-slices") else {
+        let served = answer.served_by().ok_or("no MPP.ServedBy header and no MPP-Slices")?;
+        return Ok(vec![(index(&served)?, range.0, range.1)]);
+    };
+    let header = header.to_str().map_err(|e| format!("MPP-Slices is not text: {e}"))?;
+    let millis = |t: &str| {
+        t.parse::<f64>().map(|s| (s * 1000.0).round() as i64).map_err(|e| format!("MPP-Slices {header}: {e}"))
+    };
+    header
+        .split(", ")
+        .map(|slice| {
+            let (url, steps) = slice.split_once(' ').ok_or(format!("MPP-Slices {header}: no steps in {slice}"))?;
+            let (first, last) = steps.split_once('-').ok_or(format!("MPP-Slices {header}: no range in {steps}"))?;
+            Ok((index(url)?, millis(first)?, millis(last)?))
+        })
+        .collect()
+}
+
+/// Which replica (0: A, 1: B) misses clearly less of a window (by more than two scrape
+/// intervals), given the milliseconds of it each misses.
+fn least_missing(missing: [i64; 2]) -> Option<usize> {
+    (0..2).find(|&i| missing[i] + 2 * holes::SCRAPE < missing[1 - i])
+}
+
 /// One range query's answers, through mpp and from replicas A and B directly.
 struct Answers {
     ours: holes::Steps,
     theirs: [holes::Steps; 2],
     /// mpp's `MPP-Slices` header, for messages.
     slices: String,
+    /// Which replica mpp says answered which steps (see [`routes`]).
+    routes: Vec<(usize, i64, i64)>,
 }
 
 impl Answers {
@@ -486,12 +525,24 @@ impl Answers {
         )
     }
 
-    /// Step `t` is that of a replica whose window was not holed (one is not).
+    /// Step `t` is that of a replica whose window was not holed (one is not), and mpp says it
+    /// came from one.
     fn check_held_step(&self, t: i64, holds: [Holds; 2]) -> Option<String> {
         let holding: Vec<usize> = (0..2).filter(|&i| holds[i] != Holds::Holed).collect();
         let names: Vec<&str> = holding.iter().map(|&i| ["A", "B"][i]).collect();
-        (!holding.iter().any(|&i| self.is(i, t)))
-            .then(|| format!("expected the values of {names:?}, which hold its window: {}", self.values(t, holds)))
+        if !holding.iter().any(|&i| self.is(i, t)) {
+            return Some(format!("expected the values of {names:?}, which hold its window: {}", self.values(t, holds)));
+        }
+        let Some(&(by, _, _)) = self.routes.iter().find(|&&(_, first, last)| (first..=last).contains(&t)) else {
+            return Some(format!("no slice holds this step: {}", self.values(t, holds)));
+        };
+        (holds[by] == Holds::Holed).then(|| {
+            format!(
+                "mpp says {} answered it, whose window is holed, where {names:?} hold it: {}",
+                ["A", "B"][by],
+                self.values(t, holds)
+            )
+        })
     }
 
     /// Step `t`, whose window both replicas' holes reach (`missing` of it, milliseconds), is
@@ -505,8 +556,7 @@ impl Answers {
                 self.values(t, holed)
             ));
         }
-        let margin = 2 * holes::SCRAPE;
-        let least = (0..2).find(|&i| missing[i] + margin < missing[1 - i])?;
+        let least = least_missing(missing)?;
         (!self.is(least, t)).then(|| {
             format!(
                 "neither holds its window; {} misses the least of it ({} ms vs {} ms of A and B), yet the answer is not its: {}",
@@ -545,7 +595,30 @@ fn incomplete_named(query: &str, answer: &Value, steps: &[i64]) -> Option<String
 
 /// The shape as an instant query at `time` inside a hole: the answer of a replica that holds
 /// its window, byte for byte.
-async fn instant_in_hole(mpp: &str, shape: &Shape, time: i64, timeline: &Timeline) -> Option<String> {
+async fn instant_in_hole(mpp: &str, shape: &Shape, time: i64, timeline: &Timeline) -> Tally {
+    let windows: Vec<(i64, i64)> = shape.reads.iter().map(|r| r.at(time, time, time)).collect();
+    let holds = [&timeline.a, &timeline.b].map(|r| r.holds(&windows));
+    let tally = Tally {
+        steps: 1,
+        one_holds: usize::from(holds.contains(&Holds::Whole) && holds.contains(&Holds::Holed)),
+        nobody_holds: usize::from(holds == [Holds::Holed; 2]),
+        failures: Vec::new(),
+    };
+    match instant_failure(mpp, shape, time, timeline, holds).await {
+        Some(failure) => tally.add(Tally::failed(failure)),
+        None => tally,
+    }
+}
+
+/// What is wrong with the shape's instant answer at `time`, whose window the replicas hold
+/// as `holds` says.
+async fn instant_failure(
+    mpp: &str,
+    shape: &Shape,
+    time: i64,
+    timeline: &Timeline,
+    holds: [Holds; 2],
+) -> Option<String> {
     let what = Ask::Instant { time };
     let q = &shape.query;
     let replicas = [&timeline.a, &timeline.b];
@@ -565,8 +638,6 @@ async fn instant_in_hole(mpp: &str, shape: &Shape, time: i64, timeline: &Timelin
     let Some(i) = replicas.iter().position(|r| r.url == served) else {
         return Some(format!("{at}: served by {served}, neither replica"));
     };
-    let windows: Vec<(i64, i64)> = shape.reads.iter().map(|r| r.at(time, time, time)).collect();
-    let holds = replicas.map(|r| r.holds(&windows));
     let values = || {
         format!(
             "mpp {}; A ({:?}) {}; B ({:?}) {}",
@@ -594,8 +665,23 @@ async fn instant_in_hole(mpp: &str, shape: &Shape, time: i64, timeline: &Timelin
         }
         return None;
     }
-    // Neither holds it: one replica's data, whole.
-    (unordered(&through)["data"] != unordered(&direct[i])["data"]).then(|| {
-        format!("{at}: neither replica holds its window, and the answer is not {}'s: {}", replicas[i].name, values())
-    })
+    // Neither holds it: one replica's data, whole, that of the one missing the least.
+    if unordered(&through)["data"] != unordered(&direct[i])["data"] {
+        return Some(format!(
+            "{at}: neither replica holds its window, and the answer is not {}'s: {}",
+            replicas[i].name,
+            values()
+        ));
+    }
+    let windows: Vec<(i64, i64)> = shape.reads.iter().map(|r| r.at(time, time, time)).collect();
+    let missing = replicas.map(|r| r.missing(&windows));
+    let least = least_missing(missing).filter(|&least| least != i)?;
+    Some(format!(
+        "{at}: neither holds its window; {} misses the least of it ({} ms vs {} ms of A and B), yet {} answered: {}",
+        replicas[least].name,
+        missing[0],
+        missing[1],
+        replicas[i].name,
+        values()
+    ))
 }

@@ -217,7 +217,7 @@ fn range_functions(shapes: &mut Vec<Shape>) {
 
 /// Every function over an instant vector, each over two selectors.
 fn instant_functions(shapes: &mut Vec<Shape>) {
-    const FUNCTIONS: [&str; 29] = [
+    const FUNCTIONS: [&str; 30] = [
         "abs({})",
         "ceil({})",
         "floor({})",
@@ -242,6 +242,7 @@ fn instant_functions(shapes: &mut Vec<Shape>) {
         r#"label_join({}, "both", "/", "job", "instance")"#,
         "day_of_month(timestamp({}))",
         "day_of_week(timestamp({}))",
+        "day_of_year(timestamp({}))",
         "days_in_month(timestamp({}))",
         "hour(timestamp({}))",
         "minute(timestamp({}))",
@@ -408,6 +409,7 @@ fn histograms_constants_and_staleness(shapes: &mut Vec<Shape>) {
         "-Inf",
         "day_of_month()",
         "day_of_week()",
+        "day_of_year()",
         "days_in_month()",
         "hour()",
         "minute()",

@@ -7,7 +7,8 @@
 //!   directly at the replica mpp names in `MPP.ServedBy`: byte-identical answers.
 //! - With a hole in each replica at different times, every shape as a range query over both
 //!   holes: each step through mpp equals that step of a replica holding the step's whole read
-//!   window (worked out from when the test stopped each replica, not from mpp), never of one
+//!   window (worked out from the replicas' own samples around each stop and restart, not from
+//!   mpp), never of one
 //!   whose window was holed; steps no replica holds come whole from one replica and are named
 //!   by a warning. And instant queries inside each hole come from the replica that holds them.
 //!
@@ -49,7 +50,8 @@ fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// Fails the test with every failure counted and the first [`SHOWN`] in full.
+/// Fails the test with every failure counted and the first [`SHOWN`] in its message (all of
+/// them on stderr).
 fn report(part: &str, failures: Vec<String>, checked: usize) {
     eprintln!("{part}: {checked} checks, {} failures", failures.len());
     if failures.is_empty() {
@@ -123,8 +125,9 @@ async fn validate(replica: &str, shapes: &[Shape], start: i64, end: i64) {
 async fn answers_without_holes_are_the_serving_replicas_byte_for_byte() {
     let started = Instant::now();
     let setup = Setup::start().await;
-    // Enough data for the shapes that read 20 s back, then a range that ends in the past
-    // (negative offsets read 4 s ahead).
+    // Some data for every shape to read (the longest windows reach back to before the replicas
+    // started, which they lack alike), then a range that ends in the past (negative offsets
+    // read 4 s ahead).
     tokio::time::sleep(Duration::from_secs(15)).await;
     let end = (now() / 1000 - 6) * 1000;
     let (start, fixed) = (end - 10_000, end - 7_000);
@@ -186,8 +189,10 @@ async fn same_as_serving_replica(mpp: &str, shape: &Shape, what: Ask, post: bool
 async fn answers_over_holes_come_step_by_step_from_replicas_holding_each_window() {
     let started = Instant::now();
     let mut setup = Setup::start().await;
-    // Data on both for the windows of the first steps, then A's outage, then B's, well apart:
-    // a window of up to 12 s sees one hole at a time.
+    // Data on both for the windows of the first steps, then A's outage, then B's. A restarted
+    // Prometheus scrapes again up to 5 s after it is ready, so each hole lasts about 12 s and
+    // about 6 s lie between them: a window of a few seconds sees one hole at a time, one of 20 s
+    // reaches both.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let a_outage = outage(&mut setup.a).await;
     tokio::time::sleep(Duration::from_secs(12)).await;

@@ -32,7 +32,7 @@ mod target;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use asking::{Ask, ask, difference, in_order, json, same};
-use common::{Mpp, Prometheus, endpoints_file, get, wait_until};
+use common::{Mpp, Prometheus, endpoints_file, get, post_form, wait_until};
 use futures_util::stream::{self, StreamExt};
 use holes::Replica;
 use over_holes::{Tally, Timeline, instant_in_hole, range_over_holes};
@@ -149,8 +149,60 @@ async fn answers_without_holes_are_the_serving_replicas_byte_for_byte() {
         .filter_map(|failure| async { failure })
         .collect()
         .await;
-    eprintln!("no hole: {checked} answers compared in {:?}", started.elapsed());
-    report("no hole", failures, checked);
+    let refused = refused_parameters(&mpp, &setup.a.url(), (start, end)).await;
+    eprintln!("no hole: {checked} answers and {} refused requests compared in {:?}", refused.1, started.elapsed());
+    report("no hole", failures.into_iter().chain(refused.0).collect(), checked + refused.1);
+}
+
+/// Requests Prometheus refuses for their parameters, not their query, GET and form POST: mpp's
+/// answer is the replica's, byte for byte (the one it names, or A when it answers itself).
+/// Returns the failures and how many were compared.
+async fn refused_parameters(mpp: &str, a: &str, (start, end): (i64, i64)) -> (Vec<String>, usize) {
+    let (start, end) = (asking::seconds(start), asking::seconds(end));
+    let range = "/api/v1/query_range";
+    let requests = [
+        (range, format!("query=up&start={start}&end={end}&step=0")),
+        (range, format!("query=up&start={start}&end={end}&step=-1")),
+        (range, format!("query=up&start={end}&end={start}&step=1")),
+        (range, format!("query=up&start={start}&end={end}&step=0.0001")),
+        (range, format!("query=up&start={start}&end={end}")),
+        (range, format!("query=up&start=yesterday&end={end}&step=1")),
+        (range, format!("start={start}&end={end}&step=1")),
+        ("/api/v1/query", "query=up&time=soon".to_string()),
+        ("/api/v1/query", "query=up&time=1&timeout=-1s".to_string()),
+        ("/api/v1/query", String::new()),
+    ];
+    let mut failures = Vec::new();
+    for (path, form) in &requests {
+        for post in [false, true] {
+            let asked = |base: &str| {
+                let url = format!("{base}{path}");
+                async move { if post { post_form(&url, form).await } else { get(&format!("{url}?{form}")).await } }
+            };
+            let through = match asked(mpp).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    failures.push(format!("{path}?{form}: mpp did not answer: {e}"));
+                    continue;
+                }
+            };
+            let served = through.served_by().unwrap_or_else(|| a.to_string());
+            match asked(&served).await {
+                Ok(direct) if direct.status == 200 => {
+                    failures.push(format!("{path}?{form}: {served} accepted it: {}", direct.text()))
+                }
+                Ok(direct) if same(&through, &direct) => {}
+                Ok(direct) => failures.push(format!(
+                    "{path}?{form} (POST: {post}): mpp answered {} where {served} answers {}: {}",
+                    through.status,
+                    direct.status,
+                    difference(&through.body, &direct.body)
+                )),
+                Err(e) => failures.push(format!("{path}?{form}: {served} did not answer: {e}")),
+            }
+        }
+    }
+    (failures, requests.len() * 2)
 }
 
 /// Asks mpp, then the replica it names, the same: the same status and body, byte for byte.

@@ -7,6 +7,7 @@
 pub mod affinity;
 pub mod body;
 pub mod client_ip;
+mod fanout;
 pub mod headers;
 pub mod retry;
 pub mod route;
@@ -18,14 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::join_all;
-use http::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -35,8 +33,7 @@ use crate::coverage::Millis;
 use crate::coverage::tracker::DEFAULT_LOOKBACK;
 use crate::credentials::Credentials;
 use crate::error::{ProxyBody, ProxyError};
-use crate::merge;
-use crate::metrics::{AffinityLabels, BackendLabels, MergeLabels, Metrics, RequestLabels};
+use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
 use crate::registry::Replica;
 use crate::selection::Snapshot;
 use crate::units::format_duration;
@@ -45,7 +42,7 @@ use crate::window::{self, Read, Window};
 use affinity::{Affinity, AffinityOptions};
 use body::{BodyLimits, Buffered};
 use client_ip::TrustedProxies;
-use retry::AttemptError;
+use retry::{AttemptError, Outcome, Target};
 use route::Route;
 
 /// A client's request body, whichever protocol brought it: hyper's for HTTP/2, the
@@ -59,9 +56,6 @@ impl<B> ClientBody for B where
 {
 }
 
-/// How long a last-resort attempt (on a replica already found down, because no other is
-/// left) waits for an answer before a query moves on.
-const LAST_RESORT_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a request waits for one of a replica's connections (`--max-backend-connections`)
 /// before it is refused with 503 and `Retry-After`.
 const QUEUE_PATIENCE: Duration = Duration::from_secs(5);
@@ -140,14 +134,24 @@ struct Prepared {
     pass_timeout: bool,
 }
 
-/// How one attempt ended.
-enum Outcome {
-    /// An answer for the client (a Prometheus API error answer included).
-    Answer(Response<pool::Body>, OwnedSemaphorePermit),
-    /// A failure; with the replica's own answer when it gave one (a 503 while not ready),
-    /// which the client gets if no other replica does better.
-    Failed(AttemptError, Option<(Response<pool::Body>, OwnedSemaphorePermit)>),
+/// One request on its way through the proxy, in the spirit of pingora's session: what every
+/// attempt sends, the selection it is routed by, its time, and how its replica was chosen.
+/// `forward` makes it once; relaying, merging, slicing and answering take it whole rather
+/// than each of its pieces.
+struct Exchange {
+    prepared: Prepared,
+    /// The selection the request is routed by (reloaded when an attempt fails).
+    snapshot: Arc<Snapshot>,
+    /// When the request's time (`--request-timeout`) runs out.
+    deadline: Instant,
+    /// When the request arrived, for its duration.
+    started: Instant,
+    /// How the replica of the attempt under way was chosen.
+    target: Target,
 }
+
+/// An attempt's answer, with the replica's connection slot it holds until its body is done.
+type Answered = (Response<pool::Body>, OwnedSemaphorePermit);
 
 impl Proxy {
     /// The request path over the given state.
@@ -217,39 +221,47 @@ impl Proxy {
             snapshot if snapshot.settled => snapshot,
             _ => Box::pin(self.settled_snapshot(deadline)).await,
         };
-        let backend = match inner.affinity.preferred(&snapshot, prepared.route_cookie.as_deref(), prepared.client) {
+        let mut exchange = Exchange { prepared, snapshot, deadline, started, target: Target::Replica };
+        let (prepared, snapshot) = (&exchange.prepared, &exchange.snapshot);
+        let backend = match inner.affinity.preferred(snapshot, prepared.route_cookie.as_deref(), prepared.client) {
             Some((backend, sticky)) => {
                 inner.metrics.affinity_hits.get_or_create(&AffinityLabels { r#type: sticky.label() }).inc();
                 backend
             }
-            None => match retry::next_backend(&snapshot, &[]) {
+            None => match retry::next_backend(snapshot, &[]) {
                 Some(backend) => backend,
                 None => {
                     // Nothing usable is left: every candidate is tried anyway before clients
                     // get a 503.
-                    let backend = retry::last_resort(&snapshot, &[])
+                    let backend = retry::last_resort(snapshot, &[])
                         .ok_or_else(|| ProxyError::NoReplica(snapshot.reason.clone()))?;
-                    return Box::pin(self.relay(prepared, backend, true, false, snapshot, deadline, started)).await;
+                    exchange.target = Target::LastResort;
+                    return Box::pin(self.relay(exchange, backend)).await;
                 }
             },
         };
-        match self.coverage_read(&prepared, &snapshot, &backend) {
-            Some(read) => match route::plan(&snapshot, backend, &read) {
+        match self.coverage_read(prepared, snapshot, &backend) {
+            Some(read) => match route::plan(snapshot, backend, &read) {
                 Route::One { replica, diverted } => {
-                    Box::pin(self.relay(prepared, replica, false, diverted, snapshot, deadline, started)).await
+                    if diverted {
+                        exchange.target = Target::Diverted;
+                    }
+                    Box::pin(self.relay(exchange, replica)).await
                 }
                 // Boxed, as the other rare paths below: the request's future is moved about
                 // (into hyper's connection), and each path's state would otherwise add to
                 // every request's.
                 Route::Merge { primary, others } => {
-                    Box::pin(self.merge(prepared, read.endpoint, primary, others, snapshot, deadline, started)).await
+                    exchange.target = Target::Diverted;
+                    Box::pin(self.merge(exchange, read.endpoint, primary, others)).await
                 }
                 Route::Slices(slices) => {
                     let steps = read.steps.as_ref().expect("slices are planned from a range query's steps");
-                    Box::pin(self.sliced(prepared, slices, steps, snapshot, deadline, started)).await
+                    exchange.target = Target::Diverted;
+                    Box::pin(self.sliced(exchange, slices, steps)).await
                 }
             },
-            None => Box::pin(self.relay(prepared, backend, false, false, snapshot, deadline, started)).await,
+            None => Box::pin(self.relay(exchange, backend)).await,
         }
     }
 
@@ -312,33 +324,27 @@ impl Proxy {
     }
 
     /// Sends the request to `backend`, and on a failure that is safe to retry to another
-    /// replica, until one answers or none is left. `diverted`: coverage chose `backend` over
-    /// the client's affinity, which then stays as it was.
-    #[allow(clippy::too_many_arguments)]
+    /// replica, until one answers or none is left.
     async fn relay(
         &self,
-        mut prepared: Prepared,
+        mut exchange: Exchange,
         mut backend: Arc<Replica>,
-        mut last_resort: bool,
-        diverted: bool,
-        mut snapshot: Arc<Snapshot>,
-        deadline: Instant,
-        started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let inner = &*self.inner;
         // Allocates only when an attempt fails.
         let mut tried: Vec<Arc<Replica>> = Vec::new();
         loop {
-            let (failure, unavailable) = match self.attempt(&prepared, &backend, &tried, last_resort, deadline).await {
-                Outcome::Answer(response, slot) => {
-                    let answer = self.answer(response, slot, &backend, &snapshot, &prepared, started, diverted);
+            let (failure, unavailable) = match self.attempt(&exchange, &backend, &tried).await {
+                Outcome::Answer((response, slot)) => {
+                    let answer = self.answer(&exchange, &backend, response, slot);
                     if tried.is_empty() {
                         return Ok(answer);
                     }
-                    return Ok(Box::pin(self.with_failover(answer, &tried, &backend, deadline)).await);
+                    return Ok(Box::pin(self.with_failover(answer, &tried, &backend, exchange.deadline)).await);
                 }
                 Outcome::Failed(failure, answer) => (failure, answer),
             };
+            let last_resort = exchange.target.is_last_resort();
             tracing::debug!(backend = %backend, error = %failure, last_resort, "attempt failed");
             if failure.counts_against_replica() {
                 // The selection loop re-probes at once; this request does not wait for it.
@@ -346,214 +352,26 @@ impl Proxy {
             }
             tried.push(backend.clone());
             // The answer of another replica is read to say so in it: uncompressed.
-            prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
-            snapshot = inner.snapshot.load_full();
-            let next = retry::next_attempt(&snapshot, &tried, &failure, prepared.replayable, last_resort);
+            exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
+            exchange.snapshot = inner.snapshot.load_full();
+            let replayable = exchange.prepared.replayable;
+            let next = retry::next_attempt(&exchange.snapshot, &tried, &failure, replayable, exchange.target);
             match (next, unavailable) {
-                (Some((next, next_is_last_resort)), _) => {
+                (Some((next, target)), _) => {
                     inner.metrics.retries.get_or_create(&BackendLabels { backend: backend.url_label() }).inc();
-                    (backend, last_resort) = (next, next_is_last_resort);
+                    (backend, exchange.target) = (next, target);
                 }
-                (None, Some((response, slot))) => {
-                    return Ok(self.answer(response, slot, &backend, &snapshot, &prepared, started, diverted));
-                }
+                (None, Some((response, slot))) => return Ok(self.answer(&exchange, &backend, response, slot)),
                 (None, None) => {
                     tracing::warn!(backend = %backend, error = %failure, attempts = tried.len(), "request failed on every attempt");
-                    return Err(self.failure(failure, &backend, &snapshot, last_resort));
+                    return Err(self.failure(&exchange, failure, &backend));
                 }
             }
         }
     }
 
-    /// An answer that another replica gave after `failed` ones (at least one) did not: says
-    /// so in a header and, for an API answer mpp can read within `--merge-max-bytes`, in its
-    /// `warnings` (Grafana shows them). A longer answer streams on as it is.
-    async fn with_failover(
-        &self,
-        answer: Response<ProxyBody>,
-        failed: &[Arc<Replica>],
-        served: &Replica,
-        deadline: Instant,
-    ) -> Response<ProxyBody> {
-        let names = failed.iter().map(|r| r.url()).collect::<Vec<_>>().join(", ");
-        let (mut parts, body) = answer.into_parts();
-        if let Ok(value) = HeaderValue::from_str(&names) {
-            parts.headers.insert(headers::FAILOVER_FROM.clone(), value);
-        }
-        let Either::Left(body) = body else { return Response::from_parts(parts, body) };
-        if !headers::is_plain_json(&parts.headers) {
-            return Response::from_parts(parts, Either::Left(body));
-        }
-        let (body, slot) = body.into_parts();
-        let budget = &self.inner.merge_budget;
-        match read_up_to(body, self.inner.merge_max_bytes, budget, deadline).await {
-            Ok(Held::Whole(bytes, _held)) => {
-                let warning = format!("mpp: answered by {} after {names} failed", served.url());
-                let bytes = merge::add_warning(&bytes, &warning).map(Bytes::from).unwrap_or(bytes);
-                parts.headers.remove(header::CONTENT_LENGTH);
-                Response::from_parts(parts, Either::Right(Full::new(bytes)))
-            }
-            Ok(Held::Over(prefix, rest)) => {
-                Response::from_parts(parts, Either::Left(Guarded::with_prefix(prefix, rest, slot)))
-            }
-            Err(e) => ProxyError::Upstream { backend: served.url().to_string(), detail: e }.into_response(),
-        }
-    }
-
-    /// Answers from several replicas: each is asked (uncompressed); their answers are read
-    /// within `--merge-max-bytes` (shared by every merge in flight) and before the request's
-    /// deadline, and merged off the serving thread. The first replica in `[primary,
-    /// others...]` to answer `200` is the primary; when none does, the planned primary's
-    /// answer (a bad query's error, say) is the client's. When the primary's own answer is
-    /// over the bound, it streams on alone, with an `MPP-Warning` header.
-    #[allow(clippy::too_many_arguments)]
-    async fn merge(
-        &self,
-        mut prepared: Prepared,
-        endpoint: window::Endpoint,
-        primary: Arc<Replica>,
-        others: Vec<Arc<Replica>>,
-        snapshot: Arc<Snapshot>,
-        deadline: Instant,
-        started: Instant,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let inner = &*self.inner;
-        prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
-        let replicas: Vec<Arc<Replica>> = std::iter::once(primary.clone()).chain(others).collect();
-        let outcomes = join_all(replicas.iter().map(|r| self.attempt(&prepared, r, &[], false, deadline))).await;
-        let mut answers: Vec<(Arc<Replica>, Response<pool::Body>, OwnedSemaphorePermit)> = Vec::new();
-        for (replica, outcome) in replicas.iter().zip(outcomes) {
-            match outcome {
-                Outcome::Answer(response, slot) => answers.push((replica.clone(), response, slot)),
-                Outcome::Failed(failure, _) => {
-                    tracing::debug!(backend = %replica, error = %failure, "a replica asked for a merge failed");
-                }
-            }
-        }
-        let label = endpoint.label();
-        let count = |outcome: &'static str| {
-            inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: label, outcome }).inc();
-        };
-        let usable = |r: &Response<pool::Body>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
-        let Some(first_ok) = answers.iter().position(|(_, r, _)| usable(r)) else {
-            return match answers.into_iter().next() {
-                // Nobody answered 200: the first answer is the client's, as it is.
-                Some((served, response, slot)) => {
-                    Ok(self.answer(response, slot, &served, &snapshot, &prepared, started, true))
-                }
-                // Nobody answered at all: the ordinary way, with its retries and errors.
-                None => self.relay(prepared, primary, false, false, snapshot, deadline, started).await,
-            };
-        };
-        let (served, response, slot) = answers.remove(first_ok);
-        let failed: Vec<Arc<Replica>> = replicas.iter().take_while(|r| **r != served).cloned().collect();
-        let (mut parts, body) = response.into_parts();
-        let budget = &inner.merge_budget;
-        let mut held = Vec::new();
-        let primary_body = match read_up_to(body, inner.merge_max_bytes, budget, deadline).await {
-            Ok(Held::Whole(bytes, permit)) => {
-                held.push(permit);
-                bytes
-            }
-            Ok(Held::Over(prefix, rest)) => {
-                count("too_large");
-                let note = format!("not merged: the answer is over --merge-max-bytes {}", inner.merge_max_bytes);
-                if let Ok(value) = HeaderValue::from_str(&note) {
-                    parts.headers.insert(headers::MPP_WARNING.clone(), value);
-                }
-                // What was read and what is still to come are the whole answer, as it was.
-                return Ok(self.finish(
-                    parts,
-                    Either::Left(Guarded::with_prefix(prefix, rest, slot)),
-                    &served,
-                    started,
-                ));
-            }
-            Err(e) => return Err(ProxyError::Upstream { backend: served.url().to_string(), detail: e }),
-        };
-        drop(slot);
-        let mut others: Vec<(Arc<Replica>, Bytes)> = Vec::new();
-        let mut over = false;
-        for (replica, response, slot) in answers.into_iter().filter(|(_, r, _)| usable(r)) {
-            let limit = inner.merge_max_bytes.saturating_sub(primary_body.len());
-            match read_up_to(response.into_body(), limit, budget, deadline).await {
-                Ok(Held::Whole(bytes, permit)) => {
-                    held.push(permit);
-                    others.push((replica, bytes));
-                }
-                Ok(Held::Over(..)) => over = true,
-                Err(e) => tracing::debug!(backend = %replica, error = %e, "an answer is left out of a merge"),
-            }
-            drop(slot);
-        }
-        let mut names: Vec<String> = vec![served.url().to_string()];
-        names.extend(others.iter().map(|(r, _)| r.url().to_string()));
-        let primary_url = served.url().to_string();
-        let body = if others.is_empty() {
-            let warning = if over {
-                count("too_large");
-                format!(
-                    "mpp: no single replica holds all data for this query, and the others' answers are over --merge-max-bytes; this is {primary_url}'s alone"
-                )
-            } else {
-                count("failed");
-                format!(
-                    "mpp: no single replica holds all data for this query, and only {primary_url} answered; it may have gaps"
-                )
-            };
-            merge::add_warning(&primary_body, &warning).map(Bytes::from).unwrap_or(primary_body)
-        } else {
-            let warning = format!(
-                "mpp: merged from replicas {} (no single replica holds all data for this time range; {primary_url} is the primary)",
-                names.join(", ")
-            );
-            // Parsing and writing answers of megabytes is work for a blocking thread, not for
-            // the thread that serves every other connection of this core.
-            let work = tokio::task::spawn_blocking(move || {
-                let parts: Vec<merge::Part> =
-                    others.iter().map(|(r, b)| merge::Part { body: b, replica: r.url() }).collect();
-                let merged = merge::merge(
-                    endpoint,
-                    merge::Part { body: &primary_body, replica: &primary_url },
-                    &parts,
-                    Some(&warning),
-                );
-                (merged, primary_body)
-            });
-            match work.await {
-                Ok((Ok(merged), _)) => {
-                    count("merged");
-                    tracing::debug!(replicas = ?names, filled = merged.filled, added_series = merged.added_series, "answers merged");
-                    if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
-                        parts.headers.insert(headers::MERGED_FROM.clone(), value);
-                    }
-                    Bytes::from(merged.body)
-                }
-                Ok((Err(e), primary_body)) => {
-                    count("failed");
-                    tracing::debug!(error = %e, "answers could not be merged; sending the primary's");
-                    primary_body
-                }
-                Err(e) => {
-                    return Err(ProxyError::Upstream {
-                        backend: served.url().to_string(),
-                        detail: format!("merging: {e}"),
-                    });
-                }
-            }
-        };
-        drop(held);
-        if !failed.is_empty()
-            && let Ok(value) = HeaderValue::from_str(&failed.iter().map(|r| r.url()).collect::<Vec<_>>().join(", "))
-        {
-            parts.headers.insert(headers::FAILOVER_FROM.clone(), value);
-        }
-        parts.headers.remove(header::CONTENT_LENGTH);
-        Ok(self.finish(parts, Either::Right(Full::new(body)), &served, started))
-    }
-
-    /// The client's answer when the last attempt failed.
-    fn failure(&self, failure: AttemptError, backend: &Replica, snapshot: &Snapshot, last_resort: bool) -> ProxyError {
+    /// The client's answer when the exchange's last attempt (on `backend`) failed.
+    fn failure(&self, exchange: &Exchange, failure: AttemptError, backend: &Replica) -> ProxyError {
         let url = backend.url().to_string();
         match failure {
             AttemptError::TimedOut => {
@@ -565,8 +383,8 @@ impl Proxy {
             )),
             failure => {
                 let mut detail = failure.to_string();
-                if last_resort {
-                    detail = format!("{detail} (tried although {})", snapshot.reason);
+                if exchange.target.is_last_resort() {
+                    detail = format!("{detail} (tried although {})", exchange.snapshot.reason);
                 }
                 if failure.nothing_answered() {
                     ProxyError::Unavailable { backend: url, detail }
@@ -624,16 +442,10 @@ impl Proxy {
         }
     }
 
-    /// One try of the request on one backend (after the `tried` ones), until the answer's
-    /// headers arrive.
-    async fn attempt(
-        &self,
-        prepared: &Prepared,
-        backend: &Replica,
-        tried: &[Arc<Replica>],
-        last_resort: bool,
-        deadline: Instant,
-    ) -> Outcome {
+    /// One try of the exchange's request on `backend` (after the `tried` ones), until the
+    /// answer's headers arrive; judged and recorded by the retry policy.
+    async fn attempt(&self, exchange: &Exchange, backend: &Replica, tried: &[Arc<Replica>]) -> Outcome<Answered> {
+        let (prepared, deadline) = (&exchange.prepared, exchange.deadline);
         let slots = backend.connection_slots();
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -658,72 +470,52 @@ impl Proxy {
             body: &prepared.body.bytes,
             replayable: prepared.replayable,
         };
-        let patience = if last_resort { LAST_RESORT_PATIENCE } else { Duration::ZERO };
+        let target = exchange.target;
+        let patience = if target.is_last_resort() { retry::LAST_RESORT_PATIENCE } else { Duration::ZERO };
         let sent = std::pin::pin!(self.pool.send(backend.scheme(), backend.authority(), request));
         let movable =
-            || prepared.replayable && retry::has_alternative(&self.inner.snapshot.load(), tried, backend, last_resort);
-        let outcome = match retry::wait_for_answer(sent, movable, backend.health(), patience, deadline).await {
-            Ok(response)
-                if response.status() == StatusCode::SERVICE_UNAVAILABLE && !headers::is_api_answer(&response) =>
-            {
-                Outcome::Failed(AttemptError::Unavailable, prepared.replayable.then_some((response, slot)))
-            }
-            Ok(response) if response.status() == StatusCode::LOOP_DETECTED => Outcome::Failed(AttemptError::Loop, None),
-            Ok(response) => Outcome::Answer(response, slot),
-            Err(failure) => Outcome::Failed(failure, None),
-        };
-        match &outcome {
-            Outcome::Answer(..) => backend.health().record_success(),
-            Outcome::Failed(failure, _) if failure.counts_against_replica() => {
-                if backend.health().record_failure(retry::EJECT_AFTER_FAILURES) {
-                    tracing::warn!(backend = %backend, "replica failed live traffic repeatedly; ejected until it passes a probe");
-                }
-            }
-            Outcome::Failed(..) => {}
-        }
-        outcome
+            || prepared.replayable && retry::has_alternative(&self.inner.snapshot.load(), tried, backend, target);
+        let answer = retry::wait_for_answer(sent, movable, backend.health(), patience, deadline).await;
+        retry::judge(answer, prepared.replayable, backend).map(|response| (response, slot))
     }
 
     /// The backend's answer, made ready for the client; its body streams through untouched,
-    /// holding the replica's connection slot until it is done.
-    #[allow(clippy::too_many_arguments)]
+    /// holding the replica's connection slot until it is done. A replica chosen for its data
+    /// serves this query only: the client's pin stays.
     fn answer(
         &self,
+        exchange: &Exchange,
+        backend: &Arc<Replica>,
         response: Response<pool::Body>,
         slot: OwnedSemaphorePermit,
-        backend: &Arc<Replica>,
-        snapshot: &Snapshot,
-        prepared: &Prepared,
-        started: Instant,
-        diverted: bool,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
-        // A replica chosen for its data serves this query only; the client's pin stays.
-        if !diverted {
+        if exchange.target != Target::Diverted {
+            let prepared = &exchange.prepared;
             self.inner.affinity.remember(
-                snapshot,
+                &exchange.snapshot,
                 prepared.route_cookie.as_deref(),
                 prepared.client,
                 backend,
                 &mut parts.headers,
             );
         }
-        self.finish(parts, Either::Left(Guarded::new(body, slot)), backend, started)
+        self.finish(exchange, parts, Either::Left(Guarded::new(body, slot)), backend)
     }
 
     /// An answer's head made ready for the client (hop-by-hop headers out, `MPP.ServedBy`
     /// in), counted.
     fn finish(
         &self,
+        exchange: &Exchange,
         mut parts: http::response::Parts,
         body: ProxyBody,
         backend: &Replica,
-        started: Instant,
     ) -> Response<ProxyBody> {
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
         let metrics = backend.metrics();
-        metrics.duration.observe(started.elapsed());
+        metrics.duration.observe(exchange.started.elapsed());
         if parts.status == StatusCode::OK {
             metrics.ok.inc();
         } else {
@@ -742,43 +534,4 @@ fn request_path(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
         return Err(ProxyError::BadRequest(format!("request target '{path_and_query}' is not a path")));
     }
     Ok(path_and_query)
-}
-
-/// An answer's body as far as it was read: whole (with the budget it holds), or, over the
-/// limit, what was read and the rest still to come.
-enum Held<B> {
-    Whole(Bytes, Option<OwnedSemaphorePermit>),
-    Over(Bytes, B),
-}
-
-/// Reads `body` whole, paying for each byte from `budget`, unless it is over `limit` or the
-/// budget runs out (then [`Held::Over`], so that it can still stream on). Fails when the body
-/// fails or does not end before `deadline`.
-async fn read_up_to<B>(mut body: B, limit: usize, budget: &Arc<Semaphore>, deadline: Instant) -> Result<Held<B>, String>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut read = BytesMut::new();
-    let mut paid: Option<OwnedSemaphorePermit> = None;
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err("the answer did not arrive whole within --request-timeout".to_string()),
-            Ok(None) => return Ok(Held::Whole(read.freeze(), paid)),
-            Ok(Some(Err(e))) => {
-                return Err(format!("reading the answer: {}", crate::error::error_chain(e.into().as_ref())));
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else { continue };
-        let fits = read.len() + data.len() <= limit;
-        let permit =
-            u32::try_from(data.len()).ok().filter(|_| fits).and_then(|n| budget.clone().try_acquire_many_owned(n).ok());
-        read.extend_from_slice(&data);
-        match (permit, &mut paid) {
-            (Some(permit), Some(paid)) => paid.merge(permit),
-            (Some(permit), None) => paid = Some(permit),
-            (None, _) => return Ok(Held::Over(read.freeze(), body)),
-        }
-    }
 }

@@ -1,17 +1,20 @@
-//! The retry policy, all of it: how an attempt can fail ([`AttemptError`]), which failures
-//! count against a replica and which may be retried, which requests may be replayed, how
-//! many attempts a request gets, where the next one goes, when a replica is ejected, and
-//! when an attempt waiting on a replica found down gives up on it.
+//! The retry policy, all of it: how an attempt can fail ([`AttemptError`]), what an answer
+//! means for the attempt ([`judge`]: a 503 outside the API is a replica not ready, a 508 a
+//! loop), which failures count against a replica (recorded in its health, which ejects it)
+//! and which may be retried, which requests may be replayed, how many attempts a request
+//! gets, where the next one goes ([`Target`]), and when an attempt waiting on a replica
+//! found down gives up on it.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{Method, Response, StatusCode};
 use rand::RngExt;
 use tokio::time::Instant;
 
+use super::headers;
 use crate::error::error_chain;
 use crate::registry::{Health, Replica};
 use crate::selection::Snapshot;
@@ -46,24 +49,96 @@ pub fn replayable(method: &Method, path: &str) -> bool {
     }
 }
 
-/// Where the next attempt goes after `failure`, if anywhere: `(replica, last_resort)`.
-/// `tried` holds every replica tried so far, the failed one included; `last_resort`: the
-/// failed attempt was one (nothing was viable), so the next may be too.
+/// How the replica an attempt goes to was chosen, which decides what the attempt and its
+/// answer may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// By affinity or by strategy, among the usable replicas: the answer pins the client.
+    Replica,
+    /// Among every candidate, usable or not, because no usable one is left: the attempt gives
+    /// the replica [`LAST_RESORT_PATIENCE`] before it moves on, and a failure says so.
+    LastResort,
+    /// For its data (coverage routing, a merge, a slice), over the client's affinity: the
+    /// client's pin stays as it was.
+    Diverted,
+}
+
+impl Target {
+    /// Whether the replica is tried although nothing usable is left.
+    pub fn is_last_resort(self) -> bool {
+        self == Target::LastResort
+    }
+}
+
+/// How long a last-resort attempt (on a replica already found down, because no other is
+/// left) waits for an answer before a query moves on.
+pub const LAST_RESORT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Where the next attempt goes after `failure`, if anywhere, and how it was chosen. `tried`
+/// holds every replica tried so far, the failed one included; `target`: how the failed
+/// attempt's replica was chosen. Only after a last resort may the next be one too; a
+/// replica chosen for its data is followed by another chosen so.
 pub fn next_attempt(
     snapshot: &Snapshot,
     tried: &[Arc<Replica>],
     failure: &AttemptError,
     replayable: bool,
-    last_resort: bool,
-) -> Option<(Arc<Replica>, bool)> {
+    target: Target,
+) -> Option<(Arc<Replica>, Target)> {
     if tried.len() >= MAX_ATTEMPTS || !failure.retryable(replayable) {
         return None;
     }
-    match next_backend(snapshot, tried) {
-        Some(next) => Some((next, false)),
-        None if last_resort => self::last_resort(snapshot, tried).map(|next| (next, true)),
-        None => None,
+    match (next_backend(snapshot, tried), target) {
+        (Some(next), Target::LastResort) => Some((next, Target::Replica)),
+        (Some(next), target) => Some((next, target)),
+        (None, Target::LastResort) => self::last_resort(snapshot, tried).map(|next| (next, Target::LastResort)),
+        (None, _) => None,
     }
+}
+
+/// How one attempt ended; `A` is the answer (with whatever it holds, such as its
+/// connection slot).
+pub enum Outcome<A> {
+    /// An answer for the client (a Prometheus API error answer included).
+    Answer(A),
+    /// A failure; with the replica's own answer when it gave one (a 503 while not ready, to
+    /// a request that may be replayed), which the client gets if no other replica does better.
+    Failed(AttemptError, Option<A>),
+}
+
+impl<A> Outcome<A> {
+    /// The same outcome, its answer made into another (given what it holds).
+    pub fn map<T>(self, f: impl FnOnce(A) -> T) -> Outcome<T> {
+        match self {
+            Outcome::Answer(answer) => Outcome::Answer(f(answer)),
+            Outcome::Failed(failure, answer) => Outcome::Failed(failure, answer.map(f)),
+        }
+    }
+}
+
+/// What an attempt on `replica` brought back (`sent`), judged, and recorded in the replica's
+/// health: an answer resets its count of failures; a failure that counts against it adds to
+/// the count, and ejects it after [`EJECT_AFTER_FAILURES`] (logged once, when it flips). A
+/// 503 that is not the API's own is the replica not ready; a 508 is a loop.
+pub fn judge<B>(sent: Result<Response<B>, AttemptError>, replayable: bool, replica: &Replica) -> Outcome<Response<B>> {
+    let outcome = match sent {
+        Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE && !headers::is_api_answer(&response) => {
+            Outcome::Failed(AttemptError::Unavailable, replayable.then_some(response))
+        }
+        Ok(response) if response.status() == StatusCode::LOOP_DETECTED => Outcome::Failed(AttemptError::Loop, None),
+        Ok(response) => Outcome::Answer(response),
+        Err(failure) => Outcome::Failed(failure, None),
+    };
+    match &outcome {
+        Outcome::Answer(_) => replica.health().record_success(),
+        Outcome::Failed(failure, _) if failure.counts_against_replica() => {
+            if replica.health().record_failure(EJECT_AFTER_FAILURES) {
+                tracing::warn!(backend = %replica, "replica failed live traffic repeatedly; ejected until it passes a probe");
+            }
+        }
+        Outcome::Failed(..) => {}
+    }
+    outcome
 }
 
 /// Waits for `send` (an attempt's answer) until `deadline`. A query waiting on a replica
@@ -122,13 +197,13 @@ pub fn last_resort(snapshot: &Snapshot, tried: &[Arc<Replica>]) -> Option<Arc<Re
 /// Whether an attempt on `current` that fails could be followed by another, as
 /// [`next_attempt`] would choose it: a selected or viable replica not tried yet and not
 /// down, or for a last-resort attempt any candidate not tried yet; and attempts left.
-pub fn has_alternative(snapshot: &Snapshot, tried: &[Arc<Replica>], current: &Replica, last_resort: bool) -> bool {
+pub fn has_alternative(snapshot: &Snapshot, tried: &[Arc<Replica>], current: &Replica, target: Target) -> bool {
     if tried.len() + 1 >= MAX_ATTEMPTS {
         return false;
     }
     let other = |b: &Arc<Replica>| !tried.contains(b) && **b != *current;
     snapshot.selected.iter().chain(&snapshot.viable).any(|b| other(b) && !b.health().is_down())
-        || (last_resort && snapshot.candidates.iter().any(|c| other(&c.replica)))
+        || (target.is_last_resort() && snapshot.candidates.iter().any(|c| other(&c.replica)))
 }
 
 /// A random one of `pool`, without collecting it (this runs on every request).
@@ -312,18 +387,18 @@ mod tests {
         let (a, b) = two();
         let mut snapshot = Snapshot::empty();
         snapshot.selected = vec![a.clone(), b.clone()];
-        assert!(has_alternative(&snapshot, &[], &a, false), "b is there");
-        assert!(!has_alternative(&snapshot, std::slice::from_ref(&b), &a, false), "b was tried already");
+        assert!(has_alternative(&snapshot, &[], &a, Target::Replica), "b is there");
+        assert!(!has_alternative(&snapshot, std::slice::from_ref(&b), &a, Target::Replica), "b was tried already");
         b.health().mark_down();
-        assert!(!has_alternative(&snapshot, &[], &a, false), "b is down too: a is the only one left");
+        assert!(!has_alternative(&snapshot, &[], &a, Target::Replica), "b is down too: a is the only one left");
         b.health().mark_up();
         snapshot.selected = vec![a.clone()];
-        assert!(!has_alternative(&snapshot, &[], &a, false), "a lone replica");
+        assert!(!has_alternative(&snapshot, &[], &a, Target::Replica), "a lone replica");
         let c = replicas(&["http://c:1"]).remove(0);
         let tried = [b.clone(), c.clone()];
         snapshot.selected = vec![a.clone(), b, c];
-        assert!(has_alternative(&snapshot, &tried[..1], &tried[1], false), "a is a third attempt");
-        assert!(!has_alternative(&snapshot, &tried, &a, false), "no fourth attempt");
+        assert!(has_alternative(&snapshot, &tried[..1], &tried[1], Target::Replica), "a is a third attempt");
+        assert!(!has_alternative(&snapshot, &tried, &a, Target::Replica), "no fourth attempt");
     }
 
     #[tokio::test(start_paused = true)]
@@ -337,9 +412,9 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         let mut snapshot = Snapshot::empty();
         snapshot.selected = replicas(&["http://c:1"]);
-        assert!(next_attempt(&snapshot, std::slice::from_ref(&a), &failure, true, false).is_none());
+        assert!(next_attempt(&snapshot, std::slice::from_ref(&a), &failure, true, Target::Replica).is_none());
         let refused = AttemptError::Connect("refused".into());
-        assert!(next_attempt(&snapshot, std::slice::from_ref(&a), &refused, false, false).is_some());
+        assert!(next_attempt(&snapshot, std::slice::from_ref(&a), &refused, false, Target::Replica).is_some());
     }
 
     #[test]

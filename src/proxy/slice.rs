@@ -12,18 +12,18 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 
 use super::body::Buffered;
+use super::fanout::{Held, read_up_to};
+use super::retry::{self, Outcome, Target};
 use super::route::Slice;
-use super::{Held, Outcome, Prepared, Proxy, headers, read_up_to, retry};
+use super::{Exchange, Prepared, Proxy, headers};
 use crate::client::pool;
 use crate::coverage::Millis;
 use crate::error::{ProxyBody, ProxyError};
 use crate::merge;
 use crate::metrics::MergeLabels;
 use crate::registry::Replica;
-use crate::selection::Snapshot;
 use crate::window::{Steps, pin_start_end, seconds};
 
 /// Names the replicas a sliced answer came from, and the steps each answered
@@ -33,7 +33,9 @@ pub static SLICES: http::HeaderName = http::HeaderName::from_static("mpp-slices"
 /// One slice's request, and where it was answered.
 struct Sent {
     slice: Slice,
-    prepared: Prepared,
+    /// The slice's own request, with the whole query's selection and time; its target is
+    /// how the replica of its attempt under way was chosen.
+    exchange: Exchange,
     /// The replicas tried before the one that answered (a failed attempt moves the slice on).
     tried: Vec<Arc<Replica>>,
 }
@@ -47,15 +49,14 @@ impl Proxy {
     /// query goes to the replica answering the most steps, with an `MPP-Warning` header.
     pub(super) async fn sliced(
         &self,
-        mut prepared: Prepared,
+        mut exchange: Exchange,
         slices: Vec<Slice>,
         steps: &Steps,
-        snapshot: Arc<Snapshot>,
-        deadline: Instant,
-        started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let inner = &*self.inner;
-        prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
+        let deadline = exchange.deadline;
+        exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
+        let prepared = &exchange.prepared;
         let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
         let mut sent = Vec::with_capacity(slices.len());
         for slice in slices {
@@ -72,10 +73,17 @@ impl Proxy {
                 replayable: prepared.replayable,
                 pass_timeout: prepared.pass_timeout,
             };
-            sent.push(Sent { slice, prepared: slice_request, tried: Vec::new() });
+            let exchange = Exchange {
+                prepared: slice_request,
+                snapshot: exchange.snapshot.clone(),
+                deadline,
+                started: exchange.started,
+                target: Target::Replica,
+            };
+            sent.push(Sent { slice, exchange, tried: Vec::new() });
         }
         inner.metrics.slice_requests.inc_by(sent.len() as u64);
-        let answers = join_all(sent.iter_mut().map(|s| self.slice_attempts(s, &snapshot, deadline))).await;
+        let answers = join_all(sent.iter_mut().map(|s| self.slice_attempts(s))).await;
         let count = |outcome: &'static str| {
             inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: "query_range", outcome }).inc();
         };
@@ -86,7 +94,7 @@ impl Proxy {
                 Ok(answer) => answered.push(answer),
                 Err((replica, failure)) => {
                     count("failed");
-                    return Err(self.failure(failure, &replica, &snapshot, false));
+                    return Err(self.failure(&exchange, failure, &replica));
                 }
             }
         }
@@ -94,7 +102,7 @@ impl Proxy {
         if let Some(refused) = answered.iter().position(|(_, r, _)| !usable(r)) {
             // Prometheus's own answer (an error about the query, as a rule): the client's.
             let (served, response, slot) = answered.swap_remove(refused);
-            return Ok(self.answer(response, slot, &served, &snapshot, &prepared, started, true));
+            return Ok(self.answer(&exchange, &served, response, slot));
         }
         let mut bodies: Vec<(Arc<Replica>, Bytes)> = Vec::with_capacity(answered.len());
         let mut held = Vec::new();
@@ -111,7 +119,7 @@ impl Proxy {
                 Ok(Held::Over(..)) => {
                     count("too_large");
                     drop((held, slot));
-                    return Box::pin(self.whole_instead(prepared, &sent, snapshot, deadline, started)).await;
+                    return Box::pin(self.whole_instead(exchange, &sent)).await;
                 }
                 Err(e) => return Err(ProxyError::Upstream { backend: replica.url().to_string(), detail: e }),
             }
@@ -159,7 +167,7 @@ impl Proxy {
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         let first = &sent.first().expect("at least one slice").slice.replica;
-        Ok(self.finish(parts, Either::Right(Full::new(Bytes::from(body))), first, started))
+        Ok(self.finish(&exchange, parts, Either::Right(Full::new(Bytes::from(body))), first))
     }
 
     /// Sends one slice's request, to its replica and, when an attempt fails in a way that is
@@ -168,21 +176,20 @@ impl Proxy {
     async fn slice_attempts(
         &self,
         sent: &mut Sent,
-        snapshot: &Arc<Snapshot>,
-        deadline: Instant,
     ) -> Result<(Arc<Replica>, Response<pool::Body>, OwnedSemaphorePermit), (Arc<Replica>, retry::AttemptError)> {
         let mut replica = sent.slice.replica.clone();
-        let mut last_resort = false;
+        let exchange = &mut sent.exchange;
         loop {
-            match self.attempt(&sent.prepared, &replica, &sent.tried, last_resort, deadline).await {
-                Outcome::Answer(response, slot) => return Ok((replica, response, slot)),
+            match self.attempt(exchange, &replica, &sent.tried).await {
+                Outcome::Answer((response, slot)) => return Ok((replica, response, slot)),
                 Outcome::Failed(failure, answer) => {
                     if failure.counts_against_replica() {
                         let _ = self.inner.reselect.try_send(());
                     }
                     sent.tried.push(replica.clone());
-                    match retry::next_attempt(snapshot, &sent.tried, &failure, sent.prepared.replayable, last_resort) {
-                        Some((next, next_is_last_resort)) => (replica, last_resort) = (next, next_is_last_resort),
+                    let replayable = exchange.prepared.replayable;
+                    match retry::next_attempt(&exchange.snapshot, &sent.tried, &failure, replayable, exchange.target) {
+                        Some((next, target)) => (replica, exchange.target) = (next, target),
                         None => {
                             return match answer {
                                 Some((response, slot)) => Ok((replica, response, slot)),
@@ -197,20 +204,13 @@ impl Proxy {
 
     /// The whole query from the replica that was to answer the most steps, as it answers
     /// (the slices' answers together are over `--merge-max-bytes`), with an `MPP-Warning`.
-    async fn whole_instead(
-        &self,
-        prepared: Prepared,
-        sent: &[Sent],
-        snapshot: Arc<Snapshot>,
-        deadline: Instant,
-        started: Instant,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn whole_instead(&self, exchange: Exchange, sent: &[Sent]) -> Result<Response<ProxyBody>, ProxyError> {
         let most = sent
             .iter()
             .max_by_key(|s| s.slice.end - s.slice.start)
             .map(|s| s.slice.replica.clone())
             .expect("a range query has at least one slice");
-        let mut answer = self.relay(prepared, most, false, true, snapshot, deadline, started).await?;
+        let mut answer = self.relay(exchange, most).await?;
         let note = format!(
             "not sliced: the slices' answers are over --merge-max-bytes {}; this is one replica's answer and may have gaps",
             self.inner.merge_max_bytes

@@ -1,0 +1,255 @@
+//! Answers from more than one replica: a failover's answer annotated (which replicas failed
+//! before it), and a query no single replica holds whole answered by several, merged. Both
+//! read answers whole, within `--merge-max-bytes` (shared by every request in flight) and
+//! the request's deadline; an answer over the bound streams on as it is ([`Held::Over`]).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Either, Full};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::retry::{Outcome, Target};
+use super::{Exchange, Proxy, headers};
+use crate::body::Guarded;
+use crate::client::pool;
+use crate::error::{ProxyBody, ProxyError};
+use crate::merge;
+use crate::metrics::MergeLabels;
+use crate::registry::Replica;
+use crate::window;
+
+impl Proxy {
+    /// An answer that another replica gave after `failed` ones (at least one) did not: says
+    /// so in a header and, for an API answer mpp can read within `--merge-max-bytes`, in its
+    /// `warnings` (Grafana shows them). A longer answer streams on as it is.
+    pub(super) async fn with_failover(
+        &self,
+        answer: Response<ProxyBody>,
+        failed: &[Arc<Replica>],
+        served: &Replica,
+        deadline: Instant,
+    ) -> Response<ProxyBody> {
+        let names = failed.iter().map(|r| r.url()).collect::<Vec<_>>().join(", ");
+        let (mut parts, body) = answer.into_parts();
+        if let Ok(value) = HeaderValue::from_str(&names) {
+            parts.headers.insert(headers::FAILOVER_FROM.clone(), value);
+        }
+        let Either::Left(body) = body else { return Response::from_parts(parts, body) };
+        if !headers::is_plain_json(&parts.headers) {
+            return Response::from_parts(parts, Either::Left(body));
+        }
+        let (body, slot) = body.into_parts();
+        let budget = &self.inner.merge_budget;
+        match read_up_to(body, self.inner.merge_max_bytes, budget, deadline).await {
+            Ok(Held::Whole(bytes, _held)) => {
+                let warning = format!("mpp: answered by {} after {names} failed", served.url());
+                let bytes = merge::add_warning(&bytes, &warning).map(Bytes::from).unwrap_or(bytes);
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Response::from_parts(parts, Either::Right(Full::new(bytes)))
+            }
+            Ok(Held::Over(prefix, rest)) => {
+                Response::from_parts(parts, Either::Left(Guarded::with_prefix(prefix, rest, slot)))
+            }
+            Err(e) => ProxyError::Upstream { backend: served.url().to_string(), detail: e }.into_response(),
+        }
+    }
+
+    /// Answers from several replicas: each is asked (uncompressed); their answers are read
+    /// within `--merge-max-bytes` (shared by every merge in flight) and before the request's
+    /// deadline, and merged off the serving thread. The first replica in `[primary,
+    /// others...]` to answer `200` is the primary; when none does, the planned primary's
+    /// answer (a bad query's error, say) is the client's. When the primary's own answer is
+    /// over the bound, it streams on alone, with an `MPP-Warning` header.
+    pub(super) async fn merge(
+        &self,
+        mut exchange: Exchange,
+        endpoint: window::Endpoint,
+        primary: Arc<Replica>,
+        others: Vec<Arc<Replica>>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let inner = &*self.inner;
+        let deadline = exchange.deadline;
+        exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
+        let replicas: Vec<Arc<Replica>> = std::iter::once(primary.clone()).chain(others).collect();
+        let outcomes = join_all(replicas.iter().map(|r| self.attempt(&exchange, r, &[]))).await;
+        let mut answers: Vec<(Arc<Replica>, Response<pool::Body>, OwnedSemaphorePermit)> = Vec::new();
+        for (replica, outcome) in replicas.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Answer((response, slot)) => answers.push((replica.clone(), response, slot)),
+                Outcome::Failed(failure, _) => {
+                    tracing::debug!(backend = %replica, error = %failure, "a replica asked for a merge failed");
+                }
+            }
+        }
+        let label = endpoint.label();
+        let count = |outcome: &'static str| {
+            inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: label, outcome }).inc();
+        };
+        let usable = |r: &Response<pool::Body>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
+        let Some(first_ok) = answers.iter().position(|(_, r, _)| usable(r)) else {
+            return match answers.into_iter().next() {
+                // Nobody answered 200: the first answer is the client's, as it is.
+                Some((served, response, slot)) => Ok(self.answer(&exchange, &served, response, slot)),
+                // Nobody answered at all: the ordinary way, with its retries and errors, and
+                // the client pinned to the primary if it answers.
+                None => {
+                    exchange.target = Target::Replica;
+                    self.relay(exchange, primary).await
+                }
+            };
+        };
+        let (served, response, slot) = answers.remove(first_ok);
+        let failed: Vec<Arc<Replica>> = replicas.iter().take_while(|r| **r != served).cloned().collect();
+        let (mut parts, body) = response.into_parts();
+        let budget = &inner.merge_budget;
+        let mut held = Vec::new();
+        let primary_body = match read_up_to(body, inner.merge_max_bytes, budget, deadline).await {
+            Ok(Held::Whole(bytes, permit)) => {
+                held.push(permit);
+                bytes
+            }
+            Ok(Held::Over(prefix, rest)) => {
+                count("too_large");
+                let note = format!("not merged: the answer is over --merge-max-bytes {}", inner.merge_max_bytes);
+                if let Ok(value) = HeaderValue::from_str(&note) {
+                    parts.headers.insert(headers::MPP_WARNING.clone(), value);
+                }
+                // What was read and what is still to come are the whole answer, as it was.
+                return Ok(self.finish(
+                    &exchange,
+                    parts,
+                    Either::Left(Guarded::with_prefix(prefix, rest, slot)),
+                    &served,
+                ));
+            }
+            Err(e) => return Err(ProxyError::Upstream { backend: served.url().to_string(), detail: e }),
+        };
+        drop(slot);
+        let mut others: Vec<(Arc<Replica>, Bytes)> = Vec::new();
+        let mut over = false;
+        for (replica, response, slot) in answers.into_iter().filter(|(_, r, _)| usable(r)) {
+            let limit = inner.merge_max_bytes.saturating_sub(primary_body.len());
+            match read_up_to(response.into_body(), limit, budget, deadline).await {
+                Ok(Held::Whole(bytes, permit)) => {
+                    held.push(permit);
+                    others.push((replica, bytes));
+                }
+                Ok(Held::Over(..)) => over = true,
+                Err(e) => tracing::debug!(backend = %replica, error = %e, "an answer is left out of a merge"),
+            }
+            drop(slot);
+        }
+        let mut names: Vec<String> = vec![served.url().to_string()];
+        names.extend(others.iter().map(|(r, _)| r.url().to_string()));
+        let primary_url = served.url().to_string();
+        let body = if others.is_empty() {
+            let warning = if over {
+                count("too_large");
+                format!(
+                    "mpp: no single replica holds all data for this query, and the others' answers are over --merge-max-bytes; this is {primary_url}'s alone"
+                )
+            } else {
+                count("failed");
+                format!(
+                    "mpp: no single replica holds all data for this query, and only {primary_url} answered; it may have gaps"
+                )
+            };
+            merge::add_warning(&primary_body, &warning).map(Bytes::from).unwrap_or(primary_body)
+        } else {
+            let warning = format!(
+                "mpp: merged from replicas {} (no single replica holds all data for this time range; {primary_url} is the primary)",
+                names.join(", ")
+            );
+            // Parsing and writing answers of megabytes is work for a blocking thread, not for
+            // the thread that serves every other connection of this core.
+            let work = tokio::task::spawn_blocking(move || {
+                let parts: Vec<merge::Part> =
+                    others.iter().map(|(r, b)| merge::Part { body: b, replica: r.url() }).collect();
+                let merged = merge::merge(
+                    endpoint,
+                    merge::Part { body: &primary_body, replica: &primary_url },
+                    &parts,
+                    Some(&warning),
+                );
+                (merged, primary_body)
+            });
+            match work.await {
+                Ok((Ok(merged), _)) => {
+                    count("merged");
+                    tracing::debug!(replicas = ?names, filled = merged.filled, added_series = merged.added_series, "answers merged");
+                    if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
+                        parts.headers.insert(headers::MERGED_FROM.clone(), value);
+                    }
+                    Bytes::from(merged.body)
+                }
+                Ok((Err(e), primary_body)) => {
+                    count("failed");
+                    tracing::debug!(error = %e, "answers could not be merged; sending the primary's");
+                    primary_body
+                }
+                Err(e) => {
+                    return Err(ProxyError::Upstream {
+                        backend: served.url().to_string(),
+                        detail: format!("merging: {e}"),
+                    });
+                }
+            }
+        };
+        drop(held);
+        if !failed.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&failed.iter().map(|r| r.url()).collect::<Vec<_>>().join(", "))
+        {
+            parts.headers.insert(headers::FAILOVER_FROM.clone(), value);
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Ok(self.finish(&exchange, parts, Either::Right(Full::new(body)), &served))
+    }
+}
+
+/// An answer's body as far as it was read: whole (with the budget it holds), or, over the
+/// limit, what was read and the rest still to come.
+pub(super) enum Held<B> {
+    Whole(Bytes, Option<OwnedSemaphorePermit>),
+    Over(Bytes, B),
+}
+
+/// Reads `body` whole, paying for each byte from `budget`, unless it is over `limit` or the
+/// budget runs out (then [`Held::Over`], so that it can still stream on). Fails when the body
+/// fails or does not end before `deadline`.
+pub(super) async fn read_up_to<B>(
+    mut body: B,
+    limit: usize,
+    budget: &Arc<Semaphore>,
+    deadline: Instant,
+) -> Result<Held<B>, String>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut read = BytesMut::new();
+    let mut paid: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err("the answer did not arrive whole within --request-timeout".to_string()),
+            Ok(None) => return Ok(Held::Whole(read.freeze(), paid)),
+            Ok(Some(Err(e))) => {
+                return Err(format!("reading the answer: {}", crate::error::error_chain(e.into().as_ref())));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let fits = read.len() + data.len() <= limit;
+        let permit =
+            u32::try_from(data.len()).ok().filter(|_| fits).and_then(|n| budget.clone().try_acquire_many_owned(n).ok());
+        read.extend_from_slice(&data);
+        match (permit, &mut paid) {
+            (Some(permit), Some(paid)) => paid.merge(permit),
+            (Some(permit), None) => paid = Some(permit),
+            (None, _) => return Ok(Held::Over(read.freeze(), body)),
+        }
+    }
+}

@@ -15,8 +15,9 @@ use crate::body::Guarded;
 pub static MPP_ERROR: http::HeaderName = http::HeaderName::from_static("mpp-error");
 
 /// The body of every answer mpp gives: a backend's streamed answer (holding its replica's
-/// connection slot until done), or one of our own.
-pub type ProxyBody = Either<Guarded<crate::client::pool::Body, OwnedSemaphorePermit>, Full<Bytes>>;
+/// connection slot until done), or one of our own. `B` is how the replicas' answers arrive:
+/// the pool's bodies, or in the request path's unit tests their own.
+pub type ProxyBody<B = crate::client::pool::Body> = Either<Guarded<B, OwnedSemaphorePermit>, Full<Bytes>>;
 
 /// Why a request got no answer from a backend.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +98,7 @@ impl ProxyError {
     }
 
     /// The answer to send: the status, and `{"status":"error","errorType":..,"error":..}`.
-    pub fn into_response(self) -> Response<ProxyBody> {
+    pub fn into_response<B: hyper::body::Body>(self) -> Response<ProxyBody<B>> {
         let overloaded = matches!(self, ProxyError::Overloaded(_));
         // A client too slow to send its body is not kept for another request.
         let closes = matches!(self, ProxyError::BodyTooSlow(_));

@@ -87,6 +87,38 @@ pub struct Outgoing<'a> {
     pub replayable: bool,
 }
 
+/// What the request path needs of its connections to the replicas: send one request and
+/// get the answer's head, its body streaming after. [`Pool`] is the one mpp runs on; the
+/// request path's unit tests answer with replicas of their own making. The request path is
+/// generic over it (monomorphised, not `dyn`), so that it costs [`Pool`] nothing.
+pub trait Transport: Clone + Send + Sync + 'static {
+    /// An answer's body.
+    type Body: hyper::body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static;
+
+    /// Sends `request` to the replica at `scheme` and `authority` and waits for the
+    /// answer's head; the body streams after.
+    fn send(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        request: Outgoing<'_>,
+    ) -> impl Future<Output = Result<Response<Self::Body>, Error>> + Send;
+}
+
+impl Transport for Pool {
+    type Body = Body;
+
+    fn send(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        request: Outgoing<'_>,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send {
+        // Pool's own `send`: an inherent method is found before a trait's, so this is no recursion.
+        Pool::send(self, scheme, authority, request)
+    }
+}
+
 /// One serving thread's connections to the replicas. Cheap to clone.
 #[derive(Clone)]
 pub struct Pool {

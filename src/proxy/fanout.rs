@@ -15,24 +15,24 @@ use tokio::time::Instant;
 use super::retry::{Outcome, Target};
 use super::{Exchange, Proxy, headers};
 use crate::body::Guarded;
-use crate::client::pool;
+use crate::client::pool::Transport;
 use crate::error::{ProxyBody, ProxyError};
 use crate::merge;
 use crate::metrics::MergeLabels;
 use crate::registry::Replica;
 use crate::window;
 
-impl Proxy {
+impl<P: Transport> Proxy<P> {
     /// An answer that another replica gave after `failed` ones (at least one) did not: says
     /// so in a header and, for an API answer mpp can read within `--merge-max-bytes`, in its
     /// `warnings` (Grafana shows them). A longer answer streams on as it is.
     pub(super) async fn with_failover(
         &self,
-        answer: Response<ProxyBody>,
+        answer: Response<ProxyBody<P::Body>>,
         failed: &[Arc<Replica>],
         served: &Replica,
         deadline: Instant,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ProxyBody<P::Body>> {
         let names = failed.iter().map(|r| r.url()).collect::<Vec<_>>().join(", ");
         let (mut parts, body) = answer.into_parts();
         if let Ok(value) = HeaderValue::from_str(&names) {
@@ -70,13 +70,13 @@ impl Proxy {
         endpoint: window::Endpoint,
         primary: Arc<Replica>,
         others: Vec<Arc<Replica>>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         let inner = &*self.inner;
         let deadline = exchange.deadline;
         exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
         let replicas: Vec<Arc<Replica>> = std::iter::once(primary.clone()).chain(others).collect();
         let outcomes = join_all(replicas.iter().map(|r| self.attempt(&exchange, r, &[]))).await;
-        let mut answers: Vec<(Arc<Replica>, Response<pool::Body>, OwnedSemaphorePermit)> = Vec::new();
+        let mut answers: Vec<(Arc<Replica>, Response<P::Body>, OwnedSemaphorePermit)> = Vec::new();
         for (replica, outcome) in replicas.iter().zip(outcomes) {
             match outcome {
                 Outcome::Answer((response, slot)) => answers.push((replica.clone(), response, slot)),
@@ -89,7 +89,7 @@ impl Proxy {
         let count = |outcome: &'static str| {
             inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: label, outcome }).inc();
         };
-        let usable = |r: &Response<pool::Body>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
+        let usable = |r: &Response<P::Body>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
         let Some(first_ok) = answers.iter().position(|(_, r, _)| usable(r)) else {
             return match answers.into_iter().next() {
                 // Nobody answered 200: the first answer is the client's, as it is.

@@ -3,10 +3,18 @@
 //! else by strategy), make an *attempt*, and on a failure that is safe to retry make another
 //! on a different replica. The answer streams back as it arrives. This path only loads the
 //! published [`Snapshot`]; it never waits for the selection loop, it only signals it.
+//!
+//! One request's state travels as one `Exchange` (the prepared request, the snapshot, the
+//! deadline, the start, how its replica was chosen). What an attempt's outcome means, and
+//! where the next goes, is [`retry`]'s; answers from several replicas are `fanout`'s and
+//! [`slice`]'s. The attempts go through a [`Transport`] (the pool, or in the unit tests in
+//! `tests.rs` the fake replicas of `fake.rs`).
 
 pub mod affinity;
 pub mod body;
 pub mod client_ip;
+#[cfg(test)]
+mod fake;
 mod fanout;
 pub mod headers;
 pub mod retry;
@@ -28,7 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::body::Guarded;
-use crate::client::pool::{self, Pool};
+use crate::client::pool::{self, Pool, Transport};
 use crate::coverage::Millis;
 use crate::coverage::tracker::DEFAULT_LOOKBACK;
 use crate::credentials::Credentials;
@@ -66,10 +74,13 @@ const STARTUP_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The request path's state. Cheap to clone. Every serving thread has its own, made with
 /// [`Proxy::with_pool`], so that its backend connections stay on that thread.
+///
+/// `P` sends the attempts: the pool of connections to the replicas, or in unit tests
+/// replicas of a test's own making.
 #[derive(Clone)]
-pub struct Proxy {
+pub struct Proxy<P = Pool> {
     inner: Arc<Inner>,
-    pool: Pool,
+    pool: P,
 }
 
 /// What every serving thread shares.
@@ -91,9 +102,9 @@ struct Inner {
 }
 
 /// What the proxy needs from the rest of the program.
-pub struct ProxySettings {
+pub struct ProxySettings<P = Pool> {
     /// The connections to the replicas (of the first serving thread).
-    pub pool: Pool,
+    pub pool: P,
     /// The published selection.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Where to count.
@@ -151,11 +162,11 @@ struct Exchange {
 }
 
 /// An attempt's answer, with the replica's connection slot it holds until its body is done.
-type Answered = (Response<pool::Body>, OwnedSemaphorePermit);
+type Answered<B> = (Response<B>, OwnedSemaphorePermit);
 
-impl Proxy {
+impl<P: Transport> Proxy<P> {
     /// The request path over the given state.
-    pub fn new(settings: ProxySettings) -> Self {
+    pub fn new(settings: ProxySettings<P>) -> Self {
         Proxy {
             pool: settings.pool,
             inner: Arc::new(Inner {
@@ -179,7 +190,7 @@ impl Proxy {
     }
 
     /// The same proxy (selection, affinity table, metrics) over another thread's pool.
-    pub fn with_pool(&self, pool: Pool) -> Self {
+    pub fn with_pool(&self, pool: P) -> Self {
         Proxy { inner: self.inner.clone(), pool }
     }
 
@@ -190,13 +201,13 @@ impl Proxy {
         &self,
         request: Request<B>,
         peer: IpAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> {
+    ) -> impl Future<Output = Response<ProxyBody<P::Body>>> {
         let started = Instant::now();
         self.forward(request, peer, started).map(|answer| answer.unwrap_or_else(|error| self.refuse(error)))
     }
 
     /// The answer to a request that is refused (counted like any other answer).
-    pub fn refuse(&self, error: ProxyError) -> Response<ProxyBody> {
+    pub fn refuse(&self, error: ProxyError) -> Response<ProxyBody<P::Body>> {
         let response = error.into_response();
         let labels = RequestLabels { backend: "none".into(), code: response.status().as_u16() };
         self.inner.metrics.requests.get_or_create(&labels).inc();
@@ -208,7 +219,7 @@ impl Proxy {
         request: Request<B>,
         peer: IpAddr,
         started: Instant,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         // The steps that need no waiting are plain calls, not futures of their own nested in
         // this one (see `handle`).
         let (parts, body) = request.into_parts();
@@ -329,7 +340,7 @@ impl Proxy {
         &self,
         mut exchange: Exchange,
         mut backend: Arc<Replica>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         let inner = &*self.inner;
         // Allocates only when an attempt fails.
         let mut tried: Vec<Arc<Replica>> = Vec::new();
@@ -444,7 +455,12 @@ impl Proxy {
 
     /// One try of the exchange's request on `backend` (after the `tried` ones), until the
     /// answer's headers arrive; judged and recorded by the retry policy.
-    async fn attempt(&self, exchange: &Exchange, backend: &Replica, tried: &[Arc<Replica>]) -> Outcome<Answered> {
+    async fn attempt(
+        &self,
+        exchange: &Exchange,
+        backend: &Replica,
+        tried: &[Arc<Replica>],
+    ) -> Outcome<Answered<P::Body>> {
         let (prepared, deadline) = (&exchange.prepared, exchange.deadline);
         let slots = backend.connection_slots();
         let slot = match slots.clone().try_acquire_owned() {
@@ -486,9 +502,9 @@ impl Proxy {
         &self,
         exchange: &Exchange,
         backend: &Arc<Replica>,
-        response: Response<pool::Body>,
+        response: Response<P::Body>,
         slot: OwnedSemaphorePermit,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ProxyBody<P::Body>> {
         let (mut parts, body) = response.into_parts();
         if exchange.target != Target::Diverted {
             let prepared = &exchange.prepared;
@@ -509,9 +525,9 @@ impl Proxy {
         &self,
         exchange: &Exchange,
         mut parts: http::response::Parts,
-        body: ProxyBody,
+        body: ProxyBody<P::Body>,
         backend: &Replica,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ProxyBody<P::Body>> {
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
         let metrics = backend.metrics();
@@ -535,3 +551,6 @@ fn request_path(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
     }
     Ok(path_and_query)
 }
+
+#[cfg(test)]
+mod tests;

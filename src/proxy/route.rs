@@ -200,12 +200,13 @@ fn slices_of(steps: &Steps, replicas: &[Arc<Replica>], chosen: &[(usize, bool)])
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::coverage::{Coverage, Span};
     use crate::window::Window;
 
-    fn with_holes(replica: &Replica, holes: &[(Millis, Millis)]) {
+    /// Gives `replica` coverage known from 0 s to 100 s, but for `holes` (milliseconds).
+    pub(in crate::proxy) fn with_holes(replica: &Replica, holes: &[(Millis, Millis)]) {
         let mut coverage = Coverage::default();
         (coverage.bucket, coverage.lookback) = (1000, 1000);
         let holes: Vec<Span> = holes.iter().map(|&(s, e)| Span::new(s, e)).collect();

@@ -18,7 +18,7 @@ use super::fanout::{Held, read_up_to};
 use super::retry::{self, Outcome, Target};
 use super::route::Slice;
 use super::{Exchange, Prepared, Proxy, headers};
-use crate::client::pool;
+use crate::client::pool::Transport;
 use crate::coverage::Millis;
 use crate::error::{ProxyBody, ProxyError};
 use crate::merge;
@@ -40,7 +40,7 @@ struct Sent {
     tried: Vec<Arc<Replica>>,
 }
 
-impl Proxy {
+impl<P: Transport> Proxy<P> {
     /// A range query answered in time slices (see [`route`](super::route)): each slice's
     /// request goes to its replica (to another when that fails, as any attempt does), the
     /// answers are read within `--merge-max-bytes` and concatenated off the serving thread.
@@ -52,7 +52,7 @@ impl Proxy {
         mut exchange: Exchange,
         slices: Vec<Slice>,
         steps: &Steps,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         let inner = &*self.inner;
         let deadline = exchange.deadline;
         exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
@@ -88,7 +88,7 @@ impl Proxy {
             inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: "query_range", outcome }).inc();
         };
         // Every slice answered, or the client hears why one did not.
-        let mut answered: Vec<(Arc<Replica>, Response<pool::Body>, OwnedSemaphorePermit)> = Vec::new();
+        let mut answered: Vec<(Arc<Replica>, Response<P::Body>, OwnedSemaphorePermit)> = Vec::new();
         for answer in answers {
             match answer {
                 Ok(answer) => answered.push(answer),
@@ -98,7 +98,7 @@ impl Proxy {
                 }
             }
         }
-        let usable = |r: &Response<pool::Body>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
+        let usable = |r: &Response<P::Body>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
         if let Some(refused) = answered.iter().position(|(_, r, _)| !usable(r)) {
             // Prometheus's own answer (an error about the query, as a rule): the client's.
             let (served, response, slot) = answered.swap_remove(refused);
@@ -176,7 +176,7 @@ impl Proxy {
     async fn slice_attempts(
         &self,
         sent: &mut Sent,
-    ) -> Result<(Arc<Replica>, Response<pool::Body>, OwnedSemaphorePermit), (Arc<Replica>, retry::AttemptError)> {
+    ) -> Result<(Arc<Replica>, Response<P::Body>, OwnedSemaphorePermit), (Arc<Replica>, retry::AttemptError)> {
         let mut replica = sent.slice.replica.clone();
         let exchange = &mut sent.exchange;
         loop {
@@ -204,7 +204,11 @@ impl Proxy {
 
     /// The whole query from the replica that was to answer the most steps, as it answers
     /// (the slices' answers together are over `--merge-max-bytes`), with an `MPP-Warning`.
-    async fn whole_instead(&self, exchange: Exchange, sent: &[Sent]) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn whole_instead(
+        &self,
+        exchange: Exchange,
+        sent: &[Sent],
+    ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         let most = sent
             .iter()
             .max_by_key(|s| s.slice.end - s.slice.start)

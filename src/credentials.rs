@@ -16,6 +16,8 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use http::{HeaderMap, HeaderValue, header};
 
+use crate::reload::Reread;
+
 /// How often the password or token file is read again.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -74,26 +76,20 @@ impl Credentials {
 
     /// Reads the files again every [`RELOAD_INTERVAL`], forever; run it as a task.
     pub async fn watch(self: Arc<Self>) {
-        let mut interval = tokio::time::interval(RELOAD_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_error = None;
-        loop {
-            interval.tick().await;
-            match self.refresh() {
-                Ok(changed) => {
-                    if changed {
-                        tracing::info!(source = %self.describe(), "credentials for the replicas changed; now in use");
-                    }
-                    last_error = None;
+        crate::reload::every(
+            RELOAD_INTERVAL,
+            || self.refresh(),
+            |reread| match reread {
+                Reread::Read { changed: true, .. } => {
+                    tracing::info!(source = %self.describe(), "credentials for the replicas changed; now in use");
                 }
-                // Logged once per distinct problem, not every second.
-                Err(error) if last_error.as_ref() != Some(&error) => {
+                Reread::Read { .. } => {}
+                Reread::Failed(error) => {
                     tracing::error!(%error, "credentials for the replicas unreadable; the last ones stay in use");
-                    last_error = Some(error);
                 }
-                Err(_) => {}
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// Reads the files again and uses what they hold now; `Ok(true)` if that changed.

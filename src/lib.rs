@@ -15,8 +15,9 @@
 //! it and fails on a cycle):
 //!
 //! - [`units`]: durations in Go's syntax and byte sizes. [`system`]: the process's memory and
-//!   open-files limits. [`via`]: this mpp's `Via` pseudonym. [`body`]: a response body that
-//!   holds a slot until it is sent. [`metrics`]: every exported metric.
+//!   open-files limits. [`reload`]: the loop that rereads changed files. [`via`]: this mpp's
+//!   `Via` pseudonym. [`body`]: a response body that holds a slot until it is sent, and the
+//!   one `BoxError`. [`metrics`]: every exported metric.
 //! - [`backend`]: one replica's identity, its URL and opaque id (plain data).
 //! - [`client`]: the http/https clients to the replicas (CA, client certificate, server
 //!   name): hyper-util's pooled one for probes and discovery, and `client::pool`, each
@@ -66,6 +67,7 @@ pub(crate) mod metrics;
 pub(crate) mod probe;
 pub(crate) mod proxy;
 pub(crate) mod registry;
+pub(crate) mod reload;
 pub(crate) mod selection;
 pub(crate) mod server;
 pub(crate) mod strategy;

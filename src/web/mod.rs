@@ -29,6 +29,8 @@ use http_body_util::Full;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_rustls::TlsAcceptor;
 
+use crate::reload::Reread;
+
 pub use config::{WebConfig, WebConfigError};
 
 /// How often the web config file and the files it names are checked for changes.
@@ -130,28 +132,23 @@ impl Web {
     /// Reads the files again every [`RELOAD_INTERVAL`], forever; run it as a task. `healthy`
     /// is set to 0 while they are broken (`mpp_web_config_last_reload_successful`).
     pub async fn watch(self: Arc<Self>, healthy: Gauge) {
-        let mut interval = tokio::time::interval(RELOAD_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_error = None;
-        loop {
-            interval.tick().await;
-            match self.reload() {
-                Ok(changed) => {
-                    if changed || last_error.is_some() {
+        crate::reload::every(
+            RELOAD_INTERVAL,
+            || self.reload(),
+            |reread| match reread {
+                Reread::Read { changed, recovered } => {
+                    if changed || recovered {
                         tracing::info!(web_config = %self.describe(), "web config file read again; now in force");
                     }
-                    last_error = None;
                     healthy.set(1);
                 }
-                // Logged once per distinct problem, not every second.
-                Err(error) if last_error.as_ref() != Some(&error) => {
+                Reread::Failed(error) => {
                     tracing::error!(%error, "web config file no longer valid; the last good one stays in force");
-                    last_error = Some(error);
                     healthy.set(0);
                 }
-                Err(_) => {}
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// Reads the files; swaps in what they say if anything changed. `Ok(true)` on a change.

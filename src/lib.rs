@@ -24,7 +24,7 @@
 //!   serving thread's own connections for proxied requests. [`credentials`]: the `Authorization` sent to them, from files read again.
 //! - [`error`]: what can go wrong with a request, and the one mapping to HTTP answers.
 //! - [`discovery`]: where candidates come from (endpoints file, Marathon, Kubernetes); each
-//!   kind validates its own flags.
+//!   kind, in its own file, declares its flags, validates them and describes itself.
 //! - [`probe`]: asking one replica how it is (and the exposition-format parser).
 //! - [`strategy`]: `single-most-data`, `minimum-history`, `random`: probes to a selection.
 //! - [`window`]: the window of stored data an API request reads (PromQL parsed with
@@ -44,7 +44,9 @@
 //! - [`web`]: the listener's TLS, basic auth and headers, from the web config file.
 //! - [`server`]: accepting connections, serving them on one thread per CPU, each connection
 //!   held to its deadlines, request heads checked, draining on shutdown.
-//! - [`config`]: the command line (flags and `MPP_*` variables) into a validated [`Config`].
+//! - [`config`]: the command line (flags and `MPP_*` variables) into a validated [`Config`],
+//!   grouped by who uses it (selection, proxy, server, coverage, backends); [`run`] only
+//!   wires those groups to the parts they configure.
 //!
 //! The public surface is [`run`], [`bind`], [`Config`] and [`Args`] (for `main`), and
 //! [`fuzzing`] (the parsers, for the fuzz targets and tests); everything else is
@@ -78,6 +80,7 @@ pub(crate) mod web;
 pub(crate) mod window;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -95,9 +98,9 @@ pub mod fuzzing {
     pub use crate::backend::Backend;
     pub use crate::client::http1::{Decoded, Decoder, parse_head};
     pub use crate::coverage::{Coverage, Span, holes_in_buckets};
-    pub use crate::discovery::{
-        LabelSelector, PortRef, PrincipalSecret, candidates_from_tasks, parse_endpoints, pod_backend, slice_backends,
-    };
+    pub use crate::discovery::file::parse_endpoints;
+    pub use crate::discovery::kubernetes::{LabelSelector, PortRef, pod_backend, slice_backends};
+    pub use crate::discovery::marathon::{PrincipalSecret, candidates_from_tasks};
     pub use crate::merge::{Part, add_warning, merge};
     pub use crate::probe::{SAMPLES_METRIC, exposition, query_has_result};
     pub use crate::proxy::affinity::{AffinityOptions, route_cookie};
@@ -128,158 +131,79 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let started = SystemTime::now();
     // kube builds its TLS from rustls' process-wide provider; make it `ring`, the one in use.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    system::raise_open_files(config.max_connections);
-    let metrics = Arc::new(metrics::Metrics::new());
-    let snapshot = Arc::new(ArcSwap::from_pointee(selection::Snapshot::empty()));
-    let pseudonym = via::Pseudonym::random();
-    let web = match &config.web_config_file {
-        Some(file) => Some(Arc::new(web::Web::load(file, config.web_health_without_auth)?)),
-        None => None,
-    };
-    let credentials = match &config.backend_credentials {
-        Some(source) => {
-            Some(Arc::new(credentials::Credentials::load(source.clone(), config.backend_replace_authorization)?))
-        }
-        None => None,
-    };
-    let backend_client = || {
-        client::build_with(&config.backend_tls, config.max_backend_connections)
-            .context("cannot set up the backend client")
-    };
-    let client = backend_client()?;
-    // Discovery (Marathon, the DC/OS login) is not a replica: no replica credentials for it.
-    let discovery_client =
-        client::build(config.insecure, config.max_backend_connections).context("cannot set up the discovery client")?;
+    system::raise_open_files(config.server.max_connections);
+    let parts = Parts::new(&config)?;
     // Capacity 1: signals that arrive while a round is already due collapse into it.
     let (reselect, mut reselect_rx) = mpsc::channel(1);
+    // Discovery (Marathon, the DC/OS login) is not a replica: no replica credentials for it.
+    let discovery_client = client::build(config.backends.tls.insecure, config.backends.max_connections)
+        .context("cannot set up the discovery client")?;
     let discovery = discovery::Discovery::start(&config.discovery, &discovery_client, reselect.clone()).await?;
     let facts = admin::Facts {
         started,
-        strategy: config.strategy,
-        interval: config.selection_interval,
-        affinity: config.affinity,
+        strategy: config.selection.routing_strategy,
+        interval: config.selection.selection_interval,
+        affinity: config.proxy.affinity_options,
         discovery: discovery.describe(),
     };
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        listen = %listener.local_addr().context("the listener has no address")?,
-        discovery = %facts.discovery,
-        strategy = %config.strategy,
-        interval = ?config.selection_interval,
-        liveness_interval = ?config.liveness_interval,
-        max_connections = config.max_connections,
-        serving_threads = config.serving_threads,
-        affinity = %config.affinity,
-        max_request_body = config.max_request_body,
-        request_body_budget = config.request_body_budget,
-        request_timeout = ?config.request_timeout,
-        insecure = config.insecure,
-        web_config = web.as_ref().map_or_else(|| "none".into(), |web| web.describe()),
-        backend_credentials = credentials.as_ref().map_or_else(|| "none".into(), |c| c.describe()),
-        "mpp starting"
-    );
-    let via = pseudonym.via().clone();
-    let prober = probe::Prober::new(client.clone(), config.strategy.history_needed(), via.clone())
-        .with_credentials(credentials.clone());
+    log_start(&config, &listener, &facts, &parts)?;
     let mut selector = selection::Selector::new(
-        selection::Sources { discovery, prober },
-        registry::Registry::new(metrics.clone(), config.max_backend_connections),
-        config.strategy,
-        config.selection_interval,
-        snapshot.clone(),
-        metrics.clone(),
+        selection::Sources { discovery, prober: parts.prober(config.selection.routing_strategy.history_needed()) },
+        registry::Registry::new(parts.metrics.clone(), config.backends.max_connections),
+        config.selection.routing_strategy,
+        config.selection.selection_interval,
+        parts.snapshot.clone(),
+        parts.metrics.clone(),
     )
-    .with_rules(selection::DataRules { max_lag: config.data_lag_threshold });
+    .with_rules(selection::DataRules { max_lag: config.selection.data_lag_threshold });
     tokio::pin!(shutdown);
-    let startup = tokio::time::Instant::now();
-    selector.round().await;
-    while !selector.settled() {
-        if startup.elapsed() >= config.startup_timeout {
-            tracing::warn!(
-                waited = ?config.startup_timeout,
-                "discovery has not answered yet (--startup-timeout); accepting connections anyway"
-            );
-            break;
-        }
-        tokio::select! {
-            _ = reselect_rx.recv() => {}
-            () = tokio::time::sleep(STARTUP_RETRY) => {}
-            () = &mut shutdown => return Ok(()),
-        }
-        selector.round().await;
+    if !settle(&mut selector, &mut reselect_rx, config.selection.startup_timeout, shutdown.as_mut()).await {
+        return Ok(());
     }
     // Dropped (and so aborted) with this function, whichever way it returns.
     let mut background = JoinSet::new();
     background.spawn(selector.run(reselect_rx));
-    if config.coverage_routing {
-        let prober = probe::Prober::new(client.clone(), None, via.clone()).with_credentials(credentials.clone());
-        let tracker =
-            coverage::tracker::Tracker::new(prober, snapshot.clone(), metrics.clone(), config.coverage_bucket);
+    if config.coverage.coverage_routing {
+        let tracker = coverage::tracker::Tracker::new(
+            parts.prober(None),
+            parts.snapshot.clone(),
+            parts.metrics.clone(),
+            config.coverage.coverage_bucket.fixed(),
+        );
         // The first scan, so that the first queries already avoid holes that are in the past
         // (mpp restarted long after a replica's outage); waited for a bounded time only, since
         // a long retention takes a while and the map is only an improvement: the scan goes on.
         let (first, first_done) = tokio::sync::oneshot::channel();
-        background.spawn(tracker.run(config.liveness_interval, first));
+        background.spawn(tracker.run(config.selection.liveness_interval, first));
         if tokio::time::timeout(COVERAGE_STARTUP_PATIENCE, first_done).await.is_err() {
             tracing::warn!(waited = ?COVERAGE_STARTUP_PATIENCE, "the first coverage scan is not done; serving meanwhile");
         }
     }
     background.spawn(liveness::run(
-        snapshot.clone(),
-        probe::Prober::new(client.clone(), None, via).with_credentials(credentials.clone()),
-        config.liveness_interval,
+        parts.snapshot.clone(),
+        parts.prober(None),
+        config.selection.liveness_interval,
         reselect.clone(),
     ));
-    let body = proxy::body::BodyLimits {
-        max: config.max_request_body,
-        min_rate: config.request_body_min_rate,
-        grace: config.header_read_timeout,
-        budget: Arc::new(Semaphore::new(usize::try_from(config.request_body_budget).unwrap_or(usize::MAX >> 4))),
-        budget_bytes: config.request_body_budget,
-    };
-    // One proxy per serving thread, each with its own pool, so that a thread's requests only
-    // ever use connections that thread drives (the probes keep `client`).
-    let backend_pool = || -> anyhow::Result<client::pool::Pool> {
-        let connector = client::connector(&config.backend_tls).context("cannot set up the backend client")?;
-        Ok(client::pool::Pool::new(connector, config.max_backend_connections))
-    };
-    let proxy = proxy::Proxy::new(proxy::ProxySettings {
-        pool: backend_pool()?,
-        snapshot: snapshot.clone(),
-        metrics: metrics.clone(),
-        affinity: config.affinity,
-        reselect,
-        body,
-        request_timeout: config.request_timeout,
-        max_backend_connections: config.max_backend_connections,
-        pseudonym: pseudonym.clone(),
-        trusted_proxies: config.trusted_proxies.clone(),
-        credentials: credentials.clone(),
-        coverage_routing: config.coverage_routing,
-        merge_max_bytes: config.merge_max_bytes,
-    });
-    let mut proxies = vec![proxy.clone()];
-    for _ in 1..config.serving_threads {
-        proxies.push(proxy.with_pool(backend_pool()?));
+    if let Some(web) = &parts.web {
+        background.spawn(web.clone().watch(parts.metrics.web_config_last_reload_successful.clone()));
     }
-    if let Some(web) = &web {
-        background.spawn(web.clone().watch(metrics.web_config_last_reload_successful.clone()));
+    if let Some(credentials) = &parts.credentials {
+        background.spawn(credentials.clone().watch());
     }
-    if let Some(credentials) = credentials {
-        background.spawn(credentials.watch());
-    }
+    let proxies = proxies(&config, &parts, reselect)?;
     let shared = server::Shared {
-        web,
-        admin: admin::Admin::new(snapshot, metrics.clone(), facts),
-        metrics,
-        pseudonym,
+        admin: admin::Admin::new(parts.snapshot, parts.metrics.clone(), facts),
+        web: parts.web,
+        metrics: parts.metrics,
+        pseudonym: parts.pseudonym,
         limits: server::Limits {
             deadlines: server::connection::Deadlines {
-                header_read_timeout: config.header_read_timeout,
-                idle_timeout: config.idle_timeout,
+                header_read_timeout: config.server.header_read_timeout,
+                idle_timeout: config.server.idle_timeout,
             },
-            max_connections: config.max_connections,
-            max_concurrent_streams: config.max_concurrent_streams,
+            max_connections: config.server.max_connections,
+            max_concurrent_streams: config.server.max_concurrent_streams,
         },
     };
     let served = server::serve(listener, proxies, shared, shutdown).await;
@@ -287,16 +211,162 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     served
 }
 
+/// What the running parts of mpp share, made once from the configuration.
+struct Parts {
+    metrics: Arc<metrics::Metrics>,
+    /// The published selection: written by the selection loop, read by everything else.
+    snapshot: Arc<ArcSwap<selection::Snapshot>>,
+    pseudonym: via::Pseudonym,
+    web: Option<Arc<web::Web>>,
+    credentials: Option<Arc<credentials::Credentials>>,
+    /// The client probes use (proxied requests have each serving thread's own pool).
+    client: client::HttpClient,
+}
+
+impl Parts {
+    /// Reads the web config file and the credentials files, and builds the probes' client:
+    /// the start-up errors a mistake in those files makes.
+    fn new(config: &Config) -> anyhow::Result<Parts> {
+        let web = match &config.server.web_config_file {
+            Some(file) => Some(Arc::new(web::Web::load(file, config.server.web_health_without_auth)?)),
+            None => None,
+        };
+        let credentials = match &config.backends.credentials {
+            Some(source) => {
+                Some(Arc::new(credentials::Credentials::load(source.clone(), config.backends.replace_authorization)?))
+            }
+            None => None,
+        };
+        let client = client::build_with(&config.backends.tls, config.backends.max_connections)
+            .context("cannot set up the backend client")?;
+        Ok(Parts {
+            metrics: Arc::new(metrics::Metrics::new()),
+            snapshot: Arc::new(ArcSwap::from_pointee(selection::Snapshot::empty())),
+            pseudonym: via::Pseudonym::random(),
+            web,
+            credentials,
+            client,
+        })
+    }
+
+    /// A prober of the replicas, asking for `history` (see [`probe::Prober::new`]).
+    fn prober(&self, history: Option<Duration>) -> probe::Prober {
+        probe::Prober::new(self.client.clone(), history, self.pseudonym.via().clone())
+            .with_credentials(self.credentials.clone())
+    }
+}
+
+/// The start-up log line: what mpp runs with (never a secret).
+fn log_start(config: &Config, listener: &TcpListener, facts: &admin::Facts, parts: &Parts) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %listener.local_addr().context("the listener has no address")?,
+        discovery = %facts.discovery,
+        strategy = %config.selection.routing_strategy,
+        interval = ?config.selection.selection_interval,
+        liveness_interval = ?config.selection.liveness_interval,
+        max_connections = config.server.max_connections,
+        serving_threads = config.server.serving_threads,
+        affinity = %config.proxy.affinity_options,
+        max_request_body = config.proxy.max_request_body,
+        request_body_budget = config.proxy.request_body_budget,
+        request_timeout = ?config.proxy.request_timeout,
+        insecure = config.backends.tls.insecure,
+        web_config = parts.web.as_ref().map_or_else(|| "none".into(), |web| web.describe()),
+        backend_credentials = parts.credentials.as_ref().map_or_else(|| "none".into(), |c| c.describe()),
+        "mpp starting"
+    );
+    Ok(())
+}
+
+/// Runs selection rounds until discovery has answered completely and a round ran on it, or
+/// until `patience` is spent (then warns: connections are accepted anyway). `false` when
+/// `shutdown` came first.
+async fn settle(
+    selector: &mut selection::Selector,
+    reselect: &mut mpsc::Receiver<()>,
+    patience: Duration,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let startup = tokio::time::Instant::now();
+    selector.round().await;
+    while !selector.settled() {
+        if startup.elapsed() >= patience {
+            tracing::warn!(
+                waited = ?patience,
+                "discovery has not answered yet (--startup-timeout); accepting connections anyway"
+            );
+            break;
+        }
+        tokio::select! {
+            _ = reselect.recv() => {}
+            () = tokio::time::sleep(STARTUP_RETRY) => {}
+            () = &mut shutdown => return false,
+        }
+        selector.round().await;
+    }
+    true
+}
+
+/// One proxy per serving thread, each with its own pool, so that a thread's requests only
+/// ever use connections that thread drives (the probes keep `parts.client`).
+fn proxies(config: &Config, parts: &Parts, reselect: mpsc::Sender<()>) -> anyhow::Result<Vec<proxy::Proxy>> {
+    let pool = || -> anyhow::Result<client::pool::Pool> {
+        let connector = client::connector(&config.backends.tls).context("cannot set up the backend client")?;
+        Ok(client::pool::Pool::new(connector, config.backends.max_connections))
+    };
+    let proxy = proxy::Proxy::new(proxy_settings(config, parts, pool()?, reselect));
+    let mut proxies = vec![proxy.clone()];
+    for _ in 1..config.server.serving_threads {
+        proxies.push(proxy.with_pool(pool()?));
+    }
+    Ok(proxies)
+}
+
+/// The proxy's settings: its flags (`--max-request-body` and the like) around the running
+/// parts it shares with the rest of mpp.
+fn proxy_settings(
+    config: &Config,
+    parts: &Parts,
+    pool: client::pool::Pool,
+    reselect: mpsc::Sender<()>,
+) -> proxy::ProxySettings {
+    let flags = &config.proxy;
+    let budget = usize::try_from(flags.request_body_budget).unwrap_or(usize::MAX >> 4);
+    proxy::ProxySettings {
+        pool,
+        snapshot: parts.snapshot.clone(),
+        metrics: parts.metrics.clone(),
+        affinity: flags.affinity_options,
+        reselect,
+        body: proxy::body::BodyLimits {
+            max: flags.max_request_body,
+            min_rate: flags.request_body_min_rate,
+            grace: config.server.header_read_timeout,
+            budget: Arc::new(Semaphore::new(budget)),
+            budget_bytes: flags.request_body_budget,
+        },
+        request_timeout: flags.request_timeout,
+        max_backend_connections: config.backends.max_connections,
+        pseudonym: parts.pseudonym.clone(),
+        trusted_proxies: flags.trusted_proxies.clone(),
+        credentials: parts.credentials.clone(),
+        coverage_routing: config.coverage.coverage_routing,
+        merge_max_bytes: flags.merge_max_bytes,
+    }
+}
+
 /// Binds the listening socket for `config`. For the default address (`[::]`), falls back to
 /// `0.0.0.0` where IPv6 is unavailable.
 pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
-    match TcpListener::bind(config.listen).await {
+    let listen = config.server.listen();
+    match TcpListener::bind(listen).await {
         Ok(listener) => Ok(listener),
-        Err(e) if config.listen.ip().is_unspecified() && config.listen.is_ipv6() => {
+        Err(e) if listen.ip().is_unspecified() && listen.is_ipv6() => {
             tracing::debug!(error = %e, "IPv6 unavailable; listening on IPv4 only");
-            let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], config.listen.port()));
+            let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], listen.port()));
             TcpListener::bind(v4).await.with_context(|| format!("cannot listen on {v4}"))
         }
-        Err(e) => Err(e).with_context(|| format!("cannot listen on {}", config.listen)),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {listen}")),
     }
 }

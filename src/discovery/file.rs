@@ -4,11 +4,31 @@
 
 use std::path::{Path, PathBuf};
 
+use futures_util::future::BoxFuture;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::DiscoveryError;
+use super::{DiscoveryError, Source};
 use crate::backend::Backend;
+
+/// The flag that chooses this kind, for messages.
+pub const CHOSEN_BY: &str = "--endpoints-file";
+
+/// The endpoints file's flag.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FileFlags {
+    /// A file path containing a list of endpoints to use, one per line. This file is re-read at
+    /// every selection interval and whenever it changes
+    #[arg(long, env = "MPP_ENDPOINTS_FILE", value_name = "PATH")]
+    pub endpoints_file: Option<PathBuf>,
+}
+
+impl FileFlags {
+    /// The file to read, if this kind is chosen (any path is valid until it is read).
+    pub fn config(self) -> Option<PathBuf> {
+        self.endpoints_file
+    }
+}
 
 /// Reads candidates from a file.
 pub struct FileDiscovery {
@@ -35,14 +55,9 @@ impl FileDiscovery {
         Ok(FileDiscovery { path, _watcher: watcher, last_text: None })
     }
 
-    /// The file's path, as given.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Reads the file: every valid line is a candidate; invalid ones are logged with their
     /// line number (once per change of the file) and skipped.
-    pub async fn candidates(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
+    async fn read(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
         let text = tokio::fs::read_to_string(&self.path)
             .await
             .map_err(|source| DiscoveryError::Read { path: self.path.clone(), source })?;
@@ -57,6 +72,16 @@ impl FileDiscovery {
             return Err(DiscoveryError::Empty { path: self.path.clone() });
         }
         Ok(backends)
+    }
+}
+
+impl Source for FileDiscovery {
+    fn candidates(&mut self) -> BoxFuture<'_, Result<Vec<Backend>, DiscoveryError>> {
+        Box::pin(self.read())
+    }
+
+    fn describe(&self) -> String {
+        format!("endpoints file {}", self.path.display())
     }
 }
 

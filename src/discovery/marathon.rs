@@ -3,14 +3,63 @@
 //! carry `Authorization: token=...` from a service-account login; a 401 logs in again once.
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{Request, StatusCode, header};
 use http_body_util::Full;
 use serde::Deserialize;
 
-use super::DiscoveryError;
-use super::dcos::{PrincipalSecret, send};
+pub use super::dcos::PrincipalSecret;
+use super::dcos::send;
+use super::{DiscoveryError, Source};
 use crate::backend::Backend;
 use crate::client::HttpClient;
+
+/// The flag that chooses this kind, for messages.
+pub const CHOSEN_BY: &str = "--marathon-url";
+
+/// Marathon's flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MarathonFlags {
+    /// The URL for the marathon API endpoint used to locate prometheus instances
+    #[arg(long, env = "MPP_MARATHON_URL", value_name = "URL")]
+    pub marathon_url: Option<String>,
+
+    /// A comma-separated list of marathon app IDs whose tasks will be queried for prometheus
+    /// endpoints
+    #[arg(long, env = "MPP_MARATHON_APPS", value_name = "APPS")]
+    pub marathon_apps: Option<String>,
+
+    /// The principal secret used to handle authentication with marathon
+    #[arg(long, env = "MPP_MARATHON_PRINCIPAL_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub marathon_principal_secret: Option<String>,
+
+    /// The authentication endpoint to use with the 'marathon-principal-secret', overriding the
+    /// value contained within the secret
+    #[arg(long, env = "MPP_MARATHON_AUTH_ENDPOINT", value_name = "URL")]
+    pub marathon_auth_endpoint: Option<String>,
+}
+
+impl MarathonFlags {
+    /// Validates the flags; `None` when neither `--marathon-url` nor `--marathon-apps` is
+    /// given. An error names the flag and the value (never a secret).
+    pub fn config(&self) -> Result<Option<MarathonConfig>, String> {
+        match (&self.marathon_url, &self.marathon_apps) {
+            (Some(url), Some(apps)) => MarathonConfig::new(
+                url,
+                apps,
+                self.marathon_principal_secret.as_deref(),
+                self.marathon_auth_endpoint.as_deref(),
+            )
+            .map(Some),
+            (Some(url), None) => Err(format!(
+                "--marathon-url '{}' needs --marathon-apps (a comma-separated list of app ids)",
+                redact_user_info(url)
+            )),
+            (None, Some(apps)) => Err(format!("--marathon-apps '{apps}' needs --marathon-url")),
+            (None, None) => Ok(None),
+        }
+    }
+}
 
 /// How to reach Marathon, validated from the flags.
 #[derive(Debug, Clone)]
@@ -58,7 +107,7 @@ fn take_user_info(url: &str) -> (String, Option<BasicAuth>) {
 }
 
 /// `url` with any user info replaced by `***`, for messages.
-pub fn redact_user_info(url: &str) -> String {
+fn redact_user_info(url: &str) -> String {
     match take_user_info(url) {
         (rest, Some(_)) => rest.replacen("://", "://***@", 1),
         (url, None) => url,
@@ -137,13 +186,8 @@ impl MarathonDiscovery {
         MarathonDiscovery { config, client, token: None }
     }
 
-    /// The configuration, for descriptions.
-    pub fn config(&self) -> &MarathonConfig {
-        &self.config
-    }
-
     /// Every running, healthy task of every app, in app order.
-    pub async fn candidates(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
+    async fn poll(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
         if self.config.secret.is_some() && self.token.is_none() {
             self.login().await?;
         }
@@ -213,6 +257,18 @@ impl MarathonDiscovery {
         candidates_from_tasks(&body)
             .map(Answer::Tasks)
             .map_err(|e| marathon_error(format!("app '/{app}': GET {url}: {e}")))
+    }
+}
+
+impl Source for MarathonDiscovery {
+    fn candidates(&mut self) -> BoxFuture<'_, Result<Vec<Backend>, DiscoveryError>> {
+        Box::pin(self.poll())
+    }
+
+    fn describe(&self) -> String {
+        let apps: Vec<String> = self.config.apps.iter().map(|a| format!("/{a}")).collect();
+        let auth = if self.config.secret.is_some() { " (DC/OS login)" } else { "" };
+        format!("Marathon {} apps {}{auth}", self.config.url, apps.join(","))
     }
 }
 

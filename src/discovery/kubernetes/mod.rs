@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -19,9 +20,38 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
-use super::DiscoveryError;
+use super::{DiscoveryError, Source};
 use crate::backend::Backend;
 pub use selector::LabelSelector;
+
+/// The flags that choose this kind, for messages.
+pub const CHOSEN_BY: &str = "--kube-service-name/--kube-pod-label-selector";
+
+/// Kubernetes' flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubernetesFlags {
+    /// The path to a kubeconfig file used to communicate with the kubernetes api server to
+    /// locate prometheus instances
+    #[arg(long, env = "MPP_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The service name used to locate prometheus endpoints; takes precedence over
+    /// 'kube-pod-label-selector' (also read from MPP_KUBE_SERVICE_NAME)
+    #[arg(long, env = "MPP_SERVICE_NAME", value_name = "NAME")]
+    pub kube_service_name: Option<String>,
+
+    /// The label selector used to find prometheus pods
+    #[arg(long, env = "MPP_KUBE_POD_LABEL_SELECTOR", value_name = "SELECTOR")]
+    pub kube_pod_label_selector: Option<String>,
+
+    /// The namespace in which prometheus pods/endpoints exist
+    #[arg(long, env = "MPP_KUBE_NAMESPACE", default_value = "default", value_name = "NAMESPACE")]
+    pub kube_namespace: String,
+
+    /// The port (name or number) where prometheus is listening on individual pods/endpoints
+    #[arg(long, env = "MPP_KUBE_PORT", value_name = "PORT")]
+    pub kube_port: Option<String>,
+}
 
 /// The label Kubernetes puts on a service's EndpointSlices.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -39,16 +69,20 @@ pub struct KubernetesConfig {
     pub port: Option<PortRef>,
 }
 
-impl KubernetesConfig {
+impl KubernetesFlags {
     /// Validates the Kubernetes flags; `None` when neither a service nor a selector is given.
-    pub fn from_flags(
-        kubeconfig: Option<PathBuf>,
-        service: Option<String>,
-        selector: Option<String>,
-        namespace: String,
-        port: Option<&str>,
-    ) -> Result<Option<KubernetesConfig>, String> {
-        let port = port.map(PortRef::parse).transpose()?;
+    /// `service_name_env` is `MPP_KUBE_SERVICE_NAME`, the second variable the service name is
+    /// read from (clap takes one per flag).
+    pub fn config(self, service_name_env: Option<String>) -> Result<Option<KubernetesConfig>, String> {
+        let KubernetesFlags {
+            kubeconfig,
+            kube_service_name: service,
+            kube_pod_label_selector: selector,
+            kube_namespace: namespace,
+            kube_port: port,
+        } = self;
+        let service = service.or(service_name_env).filter(|s| !s.is_empty());
+        let port = port.as_deref().map(PortRef::parse).transpose()?;
         let target = match (service, selector.filter(|s| !s.trim().is_empty())) {
             // The service takes precedence, as in the original.
             (Some(service), _) => {
@@ -172,22 +206,9 @@ impl KubernetesDiscovery {
         Ok(KubernetesDiscovery { config, store, state, task })
     }
 
-    /// What is watched, for the log and the status page.
-    pub fn describe(&self) -> String {
-        let port = match &self.config.port {
-            Some(PortRef::Number(n)) => format!(", port {n}"),
-            Some(PortRef::Name(n)) => format!(", port '{n}'"),
-            None => String::new(),
-        };
-        match &self.config.target {
-            Target::Service(name) => format!("Kubernetes service {}/{name}{port}", self.config.namespace),
-            Target::Pods(selector) => format!("Kubernetes pods {{{selector}}} in {}{port}", self.config.namespace),
-        }
-    }
-
     /// The replicas in the store, sorted by URL; an error while the watch is failing or has
     /// not listed yet (the selection then keeps its last good set).
-    pub fn candidates(&self) -> Result<Vec<Backend>, DiscoveryError> {
+    fn listed(&self) -> Result<Vec<Backend>, DiscoveryError> {
         {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(error) = &state.error {
@@ -220,6 +241,25 @@ impl KubernetesDiscovery {
         backends.sort_by(|a, b| a.url().cmp(b.url()));
         backends.dedup();
         Ok(backends)
+    }
+}
+
+impl Source for KubernetesDiscovery {
+    fn candidates(&mut self) -> BoxFuture<'_, Result<Vec<Backend>, DiscoveryError>> {
+        Box::pin(std::future::ready(self.listed()))
+    }
+
+    /// What is watched, for the log and the status page.
+    fn describe(&self) -> String {
+        let port = match &self.config.port {
+            Some(PortRef::Number(n)) => format!(", port {n}"),
+            Some(PortRef::Name(n)) => format!(", port '{n}'"),
+            None => String::new(),
+        };
+        match &self.config.target {
+            Target::Service(name) => format!("Kubernetes service {}/{name}{port}", self.config.namespace),
+            Target::Pods(selector) => format!("Kubernetes pods {{{selector}}} in {}{port}", self.config.namespace),
+        }
     }
 }
 

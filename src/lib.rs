@@ -74,6 +74,7 @@ pub(crate) mod selection;
 pub(crate) mod server;
 pub(crate) mod strategy;
 pub(crate) mod system;
+pub(crate) mod tracker;
 pub(crate) mod units;
 pub(crate) mod via;
 pub(crate) mod web;
@@ -164,7 +165,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let mut background = JoinSet::new();
     background.spawn(selector.run(reselect_rx));
     if config.coverage.coverage_routing {
-        let tracker = coverage::tracker::Tracker::new(
+        let tracker = tracker::Tracker::new(
             parts.prober(None),
             parts.snapshot.clone(),
             parts.metrics.clone(),

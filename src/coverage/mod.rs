@@ -5,7 +5,7 @@
 //! to merge answers only when no single replica has that whole window.
 //!
 //! A replica's [`Coverage`] is a bounded list of *holes* ([`Span`]s it lacks data for) over
-//! the range the [`tracker`] has scanned, plus an open-ended hole from the moment it was last
+//! the range the [`tracker`](crate::tracker) has scanned, plus an open-ended hole from the moment it was last
 //! seen down until the tracker has asked it again. It lives in the replica's registry entry
 //! (an `ArcSwap`, replaced whole by the tracker), so the request path reads it without locks.
 //!
@@ -16,7 +16,6 @@
 //! hole found is then placed at scrape precision on the replica's own samples ([`edges`]).
 
 pub(crate) mod edges;
-pub mod tracker;
 
 /// Unix time in milliseconds, as the Prometheus TSDB keeps it.
 pub type Millis = i64;

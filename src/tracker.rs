@@ -2,8 +2,8 @@
 //! replicas' own data and keeps it current. It never delays the selection loop or a request:
 //! it reads the published snapshot and writes each replica's coverage into the registry.
 //!
-//! - **Every hole a scan finds** is placed at scrape precision ([`super::edges`]): one small
-//!   query per hole edge, on the holed replica, for the last [`super::MAX_HOLES`] holes of a scan.
+//! - **Every hole a scan finds** is placed at scrape precision ([`crate::coverage::edges`]): one small
+//!   query per hole edge, on the holed replica, for the last [`crate::coverage::MAX_HOLES`] holes of a scan.
 //! - **At start-up** it scans everything: from the oldest sample any replica holds
 //!   (`prometheus_tsdb_lowest_timestamp_seconds`, read by the probes) to now, one range query
 //!   per replica per 10,000 buckets, `sum(count_over_time(up[<bucket>]))` with the bucket as
@@ -29,8 +29,8 @@ use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use serde::Deserialize;
 
-use super::edges::{self, Found, Samples};
-use super::{Coverage, MAX_HOLES, Millis, Span, best_counts, holes_in_buckets};
+use crate::coverage::edges::{self, Found, Samples};
+use crate::coverage::{Coverage, MAX_HOLES, Millis, Span, best_counts, holes_in_buckets};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::probe::{Prober, encode_query};
 use crate::registry::Replica;
@@ -54,7 +54,7 @@ const MAX_SCAN_BACK: Millis = 2 * 366 * 24 * 3600 * 1000;
 /// Prometheus's default `--query.lookback-delta`, used until a replica's own is known.
 pub const DEFAULT_LOOKBACK: Millis = 5 * 60 * 1000;
 /// Scrapes per bucket: enough that one missed scrape shows as a shortfall (see
-/// [`super::COMPLETE_SHARE`]), few enough that holes are placed within a few scrapes.
+/// [`crate::coverage::COMPLETE_SHARE`]), few enough that holes are placed within a few scrapes.
 const SCRAPES_PER_BUCKET: Millis = 4;
 
 /// What the tracker remembers about a replica between rounds (keyed by URL).

@@ -29,7 +29,9 @@ image: deps dist
 deps:
 	@scripts/install-deps.sh
 
+# The module graph must have no cycle (scripts/module-graph.py exits 1 on one).
 lint:
+	python3 scripts/module-graph.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! The modules, from the bottom of the dependency graph up (`scripts/module-graph.py` prints
-//! it and fails on a cycle):
+//! it and fails on a cycle; `make lint` runs it):
 //!
 //! - [`units`]: durations in Go's syntax and byte sizes. [`system`]: the process's memory and
 //!   open-files limits. [`reload`]: the loop that rereads changed files. [`via`]: this mpp's
@@ -29,13 +29,15 @@
 //! - [`strategy`]: `single-most-data`, `minimum-history`, `random`: probes to a selection.
 //! - [`window`]: the window of stored data an API request reads (PromQL parsed with
 //!   `promql-parser`). [`merge`]: merging API answers from several replicas.
-//! - [`coverage`]: which stretches of time each replica holds complete data for (its holes),
-//!   and the tracker that builds and keeps that map from the replicas' own data.
+//! - [`coverage`]: which stretches of time each replica holds complete data for (its holes;
+//!   plain data).
 //! - [`registry`]: every replica's live state (health, metric handles, connection slots,
 //!   coverage), owned by the selection loop; a replica's state and series go when it leaves.
 //! - [`selection`]: the loop that gathers (discovery, probes), decides (a pure function,
 //!   which also ejects replicas whose ingestion stalls or lags) and publishes the
 //!   [`selection::Snapshot`].
+//! - [`tracker`]: the background task that builds and keeps each replica's coverage from the
+//!   replicas' own data, reading the snapshot and writing into the registry.
 //! - [`liveness`]: the one-second `/-/ready` check that takes dead or hung replicas out.
 //! - [`proxy`]: the request path: body limits, affinity, routing by coverage and merging
 //!   (`proxy::route`), the retry policy (`proxy::retry`, all of it), header rewriting

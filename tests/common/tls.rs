@@ -12,7 +12,7 @@ use rcgen::{
 };
 use tempfile::TempDir;
 
-use super::tool;
+use super::{free_port, tool};
 
 /// A certificate authority that issues certificates into a folder.
 pub struct Pki {
@@ -140,10 +140,6 @@ pub fn curl<S: AsRef<std::ffi::OsStr>>(url: &str, args: &[S]) -> Curl {
         output: output_text.to_string(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
 }
 
 /// A real Prometheus with a configuration of the test's own, killed when dropped.

@@ -9,8 +9,12 @@
    the window is remembered per expression), once with a different expression each time (each
    one parsed).
 2. The start-up scan: two real Prometheus replicas holding a day of backfilled `up` samples
-   (20 targets every 15 s; one replica lacks 20 minutes of it); how long mpp takes from start
-   to a complete coverage map, and how many queries it sends.
+   (20 targets every 15 s; each replica lacks 20 minutes of it, six hours apart); how long mpp
+   takes from start to a complete coverage map, and how many queries it sends.
+3. Sliced answers, on the same replicas: a dashboard query over the whole day (no replica holds
+   every step, so it is answered in time slices) beside the same query over the last 6 hours
+   (one replica holds it whole: one request) and beside the whole day asked of one replica
+   directly; latency per query and the sub-range requests per sliced query.
 
 Prints a Markdown section and, with --write, puts it into BENCHMARKS.md between markers.
 """
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -146,7 +151,8 @@ def startup_scan(procs, work):
     for i, port in enumerate(ports):
         d = work / f"prom{i}"
         d.mkdir()
-        backfill(d, start, end, gap=(start + 43200, start + 43200 + 1200) if i == 1 else None)
+        gap_at = start + (43200 if i == 1 else 21600)
+        backfill(d, start, end, gap=(gap_at, gap_at + 1200))
         (d / "prometheus.yml").write_text("global: {scrape_interval: 15s}\nscrape_configs:\n"
                                           f"  - job_name: self\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
         procs.start(f"prom{i}", ["prometheus", f"--config.file={d / 'prometheus.yml'}",
@@ -178,7 +184,9 @@ def startup_scan(procs, work):
         time.sleep(0.05)
     took = time.monotonic() - started
     holes = [h for c in candidates for h in c["coverage"]["holes"]]
+    sliced = sliced_latency(port, ports, start, end)
     return {
+        "sliced": sliced,
         "first_answer_s": answered,
         "map_s": took,
         "queries": metric(port, "mpp_coverage_scan_queries_total"),
@@ -186,6 +194,45 @@ def startup_scan(procs, work):
         "hole_minutes": sum(h["end"] - h["start"] for h in holes) / 60,
         "samples": 20 * 86400 // 15,
     }
+
+
+SLICED_QUERY = "sum(count_over_time(up[5m]))"
+
+
+def timed_gets(url, times):
+    """Latencies (ms) of `times` GETs of `url`, one after another, and the last answer's headers."""
+    took, headers = [], None
+    for _ in range(times):
+        t = time.monotonic()
+        with urllib.request.urlopen(url, timeout=60) as r:
+            r.read()
+            headers = r.headers
+        took.append((time.monotonic() - t) * 1000)
+    took.sort()
+    return took, headers
+
+
+def sliced_latency(port, replica_ports, start, end, times=40):
+    """Latency of a range query answered in slices beside one answered by one replica."""
+    quoted = urllib.parse.quote(SLICED_QUERY)
+    day = f"/api/v1/query_range?query={quoted}&start={start + 600}&end={end}&step=60"
+    recent = f"/api/v1/query_range?query={quoted}&start={end - 6 * 3600}&end={end}&step=60"
+    sliced_before = metric(port, 'mpp_merged_requests_total{endpoint="query_range",outcome="sliced"}')
+    slices_before = metric(port, "mpp_slice_requests_total")
+    results = {}
+    for name, url in (("day, sliced", f"http://127.0.0.1:{port}{day}"),
+                      ("6 h, one replica", f"http://127.0.0.1:{port}{recent}"),
+                      ("day, direct", f"http://127.0.0.1:{replica_ports[0]}{day}")):
+        took, headers = timed_gets(url, times)
+        results[name] = {"p50": took[len(took) // 2], "p90": took[int(len(took) * 0.9)],
+                         "slices": headers.get("MPP-Slices")}
+        print(f"  {name:<18} p50 {results[name]['p50']:.1f} ms  p90 {results[name]['p90']:.1f} ms", flush=True)
+    sliced = metric(port, 'mpp_merged_requests_total{endpoint="query_range",outcome="sliced"}') - sliced_before
+    slices = metric(port, "mpp_slice_requests_total") - slices_before
+    if not results["day, sliced"]["slices"] or sliced < times:
+        sys.exit(f"the day-long query was not sliced ({sliced:.0f} sliced answers): nothing measured")
+    results["per_query"] = slices / sliced
+    return results
 
 
 def report(path_results, scan, rounds, seconds):
@@ -209,6 +256,14 @@ def report(path_results, scan, rounds, seconds):
                   f"{scan['first_answer_s']:.2f} s after it was started and had the complete map after",
                   f"{scan['map_s']:.2f} s, having sent {scan['queries']:.0f} range queries (bucket "
                   f"{scan['bucket_s']:.0f} s); the holes found add up to {scan['hole_minutes']:.0f} minutes.", ""]
+        sliced = scan["sliced"]
+        lines += [f"Sliced answers on those replicas (`{SLICED_QUERY}`, step 60 s, 40 requests each,",
+                  "one after another): a day no replica holds whole is answered in "
+                  f"{sliced['per_query']:.1f} sub-range requests per query.", "",
+                  "| query | p50 ms | p90 ms |", "| --- | ---: | ---: |"]
+        for name in ("day, sliced", "6 h, one replica", "day, direct"):
+            lines.append(f"| {name} | {sliced[name]['p50']:.1f} | {sliced[name]['p90']:.1f} |")
+        lines.append("")
     lines.append(END)
     return "\n".join(lines)
 

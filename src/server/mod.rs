@@ -405,7 +405,7 @@ async fn respond<B: ClientBody>(
     peer: SocketAddr,
     tls: bool,
 ) -> http::Response<crate::error::ProxyBody> {
-    let authorization_is_mpps = match web.admit(&request).await {
+    let authorization_is_mpps = match web.admit(&request, peer.ip()).await {
         Ok(basic_auth) => basic_auth,
         Err(refusal) => {
             let mut refusal = refusal.map(Either::Right);

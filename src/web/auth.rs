@@ -1,10 +1,23 @@
 //! Basic auth against `basic_auth_users` (bcrypt hashes), as exporter-toolkit does it: an
 //! unknown user costs a bcrypt check too (so that timing does not tell which users exist),
-//! one bcrypt check runs at a time (they are CPU-heavy by design), and outcomes are cached
-//! so that a client sending the same credentials on every request pays bcrypt once.
+//! and outcomes are cached so that a client sending the same credentials on every request
+//! pays bcrypt once.
+//!
+//! bcrypt is slow by design (about 57 ms a check at cost 10), which makes it a lever for a
+//! flood of wrong passwords. So that a flood can neither refuse nor starve the right password:
+//! - verified successes are cached apart from failures, and failures never evict them: a user
+//!   who was admitted once is admitted at once, whatever else arrives;
+//! - checks run on as many blocking threads as mpp serves on (they are CPU-heavy), and at most
+//!   [`PER_CLIENT`] checks per client address wait or run at a time, so that one flooding
+//!   address cannot take all the checking capacity;
+//! - a request that cannot have its check (its address is over its share, or the queue is
+//!   full, or its turn does not come within [`CHECK_PATIENCE`]) is told to come back
+//!   ([`Verdict::Busy`]: 429 or 503 with `Retry-After`), never that its password is wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -14,43 +27,83 @@ use tokio::sync::Semaphore;
 
 use super::config::Secret;
 
-/// How many outcomes are remembered (exporter-toolkit keeps 100).
-const CACHE_SIZE: usize = 100;
+/// How many verified successes are remembered (exporter-toolkit keeps 100 outcomes of either
+/// kind; successes are few, one per user and password in use).
+const ADMITTED_CACHE: usize = 1024;
+/// How many refused credentials are remembered, so that a client repeating one wrong
+/// password costs one check; a flood of new ones only churns this cache.
+const REFUSED_CACHE: usize = 1024;
+/// The most checks one client address may have waiting or running at a time.
+pub const PER_CLIENT: usize = 2;
+/// How many checks may wait for their turn, per thread that checks: past it, a new one is
+/// told to come back at once rather than queue behind a flood.
+const QUEUE_PER_CHECKER: usize = 8;
+/// How long a request waits for its turn at a check before it is told to come back.
+pub const CHECK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A bcrypt hash (cost 10, as exporter-toolkit's stand-in) of a password nobody knows,
 /// checked for unknown users so that they take as long as known ones.
 const DUMMY_HASH: &str = "$2b$10$.eIbP2FepOy8WoRYDyQ3yuqVhC3fP1NAov2/HiLP8GEPValEfavMm";
 
+/// What a check of a request's credentials found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The credentials are one of the users'.
+    Admitted,
+    /// They are not (or there are none).
+    Refused,
+    /// Not checked: too many checks are waiting, for this client (`per_client`) or in all.
+    Busy { per_client: bool },
+}
+
 /// Verified credentials, remembered by a digest of user, hash and password (never the
 /// password itself), shared by every serving thread.
 pub(crate) struct Verifier {
-    outcomes: Mutex<LruCache<[u8; 32], bool>>,
-    one_at_a_time: Arc<Semaphore>,
+    admitted: Mutex<LruCache<[u8; 32], ()>>,
+    refused: Mutex<LruCache<[u8; 32], ()>>,
+    checkers: Arc<Semaphore>,
+    queue_bound: usize,
+    waiting: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// How long a request waits for its turn at a bcrypt check before it is refused (401): a
-/// flood of wrong passwords queues behind itself, not forever.
-const CHECK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl Verifier {
-    pub fn new() -> Arc<Verifier> {
+    /// A verifier running up to `checkers` bcrypt checks at a time (the cores mpp serves on).
+    pub fn new(checkers: usize) -> Arc<Verifier> {
+        let checkers = checkers.max(1);
+        let size = |n: usize| NonZeroUsize::new(n).expect("the cache sizes are not zero");
         Arc::new(Verifier {
-            outcomes: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_SIZE).expect("the cache size is not zero"))),
-            one_at_a_time: Arc::new(Semaphore::new(1)),
+            admitted: Mutex::new(LruCache::new(size(ADMITTED_CACHE))),
+            refused: Mutex::new(LruCache::new(size(REFUSED_CACHE))),
+            checkers: Arc::new(Semaphore::new(checkers)),
+            queue_bound: checkers * QUEUE_PER_CHECKER,
+            waiting: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Whether `headers` carry the credentials of one of `users`.
-    pub async fn admits(&self, users: &BTreeMap<String, Secret>, headers: &HeaderMap) -> bool {
-        let Some((user, password)) = basic_credentials(headers) else { return false };
+    /// Whether `headers`, sent from `client`, carry the credentials of one of `users`.
+    pub async fn admits(&self, users: &BTreeMap<String, Secret>, headers: &HeaderMap, client: IpAddr) -> Verdict {
+        let Some((user, password)) = basic_credentials(headers) else { return Verdict::Refused };
         let known = users.get(&user);
         let hash = known.map_or(DUMMY_HASH, Secret::expose).to_owned();
         let key = cache_key(&user, &hash, &password);
-        if let Some(&outcome) = self.outcomes.lock().expect("the cache lock is never poisoned").get(&key) {
-            return outcome && known.is_some();
+        if known.is_some() && self.admitted.lock().expect("the cache lock is never poisoned").get(&key).is_some() {
+            return Verdict::Admitted;
         }
-        let turn = tokio::time::timeout(CHECK_PATIENCE, self.one_at_a_time.clone().acquire_owned()).await;
-        let Ok(Ok(turn)) = turn else { return false };
+        if self.refused.lock().expect("the cache lock is never poisoned").get(&key).is_some() {
+            return Verdict::Refused;
+        }
+        let Some(_share) = ClientShare::take(&self.per_client, client) else {
+            return Verdict::Busy { per_client: true };
+        };
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue_bound {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Verdict::Busy { per_client: false };
+        }
+        let turn = tokio::time::timeout(CHECK_PATIENCE, self.checkers.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(Ok(turn)) = turn else { return Verdict::Busy { per_client: false } };
         // Off the serving thread: a check takes tens of milliseconds by design. The turn goes
         // with the check, so a client that hangs up does not free it while bcrypt still runs.
         // Go's bcrypt refuses passwords over 72 bytes rather than truncating them; so does this.
@@ -61,12 +114,43 @@ impl Verifier {
         })
         .await
         .unwrap_or(false);
-        let outcome = matches && known.is_some();
-        // Only known users' outcomes are kept: random names cannot push them out of the cache.
-        if known.is_some() {
-            self.outcomes.lock().expect("the cache lock is never poisoned").put(key, outcome);
+        if matches && known.is_some() {
+            self.admitted.lock().expect("the cache lock is never poisoned").put(key, ());
+            Verdict::Admitted
+        } else {
+            self.refused.lock().expect("the cache lock is never poisoned").put(key, ());
+            Verdict::Refused
         }
-        outcome
+    }
+}
+
+/// One of a client address's [`PER_CLIENT`] places for checks, given back when dropped.
+struct ClientShare<'a> {
+    shares: &'a Mutex<HashMap<IpAddr, usize>>,
+    client: IpAddr,
+}
+
+impl<'a> ClientShare<'a> {
+    fn take(shares: &'a Mutex<HashMap<IpAddr, usize>>, client: IpAddr) -> Option<Self> {
+        let mut taken = shares.lock().expect("the share lock is never poisoned");
+        let count = taken.entry(client).or_insert(0);
+        if *count >= PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(ClientShare { shares, client })
+    }
+}
+
+impl Drop for ClientShare<'_> {
+    fn drop(&mut self) {
+        let mut taken = self.shares.lock().expect("the share lock is never poisoned");
+        if let Some(count) = taken.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                taken.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -109,29 +193,85 @@ mod tests {
         headers
     }
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[tokio::test]
     async fn right_password_is_admitted_and_remembered() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let (users, verifier) = (users(&hash), Verifier::new());
-        assert!(verifier.admits(&users, &basic("alice:s3cret")).await);
-        assert!(verifier.admits(&users, &basic("alice:s3cret")).await);
-        assert_eq!(verifier.outcomes.lock().unwrap().len(), 1);
-        assert!(!verifier.admits(&users, &basic("alice:wrong")).await);
-        assert!(!verifier.admits(&users, &basic("alice:wrong")).await);
+        let (users, verifier) = (users(&hash), Verifier::new(1));
+        assert_eq!(verifier.admits(&users, &basic("alice:s3cret"), CLIENT).await, Verdict::Admitted);
+        assert_eq!(verifier.admits(&users, &basic("alice:s3cret"), CLIENT).await, Verdict::Admitted);
+        assert_eq!(verifier.admitted.lock().unwrap().len(), 1);
+        assert_eq!(verifier.admits(&users, &basic("alice:wrong"), CLIENT).await, Verdict::Refused);
+        assert_eq!(verifier.admits(&users, &basic("alice:wrong"), CLIENT).await, Verdict::Refused);
+        assert_eq!(verifier.refused.lock().unwrap().len(), 1, "a repeated wrong password costs one check");
     }
 
     #[tokio::test]
     async fn unknown_users_are_refused_even_with_the_dummy_password() {
-        let (users, verifier) = (users(&bcrypt::hash("s3cret", 4).unwrap()), Verifier::new());
-        assert!(!verifier.admits(&users, &basic("bob:s3cret")).await);
-        assert!(!verifier.admits(&users, &HeaderMap::new()).await);
+        let (users, verifier) = (users(&bcrypt::hash("s3cret", 4).unwrap()), Verifier::new(1));
+        assert_eq!(verifier.admits(&users, &basic("bob:s3cret"), CLIENT).await, Verdict::Refused);
+        assert_eq!(verifier.admits(&users, &HeaderMap::new(), CLIENT).await, Verdict::Refused);
     }
 
     #[tokio::test]
     async fn a_changed_hash_is_not_answered_from_the_cache() {
-        let verifier = Verifier::new();
-        assert!(verifier.admits(&users(&bcrypt::hash("old", 4).unwrap()), &basic("alice:old")).await);
-        assert!(!verifier.admits(&users(&bcrypt::hash("new", 4).unwrap()), &basic("alice:old")).await);
+        let verifier = Verifier::new(1);
+        let old = users(&bcrypt::hash("old", 4).unwrap());
+        assert_eq!(verifier.admits(&old, &basic("alice:old"), CLIENT).await, Verdict::Admitted);
+        let new = users(&bcrypt::hash("new", 4).unwrap());
+        assert_eq!(verifier.admits(&new, &basic("alice:old"), CLIENT).await, Verdict::Refused);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_wrong_passwords_never_evicts_an_admitted_one() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let (users, verifier) = (users(&hash), Verifier::new(2));
+        assert_eq!(verifier.admits(&users, &basic("alice:s3cret"), CLIENT).await, Verdict::Admitted);
+        for i in 0..REFUSED_CACHE + 50 {
+            let verdict = verifier.admits(&users, &basic(&format!("alice:wrong{i}")), CLIENT).await;
+            assert_eq!(verdict, Verdict::Refused, "attempt {i}");
+        }
+        assert_eq!(verifier.admits(&users, &basic("alice:s3cret"), CLIENT).await, Verdict::Admitted);
+        assert_eq!(verifier.admitted.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_address_gets_at_most_its_share_of_checks_and_then_busy_not_refused() {
+        let hash = bcrypt::hash("s3cret", 10).unwrap();
+        let (users, verifier) = (Arc::new(users(&hash)), Verifier::new(1));
+        // Hold the only checker, so that checks queue.
+        let held = verifier.checkers.clone().acquire_owned().await.unwrap();
+        let flood: Vec<_> = (0..PER_CLIENT)
+            .map(|i| {
+                let (users, verifier) = (users.clone(), verifier.clone());
+                tokio::spawn(async move { verifier.admits(&users, &basic(&format!("alice:w{i}")), CLIENT).await })
+            })
+            .collect();
+        while verifier.waiting.load(Ordering::Relaxed) < PER_CLIENT {
+            tokio::task::yield_now().await;
+        }
+        // Over its share: told to come back, not refused; another address still queues.
+        let over = verifier.admits(&users, &basic("alice:s3cret"), CLIENT).await;
+        assert_eq!(over, Verdict::Busy { per_client: true });
+        let other: IpAddr = "192.0.2.7".parse().unwrap();
+        let (users2, verifier2) = (users.clone(), verifier.clone());
+        let elsewhere = tokio::spawn(async move { verifier2.admits(&users2, &basic("alice:s3cret"), other).await });
+        drop(held);
+        assert_eq!(elsewhere.await.unwrap(), Verdict::Admitted);
+        for attempt in flood {
+            assert_eq!(attempt.await.unwrap(), Verdict::Refused);
+        }
+        assert!(verifier.per_client.lock().unwrap().is_empty(), "every share was given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_whose_turn_does_not_come_is_busy_not_refused() {
+        let (users, verifier) = (users(&bcrypt::hash("s3cret", 4).unwrap()), Verifier::new(1));
+        let _held = verifier.checkers.clone().acquire_owned().await.unwrap();
+        let verdict = verifier.admits(&users, &basic("alice:s3cret"), CLIENT).await;
+        assert_eq!(verdict, Verdict::Busy { per_client: false });
+        assert_eq!(verifier.waiting.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod auth;
 mod rate;
 mod tls;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +69,7 @@ impl Web {
             open_health,
             serves_tls: in_force.acceptor.is_some(),
             in_force: ArcSwap::from_pointee(in_force),
-            verifier: auth::Verifier::new(),
+            verifier: auth::Verifier::new(checkers()),
         })
     }
 
@@ -98,11 +99,12 @@ impl Web {
         self.in_force.load().acceptor.clone()
     }
 
-    /// Lets a request in, or answers it: 429 past the rate limit, 401 without valid basic
-    /// auth credentials (when users are configured). `Ok(true)`: basic auth is configured,
+    /// Lets a request from `client` in, or answers it: 429 past the rate limit, 401 without
+    /// valid basic auth credentials (when users are configured), 429 or 503 with `Retry-After`
+    /// when its password cannot be checked now (too many checks waiting; see [`auth`]). `Ok(true)`: basic auth is configured,
     /// so the request's `Authorization` is mpp's, decided by the same configuration that
     /// admitted it (a reload in between cannot change the answer).
-    pub async fn admit<B>(&self, request: &Request<B>) -> Result<bool, Response<Full<Bytes>>> {
+    pub async fn admit<B>(&self, request: &Request<B>, client: IpAddr) -> Result<bool, Response<Full<Bytes>>> {
         let in_force = self.in_force.load_full();
         if in_force.rate.as_ref().is_some_and(|bucket| !bucket.allow()) {
             return Err(refusal(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n"));
@@ -114,12 +116,25 @@ impl Web {
         if self.open_health && OPEN_HEALTH_PATHS.contains(&request.uri().path()) {
             return Ok(true);
         }
-        if self.verifier.admits(users, request.headers()).await {
-            return Ok(true);
+        match self.verifier.admits(users, request.headers(), client).await {
+            auth::Verdict::Admitted => Ok(true),
+            auth::Verdict::Refused => {
+                let mut refused = refusal(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+                refused.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+                Err(refused)
+            }
+            // Overload is never a wrong password: the client is told to come back.
+            auth::Verdict::Busy { per_client } => {
+                let (status, body) = if per_client {
+                    (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests: too many password checks from this address\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: too many password checks waiting\n")
+                };
+                let mut busy = refusal(status, body);
+                busy.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Err(busy)
+            }
         }
-        let mut refused = refusal(StatusCode::UNAUTHORIZED, "Unauthorized\n");
-        refused.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
-        Err(refused)
     }
 
     /// Adds the configured headers to an answer (replacing any a replica sent).
@@ -207,6 +222,11 @@ fn read(file: &Path) -> Result<(WebConfig, Option<tls::Material>, [u8; 32]), Web
     }
     let fingerprint = digest.finish().as_ref().try_into().expect("SHA-256 digests are 32 bytes");
     Ok((config, material, fingerprint))
+}
+
+/// How many password checks run at a time: one per core mpp may use (bcrypt is CPU-bound).
+fn checkers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn refusal(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -484,9 +484,10 @@ fn regular_expressions_cost_nothing_and_do_not_move_the_window() {
     // Each `\w{200}` takes the regex crate about 45 ms to compile; 100 of them, seconds.
     let matchers: Vec<String> = (0..100).map(|i| format!("l{i}=~\"\\\\w{{200}}\"")).collect();
     let heavy = format!("rate(x{{{}}}[5m] offset 1h)", matchers.join(","));
-    let started = std::time::Instant::now();
+    // What the parser is given holds none of them (no wall-clock bound: the machine may be busy).
+    let given = check_cost(&heavy).unwrap();
+    assert!(!given.contains("\\w{200}") && given.matches("=~\".\"").count() == 100, "{given}");
     let window = expr_window(&heavy, 10_000_000, 10_000_000, 300_000).unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_millis(500), "took {:?}", started.elapsed());
     assert_eq!(window, expr_window("rate(x[5m] offset 1h)", 10_000_000, 10_000_000, 300_000).unwrap());
     assert!(expr_window(r#"{job=~".+"}"#, 0, 0, 1).is_ok(), "a selector of regexes alone stays valid");
     assert!(expr_window(r#"x{a!~'b', c=~`d`}"#, 0, 0, 1).is_ok());

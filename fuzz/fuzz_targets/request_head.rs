@@ -38,7 +38,9 @@ fuzz_target!(|data: &[u8]| {
 
     if let Some(path_and_query) = request.uri().path_and_query() {
         if headers::wants_timeout(path_and_query, request.headers(), body.as_bytes()) {
-            let timed = headers::with_timeout(path_and_query, Duration::from_millis(1500));
+            let timeout = headers::timeout_parameter(path_and_query, Duration::from_millis(1500));
+            let timed = format!("{path_and_query}{}", timeout.as_str());
+            let timed: http::uri::PathAndQuery = timed.parse().expect("the timeout parameter keeps the target valid");
             assert_eq!(timed.path(), path_and_query.path());
         }
     }

@@ -1,5 +1,5 @@
 //! Merging the answers of two or more replicas to one Prometheus HTTP API request, for the rare
-//! query whose time window no single replica's data covers (issue 9).
+//! query whose time window no single replica's data covers.
 //!
 //! It owns the answer formats of `query`, `query_range`, `series`, `labels`,
 //! `label/<name>/values` and `query_exemplars` (<https://prometheus.io/docs/prometheus/latest/querying/api/>),

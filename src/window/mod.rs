@@ -1,5 +1,5 @@
 //! The window of stored data that a Prometheus API request reads, so that mpp can send the
-//! request to a replica with no hole in that window (issue 9).
+//! request to a replica with no hole in that window.
 //!
 //! This module owns three readings of a request, each done as Prometheus does it: its
 //! parameters (from the URL and a form body, as Go's `Request.FormValue` finds them), its times

@@ -60,6 +60,13 @@ pub enum ProxyError {
     /// The client sent its body too slowly.
     #[error("the request body arrived too slowly: {0}")]
     BodyTooSlow(String),
+    /// mpp does not forward this request by its configuration (`--admin-api`).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A request for every replica (a write, an admin request) did not succeed on every one;
+    /// the detail names each replica and its answer.
+    #[error("not every Prometheus replica succeeded: {0}")]
+    NotEveryReplica(String),
 }
 
 impl ProxyError {
@@ -76,6 +83,8 @@ impl ProxyError {
             ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::NotEveryReplica(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -92,7 +101,9 @@ impl ProxyError {
             | ProxyError::Unavailable { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::LoopDetected(_)
-            | ProxyError::Overloaded(_) => "unavailable",
+            | ProxyError::Overloaded(_)
+            | ProxyError::NotEveryReplica(_) => "unavailable",
+            ProxyError::Forbidden(_) => "forbidden",
             ProxyError::Timeout { .. } => "timeout",
         }
     }

@@ -356,6 +356,7 @@ fn proxy_settings(
         credentials: parts.credentials.clone(),
         coverage_routing: config.coverage.coverage_routing,
         merge_max_bytes: flags.merge_max_bytes,
+        admin_api: flags.admin_api,
     }
 }
 

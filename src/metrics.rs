@@ -50,6 +50,16 @@ pub struct CloseLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a request sent to every replica (a write, an admin request).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BroadcastLabels {
+    /// `admin` (TSDB admin and lifecycle paths) or `write` (remote write, OTLP).
+    pub kind: &'static str,
+    /// `ok` (every replica succeeded), `refused` (by `--admin-api`), `refused_by_replica`
+    /// (a replica's 4xx, passed on) or `failed` (some replica failed or answered 5xx).
+    pub outcome: &'static str,
+}
+
 /// Labels of an answer mpp made from more than one replica, or tried to.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MergeLabels {
@@ -93,6 +103,9 @@ pub struct Metrics {
     /// `mpp_slice_requests_total`: the sub-range requests of range queries answered in time
     /// slices (divided by `mpp_merged_requests_total{outcome="sliced"}`: slices per query).
     pub slice_requests: Counter,
+    /// `mpp_broadcast_requests_total{kind,outcome}`: writes and admin requests, each sent to
+    /// every replica (or refused).
+    pub broadcast_requests: Family<BroadcastLabels, Counter>,
     /// `mpp_backend_coverage_ratio{backend}`: the share of the scanned time range the replica
     /// holds complete data for.
     pub coverage_ratio: Family<BackendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -227,6 +240,12 @@ impl Metrics {
             "Sub-range requests sent for range queries answered in time slices",
             slice_requests.clone(),
         );
+        let broadcast_requests = Family::default();
+        registry.register(
+            "mpp_broadcast_requests",
+            "Writes and admin requests, each sent to every replica or refused, by kind and outcome",
+            broadcast_requests.clone(),
+        );
         let coverage_ratio = Family::default();
         registry.register(
             "mpp_backend_coverage_ratio",
@@ -266,6 +285,7 @@ impl Metrics {
             web_config_last_reload_successful,
             merged_requests,
             slice_requests,
+            broadcast_requests,
             coverage_ratio,
             coverage_holes,
             coverage_queries,

@@ -15,6 +15,7 @@ use clap::ArgAction;
 use clap::builder::TypedValueParser as _;
 
 use crate::proxy::affinity::AffinityOptions;
+use crate::proxy::broadcast::AdminApi;
 use crate::proxy::client_ip::TrustedProxies;
 use crate::strategy::Strategy;
 use crate::units::{parse_duration, parse_size};
@@ -161,6 +162,12 @@ pub struct Proxy {
         value_parser = parse_size
     )]
     pub merge_max_bytes: u64,
+
+    /// What happens to Prometheus's TSDB admin API (/api/v1/admin/tsdb/*) and lifecycle
+    /// paths (/-/reload, /-/quit): 'refuse' answers 403 and sends nothing; 'all' sends each
+    /// to every viable replica, and succeeds only when every one did
+    #[arg(long, env = "MPP_ADMIN_API", default_value = "refuse", value_name = "MODE", value_enum)]
+    pub admin_api: AdminApi,
 }
 
 /// The listener: where, how many connections and threads, their deadlines, its security.

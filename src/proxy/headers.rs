@@ -174,6 +174,8 @@ pub fn form_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Option<&'a [u8]> {
 pub static MERGED_FROM: HeaderName = HeaderName::from_static("mpp-merged-from");
 /// Names the replicas that failed before the one that answered (`MPP-Failover-From`).
 pub static FAILOVER_FROM: HeaderName = HeaderName::from_static("mpp-failover-from");
+/// The replicas a request for every replica (a write, an admin request) was sent to.
+pub static SENT_TO: HeaderName = HeaderName::from_static("mpp-sent-to");
 /// Says why an answer is not what mpp would have liked to send (a merge over its bound).
 pub static MPP_WARNING: HeaderName = HeaderName::from_static("mpp-warning");
 

@@ -12,6 +12,7 @@
 
 pub mod affinity;
 pub mod body;
+pub mod broadcast;
 pub mod client_ip;
 #[cfg(test)]
 mod fake;
@@ -49,6 +50,7 @@ use crate::via::Pseudonym;
 use crate::window::{self, Read, Window};
 use affinity::{Affinity, AffinityOptions};
 use body::{BodyLimits, Buffered};
+use broadcast::{AdminApi, Broadcast};
 use client_ip::TrustedProxies;
 use retry::{AttemptError, Outcome, Target};
 use route::Route;
@@ -99,6 +101,7 @@ struct Inner {
     merge_max_bytes: usize,
     /// The bytes of answers held for merging, by every merge in flight together.
     merge_budget: Arc<Semaphore>,
+    admin_api: AdminApi,
 }
 
 /// What the proxy needs from the rest of the program.
@@ -129,6 +132,8 @@ pub struct ProxySettings<P = Pool> {
     pub coverage_routing: bool,
     /// The most bytes of answers held to merge one query (`--merge-max-bytes`).
     pub merge_max_bytes: u64,
+    /// Whether admin and lifecycle requests are refused or sent to every replica.
+    pub admin_api: AdminApi,
 }
 
 /// A request, read and ready to be sent to any replica.
@@ -185,6 +190,7 @@ impl<P: Transport> Proxy<P> {
                 merge_budget: Arc::new(Semaphore::new(
                     usize::try_from(settings.merge_max_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
                 )),
+                admin_api: settings.admin_api,
             }),
         }
     }
@@ -233,6 +239,10 @@ impl<P: Transport> Proxy<P> {
             _ => Box::pin(self.settled_snapshot(deadline)).await,
         };
         let mut exchange = Exchange { prepared, snapshot, deadline, started, target: Target::Replica };
+        if let Some(kind) = Broadcast::of(&exchange.prepared.method, exchange.prepared.path_and_query.path()) {
+            exchange.target = Target::Diverted;
+            return Box::pin(self.broadcast(exchange, kind)).await;
+        }
         let (prepared, snapshot) = (&exchange.prepared, &exchange.snapshot);
         let backend = match inner.affinity.preferred(snapshot, prepared.route_cookie.as_deref(), prepared.client) {
             Some((backend, sticky)) => {
@@ -524,22 +534,32 @@ impl<P: Transport> Proxy<P> {
     fn finish(
         &self,
         exchange: &Exchange,
-        mut parts: http::response::Parts,
+        parts: http::response::Parts,
         body: ProxyBody<P::Body>,
         backend: &Replica,
     ) -> Response<ProxyBody<P::Body>> {
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
+        self.count_answer(exchange, backend, parts.status);
+        present(parts, body, backend)
+    }
+
+    /// Counts `backend`'s answer to the exchange.
+    fn count_answer(&self, exchange: &Exchange, backend: &Replica, status: StatusCode) {
         let metrics = backend.metrics();
         metrics.duration.observe(exchange.started.elapsed());
-        if parts.status == StatusCode::OK {
+        if status == StatusCode::OK {
             metrics.ok.inc();
         } else {
-            let labels = RequestLabels { backend: backend.url_label(), code: parts.status.as_u16() };
+            let labels = RequestLabels { backend: backend.url_label(), code: status.as_u16() };
             self.inner.metrics.requests.get_or_create(&labels).inc();
         }
-        Response::from_parts(parts, body)
     }
+}
+
+/// An answer's head made ready for the client: hop-by-hop headers out, `MPP.ServedBy` in.
+fn present<B>(mut parts: http::response::Parts, body: B, backend: &Replica) -> Response<B> {
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
+    Response::from_parts(parts, body)
 }
 
 /// The request's target as a path (and query) to forward; a target that is not a path (an

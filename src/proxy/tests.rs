@@ -69,6 +69,7 @@ fn proxy(
         credentials: None,
         coverage_routing: false,
         merge_max_bytes: 1 << 20,
+        admin_api: crate::proxy::broadcast::AdminApi::Refuse,
     };
     tune(&mut settings);
     Proxy::new(settings)
@@ -179,10 +180,60 @@ async fn a_request_ends_at_its_deadline_and_is_not_sent_again() {
 #[tokio::test(start_paused = true)]
 async fn a_replica_answering_garbage_loses_a_query_to_another_and_a_write_gets_a_502() {
     let (fake, proxy, _, _) = query_failing_over_from_a(Reply::Garbage).await;
-    let (status, _, body) = ask(&proxy, Method::POST, "/api/v1/write").await;
+    // A request that may not be replayed (not a query, and not one mpp sends to every
+    // replica): VictoriaMetrics's import, say.
+    let (status, _, body) = ask(&proxy, Method::POST, "/api/v1/import").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.contains("invalid HTTP status line"), "{body}");
     assert_eq!(fake.asked(), ["a:1", "b:1", "a:1"], "a write that may have reached a is not sent to b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_remote_write_goes_to_every_viable_replica_once_and_fails_if_one_fails() {
+    const WRITTEN: &str = "";
+    let (fake, a, b) = two();
+    fake.answer("a:1", Reply::JsonStatus(StatusCode::NO_CONTENT, WRITTEN));
+    fake.answer("b:1", Reply::JsonStatus(StatusCode::NO_CONTENT, WRITTEN));
+    // Only a is selected; b, viable, scrapes too and must be written to as well.
+    let proxy = proxy(&fake, snapshot(&[&a], &[&a, &b]), |_| {});
+    let (status, headers, _) = ask(&proxy, Method::POST, "/api/v1/write").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(header(&headers, &headers::SENT_TO), "http://a:1, http://b:1");
+    let mut asked = fake.asked();
+    asked.sort();
+    assert_eq!(asked, ["a:1", "b:1"]);
+
+    fake.answer("b:1", Reply::Garbage);
+    let (status, _, body) = ask(&proxy, Method::POST, "/api/v1/write").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "the sender resends: {body}");
+    assert!(body.contains("http://a:1 answered 204") && body.contains("http://b:1 failed"), "{body}");
+    assert_eq!(fake.asked().len(), 4, "each replica asked once more, none twice");
+
+    // A refusal every replica shares is the sender's as it is.
+    const BAD: &str = r#"{"status":"error","errorType":"bad_data","error":"out of order sample"}"#;
+    fake.answer("a:1", Reply::JsonStatus(StatusCode::BAD_REQUEST, BAD));
+    fake.answer("b:1", Reply::JsonStatus(StatusCode::BAD_REQUEST, BAD));
+    let (status, _, body) = ask(&proxy, Method::POST, "/api/v1/write").await;
+    assert_eq!((status, body.as_str()), (StatusCode::BAD_REQUEST, BAD));
+}
+
+#[tokio::test(start_paused = true)]
+async fn admin_requests_are_refused_unless_sent_to_all_and_then_reach_every_replica() {
+    let (fake, a, b) = two();
+    fake.answer("a:1", Reply::JsonStatus(StatusCode::NO_CONTENT, ""));
+    fake.answer("b:1", Reply::JsonStatus(StatusCode::NO_CONTENT, ""));
+    let refusing = proxy(&fake, snapshot(&[&a, &b], &[&a, &b]), |_| {});
+    let (status, _, body) = ask(&refusing, Method::POST, "/api/v1/admin/tsdb/delete_series?match[]=up").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains(r#""errorType":"forbidden""#) && body.contains("--admin-api all"), "{body}");
+    assert!(fake.asked().is_empty(), "nothing reaches a replica");
+
+    let all = proxy(&fake, snapshot(&[&a, &b], &[&a, &b]), |s| s.admin_api = super::AdminApi::All);
+    let (status, _, _) = ask(&all, Method::POST, "/api/v1/admin/tsdb/delete_series?match[]=up").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut asked = fake.asked();
+    asked.sort();
+    assert_eq!(asked, ["a:1", "b:1"]);
 }
 
 /// The request path over `a` and `b` where neither holds all of 0 s to 90 s: a series

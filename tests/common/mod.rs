@@ -68,6 +68,8 @@ pub struct Prometheus {
     /// Replica mode ([`Prometheus::start_replica`]): these targets' `/metrics` only, no
     /// self-scrape, and these extra flags.
     replica_of: Option<(Vec<String>, Vec<String>)>,
+    /// Where it sends what it scrapes by remote write, if anywhere.
+    remote_write: Option<String>,
     unready_answers: usize,
 }
 
@@ -90,6 +92,7 @@ impl Prometheus {
             port: 0,
             extra_targets: targets.to_vec(),
             replica_of: None,
+            remote_write: None,
             unready_answers: 0,
         };
         prometheus.launch().await;
@@ -106,6 +109,23 @@ impl Prometheus {
             port: 0,
             extra_targets: Vec::new(),
             replica_of: Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect())),
+            remote_write: None,
+            unready_answers: 0,
+        };
+        prometheus.launch().await;
+        prometheus
+    }
+
+    /// Starts a server that scrapes itself every second and sends what it scrapes by remote
+    /// write to `url`, and waits until it is ready.
+    pub async fn start_writing_to(url: &str) -> Prometheus {
+        let mut prometheus = Prometheus {
+            child: None,
+            dir: tempfile::tempdir().expect("temporary folder"),
+            port: 0,
+            extra_targets: Vec::new(),
+            replica_of: None,
+            remote_write: Some(url.to_string()),
             unready_answers: 0,
         };
         prometheus.launch().await;
@@ -198,6 +218,12 @@ impl Prometheus {
             config.push_str(&format!(
                 "  - job_name: mpp\n    metrics_path: /mpp/metrics\n    static_configs: [{{targets: [{}]}}]\n",
                 targets.join(", ")
+            ));
+        }
+        if let Some(url) = &self.remote_write {
+            // Sent at once rather than batched for 5 s, so that the tests see it soon.
+            config.push_str(&format!(
+                "remote_write:\n  - url: '{url}'\n    queue_config: {{batch_send_deadline: 200ms, min_backoff: 50ms, max_backoff: 500ms}}\n"
             ));
         }
         std::fs::write(self.dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");

@@ -373,7 +373,10 @@ async fn an_answer_after_a_failed_attempt_says_which_replica_failed() {
     }
     let answer = failed_over.expect("a random choice of A among 50 requests, retried on B");
     assert_eq!(answer.headers["mpp-failover-from"], a.as_str());
-    let warnings = body(&answer)["warnings"].to_string();
-    assert!(warnings.contains(&format!("answered by {} after {} failed", b.url(), a)), "{warnings}");
+    // A note in `infos`, not `warnings`: the answer is whole (Grafana shows warnings on the
+    // panel).
+    let infos = body(&answer)["infos"].to_string();
+    assert!(infos.contains(&format!("answered by {} after {} failed", b.url(), a)), "{infos}");
+    assert!(body(&answer)["warnings"].is_null(), "no warning for a whole answer");
     assert_eq!(body(&answer)["data"]["result"].as_array().map(Vec::len), Some(1), "the answer itself is whole");
 }

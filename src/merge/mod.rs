@@ -90,6 +90,31 @@ pub fn merge<'a>(
     others: &[Part<'a>],
     warning: Option<&str>,
 ) -> Result<Merged, MergeError> {
+    merge_with(endpoint, primary, others, Extra { warning, ..Extra::default() })
+}
+
+/// What mpp adds to a merged answer besides the replicas' own notes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extra<'a> {
+    /// An `infos` entry: how a whole answer was made.
+    pub info: Option<&'a str>,
+    /// A `warnings` entry: why the answer may be incomplete.
+    pub warning: Option<&'a str>,
+    /// The client's `limit` on a `series`, `labels` or label values answer: the union is cut
+    /// to it, with Prometheus's own warning, as one Prometheus holding both answers would.
+    pub limit: Option<usize>,
+}
+
+/// Prometheus's warning on an answer cut to the client's `limit`.
+pub const TRUNCATED: &str = "results truncated due to limit";
+
+/// [`merge`], with `extra` added to the answer.
+pub fn merge_with<'a>(
+    endpoint: Endpoint,
+    primary: Part<'a>,
+    others: &[Part<'a>],
+    extra: Extra<'_>,
+) -> Result<Merged, MergeError> {
     let answer = Answer::parse(primary.body)?;
     let mut data = Data::parse(endpoint, answer.data)?;
     let mut notes = answer.notes;
@@ -104,8 +129,16 @@ pub fn merge<'a>(
             Err(e) => notes.warn(format!("mpp: the answer of replica {} was not merged: {e}", other.replica).into()),
         }
     }
-    if let Some(warning) = warning {
-        notes.warn(warning.into());
+    if let Some(limit) = extra.limit
+        && data.truncate(limit)
+    {
+        notes.warn(TRUNCATED.into());
+    }
+    if let Some(warning) = extra.warning {
+        notes.warn(warning.to_string().into());
+    }
+    if let Some(info) = extra.info {
+        push_new(&mut notes.infos, Text(info.to_string().into()));
     }
     let mut out = String::with_capacity(primary.body.len() + others.iter().map(|o| o.body.len()).sum::<usize>());
     out.push_str(r#"{"status":"success","data":"#);
@@ -120,6 +153,18 @@ pub fn merge<'a>(
 ///
 /// A warning already in the array is not added twice. Works on error answers too.
 pub fn add_warning(body: &[u8], warning: &str) -> Result<Vec<u8>, MergeError> {
+    add_note(body, "warnings", warning)
+}
+
+/// Adds one entry to a Prometheus answer's `infos` array (creating it), as [`add_warning`]
+/// does to `warnings`. Prometheus 2.54 split `infos` (the answer is whole; a note on how it was
+/// made) from `warnings` (it may not be), and Grafana shows them apart; a client that knows
+/// no `infos` ignores the field.
+pub fn add_info(body: &[u8], info: &str) -> Result<Vec<u8>, MergeError> {
+    add_note(body, "infos", info)
+}
+
+fn add_note(body: &[u8], field: &str, warning: &str) -> Result<Vec<u8>, MergeError> {
     let Fields(fields) = serde_json::from_slice(body).map_err(not_json)?;
     let mut out = String::with_capacity(body.len() + warning.len() + 16);
     let mut added = false;
@@ -130,9 +175,9 @@ pub fn add_warning(body: &[u8], warning: &str) -> Result<Vec<u8>, MergeError> {
         }
         push_string(&mut out, &name.0);
         out.push(':');
-        if name.0 == "warnings" && !added {
+        if name.0 == field && !added {
             let mut warnings: Vec<Text> = serde_json::from_str(value.get())
-                .map_err(|e| MergeError::NotJson(format!("`warnings` is not a list of strings: {e}")))?;
+                .map_err(|e| MergeError::NotJson(format!("`{field}` is not a list of strings: {e}")))?;
             if !warnings.iter().any(|w| w.0 == warning) {
                 warnings.push(Text(warning.into()));
             }
@@ -146,7 +191,8 @@ pub fn add_warning(body: &[u8], warning: &str) -> Result<Vec<u8>, MergeError> {
         if !fields.is_empty() {
             out.push(',');
         }
-        out.push_str(r#""warnings":"#);
+        push_string(&mut out, field);
+        out.push(':');
         push_strings(&mut out, &[Text(warning.into())]);
     }
     out.push('}');
@@ -319,6 +365,24 @@ impl<'a> Data<'a> {
             Data::Series(_) => "series",
             Data::Strings(_) => "strings",
             Data::Exemplars(_) => "exemplars",
+        }
+    }
+
+    /// Cuts a `series`, `labels` or label values answer to `limit` entries (in the order it
+    /// is written: label names and values sorted); true when something was cut.
+    fn truncate(&mut self, limit: usize) -> bool {
+        match self {
+            Data::Series(sets) if sets.items.len() > limit => {
+                sets.items.truncate(limit);
+                true
+            }
+            Data::Strings(strings) if strings.len() > limit => {
+                while strings.len() > limit {
+                    strings.pop_last();
+                }
+                true
+            }
+            _ => false,
         }
     }
 

@@ -25,7 +25,8 @@ use crate::window;
 impl<P: Transport> Proxy<P> {
     /// An answer that another replica gave after `failed` ones (at least one) did not: says
     /// so in a header and, for an API answer mpp can read within `--merge-max-bytes`, in its
-    /// `warnings` (Grafana shows them). A longer answer streams on as it is.
+    /// `infos` (the answer is whole; `warnings` are for answers that may not be). A longer
+    /// answer streams on as it is.
     pub(super) async fn with_failover(
         &self,
         answer: Response<ProxyBody<P::Body>>,
@@ -46,8 +47,8 @@ impl<P: Transport> Proxy<P> {
         let budget = &self.inner.merge_budget;
         match read_up_to(body, self.inner.merge_max_bytes, budget, deadline).await {
             Ok(Held::Whole(bytes, _held)) => {
-                let warning = format!("mpp: answered by {} after {names} failed", served.url());
-                let bytes = merge::add_warning(&bytes, &warning).map(Bytes::from).unwrap_or(bytes);
+                let info = format!("mpp: answered by {} after {names} failed", served.url());
+                let bytes = merge::add_info(&bytes, &info).map(Bytes::from).unwrap_or(bytes);
                 parts.headers.remove(header::CONTENT_LENGTH);
                 Response::from_parts(parts, Either::Right(Full::new(bytes)))
             }
@@ -146,6 +147,7 @@ impl<P: Transport> Proxy<P> {
         let mut names: Vec<String> = vec![served.url().to_string()];
         names.extend(others.iter().map(|(r, _)| r.url().to_string()));
         let primary_url = served.url().to_string();
+        let limit = union_limit(&exchange);
         let body = if others.is_empty() {
             let warning = if over {
                 count("too_large");
@@ -160,7 +162,7 @@ impl<P: Transport> Proxy<P> {
             };
             merge::add_warning(&primary_body, &warning).map(Bytes::from).unwrap_or(primary_body)
         } else {
-            let warning = format!(
+            let info = format!(
                 "mpp: merged from replicas {} (no single replica holds all data for this time range; {primary_url} is the primary)",
                 names.join(", ")
             );
@@ -169,11 +171,12 @@ impl<P: Transport> Proxy<P> {
             let work = tokio::task::spawn_blocking(move || {
                 let parts: Vec<merge::Part> =
                     others.iter().map(|(r, b)| merge::Part { body: b, replica: r.url() }).collect();
-                let merged = merge::merge(
+                let extra = merge::Extra { info: Some(&info), limit, ..merge::Extra::default() };
+                let merged = merge::merge_with(
                     endpoint,
                     merge::Part { body: &primary_body, replica: &primary_url },
                     &parts,
-                    Some(&warning),
+                    extra,
                 );
                 (merged, primary_body)
             });
@@ -208,6 +211,21 @@ impl<P: Transport> Proxy<P> {
         parts.headers.remove(header::CONTENT_LENGTH);
         Ok(self.finish(&exchange, parts, Either::Right(Full::new(body)), &served))
     }
+}
+
+/// The client's `limit` on a union (`series`, `labels`, label values; Prometheus 2.51 and
+/// later): a positive number in the query string or the form body. Anything else is the
+/// replicas' to refuse, or means no limit.
+fn union_limit(exchange: &Exchange) -> Option<usize> {
+    let prepared = &exchange.prepared;
+    let query = prepared.path_and_query.query().unwrap_or("").as_bytes();
+    let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes).unwrap_or(&[]);
+    [query, form]
+        .into_iter()
+        .flat_map(form_urlencoded::parse)
+        .find(|(name, _)| name == "limit")
+        .and_then(|(_, value)| value.parse::<usize>().ok())
+        .filter(|&limit| limit > 0)
 }
 
 /// An answer's body as far as it was read: whole (with the budget it holds), or, over the

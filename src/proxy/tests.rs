@@ -107,7 +107,8 @@ async fn query_failing_over_from_a(reply: Reply) -> (FakeReplicas, Proxy<FakeRep
 async fn a_refused_query_fails_over_to_another_replica_and_the_answer_names_the_one_that_failed() {
     let (_, _, headers, body) = query_failing_over_from_a(Reply::Refuse).await;
     assert_eq!(header(&headers, &headers::SERVED_BY), "http://b:1");
-    assert!(body.contains("mpp: answered by http://b:1 after http://a:1 failed"), "{body}");
+    assert!(body.contains(r#""infos":["mpp: answered by http://b:1 after http://a:1 failed"]"#), "{body}");
+    assert!(!body.contains("warnings"), "a whole answer has no warning: {body}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -259,6 +260,21 @@ async fn a_merge_within_merge_max_bytes_answers_with_both_replicas_series() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(header(&headers, &headers::MERGED_FROM), "http://b:1, http://a:1");
     assert!(body.contains(r#""job":"a""#) && body.contains(r#""job":"b""#), "{body}");
+    assert!(body.contains(r#""infos":["mpp: merged from replicas http://b:1, http://a:1"#), "{body}");
+    assert!(!body.contains("warnings"), "a whole union has no warning: {body}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_union_is_cut_to_the_clients_limit_with_prometheuss_warning() {
+    let (fake, a, b) = two();
+    let proxy = merging(&fake, &a, &b, 1 << 20);
+    let (status, _, body) = ask(&proxy, Method::GET, &format!("{SERIES_QUERY}&limit=1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(r#""job":"b""#) && !body.contains(r#""job":"a""#), "the primary's first: {body}");
+    assert!(body.contains(r#""warnings":["results truncated due to limit"]"#), "{body}");
+    // A limit the union does not reach cuts nothing and warns of nothing.
+    let (_, _, body) = ask(&proxy, Method::GET, &format!("{SERIES_QUERY}&limit=2")).await;
+    assert!(body.contains(r#""job":"a""#) && !body.contains("truncated"), "{body}");
 }
 
 #[tokio::test(start_paused = true)]

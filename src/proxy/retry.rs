@@ -44,10 +44,14 @@ const READ_ONLY_POSTS: &[&str] = &[
 pub fn replayable(method: &Method, path: &str) -> bool {
     match *method {
         Method::GET | Method::HEAD | Method::OPTIONS => true,
-        Method::POST => READ_ONLY_POSTS.iter().any(|p| path.ends_with(p)),
+        Method::POST => READ_ONLY_POSTS.iter().any(|p| path.ends_with(p)) || path.contains(READ_ONLY_POST_TREE),
         _ => false,
     }
 }
+
+/// The API tree of Prometheus 3's searches (`/api/v1/search/metric_names` and its siblings),
+/// read-only whatever the method.
+const READ_ONLY_POST_TREE: &str = "/api/v1/search/";
 
 /// How the replica an attempt goes to was chosen, which decides what the attempt and its
 /// answer may do.
@@ -322,6 +326,9 @@ mod tests {
         assert!(!replayable(&Method::POST, "/api/v1/admin/tsdb/delete_series"));
         assert!(!replayable(&Method::POST, "/api/v1/write"));
         assert!(!replayable(&Method::PUT, "/-/reload"));
+        assert!(replayable(&Method::POST, "/api/v1/format_query"));
+        assert!(replayable(&Method::POST, "/api/v1/search/metric_names"));
+        assert!(!replayable(&Method::POST, "/api/v1/searches"));
     }
 
     #[test]

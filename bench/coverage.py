@@ -252,7 +252,7 @@ def report(path_results, scan, rounds, seconds):
               "parsed with promql-parser.", ""]
     if scan:
         lines += [f"Start-up scan: two real replicas with a day of `up` ({scan['samples']:,} samples per",
-                  f"replica, 20 targets every 15 s; one lacks 20 minutes): mpp answered its first request",
+                  f"replica, 20 targets every 15 s; each lacks 20 minutes, six hours apart): mpp answered its first request",
                   f"{scan['first_answer_s']:.2f} s after it was started and had the complete map after",
                   f"{scan['map_s']:.2f} s, having sent {scan['queries']:.0f} range queries (bucket "
                   f"{scan['bucket_s']:.0f} s); the holes found add up to {scan['hole_minutes']:.0f} minutes.", ""]

@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+pub mod alerts;
 mod concat;
 pub use concat::concatenate;
 

@@ -18,6 +18,7 @@ use crate::body::Guarded;
 use crate::client::pool::Transport;
 use crate::error::{ProxyBody, ProxyError};
 use crate::merge;
+use crate::merge::alerts::Agreed;
 use crate::metrics::MergeLabels;
 use crate::registry::Replica;
 use crate::window;
@@ -68,7 +69,7 @@ impl<P: Transport> Proxy<P> {
     pub(super) async fn merge(
         &self,
         mut exchange: Exchange,
-        endpoint: window::Endpoint,
+        union: Union,
         primary: Arc<Replica>,
         others: Vec<Arc<Replica>>,
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
@@ -86,7 +87,7 @@ impl<P: Transport> Proxy<P> {
                 }
             }
         }
-        let label = endpoint.label();
+        let label = union.label();
         let count = |outcome: &'static str| {
             inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: label, outcome }).inc();
         };
@@ -171,23 +172,27 @@ impl<P: Transport> Proxy<P> {
             let work = tokio::task::spawn_blocking(move || {
                 let parts: Vec<merge::Part> =
                     others.iter().map(|(r, b)| merge::Part { body: b, replica: r.url() }).collect();
-                let extra = merge::Extra { info: Some(&info), limit, ..merge::Extra::default() };
-                let merged = merge::merge_with(
-                    endpoint,
-                    merge::Part { body: &primary_body, replica: &primary_url },
-                    &parts,
-                    extra,
-                );
+                let primary = merge::Part { body: &primary_body, replica: &primary_url };
+                let merged = match union {
+                    Union::Api(endpoint) => {
+                        let extra = merge::Extra { info: Some(&info), limit, ..merge::Extra::default() };
+                        merge::merge_with(endpoint, primary, &parts, extra).map(|merged| merged.body)
+                    }
+                    Union::Agreed(kind) => {
+                        let bodies: Vec<&[u8]> = parts.iter().map(|p| p.body).collect();
+                        merge::alerts::unite(kind, &primary_body, &bodies)
+                    }
+                };
                 (merged, primary_body)
             });
             match work.await {
                 Ok((Ok(merged), _)) => {
                     count("merged");
-                    tracing::debug!(replicas = ?names, filled = merged.filled, added_series = merged.added_series, "answers merged");
+                    tracing::debug!(replicas = ?names, "answers merged");
                     if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
                         parts.headers.insert(headers::MERGED_FROM.clone(), value);
                     }
-                    Bytes::from(merged.body)
+                    Bytes::from(merged)
                 }
                 Ok((Err(e), primary_body)) => {
                     count("failed");
@@ -210,6 +215,24 @@ impl<P: Transport> Proxy<P> {
         }
         parts.headers.remove(header::CONTENT_LENGTH);
         Ok(self.finish(&exchange, parts, Either::Right(Full::new(body)), &served))
+    }
+}
+
+/// What answers from several replicas are joined into.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Union {
+    /// A query API answer no replica holds whole: series, label names or values, exemplars.
+    Api(window::Endpoint),
+    /// Alerts (and the rules' alerts) the replicas agree on.
+    Agreed(Agreed),
+}
+
+impl Union {
+    fn label(self) -> &'static str {
+        match self {
+            Union::Api(endpoint) => endpoint.label(),
+            Union::Agreed(kind) => kind.label(),
+        }
     }
 }
 

@@ -41,6 +41,7 @@ use crate::client::pool::{self, Pool, Transport};
 use crate::coverage::Millis;
 use crate::credentials::Credentials;
 use crate::error::{ProxyBody, ProxyError};
+use crate::merge::alerts::Agreed;
 use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
 use crate::registry::Replica;
 use crate::selection::Snapshot;
@@ -52,6 +53,7 @@ use affinity::{Affinity, AffinityOptions};
 use body::{BodyLimits, Buffered};
 use broadcast::{AdminApi, Broadcast};
 use client_ip::TrustedProxies;
+use fanout::Union;
 use retry::{AttemptError, Outcome, Target};
 use route::Route;
 
@@ -261,6 +263,14 @@ impl<P: Transport> Proxy<P> {
                 }
             },
         };
+        if prepared.method == Method::GET
+            && let Some(kind) = Agreed::of_path(prepared.path_and_query.path())
+            && snapshot.viable.len() > 1
+        {
+            let others = snapshot.viable.iter().filter(|r| **r != backend).cloned().collect();
+            exchange.target = Target::Diverted;
+            return Box::pin(self.merge(exchange, Union::Agreed(kind), backend, others)).await;
+        }
         match self.coverage_read(prepared, snapshot, &backend) {
             Some(read) => match route::plan(snapshot, backend, &read) {
                 Route::One { replica, diverted } => {
@@ -274,7 +284,7 @@ impl<P: Transport> Proxy<P> {
                 // every request's.
                 Route::Merge { primary, others } => {
                     exchange.target = Target::Diverted;
-                    Box::pin(self.merge(exchange, read.endpoint, primary, others)).await
+                    Box::pin(self.merge(exchange, Union::Api(read.endpoint), primary, others)).await
                 }
                 Route::Slices(slices) => {
                     let steps = read.steps.as_ref().expect("slices are planned from a range query's steps");

@@ -70,6 +70,8 @@ pub struct Prometheus {
     replica_of: Option<(Vec<String>, Vec<String>)>,
     /// Where it sends what it scrapes by remote write, if anywhere.
     remote_write: Option<String>,
+    /// Rule groups (YAML) it evaluates, if any.
+    rules: Option<String>,
     unready_answers: usize,
 }
 
@@ -93,6 +95,7 @@ impl Prometheus {
             extra_targets: targets.to_vec(),
             replica_of: None,
             remote_write: None,
+            rules: None,
             unready_answers: 0,
         };
         prometheus.launch().await;
@@ -110,6 +113,24 @@ impl Prometheus {
             extra_targets: Vec::new(),
             replica_of: Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect())),
             remote_write: None,
+            rules: None,
+            unready_answers: 0,
+        };
+        prometheus.launch().await;
+        prometheus
+    }
+
+    /// Starts a replica as [`Prometheus::start_replica`] does that also evaluates `rules` (a
+    /// rule file's YAML) every second.
+    pub async fn start_replica_with_rules(targets: &[String], flags: &[&str], rules: &str) -> Prometheus {
+        let mut prometheus = Prometheus {
+            child: None,
+            dir: tempfile::tempdir().expect("temporary folder"),
+            port: 0,
+            extra_targets: Vec::new(),
+            replica_of: Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect())),
+            remote_write: None,
+            rules: Some(rules.to_string()),
             unready_answers: 0,
         };
         prometheus.launch().await;
@@ -126,6 +147,7 @@ impl Prometheus {
             extra_targets: Vec::new(),
             replica_of: None,
             remote_write: Some(url.to_string()),
+            rules: None,
             unready_answers: 0,
         };
         prometheus.launch().await;
@@ -201,11 +223,16 @@ impl Prometheus {
     fn write_config(&self, port: u16) {
         if let Some((targets, _)) = &self.replica_of {
             let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-            let config = format!(
+            let mut config = format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
                  scrape_configs:\n  - job_name: node\n    static_configs: [{{targets: [{}]}}]\n",
                 targets.join(", ")
             );
+            if let Some(rules) = &self.rules {
+                let file = self.dir.path().join("rules.yml");
+                std::fs::write(&file, rules).expect("write rules.yml");
+                config.push_str(&format!("rule_files: ['{}']\n", file.display()));
+            }
             std::fs::write(self.dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
             return;
         }

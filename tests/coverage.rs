@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Answer, Mpp, Prometheus, endpoints_file, get, post_form, wait_until};
+use common::{Answer, Mpp, Prometheus, Remote, endpoints_file, get, post_form, wait_until};
 use serde_json::Value;
 
 const DOWN_FOR: Duration = Duration::from_secs(6);
@@ -240,6 +240,35 @@ async fn hole_at_scrape_precision(mpp: &Mpp, replica: &Prometheus, when: (f64, f
     );
 }
 
+/// A Prometheus reading through mpp by remote read (its `remote_read` pointed at mpp) gets,
+/// over A's outage, the data of B, which holds it whole, never A's holed data, although mpp's
+/// strategy (random) would send half of the reads to A.
+async fn remote_read_avoids_the_hole(file: &std::path::Path, a: &Prometheus, b: &Prometheus, o: &Outages) {
+    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--routing-strategy", "random"]).await;
+    mpp.wait_for_closed_holes(2).await;
+    let reader = Prometheus::start_remote(Remote::Read, &mpp.url("/api/v1/read")).await;
+    let at = o.a.1 + 1.0;
+    let range = (at - o.start).floor();
+    let query = format!("count_over_time(up{{job=\"node\"}}[{range}s])");
+    let ask = |base: String| {
+        let url = format!("{base}/api/v1/query?query={}&time={at}", urlencode(&query));
+        async move {
+            let answer = get(&url).await.unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            body(&answer)["data"]["result"][0]["value"][1].as_str().map(str::to_string)
+        }
+    };
+    let (held, holed) = (ask(b.url()).await, ask(a.url()).await);
+    assert!(held.is_some() && held != holed, "B holds more of A's outage than A: {held:?} {holed:?}");
+    for _ in 0..10 {
+        assert_eq!(ask(reader.url()).await, held, "read through mpp: B's samples over A's outage");
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     let target = Prometheus::start().await;
@@ -283,6 +312,7 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     hole_at_scrape_precision(&mpp, &a, outages.a, "A").await;
     hole_at_scrape_precision(&mpp, &b, outages.b, "B").await;
     check(&mpp, &a, &b, &outages, "while mpp watched").await;
+    remote_read_avoids_the_hole(&file, &a, &b, &outages).await;
     let metrics = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
     assert!(metrics.contains("mpp_merged_requests_total{endpoint=\"query_range\",outcome=\"sliced\"}"), "{metrics}");
     assert!(metrics.contains("mpp_backend_coverage_ratio{"), "{metrics}");

@@ -173,7 +173,7 @@ async fn remote_write_through_mpp_reaches_every_replica_and_a_killed_one_is_skip
     let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--selection-interval", "1s"]).await;
     wait_viable(&mpp, 2).await;
 
-    let writer = Prometheus::start_writing_to(&mpp.url("/api/v1/write")).await;
+    let writer = Prometheus::start_remote(common::Remote::Write, &mpp.url("/api/v1/write")).await;
     let written = format!("up{{job=\"prometheus\",instance=\"{}\"}}", writer.url().trim_start_matches("http://"));
     for replica in [&a, &b] {
         wait_until("the written series on each replica", Duration::from_secs(30), || async {

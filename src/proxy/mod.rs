@@ -68,6 +68,9 @@ impl<B> ClientBody for B where
 {
 }
 
+/// Prometheus's remote-read path.
+const REMOTE_READ: &str = "/api/v1/read";
+
 /// How long a request waits for one of a replica's connections (`--max-backend-connections`)
 /// before it is refused with 503 and `Retry-After`.
 const QUEUE_PATIENCE: Duration = Duration::from_secs(5);
@@ -302,10 +305,9 @@ impl<P: Transport> Proxy<P> {
     /// parsed).
     fn coverage_read(&self, prepared: &Prepared, snapshot: &Snapshot, default: &Replica) -> Option<Read> {
         let read_method = prepared.method == Method::GET || prepared.method == Method::POST;
-        if !self.inner.coverage_routing
-            || !read_method
-            || window::Endpoint::of_path(prepared.path_and_query.path()).is_none()
-        {
+        let path = prepared.path_and_query.path();
+        let remote_read = prepared.method == Method::POST && path.ends_with(REMOTE_READ);
+        if !self.inner.coverage_routing || !read_method || (window::Endpoint::of_path(path).is_none() && !remote_read) {
             return None;
         }
         // A default replica scanned and without a hole covers whatever the query reads.
@@ -328,6 +330,18 @@ impl<P: Transport> Proxy<P> {
         }
         let lookback = lookback.unwrap_or(DEFAULT_LOOKBACK);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as Millis;
+        if remote_read {
+            // Raw samples over the queries' ranges, no lookback: held whole by one replica, as
+            // an instant query's data is (the replica missing the least of it otherwise).
+            let window = match window::remote_read(&prepared.body.bytes, now) {
+                Ok(read) => read.window,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot tell what a remote read reads; routing it by all of its data");
+                    Window { start: Millis::MIN / 4, end: now }
+                }
+            };
+            return Some(Read { endpoint: window::Endpoint::Query, window, eval_time: None, steps: None });
+        }
         let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
         match window::read_window(
             prepared.path_and_query.path(),

@@ -37,6 +37,7 @@ const READ_ONLY_POSTS: &[&str] = &[
     "/api/v1/labels",
     "/api/v1/format_query",
     "/api/v1/parse_query",
+    "/api/v1/read",
 ];
 
 /// Whether a request only reads: GET, HEAD and OPTIONS, and POSTs to the query API. Writes

@@ -702,5 +702,8 @@ fn shown(text: &str) -> String {
     }
 }
 
+mod remote_read;
+pub use remote_read::remote_read;
+
 #[cfg(test)]
 mod tests;

@@ -68,8 +68,9 @@ pub struct Prometheus {
     /// Replica mode ([`Prometheus::start_replica`]): these targets' `/metrics` only, no
     /// self-scrape, and these extra flags.
     replica_of: Option<(Vec<String>, Vec<String>)>,
-    /// Where it sends what it scrapes by remote write, if anywhere.
-    remote_write: Option<String>,
+    /// Where it writes what it scrapes (`remote_write`), or reads from as well as its own
+    /// data (`remote_read`), if anywhere.
+    remote: Option<(Remote, String)>,
     /// Rule groups (YAML) it evaluates, if any.
     rules: Option<String>,
     unready_answers: usize,
@@ -94,7 +95,7 @@ impl Prometheus {
             port: 0,
             extra_targets: targets.to_vec(),
             replica_of: None,
-            remote_write: None,
+            remote: None,
             rules: None,
             unready_answers: 0,
         };
@@ -112,7 +113,7 @@ impl Prometheus {
             port: 0,
             extra_targets: Vec::new(),
             replica_of: Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect())),
-            remote_write: None,
+            remote: None,
             rules: None,
             unready_answers: 0,
         };
@@ -129,7 +130,7 @@ impl Prometheus {
             port: 0,
             extra_targets: Vec::new(),
             replica_of: Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect())),
-            remote_write: None,
+            remote: None,
             rules: Some(rules.to_string()),
             unready_answers: 0,
         };
@@ -138,15 +139,15 @@ impl Prometheus {
     }
 
     /// Starts a server that scrapes itself every second and sends what it scrapes by remote
-    /// write to `url`, and waits until it is ready.
-    pub async fn start_writing_to(url: &str) -> Prometheus {
+    /// write to `url` (or reads from `url` by remote read), and waits until it is ready.
+    pub async fn start_remote(remote: Remote, url: &str) -> Prometheus {
         let mut prometheus = Prometheus {
             child: None,
             dir: tempfile::tempdir().expect("temporary folder"),
             port: 0,
             extra_targets: Vec::new(),
             replica_of: None,
-            remote_write: Some(url.to_string()),
+            remote: Some((remote, url.to_string())),
             rules: None,
             unready_answers: 0,
         };
@@ -247,11 +248,16 @@ impl Prometheus {
                 targets.join(", ")
             ));
         }
-        if let Some(url) = &self.remote_write {
+        match &self.remote {
             // Sent at once rather than batched for 5 s, so that the tests see it soon.
-            config.push_str(&format!(
+            Some((Remote::Write, url)) => config.push_str(&format!(
                 "remote_write:\n  - url: '{url}'\n    queue_config: {{batch_send_deadline: 200ms, min_backoff: 50ms, max_backoff: 500ms}}\n"
-            ));
+            )),
+            // Every range read remotely, the recent one too.
+            Some((Remote::Read, url)) => {
+                config.push_str(&format!("remote_read:\n  - url: '{url}'\n    read_recent: true\n"))
+            }
+            None => {}
         }
         std::fs::write(self.dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
     }
@@ -322,6 +328,15 @@ fn backfill_up(dir: &Path, history: Duration) {
         .output()
         .expect("run promtool");
     assert!(output.status.success(), "promtool backfill failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// How a server of [`Prometheus::start_remote`] uses its remote URL.
+#[derive(Debug, Clone, Copy)]
+pub enum Remote {
+    /// `remote_write`: it sends what it scrapes there.
+    Write,
+    /// `remote_read`: its queries read from there too.
+    Read,
 }
 
 /// mpp running in-process on a loopback port, stopped (gracefully) when dropped.

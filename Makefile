@@ -29,9 +29,11 @@ image: deps dist
 deps:
 	@scripts/install-deps.sh
 
-# The module graph must have no cycle (scripts/module-graph.py exits 1 on one).
+# The module graph must have no cycle (scripts/module-graph.py exits 1 on one), and the
+# README's table of contents must list its sections (scripts/readme-toc.py writes it).
 lint:
 	python3 scripts/module-graph.py
+	python3 scripts/readme-toc.py --check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 

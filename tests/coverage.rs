@@ -263,6 +263,29 @@ async fn remote_read_avoids_the_hole(file: &std::path::Path, a: &Prometheus, b: 
     for _ in 0..10 {
         assert_eq!(ask(reader.url()).await, held, "read through mpp: B's samples over A's outage");
     }
+
+    // Over both outages no replica holds the window whole: the read is answered in time
+    // slices, each from a replica that holds it, and counts (about) every scrape, where
+    // either replica alone lacks its outage's.
+    let count = |base: String| {
+        let (at, range) = (o.end, (o.end - o.start).floor());
+        let query = format!("count_over_time(up{{job=\"node\"}}[{range}s])");
+        let url = format!("{base}/api/v1/query?query={}&time={at}", urlencode(&query));
+        async move {
+            let answer = get(&url).await.unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            let value = body(&answer)["data"]["result"][0]["value"][1].as_str().map(str::to_string);
+            (value.expect("a count").parse::<f64>().unwrap(), range)
+        }
+    };
+    let ((a_alone, range), (b_alone, _)) = (count(a.url()).await, count(b.url()).await);
+    let (through, _) = count(reader.url()).await;
+    assert!(
+        through > a_alone.max(b_alone) && through <= range + 4.0,
+        "through mpp {through} samples over {range} s; A alone {a_alone}, B alone {b_alone}"
+    );
+    let metrics = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
+    assert!(metrics.contains("mpp_merged_requests_total{endpoint=\"read\",outcome=\"sliced\"}"), "{metrics}");
 }
 
 fn urlencode(text: &str) -> String {

@@ -327,6 +327,7 @@ impl<'a> Data<'a> {
             Endpoint::Series => Data::Series(Union::from(label_sets(text)?)),
             Endpoint::Labels | Endpoint::LabelValues => Data::Strings(strings(text)?),
             Endpoint::Exemplars => Data::Exemplars(Union::from(exemplars(text)?)),
+            Endpoint::RemoteRead => return Err(MergeError::Mismatch("a remote read's answer is not JSON".into())),
         })
     }
 

@@ -290,9 +290,8 @@ impl<P: Transport> Proxy<P> {
                     Box::pin(self.merge(exchange, Union::Api(read.endpoint), primary, others)).await
                 }
                 Route::Slices(slices) => {
-                    let steps = read.steps.as_ref().expect("slices are planned from a range query's steps");
                     exchange.target = Target::Diverted;
-                    Box::pin(self.sliced(exchange, slices, steps)).await
+                    Box::pin(self.sliced(exchange, slices, &read)).await
                 }
             },
             None => Box::pin(self.relay(exchange, backend)).await,
@@ -333,14 +332,23 @@ impl<P: Transport> Proxy<P> {
         if remote_read {
             // Raw samples over the queries' ranges, no lookback: held whole by one replica, as
             // an instant query's data is (the replica missing the least of it otherwise).
-            let window = match window::remote_read(&prepared.body.bytes, now) {
-                Ok(read) => read.window,
+            return Some(match window::remote_read(&prepared.body.bytes, now) {
+                // Streamed chunks cannot be joined: one replica answers them whole.
+                Ok(read) if read.streamed => {
+                    Read { endpoint: window::Endpoint::Query, window: read.window, eval_time: None, steps: None }
+                }
+                Ok(read) => Read {
+                    endpoint: window::Endpoint::RemoteRead,
+                    window: read.window,
+                    eval_time: None,
+                    steps: Some(read.steps(now)),
+                },
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot tell what a remote read reads; routing it by all of its data");
-                    Window { start: Millis::MIN / 4, end: now }
+                    let window = Window { start: Millis::MIN / 4, end: now };
+                    Read { endpoint: window::Endpoint::Query, window, eval_time: None, steps: None }
                 }
-            };
-            return Some(Read { endpoint: window::Endpoint::Query, window, eval_time: None, steps: None });
+            });
         }
         let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
         match window::read_window(

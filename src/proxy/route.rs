@@ -12,8 +12,11 @@
 //!    step's whole read window (the default wherever it does), consecutive steps of one
 //!    replica form one sub-range request, and a step no replica holds is answered whole by
 //!    the replica missing the least of its window (the answer then says so);
-//! 4. for an instant query (or a query mpp cannot read), the replica missing the least of
-//!    what it reads: a value comes whole from one replica, never stitched from two;
+//!    A remote read is cut the same way, into time ranges: its "steps" are stretches of the
+//!    window, each held whole by the replica answering it;
+//! 4. for an instant query (or a query mpp cannot read, or a remote read whose answer is
+//!    streamed chunks), the replica missing the least of what it reads: a value comes whole
+//!    from one replica, never stitched from two;
 //! 5. for the answers that are unions (series, label names and values, exemplars), a merge:
 //!    the selected replica missing the least of the window is the primary, the other viable
 //!    replicas add what it lacks.
@@ -90,10 +93,10 @@ pub fn plan(snapshot: &Snapshot, default: Arc<Replica>, read: &Read) -> Route {
     if let Some(replica) = usable.iter().find(|r| covers(r)) {
         return Route::One { replica: (*replica).clone(), diverted: true };
     }
-    if let (Endpoint::QueryRange, Some(steps)) = (read.endpoint, &read.steps) {
+    if let (Endpoint::QueryRange | Endpoint::RemoteRead, Some(steps)) = (read.endpoint, &read.steps) {
         return sliced(steps, default, &usable, any_known);
     }
-    if matches!(read.endpoint, Endpoint::Query | Endpoint::QueryRange) {
+    if matches!(read.endpoint, Endpoint::Query | Endpoint::QueryRange | Endpoint::RemoteRead) {
         // An instant vector comes whole from one replica, and so does a range query whose
         // steps are unknown: the one missing the least of what the query reads, the default
         // on a tie.

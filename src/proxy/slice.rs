@@ -3,6 +3,10 @@
 //! slice's, and its `@ start()` and `@ end()` pinned to the whole query's times, so that each
 //! slice evaluates the same expression at its own steps. Everything else (the step, the
 //! timeout, `lookback_delta`, unknown parameters) goes as the client sent it.
+//!
+//! A remote read no replica holds whole is cut the same way, into time ranges: each slice's
+//! request is the client's `ReadRequest` with every query's range cut to the slice, and the
+//! answers' series are joined in time order ([`window::join_answers`]).
 
 use std::sync::Arc;
 
@@ -24,7 +28,7 @@ use crate::error::{ProxyBody, ProxyError};
 use crate::merge;
 use crate::metrics::MergeLabels;
 use crate::registry::Replica;
-use crate::window::{Steps, pin_start_end, seconds};
+use crate::window::{self, Endpoint, Read, RemoteRead, pin_start_end, seconds};
 
 /// Names the replicas a sliced answer came from, and the steps each answered
 /// (`MPP-Slices: http://a:9090 1700000000.000-1700000300.000, http://b:9090 ...`).
@@ -51,18 +55,36 @@ impl<P: Transport> Proxy<P> {
         &self,
         mut exchange: Exchange,
         slices: Vec<Slice>,
-        steps: &Steps,
+        read: &Read,
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
+        let steps = read.steps.as_ref().expect("slices are planned from steps");
+        // A remote read's slices are stretches of its window.
+        let remote =
+            (read.endpoint == Endpoint::RemoteRead).then_some(RemoteRead { window: read.window, streamed: false });
         let inner = &*self.inner;
         let deadline = exchange.deadline;
         exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
         let prepared = &exchange.prepared;
         let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
         let mut sent = Vec::with_capacity(slices.len());
-        for slice in slices {
-            let times = Times { start: slice.start, end: slice.end, query_start: steps.start, query_end: steps.end };
-            let (path_and_query, body) = rewrite(&prepared.path_and_query, form, times)
-                .map_err(|e| ProxyError::BadRequest(format!("cannot cut the range query into slices: {e}")))?;
+        for mut slice in slices {
+            let (path_and_query, body) = match &remote {
+                Some(remote) => {
+                    (slice.start, slice.end) = remote.stretch(slice.start, slice.end);
+                    for run in &mut slice.incomplete {
+                        *run = remote.stretch(run.0, run.1);
+                    }
+                    let body = window::slice_request(&prepared.body.bytes, slice.start, slice.end)
+                        .map_err(|e| ProxyError::BadRequest(format!("cannot cut the remote read into slices: {e}")))?;
+                    (prepared.path_and_query.clone(), Some(Bytes::from(body)))
+                }
+                None => {
+                    let times =
+                        Times { start: slice.start, end: slice.end, query_start: steps.start, query_end: steps.end };
+                    rewrite(&prepared.path_and_query, form, times)
+                        .map_err(|e| ProxyError::BadRequest(format!("cannot cut the range query into slices: {e}")))?
+                }
+            };
             let slice_request = Prepared {
                 method: prepared.method.clone(),
                 route_cookie: None,
@@ -84,8 +106,9 @@ impl<P: Transport> Proxy<P> {
         }
         inner.metrics.slice_requests.inc_by(sent.len() as u64);
         let answers = join_all(sent.iter_mut().map(|s| self.slice_attempts(s))).await;
+        let label = read.endpoint.label();
         let count = |outcome: &'static str| {
-            inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: "query_range", outcome }).inc();
+            inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: label, outcome }).inc();
         };
         // Every slice answered, or the client hears why one did not.
         let mut answered: Vec<(Arc<Replica>, Response<P::Body>, OwnedSemaphorePermit)> = Vec::new();
@@ -98,7 +121,10 @@ impl<P: Transport> Proxy<P> {
                 }
             }
         }
-        let usable = |r: &Response<P::Body>| r.status() == StatusCode::OK && headers::is_plain_json(r.headers());
+        let usable = |r: &Response<P::Body>| {
+            r.status() == StatusCode::OK
+                && if remote.is_some() { is_samples(r.headers()) } else { headers::is_plain_json(r.headers()) }
+        };
         if let Some(refused) = answered.iter().position(|(_, r, _)| !usable(r)) {
             // Prometheus's own answer (an error about the query, as a rule): the client's.
             let (served, response, slot) = answered.swap_remove(refused);
@@ -134,10 +160,17 @@ impl<P: Transport> Proxy<P> {
             .join(", ");
         let warning = incomplete_warning(&sent);
         let failed: Vec<String> = sent.iter().flat_map(|s| s.tried.iter().map(|r| r.url().to_string())).collect();
+        // A remote read's answer is protobuf: a warning goes in a header instead.
+        let (in_body, in_header) = if remote.is_some() { (None, warning) } else { (warning, None) };
+        let limit = inner.merge_max_bytes;
         let work = tokio::task::spawn_blocking(move || {
+            if remote.is_some() {
+                let bodies: Vec<&[u8]> = bodies.iter().map(|(_, body)| &body[..]).collect();
+                return window::join_answers(&bodies, limit).map_err(|e| e.to_string());
+            }
             let parts: Vec<merge::Part> =
                 bodies.iter().map(|(r, body)| merge::Part { body, replica: r.url() }).collect();
-            merge::concatenate(&parts, warning.as_deref()).map(|merged| merged.body)
+            merge::concatenate(&parts, in_body.as_deref()).map(|merged| merged.body).map_err(|e| e.to_string())
         });
         let body = match work.await {
             Ok(Ok(body)) => body,
@@ -145,7 +178,7 @@ impl<P: Transport> Proxy<P> {
                 count("failed");
                 return Err(ProxyError::Upstream {
                     backend: sent[0].slice.replica.url().to_string(),
-                    detail: format!("the slices of a range query could not be joined: {e}"),
+                    detail: format!("the slices' answers could not be joined: {e}"),
                 });
             }
             Err(e) => {
@@ -159,6 +192,11 @@ impl<P: Transport> Proxy<P> {
         drop(held);
         if let Ok(value) = HeaderValue::from_str(&names) {
             parts.headers.insert(SLICES.clone(), value);
+        }
+        if let Some(warning) = in_header
+            && let Ok(value) = HeaderValue::from_str(&warning)
+        {
+            parts.headers.insert(headers::MPP_WARNING.clone(), value);
         }
         if !failed.is_empty()
             && let Ok(value) = HeaderValue::from_str(&failed.join(", "))
@@ -224,6 +262,15 @@ impl<P: Transport> Proxy<P> {
         }
         Ok(answer)
     }
+}
+
+/// Whether an answer is a remote read's `SAMPLES` (`application/x-protobuf`; streamed chunks
+/// are `application/x-streamed-protobuf`).
+fn is_samples(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().starts_with("application/x-protobuf"))
 }
 
 /// The `warnings` entry of an answer with steps whose window no replica held whole, naming

@@ -101,6 +101,9 @@ pub enum Endpoint {
     LabelValues,
     /// `/api/v1/query_exemplars`: the exemplars of `query`'s series between `start` and `end`.
     Exemplars,
+    /// `/api/v1/read` (remote read, answered with samples): raw data over its queries' time
+    /// ranges ([`remote_read`]; not named by [`Endpoint::of_path`], whose endpoints are JSON).
+    RemoteRead,
 }
 
 impl Endpoint {
@@ -113,6 +116,7 @@ impl Endpoint {
             Endpoint::Labels => "labels",
             Endpoint::LabelValues => "label_values",
             Endpoint::Exemplars => "query_exemplars",
+            Endpoint::RemoteRead => "read",
         }
     }
 
@@ -249,6 +253,7 @@ pub fn read_window(
             return Ok(Some(Read { endpoint, window: clipped(window, now), eval_time: None, steps }));
         }
         // What `match[]` or `query` selects does not move the window: these read [start, end].
+        Endpoint::RemoteRead => return Ok(None),
         Endpoint::Series | Endpoint::Labels | Endpoint::LabelValues | Endpoint::Exemplars => {
             let start = match params.time("start")? {
                 Some(start) if start > PROMETHEUS_MIN_TIME => start,
@@ -703,7 +708,7 @@ fn shown(text: &str) -> String {
 }
 
 mod remote_read;
-pub use remote_read::remote_read;
+pub use remote_read::{RemoteRead, join_answers, remote_read, slice_request};
 
 #[cfg(test)]
 mod tests;

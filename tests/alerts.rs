@@ -74,4 +74,13 @@ async fn an_alerts_start_through_mpp_survives_a_replica_restart() {
     assert_eq!(rule["state"], "firing");
     assert_eq!(rule["alerts"][0]["activeAt"], a_since.as_str());
     assert_eq!(rule["alerts"].as_array().unwrap().len(), 1, "one alert, not one per replica");
+
+    // Metadata is united the same way: replicas scraping the same target agree, and the
+    // union through mpp is what each holds.
+    for path in ["/api/v1/metadata?metric=up", "/api/v1/targets/metadata?metric=up"] {
+        let through = get(&mpp.url(path)).await.unwrap();
+        assert!(through.headers.contains_key("mpp-merged-from"), "{path}: asked of every replica");
+        let direct = json(&get(&format!("{}{path}", a.url())).await.unwrap());
+        assert_eq!(json(&through)["data"], direct["data"], "{path}");
+    }
 }

@@ -27,8 +27,8 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-pub mod alerts;
 mod concat;
+pub mod state;
 pub use concat::concatenate;
 
 /// Which API answer is being merged: the endpoints routed by window.

@@ -18,7 +18,7 @@ use crate::body::Guarded;
 use crate::client::pool::Transport;
 use crate::error::{ProxyBody, ProxyError};
 use crate::merge;
-use crate::merge::alerts::Agreed;
+use crate::merge::state::Agreed;
 use crate::metrics::MergeLabels;
 use crate::registry::Replica;
 use crate::window;
@@ -180,7 +180,7 @@ impl<P: Transport> Proxy<P> {
                     }
                     Union::Agreed(kind) => {
                         let bodies: Vec<&[u8]> = parts.iter().map(|p| p.body).collect();
-                        merge::alerts::unite(kind, &primary_body, &bodies)
+                        merge::state::unite(kind, &primary_body, &bodies, limit)
                     }
                 };
                 (merged, primary_body)

@@ -41,7 +41,7 @@ use crate::client::pool::{self, Pool, Transport};
 use crate::coverage::Millis;
 use crate::credentials::Credentials;
 use crate::error::{ProxyBody, ProxyError};
-use crate::merge::alerts::Agreed;
+use crate::merge::state::Agreed;
 use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
 use crate::registry::Replica;
 use crate::selection::Snapshot;

@@ -1,4 +1,6 @@
-//! Alerts that every replica agrees on. Each replica evaluates the alerting rules itself, and
+//! Answers about the replicas' own state, united so that every replica's part shows.
+//!
+//! **Alerts** that every replica agrees on. Each replica evaluates the alerting rules itself, and
 //! one restarted forgets when an alert became active where Prometheus does not restore it
 //! (a rule without `for`, or an outage longer than its tolerance): it shows the alert anew,
 //! with a later `activeAt`. The union over the replicas shows each alert (by label set) once,
@@ -8,6 +10,10 @@
 //! only others have. `/api/v1/rules`: the primary's groups and rules as they are, each
 //! alerting rule's `alerts` replaced by the union of that rule's alerts (the same group file,
 //! group name and rule name) and its `state` by the union's.
+//!
+//! **Metadata** (`/api/v1/metadata`, `/api/v1/targets/metadata`): what each replica learnt
+//! from its scrapes. A replica restarted, or new, has not scraped every target yet; the union
+//! has every metric's entries (each distinct entry once), and `limit` applies to it again.
 
 use std::collections::HashMap;
 
@@ -22,18 +28,22 @@ pub enum Agreed {
     Alerts,
     /// `/api/v1/rules`.
     Rules,
+    /// `/api/v1/metadata`.
+    Metadata,
+    /// `/api/v1/targets/metadata`.
+    TargetsMetadata,
 }
 
 impl Agreed {
     /// The kind of answer a request path asks for, if it is one of them.
     pub fn of_path(path: &str) -> Option<Agreed> {
-        if path.ends_with("/api/v1/alerts") {
-            Some(Agreed::Alerts)
-        } else if path.ends_with("/api/v1/rules") {
-            Some(Agreed::Rules)
-        } else {
-            None
-        }
+        const SUFFIXES: [(&str, Agreed); 4] = [
+            ("/api/v1/alerts", Agreed::Alerts),
+            ("/api/v1/rules", Agreed::Rules),
+            ("/api/v1/metadata", Agreed::Metadata),
+            ("/api/v1/targets/metadata", Agreed::TargetsMetadata),
+        ];
+        SUFFIXES.iter().find(|(suffix, _)| path.ends_with(suffix)).map(|&(_, kind)| kind)
     }
 
     /// Its name in metrics.
@@ -41,17 +51,56 @@ impl Agreed {
         match self {
             Agreed::Alerts => "alerts",
             Agreed::Rules => "rules",
+            Agreed::Metadata => "metadata",
+            Agreed::TargetsMetadata => "targets_metadata",
         }
     }
 }
 
 /// Unites `primary`'s answer with `others'` (bodies as the replicas sent them). An other that
-/// is not a successful answer of the same shape is left out. Errs only when the primary's is
-/// not one (the caller then sends it as it is).
-pub fn unite(kind: Agreed, primary: &[u8], others: &[&[u8]]) -> Result<Vec<u8>, MergeError> {
+/// is not a successful answer of the same shape is left out. `limit` is the client's (on
+/// metadata: the most metrics). Errs only when the primary's is not a successful answer (the
+/// caller then sends it as it is).
+pub fn unite(kind: Agreed, primary: &[u8], others: &[&[u8]], limit: Option<usize>) -> Result<Vec<u8>, MergeError> {
     let mut answer = parse(primary)?;
     let others: Vec<Value> = others.iter().filter_map(|body| parse(body).ok()).collect();
     match kind {
+        Agreed::Metadata => {
+            // `{metric: [entry, ...]}`: each metric's distinct entries, the primary's first.
+            let mut union: Map<String, Value> = Map::new();
+            for data in std::iter::once(&answer).chain(&others).filter_map(|a| a.get("data")?.as_object()) {
+                for (metric, entries) in data {
+                    let kept = union.entry(metric.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                    if let (Some(kept), Some(entries)) = (kept.as_array_mut(), entries.as_array()) {
+                        for entry in entries {
+                            if !kept.contains(entry) {
+                                kept.push(entry.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(limit) = limit {
+                // Prometheus keeps `limit` metrics, whichever; the first in name order here.
+                union = union.into_iter().take(limit).collect();
+            }
+            answer["data"] = Value::Object(union);
+        }
+        Agreed::TargetsMetadata => {
+            // `[{target, metric, type, help, unit}, ...]`: each distinct entry once.
+            let mut union: Vec<Value> = Vec::new();
+            for data in std::iter::once(&answer).chain(&others).filter_map(|a| a.get("data")?.as_array()) {
+                for entry in data {
+                    if !union.contains(entry) {
+                        union.push(entry.clone());
+                    }
+                }
+            }
+            if let Some(limit) = limit {
+                union.truncate(limit);
+            }
+            answer["data"] = Value::Array(union);
+        }
         Agreed::Alerts => {
             let mut union = Union::default();
             for alerts in std::iter::once(&answer).chain(&others).filter_map(|a| a.pointer("/data/alerts")) {
@@ -230,7 +279,8 @@ mod tests {
             alert("C", "firing", "2026-12-03T09:30:00Z"),
             alert("B", "firing", "2026-12-03T10:06:00Z"),
         ]);
-        let united: Value = serde_json::from_slice(&unite(Agreed::Alerts, &restarted, &[&other]).unwrap()).unwrap();
+        let united: Value =
+            serde_json::from_slice(&unite(Agreed::Alerts, &restarted, &[&other], None).unwrap()).unwrap();
         let got = united["data"]["alerts"].as_array().unwrap();
         let names: Vec<&str> = got.iter().map(|a| a["labels"]["alertname"].as_str().unwrap()).collect();
         assert_eq!(names, ["A", "B", "C"], "the primary's order, then the others' own");
@@ -253,7 +303,7 @@ mod tests {
         };
         let primary = rules(vec![], "inactive");
         let other = rules(vec![alert("A", "firing", "2026-12-03T09:00:00Z")], "firing");
-        let united: Value = serde_json::from_slice(&unite(Agreed::Rules, &primary, &[&other]).unwrap()).unwrap();
+        let united: Value = serde_json::from_slice(&unite(Agreed::Rules, &primary, &[&other], None).unwrap()).unwrap();
         let rule = &united["data"]["groups"][0]["rules"][0];
         assert_eq!(rule["state"], "firing");
         assert_eq!(rule["alerts"][0]["activeAt"], "2026-12-03T09:00:00Z");
@@ -261,11 +311,32 @@ mod tests {
     }
 
     #[test]
+    fn metadata_is_the_union_of_every_replicas_entries_cut_to_the_limit() {
+        let entry = |help: &str| serde_json::json!({"type": "counter", "help": help, "unit": ""});
+        let answer = |data: Value| serde_json::to_vec(&serde_json::json!({"status": "success", "data": data})).unwrap();
+        let restarted = answer(serde_json::json!({"up": [entry("up")]}));
+        let other = answer(serde_json::json!({"up": [entry("up")], "scrape_samples": [entry("s")]}));
+        let united: Value =
+            serde_json::from_slice(&unite(Agreed::Metadata, &restarted, &[&other], None).unwrap()).unwrap();
+        assert_eq!(united["data"], serde_json::json!({"scrape_samples": [entry("s")], "up": [entry("up")]}));
+        let cut: Value =
+            serde_json::from_slice(&unite(Agreed::Metadata, &restarted, &[&other], Some(1)).unwrap()).unwrap();
+        assert_eq!(cut["data"].as_object().unwrap().len(), 1);
+
+        let target = |metric: &str| serde_json::json!({"target": {"job": "node"}, "metric": metric, "type": "gauge", "help": "", "unit": ""});
+        let mine = answer(serde_json::json!([target("up")]));
+        let theirs = answer(serde_json::json!([target("up"), target("go_goroutines")]));
+        let united: Value =
+            serde_json::from_slice(&unite(Agreed::TargetsMetadata, &mine, &[&theirs], None).unwrap()).unwrap();
+        assert_eq!(united["data"], serde_json::json!([target("up"), target("go_goroutines")]));
+    }
+
+    #[test]
     fn an_error_answer_is_not_united_and_a_broken_other_is_left_out() {
         let error = br#"{"status":"error","errorType":"bad_data","error":"x"}"#;
-        assert_eq!(unite(Agreed::Alerts, error, &[]), Err(MergeError::NotSuccess));
+        assert_eq!(unite(Agreed::Alerts, error, &[], None), Err(MergeError::NotSuccess));
         let primary = alerts(vec![alert("A", "firing", "2026-12-03T09:00:00Z")]);
-        let united = unite(Agreed::Alerts, &primary, &[b"not json", error]).unwrap();
+        let united = unite(Agreed::Alerts, &primary, &[b"not json", error], None).unwrap();
         assert_eq!(
             serde_json::from_slice::<Value>(&united).unwrap(),
             serde_json::from_slice::<Value>(&primary).unwrap()

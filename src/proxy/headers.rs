@@ -176,6 +176,11 @@ pub static MERGED_FROM: HeaderName = HeaderName::from_static("mpp-merged-from");
 pub static FAILOVER_FROM: HeaderName = HeaderName::from_static("mpp-failover-from");
 /// The replicas a request for every replica (a write, an admin request) was sent to.
 pub static SENT_TO: HeaderName = HeaderName::from_static("mpp-sent-to");
+/// The `MPP-Warning` of a remote read no replica holds whole, answered by the replica missing
+/// the least of it (its answer is streamed chunks, which mpp does not join).
+pub static INCOMPLETE_READ: HeaderValue = HeaderValue::from_static(
+    "no replica holds all data this remote read asks for; this is the answer of the one missing the least",
+);
 /// Says why an answer is not what mpp would have liked to send (a merge over its bound).
 pub static MPP_WARNING: HeaderName = HeaderName::from_static("mpp-warning");
 

@@ -280,7 +280,15 @@ impl<P: Transport> Proxy<P> {
                     if diverted {
                         exchange.target = Target::Diverted;
                     }
-                    Box::pin(self.relay(exchange, replica)).await
+                    // A remote read that cannot be sliced (streamed chunks) and that this
+                    // replica does not hold whole: its protobuf answer cannot carry a warning.
+                    let incomplete = exchange.prepared.path_and_query.path().ends_with(REMOTE_READ)
+                        && !replica.coverage().covers(read.window.start, read.window.end);
+                    let mut answer = Box::pin(self.relay(exchange, replica)).await;
+                    if incomplete && let Ok(answer) = &mut answer {
+                        answer.headers_mut().insert(headers::MPP_WARNING.clone(), headers::INCOMPLETE_READ.clone());
+                    }
+                    answer
                 }
                 // Boxed, as the other rare paths below: the request's future is moved about
                 // (into hyper's connection), and each path's state would otherwise add to

@@ -81,6 +81,9 @@ async fn admin_and_lifecycle_requests_are_refused_by_default_and_reach_no_replic
         "/api/v1/admin/tsdb/clean_tombstones",
         "/-/reload",
         "/-/quit",
+        // As Prometheus's router reads them, these are admin paths too.
+        "/api/v1/admin%2Ftsdb/delete_series?match[]=up",
+        "/-/./reload",
     ];
     for path in paths {
         let answer = post(&mpp.url(path)).await;

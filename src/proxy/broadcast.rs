@@ -50,9 +50,19 @@ pub enum Broadcast {
 }
 
 impl Broadcast {
-    /// Which kind of request that must reach every replica this is, if any. Cheap: most
-    /// requests are told apart by their path's second byte.
+    /// Which kind of request that must reach every replica this is, if any, judged on the
+    /// path as Prometheus's router sees it: percent-decoded, and with `.`, `..` and empty
+    /// segments resolved (so that `/api/v1/admin%2Ftsdb/...` or `/-/./reload` is one too).
+    /// Cheap for the usual request: a path with neither `%` nor `/.` nor `//` is taken as it is.
     pub fn of(method: &Method, path: &str) -> Option<Broadcast> {
+        let plain = !path.contains('%') && !path.contains("/.") && !path.contains("//");
+        let cleaned;
+        let path = if plain {
+            path
+        } else {
+            cleaned = clean(path);
+            &cleaned
+        };
         if path.starts_with("/api/v1/admin/tsdb/") || path == "/-/reload" || path == "/-/quit" {
             return Some(Broadcast::Admin);
         }
@@ -68,6 +78,31 @@ impl Broadcast {
             Broadcast::Write => "write",
         }
     }
+}
+
+/// `path` percent-decoded, its empty and `.` segments dropped and each `..` taking the
+/// segment before it away (Go's `path.Clean`, which Prometheus's router applies).
+fn clean(path: &str) -> String {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    let mut cleaned = String::with_capacity(decoded.len());
+    for segment in segments {
+        cleaned.push('/');
+        cleaned.push_str(segment);
+    }
+    if cleaned.is_empty() {
+        cleaned.push('/');
+    }
+    cleaned
 }
 
 /// One replica's part of a broadcast: its answer read whole, or why there is none.
@@ -220,5 +255,22 @@ mod tests {
         for path in ["/api/v1/query", "/-/ready", "/-/healthy", "/api/v1/admin", "/api/v1/writer", "/federate"] {
             assert_eq!(Broadcast::of(&post, path), None, "{path}");
         }
+    }
+
+    #[test]
+    fn encoded_and_unclean_paths_are_judged_as_prometheus_routes_them() {
+        let post = Method::POST;
+        for path in [
+            "/api/v1/admin%2Ftsdb/delete_series",
+            "/api/v1/%61dmin/tsdb/snapshot",
+            "//api/v1/admin/tsdb/snapshot",
+            "/api/v1/query/../admin/tsdb/clean_tombstones",
+            "/-/./reload",
+            "/-/%71uit",
+        ] {
+            assert_eq!(Broadcast::of(&post, path), Some(Broadcast::Admin), "{path}");
+        }
+        assert_eq!(Broadcast::of(&post, "/api/v1/%77rite"), Some(Broadcast::Write));
+        assert_eq!(Broadcast::of(&post, "/api/v1/admin%2F..%2Fquery"), None);
     }
 }

@@ -8,8 +8,8 @@
 //!
 //! `/api/v1/alerts`: the union of the replicas' alerts, in the primary's order, then those
 //! only others have. `/api/v1/rules`: the primary's groups and rules as they are, each
-//! alerting rule's `alerts` replaced by the union of that rule's alerts (the same group file,
-//! group name and rule name) and its `state` by the union's.
+//! alerting rule's `alerts` replaced by the union of that rule's alerts (the same group
+//! name, rule name and expression) and its `state` by the union's.
 //!
 //! **Metadata** (`/api/v1/metadata`, `/api/v1/targets/metadata`): what each replica learnt
 //! from its scrapes. A replica restarted, or new, has not scraped every target yet; the union
@@ -142,12 +142,14 @@ fn parse(body: &[u8]) -> Result<Value, MergeError> {
     Ok(answer)
 }
 
-/// A rule's identity across replicas of one configuration.
+/// A rule's identity across replicas of one configuration: its group's name, its name and
+/// its expression. Not the group's file, whose path is each replica's own (a different mount
+/// or data directory).
 type RuleKey = (String, String, String);
 
 fn rule_key(group: &Value, rule: &Value) -> Option<RuleKey> {
     let text = |value: &Value, field: &str| value.get(field).and_then(Value::as_str).map(str::to_string);
-    Some((text(group, "file")?, text(group, "name")?, text(rule, "name")?))
+    Some((text(group, "name")?, text(rule, "name")?, text(rule, "query").unwrap_or_default()))
 }
 
 fn for_each_alerting_rule(groups: &Value, mut each: impl FnMut(RuleKey, &Map<String, Value>)) {
@@ -292,10 +294,12 @@ mod tests {
     #[test]
     fn a_rules_alerts_are_the_union_of_that_rules_alerts_and_its_state_follows() {
         let rules = |alerts: Vec<Value>, state: &str| {
+            // Each replica's rule file at a path of its own.
+            let file = format!("/data/{state}/rules.yml");
             serde_json::to_vec(&serde_json::json!({"status": "success", "data": {"groups": [{
-                "name": "g", "file": "/rules.yml", "interval": 1,
+                "name": "g", "file": file, "interval": 1,
                 "rules": [
-                    {"type": "alerting", "name": "A", "state": state, "alerts": alerts, "health": "ok"},
+                    {"type": "alerting", "name": "A", "query": "vector(1)", "state": state, "alerts": alerts, "health": "ok"},
                     {"type": "recording", "name": "r", "health": "ok"},
                 ],
             }]}}))

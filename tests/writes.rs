@@ -52,6 +52,27 @@ async fn replicas(flags: [&[&str]; 2]) -> (Prometheus, Prometheus, Prometheus) {
     (target, a, b)
 }
 
+/// Two replicas (each started with its `flags`) of one target, and mpp in front of them
+/// (started with `args` besides the endpoints file), once both are viable.
+struct Setup {
+    _target: Prometheus,
+    a: Prometheus,
+    b: Prometheus,
+    mpp: Mpp,
+    _dir: tempfile::TempDir,
+}
+
+async fn behind_mpp(flags: [&[&str]; 2], args: &[&str]) -> Setup {
+    let (_target, a, b) = replicas(flags).await;
+    let _dir = tempfile::tempdir().unwrap();
+    let file = endpoints_file(_dir.path(), &[a.url(), b.url()]);
+    let mut all = vec!["--endpoints-file", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let mpp = Mpp::start(&all).await;
+    wait_viable(&mpp, 2).await;
+    Setup { _target, a, b, mpp, _dir }
+}
+
 /// Waits until `count` replicas are viable (whether selected or not: a write or an admin
 /// request goes to every viable replica, whatever the strategy selects).
 async fn wait_viable(mpp: &Mpp, count: usize) {
@@ -68,11 +89,7 @@ fn now() -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_and_lifecycle_requests_are_refused_by_default_and_reach_no_replica() {
     let admin: &[&str] = &["--web.enable-admin-api", "--web.enable-lifecycle"];
-    let (_target, a, b) = replicas([admin, admin]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = endpoints_file(dir.path(), &[a.url(), b.url()]);
-    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap()]).await;
-    wait_viable(&mpp, 2).await;
+    let Setup { a, b, mpp, _target, _dir } = behind_mpp([admin, admin], &[]).await;
 
     let before = now();
     let paths = [
@@ -107,11 +124,7 @@ async fn admin_and_lifecycle_requests_are_refused_by_default_and_reach_no_replic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_admin_api_all_a_delete_reaches_every_replica_and_a_snapshot_names_each() {
     let admin: &[&str] = &["--web.enable-admin-api", "--web.enable-lifecycle"];
-    let (_target, a, b) = replicas([admin, admin]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = endpoints_file(dir.path(), &[a.url(), b.url()]);
-    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--admin-api", "all"]).await;
-    wait_viable(&mpp, 2).await;
+    let Setup { a, b, mpp, _target, _dir } = behind_mpp([admin, admin], &["--admin-api", "all"]).await;
 
     // Everything up to `end` is deleted (the replicas go on scraping after it).
     let end = now();
@@ -149,11 +162,8 @@ async fn with_admin_api_all_a_delete_reaches_every_replica_and_a_snapshot_names_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_request_one_replica_refuses_is_an_error_naming_each_replica() {
-    let (_target, a, b) = replicas([&["--web.enable-admin-api"], &[]]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = endpoints_file(dir.path(), &[a.url(), b.url()]);
-    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--admin-api", "all"]).await;
-    wait_viable(&mpp, 2).await;
+    let Setup { a, b, mpp, _target, _dir } =
+        behind_mpp([&["--web.enable-admin-api"], &[]], &["--admin-api", "all"]).await;
 
     // B has its admin API off (Prometheus refuses, "admin APIs disabled"): the client hears
     // that the replicas now differ, and from which.
@@ -170,11 +180,8 @@ async fn an_admin_request_one_replica_refuses_is_an_error_naming_each_replica() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_write_through_mpp_reaches_every_replica_and_a_killed_one_is_skipped() {
     let receiver: &[&str] = &["--web.enable-remote-write-receiver"];
-    let (_target, a, mut b) = replicas([receiver, receiver]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = endpoints_file(dir.path(), &[a.url(), b.url()]);
-    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--selection-interval", "1s"]).await;
-    wait_viable(&mpp, 2).await;
+    let Setup { a, mut b, mpp, _target, _dir } =
+        behind_mpp([receiver, receiver], &["--selection-interval", "1s"]).await;
 
     let writer = Prometheus::start_remote(common::Remote::Write, &mpp.url("/api/v1/write")).await;
     let written = format!("up{{job=\"prometheus\",instance=\"{}\"}}", writer.url().trim_start_matches("http://"));

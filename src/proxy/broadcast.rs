@@ -17,8 +17,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{Either, Full};
+use tokio::sync::OwnedSemaphorePermit;
 
+use super::fanout::{Held, read_up_to};
 use super::retry::Outcome;
 use super::{Exchange, Proxy, headers};
 use crate::client::pool::Transport;
@@ -109,6 +111,8 @@ fn clean(path: &str) -> String {
 struct Part {
     replica: Arc<Replica>,
     answer: Result<(http::response::Parts, Bytes), String>,
+    /// The answer's share of the merge budget, held while it is.
+    _paid: Option<OwnedSemaphorePermit>,
 }
 
 impl Part {
@@ -164,8 +168,8 @@ impl<P: Transport> Proxy<P> {
         }
         let mut parts = parts;
         // Every replica answered. A refusal (4xx) is passed on as it is, the first one.
-        let chosen = parts.iter().position(|p| p.status().is_some_and(|s| !s.is_success())).unwrap_or(0);
-        let refused = chosen != 0 || parts[0].status().is_some_and(|s| !s.is_success());
+        let refusal = parts.iter().position(|p| p.status().is_some_and(|s| !s.is_success()));
+        let (chosen, refused) = (refusal.unwrap_or(0), refusal.is_some());
         if refused && kind == Broadcast::Admin && parts.iter().any(|p| p.status().is_some_and(|s| s.is_success())) {
             // Some replicas did what others refused: the replicas now differ, and the client
             // must hear of it.
@@ -177,7 +181,7 @@ impl<P: Transport> Proxy<P> {
         count(if refused { "refused_by_replica" } else { "ok" });
         let sent_to = parts.iter().map(|p| p.replica.url()).collect::<Vec<_>>().join(", ");
         let names = snapshot_names(&exchange, &parts);
-        let Part { replica, answer } = parts.swap_remove(chosen);
+        let Part { replica, answer, .. } = parts.swap_remove(chosen);
         let (mut head, mut body) = answer.expect("every part answered");
         if !refused && let Some(names) = names {
             body = names;
@@ -192,20 +196,18 @@ impl<P: Transport> Proxy<P> {
     /// Sends the request to one replica and reads its answer whole (an answer to a write or
     /// an admin request is short).
     async fn part(&self, exchange: &Exchange, replica: Arc<Replica>) -> Part {
+        let mut paid = None;
         let answer = match self.attempt(exchange, &replica, &[]).await {
             Outcome::Answer((response, _slot)) | Outcome::Failed(_, Some((response, _slot))) => {
                 let (parts, body) = response.into_parts();
-                match tokio::time::timeout_at(exchange.deadline, body.collect()).await {
-                    Err(_) => Err("no whole answer within --request-timeout".to_string()),
-                    Ok(Err(e)) => Err(format!("reading the answer: {}", crate::error::error_chain(e.as_ref()))),
-                    Ok(Ok(collected)) => {
-                        let bytes = collected.to_bytes();
-                        if bytes.len() > MAX_ANSWER_BYTES {
-                            Err(format!("its answer is over {MAX_ANSWER_BYTES} bytes"))
-                        } else {
-                            Ok((parts, bytes))
-                        }
+                // Read as a merge reads its parts: paid for from the merge budget, by the deadline.
+                match read_up_to(body, MAX_ANSWER_BYTES, &self.inner.merge_budget, exchange.deadline).await {
+                    Ok(Held::Whole(bytes, permit)) => {
+                        paid = permit;
+                        Ok((parts, bytes))
                     }
+                    Ok(Held::Over(..)) => Err(format!("its answer is over {MAX_ANSWER_BYTES} bytes")),
+                    Err(e) => Err(e),
                 }
             }
             Outcome::Failed(failure, None) => Err(failure.to_string()),
@@ -213,7 +215,7 @@ impl<P: Transport> Proxy<P> {
         if let Ok((parts, _)) = &answer {
             self.count_answer(exchange, &replica, parts.status);
         }
-        Part { replica, answer }
+        Part { replica, answer, _paid: paid }
     }
 }
 

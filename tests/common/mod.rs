@@ -85,74 +85,58 @@ impl Prometheus {
     /// Starts a replica that also scrapes `targets` (`host:port`, metrics at `/mpp/metrics`)
     /// and, if `history` is given, holds backfilled `up` samples reaching that far back.
     pub async fn start_with(targets: &[String], history: Option<Duration>) -> Prometheus {
-        let dir = tempfile::tempdir().expect("temporary folder");
+        let mut prometheus = Self::unstarted();
         if let Some(history) = history {
-            backfill_up(dir.path(), history);
+            backfill_up(prometheus.dir.path(), history);
         }
-        let mut prometheus = Prometheus {
-            child: None,
-            dir,
-            port: 0,
-            extra_targets: targets.to_vec(),
-            replica_of: None,
-            remote: None,
-            rules: None,
-            unready_answers: 0,
-        };
-        prometheus.launch().await;
-        prometheus
+        prometheus.extra_targets = targets.to_vec();
+        prometheus.started().await
     }
 
     /// Starts one of a set of identical replicas: it scrapes `targets` (`host:port`, their
     /// `/metrics`, job `node`) every second and nothing else, with `flags` added (such as
     /// `--query.lookback-delta=2s`).
     pub async fn start_replica(targets: &[String], flags: &[&str]) -> Prometheus {
-        let mut prometheus = Prometheus {
-            child: None,
-            dir: tempfile::tempdir().expect("temporary folder"),
-            port: 0,
-            extra_targets: Vec::new(),
-            replica_of: Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect())),
-            remote: None,
-            rules: None,
-            unready_answers: 0,
-        };
-        prometheus.launch().await;
-        prometheus
+        let mut prometheus = Self::unstarted();
+        prometheus.replica_of = Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect()));
+        prometheus.started().await
     }
 
     /// Starts a replica as [`Prometheus::start_replica`] does that also evaluates `rules` (a
     /// rule file's YAML) every second.
     pub async fn start_replica_with_rules(targets: &[String], flags: &[&str], rules: &str) -> Prometheus {
-        let mut prometheus = Prometheus {
-            child: None,
-            dir: tempfile::tempdir().expect("temporary folder"),
-            port: 0,
-            extra_targets: Vec::new(),
-            replica_of: Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect())),
-            remote: None,
-            rules: Some(rules.to_string()),
-            unready_answers: 0,
-        };
-        prometheus.launch().await;
-        prometheus
+        let mut prometheus = Self::unstarted();
+        prometheus.replica_of = Some((targets.to_vec(), flags.iter().map(|f| f.to_string()).collect()));
+        prometheus.rules = Some(rules.to_string());
+        prometheus.started().await
     }
 
     /// Starts a server that scrapes itself every second and sends what it scrapes by remote
     /// write to `url` (or reads from `url` by remote read), and waits until it is ready.
     pub async fn start_remote(remote: Remote, url: &str) -> Prometheus {
-        let mut prometheus = Prometheus {
+        let mut prometheus = Self::unstarted();
+        prometheus.remote = Some((remote, url.to_string()));
+        prometheus.started().await
+    }
+
+    /// A server scraping itself, in a new temporary folder, not started yet.
+    fn unstarted() -> Prometheus {
+        Prometheus {
             child: None,
             dir: tempfile::tempdir().expect("temporary folder"),
             port: 0,
             extra_targets: Vec::new(),
             replica_of: None,
-            remote: Some((remote, url.to_string())),
+            remote: None,
             rules: None,
             unready_answers: 0,
-        };
-        prometheus.launch().await;
-        prometheus
+        }
+    }
+
+    /// Launches it and waits until it is ready.
+    async fn started(mut self) -> Prometheus {
+        self.launch().await;
+        self
     }
 
     /// Stops it the way a rollout does (SIGTERM, so that it writes out what it holds), and

@@ -15,7 +15,7 @@
 //! from its scrapes. A replica restarted, or new, has not scraped every target yet; the union
 //! has every metric's entries (each distinct entry once), and `limit` applies to it again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
@@ -68,12 +68,13 @@ pub fn unite(kind: Agreed, primary: &[u8], others: &[&[u8]], limit: Option<usize
         Agreed::Metadata => {
             // `{metric: [entry, ...]}`: each metric's distinct entries, the primary's first.
             let mut union: Map<String, Value> = Map::new();
+            let mut seen: HashSet<(String, String)> = HashSet::new();
             for data in std::iter::once(&answer).chain(&others).filter_map(|a| a.get("data")?.as_object()) {
                 for (metric, entries) in data {
                     let kept = union.entry(metric.clone()).or_insert_with(|| Value::Array(Vec::new()));
                     if let (Some(kept), Some(entries)) = (kept.as_array_mut(), entries.as_array()) {
                         for entry in entries {
-                            if !kept.contains(entry) {
+                            if seen.insert((metric.clone(), entry.to_string())) {
                                 kept.push(entry.clone());
                             }
                         }
@@ -89,9 +90,11 @@ pub fn unite(kind: Agreed, primary: &[u8], others: &[&[u8]], limit: Option<usize
         Agreed::TargetsMetadata => {
             // `[{target, metric, type, help, unit}, ...]`: each distinct entry once.
             let mut union: Vec<Value> = Vec::new();
+            let mut seen: HashSet<String> = HashSet::new();
             for data in std::iter::once(&answer).chain(&others).filter_map(|a| a.get("data")?.as_array()) {
                 for entry in data {
-                    if !union.contains(entry) {
+                    // serde_json's maps are sorted by key: equal entries have equal text.
+                    if seen.insert(entry.to_string()) {
                         union.push(entry.clone());
                     }
                 }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::fanout::{Held, read_up_to};
 use super::retry::Outcome;
@@ -65,10 +65,12 @@ impl Broadcast {
             cleaned = clean(path);
             &cleaned
         };
-        if path.starts_with("/api/v1/admin/tsdb/") || path == "/-/reload" || path == "/-/quit" {
+        // Matched anywhere in the path, as the other API paths are: a replica may serve under
+        // a route prefix (`--web.route-prefix`) that its URL in mpp does not carry.
+        if path.contains("/api/v1/admin/tsdb/") || path.ends_with("/-/reload") || path.ends_with("/-/quit") {
             return Some(Broadcast::Admin);
         }
-        if method == Method::POST && (path == "/api/v1/write" || path == "/api/v1/otlp/v1/metrics") {
+        if method == Method::POST && (path.ends_with("/api/v1/write") || path.ends_with("/api/v1/otlp/v1/metrics")) {
             return Some(Broadcast::Write);
         }
         None
@@ -111,7 +113,7 @@ fn clean(path: &str) -> String {
 struct Part {
     replica: Arc<Replica>,
     answer: Result<(http::response::Parts, Bytes), String>,
-    /// The answer's share of the merge budget, held while it is.
+    /// What reading the answer paid (of its own cap).
     _paid: Option<OwnedSemaphorePermit>,
 }
 
@@ -148,9 +150,29 @@ impl<P: Transport> Proxy<P> {
                 exchange.prepared.path_and_query.path()
             )));
         }
-        // Answers are read here (a snapshot's names), so they come uncompressed.
+        // Answers are read here (a snapshot's names), so they come uncompressed; and each
+        // replica is asked once, never again on a fresh connection.
         exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
+        exchange.prepared.replayable = false;
         let replicas = exchange.snapshot.viable.clone();
+        if kind == Broadcast::Admin {
+            // An admin request is for every replica or none: one that is down now would keep
+            // what the others delete.
+            let missing: Vec<&str> = exchange
+                .snapshot
+                .candidates
+                .iter()
+                .filter(|c| !replicas.contains(&c.replica))
+                .map(|c| c.replica.url())
+                .collect();
+            if !missing.is_empty() {
+                count("failed");
+                return Err(ProxyError::NotEveryReplica(format!(
+                    "not sent to any: {} cannot be reached now",
+                    missing.join(", ")
+                )));
+            }
+        }
         if replicas.is_empty() {
             count("failed");
             return Err(ProxyError::NoReplica(exchange.snapshot.reason.clone()));
@@ -200,8 +222,10 @@ impl<P: Transport> Proxy<P> {
         let answer = match self.attempt(exchange, &replica, &[]).await {
             Outcome::Answer((response, _slot)) | Outcome::Failed(_, Some((response, _slot))) => {
                 let (parts, body) = response.into_parts();
-                // Read as a merge reads its parts: paid for from the merge budget, by the deadline.
-                match read_up_to(body, MAX_ANSWER_BYTES, &self.inner.merge_budget, exchange.deadline).await {
+                // Bounded by its own cap, not by the merge budget (a busy merge must not fail a
+                // write whose replicas all succeeded).
+                let budget = Arc::new(Semaphore::new(MAX_ANSWER_BYTES));
+                match read_up_to(body, MAX_ANSWER_BYTES, &budget, exchange.deadline).await {
                     Ok(Held::Whole(bytes, permit)) => {
                         paid = permit;
                         Ok((parts, bytes))
@@ -274,5 +298,9 @@ mod tests {
         }
         assert_eq!(Broadcast::of(&post, "/api/v1/%77rite"), Some(Broadcast::Write));
         assert_eq!(Broadcast::of(&post, "/api/v1/admin%2F..%2Fquery"), None);
+        // Under a route prefix too.
+        assert_eq!(Broadcast::of(&post, "/prom/api/v1/admin/tsdb/snapshot"), Some(Broadcast::Admin));
+        assert_eq!(Broadcast::of(&post, "/prom/-/reload"), Some(Broadcast::Admin));
+        assert_eq!(Broadcast::of(&post, "/prom/api/v1/write"), Some(Broadcast::Write));
     }
 }

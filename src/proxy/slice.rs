@@ -67,14 +67,18 @@ impl<P: Transport> Proxy<P> {
         let prepared = &exchange.prepared;
         let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
         let mut sent = Vec::with_capacity(slices.len());
-        for mut slice in slices {
+        let last = slices.len().saturating_sub(1);
+        for (index, mut slice) in slices.into_iter().enumerate() {
             let (path_and_query, body) = match &remote {
                 Some(remote) => {
                     (slice.start, slice.end) = remote.stretch(slice.start, slice.end);
                     for run in &mut slice.incomplete {
                         *run = remote.stretch(run.0, run.1);
                     }
-                    let body = window::slice_request(&prepared.body.bytes, slice.start, slice.end)
+                    // The window ends at mpp's now; the last slice reads to the queries' own
+                    // end, as a direct read would (a replica's clock may be ahead).
+                    let end = if index == last { Millis::MAX } else { slice.end };
+                    let body = window::slice_request(&prepared.body.bytes, slice.start, end)
                         .map_err(|e| ProxyError::BadRequest(format!("cannot cut the remote read into slices: {e}")))?;
                     (prepared.path_and_query.clone(), Some(Bytes::from(body)))
                 }

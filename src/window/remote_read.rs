@@ -127,7 +127,7 @@ impl RemoteRead {
     /// of more than 10,000 seconds.
     pub fn resolution(&self) -> Millis {
         let length = self.window.end.saturating_sub(self.window.start).saturating_add(1);
-        FINEST.max((length + MOST_STRETCHES - 1) / MOST_STRETCHES)
+        FINEST.max(length.saturating_add(MOST_STRETCHES - 1) / MOST_STRETCHES)
     }
 
     /// The window as the steps of a range query, for routing by coverage: step `t` reads the
@@ -159,10 +159,13 @@ pub fn remote_read(body: &[u8], now: Millis) -> Result<RemoteRead, String> {
     let request = decode_request(body)?;
     let start = request.queries.iter().map(|q| q.start_timestamp_ms).min().ok_or("no query")?;
     let end = request.queries.iter().map(|q| q.end_timestamp_ms).max().ok_or("no query")?;
-    Ok(RemoteRead {
-        window: Window { start, end: end.min(now) },
-        streamed: request.accepted_response_types.contains(&1),
-    })
+    // Nothing is stored before Prometheus's earliest time (nor after now): a read from the
+    // beginning of time is a window of finite length.
+    let (start, end) = (start.max(super::PROMETHEUS_MIN_TIME), end.min(now));
+    if start > end {
+        return Err("its queries' ranges end before they start".into());
+    }
+    Ok(RemoteRead { window: Window { start, end }, streamed: request.accepted_response_types.contains(&1) })
 }
 
 fn decode_request(body: &[u8]) -> Result<ReadRequest, String> {
@@ -187,9 +190,9 @@ pub fn slice_request(body: &[u8], start: Millis, end: Millis) -> Result<Vec<u8>,
         query.start_timestamp_ms = query.start_timestamp_ms.max(start);
         query.end_timestamp_ms = query.end_timestamp_ms.min(end);
         if let Some(hints) = &mut query.hints {
-            if hints.start_ms != 0 {
-                hints.start_ms = hints.start_ms.max(start);
-            }
+            // Prometheus reads its storage from the hints' start: a start of 0 would read the
+            // time before the slice too.
+            hints.start_ms = hints.start_ms.max(start);
             if hints.end_ms != 0 {
                 hints.end_ms = hints.end_ms.min(end);
             }
@@ -203,12 +206,15 @@ pub fn slice_request(body: &[u8], start: Millis, end: Millis) -> Result<Vec<u8>,
 /// with its samples, histograms and exemplars of every slice in turn. The largest answer
 /// decoded is `limit` bytes uncompressed (the caller's budget).
 pub fn join_answers(bodies: &[&[u8]], limit: usize) -> Result<Vec<u8>, String> {
+    let mut total = 0usize;
+    for body in bodies {
+        total = total.saturating_add(snap::raw::decompress_len(body).map_err(|e| format!("not snappy: {e}"))?);
+    }
+    if total > limit {
+        return Err(format!("answers of {total} bytes uncompressed together, over {limit}"));
+    }
     let mut joined: Vec<BTreeMap<Vec<Label>, TimeSeries>> = Vec::new();
     for body in bodies {
-        let length = snap::raw::decompress_len(body).map_err(|e| format!("not snappy: {e}"))?;
-        if length > limit {
-            return Err(format!("an answer of {length} bytes uncompressed, over {limit}"));
-        }
         let decoded = snap::raw::Decoder::new().decompress_vec(body).map_err(|e| format!("not snappy: {e}"))?;
         let answer = ReadResponse::decode(decoded.as_slice()).map_err(|e| format!("not a ReadResponse: {e}"))?;
         if joined.is_empty() {
@@ -224,7 +230,10 @@ pub fn join_answers(bodies: &[&[u8]], limit: usize) -> Result<Vec<u8>, String> {
                     }
                     Entry::Occupied(mut kept) => {
                         let kept = kept.get_mut();
-                        kept.samples.extend(series.samples);
+                        // Slices do not overlap; a sample at or before the last kept (a
+                        // replica that read past its slice) is not counted twice.
+                        let last = kept.samples.last().map_or(Millis::MIN, |s| s.timestamp);
+                        kept.samples.extend(series.samples.into_iter().filter(|s| s.timestamp > last));
                         kept.histograms.extend(series.histograms);
                         kept.exemplars.extend(series.exemplars);
                     }
@@ -322,6 +331,24 @@ mod tests {
         // A day is cut into at most 10,000 stretches.
         let day = RemoteRead { window: Window { start: 0, end: 86_400_000 }, streamed: false };
         assert!(day.steps(i64::MAX).count() <= 10_001 && day.resolution() > 1_000);
+    }
+
+    #[test]
+    fn a_read_from_the_beginning_of_time_is_cut_into_a_bounded_number_of_stretches() {
+        let read = remote_read(&body(&[(i64::MIN, 5_000)], &[0]), 8_000).unwrap();
+        assert!(read.steps(8_000).count() <= 10_001, "{}", read.steps(8_000).count());
+        assert!(remote_read(&body(&[(9_000, 10_000)], &[0]), 8_000).is_err(), "wholly after now");
+    }
+
+    #[test]
+    fn a_sample_two_slices_both_hold_is_kept_once() {
+        let first = answer(vec![vec![series("a", &[1, 2, 3])]]);
+        let second = answer(vec![vec![series("a", &[3, 4])]]);
+        let joined = join_answers(&[&first, &second], 1 << 20).unwrap();
+        let decoded =
+            ReadResponse::decode(snap::raw::Decoder::new().decompress_vec(&joined).unwrap().as_slice()).unwrap();
+        let times: Vec<i64> = decoded.results[0].timeseries[0].samples.iter().map(|s| s.timestamp).collect();
+        assert_eq!(times, [1, 2, 3, 4]);
     }
 
     #[test]

@@ -27,6 +27,8 @@
 //!   kind, in its own file, declares its flags, validates them and describes itself.
 //! - [`probe`]: asking one replica how it is (and the exposition-format parser).
 //! - [`strategy`]: `single-most-data`, `minimum-history`, `random`: probes to a selection.
+//! - [`api`]: the paths of Prometheus's HTTP API that mpp treats apart, named once per request
+//!   from the path's last segment.
 //! - [`window`]: the window of stored data an API request reads (PromQL parsed with
 //!   `promql-parser`). [`merge`]: merging API answers from several replicas.
 //! - [`coverage`]: which stretches of time each replica holds complete data for (its holes;
@@ -57,6 +59,7 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod admin;
+pub(crate) mod api;
 pub(crate) mod backend;
 pub(crate) mod body;
 pub(crate) mod client;
@@ -98,6 +101,7 @@ pub use config::{Args, Config};
 /// The parsers of input from outside the process, and the types they produce, for the fuzz
 /// targets in `fuzz/` and the integration tests. Not a stable interface: it follows the code.
 pub mod fuzzing {
+    pub use crate::api::Api;
     pub use crate::backend::Backend;
     pub use crate::client::http1::{Decoded, Decoder, parse_head};
     pub use crate::coverage::{Coverage, Span, holes_in_buckets};

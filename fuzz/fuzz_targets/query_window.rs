@@ -26,7 +26,8 @@ fuzz_target!(|data: &[u8]| {
     let (query, form) = rest.split_at(split);
     let Ok(query) = std::str::from_utf8(query) else { return };
     let form = form.get(1..).filter(|f| !f.is_empty());
-    if let Ok(Some(read)) = mpp::fuzzing::read_window(path, Some(query), form, NOW, 300_000, i64::MIN / 4) {
+    let mpp::fuzzing::Api::Read(endpoint) = mpp::fuzzing::Api::of(path) else { panic!("{path} is routed by window") };
+    if let Ok(Some(read)) = mpp::fuzzing::read_window(endpoint, Some(query), form, NOW, 300_000, i64::MIN / 4) {
         let window = read.window;
         assert!(window.is_empty() || window.end <= NOW, "{window:?} ends after now");
         if let (Some(at), false) = (read.eval_time, window.is_empty()) {

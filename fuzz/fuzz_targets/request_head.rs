@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = mpp::fuzzing::route_cookie(request.headers());
 
     if let Some(path_and_query) = request.uri().path_and_query() {
-        if headers::wants_timeout(path_and_query, request.headers(), body.as_bytes()) {
+        if headers::wants_timeout(mpp::fuzzing::Api::of(path_and_query.path()), path_and_query, request.headers(), body.as_bytes()) {
             let timeout = headers::timeout_parameter(path_and_query, Duration::from_millis(1500));
             let timed = format!("{path_and_query}{}", timeout.as_str());
             let timed: http::uri::PathAndQuery = timed.parse().expect("the timeout parameter keeps the target valid");

@@ -21,41 +21,7 @@ use serde_json::{Map, Value};
 
 use super::MergeError;
 
-/// Which answer is being united.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Agreed {
-    /// `/api/v1/alerts`.
-    Alerts,
-    /// `/api/v1/rules`.
-    Rules,
-    /// `/api/v1/metadata`.
-    Metadata,
-    /// `/api/v1/targets/metadata`.
-    TargetsMetadata,
-}
-
-impl Agreed {
-    /// The kind of answer a request path asks for, if it is one of them.
-    pub fn of_path(path: &str) -> Option<Agreed> {
-        const SUFFIXES: [(&str, Agreed); 4] = [
-            ("/api/v1/alerts", Agreed::Alerts),
-            ("/api/v1/rules", Agreed::Rules),
-            ("/api/v1/metadata", Agreed::Metadata),
-            ("/api/v1/targets/metadata", Agreed::TargetsMetadata),
-        ];
-        SUFFIXES.iter().find(|(suffix, _)| path.ends_with(suffix)).map(|&(_, kind)| kind)
-    }
-
-    /// Its name in metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Agreed::Alerts => "alerts",
-            Agreed::Rules => "rules",
-            Agreed::Metadata => "metadata",
-            Agreed::TargetsMetadata => "targets_metadata",
-        }
-    }
-}
+pub use crate::api::Agreed;
 
 /// Unites `primary`'s answer with `others'` (bodies as the replicas sent them). An other that
 /// is not a successful answer of the same shape is left out. `limit` is the client's (on

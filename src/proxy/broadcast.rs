@@ -23,6 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::fanout::{Held, read_up_to};
 use super::retry::Outcome;
 use super::{Exchange, Proxy, headers};
+use crate::api::Api;
 use crate::client::pool::Transport;
 use crate::error::{ProxyBody, ProxyError};
 use crate::metrics::BroadcastLabels;
@@ -52,28 +53,15 @@ pub enum Broadcast {
 }
 
 impl Broadcast {
-    /// Which kind of request that must reach every replica this is, if any, judged on the
-    /// path as Prometheus's router sees it: percent-decoded, and with `.`, `..` and empty
-    /// segments resolved (so that `/api/v1/admin%2Ftsdb/...` or `/-/./reload` is one too).
-    /// Cheap for the usual request: a path with neither `%` nor `/.` nor `//` is taken as it is.
-    pub fn of(method: &Method, path: &str) -> Option<Broadcast> {
-        let plain = !path.contains('%') && !path.contains("/.") && !path.contains("//");
-        let cleaned;
-        let path = if plain {
-            path
-        } else {
-            cleaned = clean(path);
-            &cleaned
-        };
-        // Matched anywhere in the path, as the other API paths are: a replica may serve under
-        // a route prefix (`--web.route-prefix`) that its URL in mpp does not carry.
-        if path.contains("/api/v1/admin/tsdb/") || path.ends_with("/-/reload") || path.ends_with("/-/quit") {
-            return Some(Broadcast::Admin);
+    /// Which kind of request that must reach every replica a request to `api` is, if any: an
+    /// admin or lifecycle request whatever its method, a write when it is a POST (Prometheus
+    /// itself refuses a GET of the write path).
+    pub fn of(method: &Method, api: Api) -> Option<Broadcast> {
+        match api {
+            Api::Admin => Some(Broadcast::Admin),
+            Api::Write if method == Method::POST => Some(Broadcast::Write),
+            _ => None,
         }
-        if method == Method::POST && (path.ends_with("/api/v1/write") || path.ends_with("/api/v1/otlp/v1/metrics")) {
-            return Some(Broadcast::Write);
-        }
-        None
     }
 
     fn label(self) -> &'static str {
@@ -82,31 +70,6 @@ impl Broadcast {
             Broadcast::Write => "write",
         }
     }
-}
-
-/// `path` percent-decoded, its empty and `.` segments dropped and each `..` taking the
-/// segment before it away (Go's `path.Clean`, which Prometheus's router applies).
-fn clean(path: &str) -> String {
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            segment => segments.push(segment),
-        }
-    }
-    let mut cleaned = String::with_capacity(decoded.len());
-    for segment in segments {
-        cleaned.push('/');
-        cleaned.push_str(segment);
-    }
-    if cleaned.is_empty() {
-        cleaned.push('/');
-    }
-    cleaned
 }
 
 /// One replica's part of a broadcast: its answer read whole, or why there is none.
@@ -267,40 +230,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_lifecycle_and_write_paths_are_told_apart_from_the_rest() {
+    fn admin_requests_whatever_the_method_and_posted_writes_reach_every_replica() {
         let post = Method::POST;
-        assert_eq!(Broadcast::of(&post, "/api/v1/admin/tsdb/delete_series"), Some(Broadcast::Admin));
-        assert_eq!(Broadcast::of(&Method::PUT, "/api/v1/admin/tsdb/snapshot"), Some(Broadcast::Admin));
-        assert_eq!(Broadcast::of(&Method::GET, "/api/v1/admin/tsdb/clean_tombstones"), Some(Broadcast::Admin));
-        assert_eq!(Broadcast::of(&post, "/-/reload"), Some(Broadcast::Admin));
-        assert_eq!(Broadcast::of(&post, "/-/quit"), Some(Broadcast::Admin));
-        assert_eq!(Broadcast::of(&post, "/api/v1/write"), Some(Broadcast::Write));
-        assert_eq!(Broadcast::of(&post, "/api/v1/otlp/v1/metrics"), Some(Broadcast::Write));
+        assert_eq!(Broadcast::of(&post, Api::of("/api/v1/admin/tsdb/delete_series")), Some(Broadcast::Admin));
+        assert_eq!(Broadcast::of(&Method::PUT, Api::of("/api/v1/admin/tsdb/snapshot")), Some(Broadcast::Admin));
+        assert_eq!(Broadcast::of(&Method::GET, Api::of("/-/reload")), Some(Broadcast::Admin));
+        assert_eq!(Broadcast::of(&post, Api::of("/api/v1/write")), Some(Broadcast::Write));
+        assert_eq!(Broadcast::of(&post, Api::of("/api/v1/otlp/v1/metrics")), Some(Broadcast::Write));
         // A GET of the write path is Prometheus's to refuse (405), not a write.
-        assert_eq!(Broadcast::of(&Method::GET, "/api/v1/write"), None);
-        for path in ["/api/v1/query", "/-/ready", "/-/healthy", "/api/v1/admin", "/api/v1/writer", "/federate"] {
-            assert_eq!(Broadcast::of(&post, path), None, "{path}");
+        assert_eq!(Broadcast::of(&Method::GET, Api::of("/api/v1/write")), None);
+        for path in ["/api/v1/query", "/-/ready", "/api/v1/read", "/federate"] {
+            assert_eq!(Broadcast::of(&post, Api::of(path)), None, "{path}");
         }
-    }
-
-    #[test]
-    fn encoded_and_unclean_paths_are_judged_as_prometheus_routes_them() {
-        let post = Method::POST;
-        for path in [
-            "/api/v1/admin%2Ftsdb/delete_series",
-            "/api/v1/%61dmin/tsdb/snapshot",
-            "//api/v1/admin/tsdb/snapshot",
-            "/api/v1/query/../admin/tsdb/clean_tombstones",
-            "/-/./reload",
-            "/-/%71uit",
-        ] {
-            assert_eq!(Broadcast::of(&post, path), Some(Broadcast::Admin), "{path}");
-        }
-        assert_eq!(Broadcast::of(&post, "/api/v1/%77rite"), Some(Broadcast::Write));
-        assert_eq!(Broadcast::of(&post, "/api/v1/admin%2F..%2Fquery"), None);
-        // Under a route prefix too.
-        assert_eq!(Broadcast::of(&post, "/prom/api/v1/admin/tsdb/snapshot"), Some(Broadcast::Admin));
-        assert_eq!(Broadcast::of(&post, "/prom/-/reload"), Some(Broadcast::Admin));
-        assert_eq!(Broadcast::of(&post, "/prom/api/v1/write"), Some(Broadcast::Write));
     }
 }

@@ -9,6 +9,8 @@ use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Response};
 
+use crate::api::{Api, Endpoint};
+
 /// The de facto forwarding headers, as names made once.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// See [`X_FORWARDED_FOR`].
@@ -144,13 +146,11 @@ pub fn is_api_answer<B>(response: &Response<B>) -> bool {
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
 }
 
-/// The query API paths that take Prometheus's `timeout` parameter.
-const TIMED_PATHS: [&str; 2] = ["/api/v1/query", "/api/v1/query_range"];
-
-/// Whether a request is a query that names no `timeout` (in its URL, or in its form body), so
+/// Whether a request is a query (`query`, `query_range`: those that take Prometheus's `timeout`
+/// parameter) that names no `timeout` (in its URL, or in its form body), so
 /// that mpp passes the time it has left on as one.
-pub fn wants_timeout(path_and_query: &PathAndQuery, headers: &HeaderMap, body: &[u8]) -> bool {
-    if !TIMED_PATHS.iter().any(|p| path_and_query.path().ends_with(p)) {
+pub fn wants_timeout(api: Api, path_and_query: &PathAndQuery, headers: &HeaderMap, body: &[u8]) -> bool {
+    if !matches!(api, Api::Read(Endpoint::Query | Endpoint::QueryRange)) {
         return false;
     }
     let names_timeout = |form: &[u8]| form_urlencoded::parse(form).any(|(name, _)| name == "timeout");
@@ -307,15 +307,17 @@ mod tests {
     #[test]
     fn queries_without_a_timeout_get_the_time_left() {
         let pq = |s: &str| s.parse::<PathAndQuery>().unwrap();
+        let wants =
+            |s: &str, headers: &HeaderMap, body: &[u8]| wants_timeout(Api::of(pq(s).path()), &pq(s), headers, body);
         let none = HeaderMap::new();
-        assert!(wants_timeout(&pq("/api/v1/query?query=up"), &none, b""));
-        assert!(wants_timeout(&pq("/prom/api/v1/query_range?query=up&step=1"), &none, b""));
-        assert!(!wants_timeout(&pq("/api/v1/query?query=up&timeout=5s"), &none, b""));
-        assert!(!wants_timeout(&pq("/api/v1/series?match[]=up"), &none, b""));
+        assert!(wants("/api/v1/query?query=up", &none, b""));
+        assert!(wants("/prom/api/v1/query_range?query=up&step=1", &none, b""));
+        assert!(!wants("/api/v1/query?query=up&timeout=5s", &none, b""));
+        assert!(!wants("/api/v1/series?match[]=up", &none, b""));
         let mut form = HeaderMap::new();
         form.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
-        assert!(!wants_timeout(&pq("/api/v1/query"), &form, b"query=up&timeout=1m"));
-        assert!(wants_timeout(&pq("/api/v1/query"), &form, b"query=up"));
+        assert!(!wants("/api/v1/query", &form, b"query=up&timeout=1m"));
+        assert!(wants("/api/v1/query", &form, b"query=up"));
         let timed = timeout_parameter(&pq("/api/v1/query?query=up"), Duration::from_millis(119_500));
         assert_eq!(timed.as_str(), "&timeout=119.500");
         assert_eq!(timeout_parameter(&pq("/api/v1/query"), Duration::ZERO).as_str(), "?timeout=0.001");

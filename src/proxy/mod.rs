@@ -36,12 +36,12 @@ use http_body_util::Either;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
+use crate::api::Api;
 use crate::body::Guarded;
 use crate::client::pool::{self, Pool, Transport};
 use crate::coverage::Millis;
 use crate::credentials::Credentials;
 use crate::error::{ProxyBody, ProxyError};
-use crate::merge::state::Agreed;
 use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
 use crate::registry::Replica;
 use crate::selection::Snapshot;
@@ -67,9 +67,6 @@ impl<B> ClientBody for B where
     B: hyper::body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static> + Send + Unpin
 {
 }
-
-/// Prometheus's remote-read path.
-const REMOTE_READ: &str = "/api/v1/read";
 
 /// How long a request waits for one of a replica's connections (`--max-backend-connections`)
 /// before it is refused with 503 and `Retry-After`.
@@ -144,6 +141,8 @@ pub struct ProxySettings<P = Pool> {
 /// A request, read and ready to be sent to any replica.
 struct Prepared {
     method: Method,
+    /// What the path asks of Prometheus's API.
+    api: Api,
     /// The client's `MPP.Route` cookie, if any.
     route_cookie: Option<String>,
     body: Buffered,
@@ -244,7 +243,7 @@ impl<P: Transport> Proxy<P> {
             _ => Box::pin(self.settled_snapshot(deadline)).await,
         };
         let mut exchange = Exchange { prepared, snapshot, deadline, started, target: Target::Replica };
-        if let Some(kind) = Broadcast::of(&exchange.prepared.method, exchange.prepared.path_and_query.path()) {
+        if let Some(kind) = Broadcast::of(&exchange.prepared.method, exchange.prepared.api) {
             exchange.target = Target::Diverted;
             return Box::pin(self.broadcast(exchange, kind)).await;
         }
@@ -266,8 +265,8 @@ impl<P: Transport> Proxy<P> {
                 }
             },
         };
-        if prepared.method == Method::GET
-            && let Some(kind) = Agreed::of_path(prepared.path_and_query.path())
+        if let Api::Agreed(kind) = prepared.api
+            && prepared.method == Method::GET
             && snapshot.viable.len() > 1
         {
             let others = snapshot.viable.iter().filter(|r| **r != backend).cloned().collect();
@@ -282,7 +281,7 @@ impl<P: Transport> Proxy<P> {
                     }
                     // A remote read that cannot be sliced (streamed chunks) and that this
                     // replica does not hold whole: its protobuf answer cannot carry a warning.
-                    let incomplete = exchange.prepared.path_and_query.path().ends_with(REMOTE_READ)
+                    let incomplete = exchange.prepared.api == Api::RemoteRead
                         && !replica.coverage().covers(read.window.start, read.window.end);
                     let mut answer = Box::pin(self.relay(exchange, replica)).await;
                     if incomplete && let Ok(answer) = &mut answer {
@@ -311,10 +310,12 @@ impl<P: Transport> Proxy<P> {
     /// (otherwise that replica, or every one, covers every window, and the query is not even
     /// parsed).
     fn coverage_read(&self, prepared: &Prepared, snapshot: &Snapshot, default: &Replica) -> Option<Read> {
-        let read_method = prepared.method == Method::GET || prepared.method == Method::POST;
-        let path = prepared.path_and_query.path();
-        let remote_read = prepared.method == Method::POST && path.ends_with(REMOTE_READ);
-        if !self.inner.coverage_routing || !read_method || (window::Endpoint::of_path(path).is_none() && !remote_read) {
+        let (endpoint, remote_read) = match (prepared.api, &prepared.method) {
+            (Api::Read(endpoint), &Method::GET | &Method::POST) => (Some(endpoint), false),
+            (Api::RemoteRead, &Method::POST) => (None, true),
+            _ => return None,
+        };
+        if !self.inner.coverage_routing {
             return None;
         }
         // A default replica scanned and without a hole covers whatever the query reads.
@@ -359,21 +360,14 @@ impl<P: Transport> Proxy<P> {
             });
         }
         let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
-        match window::read_window(
-            prepared.path_and_query.path(),
-            prepared.path_and_query.query(),
-            form,
-            now,
-            lookback,
-            Millis::MIN / 4,
-        ) {
+        let endpoint = endpoint?;
+        match window::read_window(endpoint, prepared.path_and_query.query(), form, now, lookback, Millis::MIN / 4) {
             Ok(read) => read,
             Err(e) => {
                 // Prometheus may still accept it (PromQL newer than the parser knows): the
                 // replica missing the least of everything it holds answers, never one
                 // chosen without a look at the holes.
                 tracing::debug!(error = %e, "cannot tell what the query reads; routing it by all of its data");
-                let endpoint = window::Endpoint::of_path(prepared.path_and_query.path())?;
                 Some(Read {
                     endpoint,
                     window: Window { start: Millis::MIN / 4, end: now },
@@ -480,7 +474,8 @@ impl<P: Transport> Proxy<P> {
         body: Buffered,
         peer: IpAddr,
     ) -> Prepared {
-        let pass_timeout = headers::wants_timeout(&path_and_query, &parts.headers, &body.bytes);
+        let api = Api::of(path_and_query.path());
+        let pass_timeout = headers::wants_timeout(api, &path_and_query, &parts.headers, &body.bytes);
         let client = self.inner.trusted_proxies.client_address(&parts.headers, peer);
         let route_cookie = affinity::route_cookie(&parts.headers).map(str::to_owned);
         let tls = parts.extensions.get::<headers::ClientTls>().is_some();
@@ -494,7 +489,8 @@ impl<P: Transport> Proxy<P> {
         Prepared {
             client,
             route_cookie,
-            replayable: retry::replayable(&parts.method, path_and_query.path()),
+            replayable: api.replayable(&parts.method),
+            api,
             outgoing_headers,
             method: parts.method,
             path_and_query,

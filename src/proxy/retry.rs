@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 use rand::RngExt;
 use tokio::time::Instant;
 
@@ -26,33 +26,6 @@ pub const MAX_ATTEMPTS: usize = 3;
 pub const EJECT_AFTER_FAILURES: u32 = 3;
 /// How often a waiting attempt looks whether its replica has been found down.
 const DOWN_CHECK: Duration = Duration::from_millis(200);
-
-/// Prometheus API paths that only read, and so may be sent again even when a first attempt
-/// may have reached a replica. Matched as path suffixes so that a route prefix is allowed.
-const READ_ONLY_POSTS: &[&str] = &[
-    "/api/v1/query",
-    "/api/v1/query_range",
-    "/api/v1/query_exemplars",
-    "/api/v1/series",
-    "/api/v1/labels",
-    "/api/v1/format_query",
-    "/api/v1/parse_query",
-    "/api/v1/read",
-];
-
-/// Whether a request only reads: GET, HEAD and OPTIONS, and POSTs to the query API. Writes
-/// (remote write, admin calls, `/-/reload`) are never replayed once they may have been sent.
-pub fn replayable(method: &Method, path: &str) -> bool {
-    match *method {
-        Method::GET | Method::HEAD | Method::OPTIONS => true,
-        Method::POST => READ_ONLY_POSTS.iter().any(|p| path.ends_with(p)) || path.contains(READ_ONLY_POST_TREE),
-        _ => false,
-    }
-}
-
-/// The API tree of Prometheus 3's searches (`/api/v1/search/metric_names` and its siblings),
-/// read-only whatever the method.
-const READ_ONLY_POST_TREE: &str = "/api/v1/search/";
 
 /// How the replica an attempt goes to was chosen, which decides what the attempt and its
 /// answer may do.
@@ -317,19 +290,6 @@ mod tests {
     fn two() -> (Arc<Replica>, Arc<Replica>) {
         let all = replicas(&["http://a:1", "http://b:1"]);
         (all[0].clone(), all[1].clone())
-    }
-
-    #[test]
-    fn only_reads_are_replayable() {
-        assert!(replayable(&Method::GET, "/api/v1/admin/tsdb/snapshot"));
-        assert!(replayable(&Method::POST, "/api/v1/query"));
-        assert!(replayable(&Method::POST, "/prom/api/v1/query_range"));
-        assert!(!replayable(&Method::POST, "/api/v1/admin/tsdb/delete_series"));
-        assert!(!replayable(&Method::POST, "/api/v1/write"));
-        assert!(!replayable(&Method::PUT, "/-/reload"));
-        assert!(replayable(&Method::POST, "/api/v1/format_query"));
-        assert!(replayable(&Method::POST, "/api/v1/search/metric_names"));
-        assert!(!replayable(&Method::POST, "/api/v1/searches"));
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl<P: Transport> Proxy<P> {
             };
             let slice_request = Prepared {
                 method: prepared.method.clone(),
+                api: prepared.api,
                 route_cookie: None,
                 body: body.map_or_else(|| Buffered::made(prepared.body.bytes.clone()), Buffered::made),
                 outgoing_headers: prepared.outgoing_headers.clone(),

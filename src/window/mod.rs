@@ -84,58 +84,7 @@ impl Window {
     }
 }
 
-/// The API endpoints mpp routes by window, found by the end of the path (so that any prefix,
-/// such as `--web.route-prefix`, is allowed): `/api/v1/query`, `/api/v1/query_range`,
-/// `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`, `/api/v1/query_exemplars`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/api/v1/query`: an instant query at `time`.
-    Query,
-    /// `/api/v1/query_range`: a query evaluated from `start` to `end`.
-    QueryRange,
-    /// `/api/v1/series`: the series `match[]` selects between `start` and `end`.
-    Series,
-    /// `/api/v1/labels`: label names between `start` and `end`.
-    Labels,
-    /// `/api/v1/label/<name>/values`: a label's values between `start` and `end`.
-    LabelValues,
-    /// `/api/v1/query_exemplars`: the exemplars of `query`'s series between `start` and `end`.
-    Exemplars,
-    /// `/api/v1/read` (remote read, answered with samples): raw data over its queries' time
-    /// ranges ([`remote_read`]; not named by [`Endpoint::of_path`], whose endpoints are JSON).
-    RemoteRead,
-}
-
-impl Endpoint {
-    /// Its name in metrics: the path's last part (`label_values` for label values).
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Query => "query",
-            Endpoint::QueryRange => "query_range",
-            Endpoint::Series => "series",
-            Endpoint::Labels => "labels",
-            Endpoint::LabelValues => "label_values",
-            Endpoint::Exemplars => "query_exemplars",
-            Endpoint::RemoteRead => "read",
-        }
-    }
-
-    /// The endpoint a request path names, if it is one of those routed by window.
-    pub fn of_path(path: &str) -> Option<Endpoint> {
-        const SUFFIXES: [(&str, Endpoint); 5] = [
-            ("/api/v1/query", Endpoint::Query),
-            ("/api/v1/query_range", Endpoint::QueryRange),
-            ("/api/v1/series", Endpoint::Series),
-            ("/api/v1/labels", Endpoint::Labels),
-            ("/api/v1/query_exemplars", Endpoint::Exemplars),
-        ];
-        if let Some(&(_, endpoint)) = SUFFIXES.iter().find(|(suffix, _)| path.ends_with(suffix)) {
-            return Some(endpoint);
-        }
-        let (head, name) = path.strip_suffix("/values")?.rsplit_once('/')?;
-        (!name.is_empty() && head.ends_with("/api/v1/label")).then_some(Endpoint::LabelValues)
-    }
-}
+pub use crate::api::Endpoint;
 
 /// What a request reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,14 +151,14 @@ impl Steps {
     }
 }
 
-/// What a request to `path` reads, with its parameters from `query_string` (the URL's, without
+/// What a request to `endpoint` reads, with its parameters from `query_string` (the URL's, without
 /// `?`) and `form_body` (the body of a POST sent as `application/x-www-form-urlencoded`, and
 /// only then). `now` is the current time, `lookback` the replicas' `--query.lookback-delta`
 /// (Prometheus's default is 5 minutes) and `earliest` the start of an open range (`series`,
 /// `labels`, label values and exemplars without `start` read from the beginning of time);
 /// all in milliseconds.
 ///
-/// `Ok(None)` for a path not routed by window, and for a query without `query` (or a range query
+/// `Ok(None)` for remote read (see [`remote_read`]), and for a query without `query` (or a range query
 /// without `start` or `end`), which the replica will refuse. `Err` for a parameter Prometheus
 /// would refuse (a time it cannot read, PromQL that does not parse, a range that ends before it
 /// starts) or a query over this module's limits; the caller routes it as before, and the replica
@@ -218,14 +167,13 @@ impl Steps {
 /// Nothing is stored after `now` (a scrape stamps its samples with its own time), so the window
 /// ends there at the latest, and a read wholly in the future is empty.
 pub fn read_window(
-    path: &str,
+    endpoint: Endpoint,
     query_string: Option<&str>,
     form_body: Option<&[u8]>,
     now: i64,
     lookback: i64,
     earliest: i64,
 ) -> Result<Option<Read>, String> {
-    let Some(endpoint) = Endpoint::of_path(path) else { return Ok(None) };
     let params = Params { body: form_body.unwrap_or_default(), url: query_string.unwrap_or_default().as_bytes() };
     let (window, eval_time) = match endpoint {
         Endpoint::Query => {

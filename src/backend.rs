@@ -12,6 +12,8 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 pub struct Backend {
     url: Arc<str>,
     id: String,
+    /// The hash the id shows, for rendezvous hashing.
+    key: u64,
     scheme: Scheme,
     authority: Authority,
     /// A path prefix such as `/prometheus` (no trailing slash), or empty.
@@ -64,10 +66,11 @@ impl Backend {
         }
         let prefix = uri.path().trim_end_matches('/').to_string();
         let url: Arc<str> = format!("{scheme}://{authority}{prefix}").into();
-        let id = format!("{:016x}", fnv1a(url.as_bytes()));
+        let key = fnv1a(url.as_bytes());
+        let id = format!("{key:016x}");
         let served_by =
             http::HeaderValue::from_str(&url).map_err(|_| format!("'{text}' is not a valid header value"))?;
-        Ok(Backend { url, id, scheme, authority, prefix, served_by })
+        Ok(Backend { url, id, key, scheme, authority, prefix, served_by })
     }
 
     /// The normalized base URL, as shown in logs, metrics and the `MPP.ServedBy` header.
@@ -84,6 +87,12 @@ impl Backend {
     /// so that any mpp replica behind a load balancer honours another's cookie.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The id as a number: the same on every mpp instance, for hashing a client onto a
+    /// replica.
+    pub fn key(&self) -> u64 {
+        self.key
     }
 
     /// The scheme, `http` or `https`.

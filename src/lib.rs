@@ -105,7 +105,7 @@ pub mod fuzzing {
     pub use crate::backend::Backend;
     pub use crate::client::http1::{Decoded, Decoder, parse_head};
     pub use crate::coverage::{Coverage, Span, holes_in_buckets};
-    pub use crate::discovery::file::parse_endpoints;
+    pub use crate::discovery::file::{Line, parse_endpoints};
     pub use crate::discovery::kubernetes::{LabelSelector, PortRef, pod_backend, slice_backends};
     pub use crate::discovery::marathon::{PrincipalSecret, candidates_from_tasks};
     pub use crate::merge::{Part, add_warning, merge};
@@ -145,7 +145,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     // Discovery (Marathon, the DC/OS login) is not a replica: no replica credentials for it.
     let discovery_client = client::build(config.backends.tls.insecure, config.backends.max_connections)
         .context("cannot set up the discovery client")?;
-    let discovery = discovery::Discovery::start(&config.discovery, &discovery_client, reselect.clone()).await?;
+    let discovery =
+        discovery::Discovery::start(&config.discovery, &discovery_client, reselect.clone(), &parts.metrics).await?;
     let facts = admin::Facts {
         started,
         strategy: config.selection.routing_strategy,

@@ -43,6 +43,16 @@ pub struct RoundLabels {
     pub result: &'static str,
 }
 
+/// A DNS name of the endpoints file, and how its lookup went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// The endpoints file's line (`dns+http://prometheus:9090`).
+    pub name: String,
+    /// `ok`, `empty` (no such name, or no record: no candidates) or `error` (the last good
+    /// addresses stay).
+    pub result: &'static str,
+}
+
 /// A label naming why mpp closed a client connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabels {
@@ -84,6 +94,8 @@ pub struct Metrics {
     pub retries: Family<BackendLabels, Counter>,
     /// `mpp_selection_rounds_total{result}`.
     pub selection_rounds: Family<RoundLabels, Counter>,
+    /// `mpp_dns_lookups_total{name,result}`.
+    pub dns_lookups: Family<DnsLabels, Counter>,
     /// `mpp_selected_backends`: replicas currently allowed to serve.
     pub selected_backends: Gauge,
     /// `mpp_candidates`: replicas discovery currently lists.
@@ -202,6 +214,12 @@ impl Metrics {
         );
         let selection_rounds = Family::default();
         registry.register("mpp_selection_rounds", "Selection rounds, by result", selection_rounds.clone());
+        let dns_lookups = Family::default();
+        registry.register(
+            "mpp_dns_lookups",
+            "Lookups of the endpoints file's DNS names, by name and result",
+            dns_lookups.clone(),
+        );
         let selected_backends = Gauge::default();
         registry.register("mpp_selected_backends", "Replicas currently selected to serve", selected_backends.clone());
         let candidates = Gauge::default();
@@ -277,6 +295,7 @@ impl Metrics {
             request_duration,
             retries,
             selection_rounds,
+            dns_lookups,
             selected_backends,
             candidates,
             affinity_hits,

@@ -192,6 +192,9 @@ pub struct Snapshot {
     /// The discovery error of this round, if it failed (the candidates are then the last
     /// good set).
     pub discovery_error: Option<String>,
+    /// What went wrong with parts of discovery's answer that still counts (a DNS name that did
+    /// not resolve), a line each.
+    pub discovery_problems: Vec<String>,
     /// Whether discovery has given a complete answer in this round or an earlier one: until
     /// then an empty selection means "not known yet" rather than "nothing to serve".
     pub settled: bool,
@@ -209,6 +212,7 @@ impl Snapshot {
             viable: Vec::new(),
             reason: "no selection round has run yet".into(),
             discovery_error: None,
+            discovery_problems: Vec::new(),
             settled: false,
         }
     }
@@ -224,6 +228,10 @@ impl Snapshot {
 pub trait Gather: Send {
     /// Discovery's current answer.
     fn candidates(&mut self) -> impl Future<Output = Result<Vec<Backend>, DiscoveryError>> + Send;
+    /// What went wrong with parts of that answer, a line each.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// One replica's probe; never fails (what went wrong is in the [`Probe`]).
     fn probe(&self, backend: &Backend) -> impl Future<Output = Probe> + Send;
 }
@@ -239,6 +247,10 @@ pub struct Sources {
 impl Gather for Sources {
     async fn candidates(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
         self.discovery.candidates().await
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.discovery.problems()
     }
 
     async fn probe(&self, backend: &Backend) -> Probe {
@@ -257,6 +269,8 @@ pub struct Gathered {
     pub probes: Vec<Probe>,
     /// Discovery's error this round, if it failed.
     pub discovery_error: Option<String>,
+    /// What went wrong with parts of discovery's answer.
+    pub discovery_problems: Vec<String>,
     /// Whether discovery has answered completely in this round or an earlier one.
     pub settled: bool,
     /// When the round ended, and how long it took.
@@ -268,7 +282,7 @@ pub struct Gathered {
 /// the incumbent that `single-most-data` keeps within its margin), what the round gathered
 /// and the strategy.
 pub fn decide(previous: &Snapshot, gathered: Gathered, strategy: &Strategy, rules: &DataRules) -> Snapshot {
-    let Gathered { round, candidates, probes, discovery_error, settled, taken_at, took } = gathered;
+    let Gathered { round, candidates, probes, discovery_error, discovery_problems, settled, taken_at, took } = gathered;
     let incumbent = previous.selected.first().and_then(|inc| candidates.iter().position(|c| c == inc));
     let data = rules.judge(previous, &candidates, &probes, taken_at);
     // The strategy sees an ejected replica as not viable; retries may still use it.
@@ -309,6 +323,7 @@ pub fn decide(previous: &Snapshot, gathered: Gathered, strategy: &Strategy, rule
         viable,
         reason: choice.reason,
         discovery_error,
+        discovery_problems,
         settled,
     }
 }
@@ -391,6 +406,7 @@ impl<G: Gather> Selector<G> {
                 Some(e.to_string())
             }
         };
+        let discovery_problems = self.gather.problems();
         self.settled |= discovery_error.is_none();
         let result = if discovery_error.is_some() { "discovery_error" } else { "ok" };
         self.metrics.selection_rounds.get_or_create(&RoundLabels { result }).inc();
@@ -405,6 +421,7 @@ impl<G: Gather> Selector<G> {
             candidates,
             probes,
             discovery_error,
+            discovery_problems,
             settled: self.settled,
             taken_at: SystemTime::now(),
             took: started.elapsed(),
@@ -602,6 +619,7 @@ mod tests {
                 candidates: replicas.clone(),
                 probes: vec![a, b],
                 discovery_error: None,
+                discovery_problems: Vec::new(),
                 settled: true,
                 taken_at: SystemTime::UNIX_EPOCH + Duration::from_secs_f64(T0 + at),
                 took: Duration::ZERO,
@@ -656,6 +674,7 @@ mod tests {
             candidates: replicas.clone(),
             probes,
             discovery_error: None,
+            discovery_problems: Vec::new(),
             settled: true,
             taken_at: SystemTime::UNIX_EPOCH,
             took: Duration::from_millis(3),

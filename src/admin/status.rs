@@ -23,6 +23,8 @@ pub struct Status {
     pub affinity_options: String,
     pub discovery: String,
     pub discovery_error: Option<String>,
+    /// Parts of discovery's answer that went wrong (a DNS name that did not resolve).
+    pub discovery_problems: Vec<String>,
     pub selection_round: u64,
     pub last_round_at: Option<String>,
     pub last_round_millis: u64,
@@ -114,6 +116,7 @@ impl Status {
             affinity_options: facts.affinity.to_string(),
             discovery: facts.discovery.clone(),
             discovery_error: snapshot.discovery_error.clone(),
+            discovery_problems: snapshot.discovery_problems.clone(),
             selection_round: snapshot.round,
             last_round_at: (snapshot.round > 0)
                 .then(|| humantime::format_rfc3339_seconds(snapshot.taken_at).to_string()),
@@ -162,6 +165,9 @@ impl Status {
                     }
                     @if let Some(error) = &self.discovery_error {
                         p.error { "Discovery failed; serving from the last good set: " (error) }
+                    }
+                    @for problem in &self.discovery_problems {
+                        p.error { "Discovery: " (problem) }
                     }
                     table.facts {
                         tr { th { "Version" } td { (self.version) } }
@@ -324,6 +330,7 @@ mod tests {
             affinity_options: String::new(),
             discovery: String::new(),
             discovery_error: None,
+            discovery_problems: Vec::new(),
             selection_round: 0,
             last_round_at: None,
             last_round_millis: 0,

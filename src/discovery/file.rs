@@ -1,15 +1,20 @@
-//! Endpoints file discovery: one backend URL per line, blank lines and `#` comments ignored.
-//! The file is re-read every selection round and as soon as it changes (inotify on its
-//! directory, so an atomic replace by rename is seen too).
+//! Endpoints file discovery: one backend URL or DNS name ([`super::dns`]) per line, blank
+//! lines and `#` comments ignored. The file is re-read every selection round and as soon as it
+//! changes (inotify on its directory, so an atomic replace by rename is seen too); its DNS
+//! names are looked up every round too, and again when the earliest TTL runs out.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use super::dns::{DnsName, Resolver};
 use super::{DiscoveryError, Source};
 use crate::backend::Backend;
+use crate::metrics::Metrics;
 
 /// The flag that chooses this kind, for messages.
 pub const CHOSEN_BY: &str = "--endpoints-file";
@@ -21,13 +26,38 @@ pub struct FileFlags {
     /// every selection interval and whenever it changes
     #[arg(long, env = "MPP_ENDPOINTS_FILE", value_name = "PATH")]
     pub endpoints_file: Option<PathBuf>,
+
+    /// The DNS server that looks up the endpoints file's dns+ and dnssrv+ names, as IP or
+    /// IP:PORT (port 53 if none), instead of those of /etc/resolv.conf
+    #[arg(long, env = "MPP_DNS_SERVER", value_name = "ADDR", value_parser = parse_dns_server)]
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl FileFlags {
     /// The file to read, if this kind is chosen (any path is valid until it is read).
-    pub fn config(self) -> Option<PathBuf> {
-        self.endpoints_file
+    pub fn config(self) -> Option<FileConfig> {
+        Some(FileConfig { path: self.endpoints_file?, dns_server: self.dns_server })
     }
+}
+
+/// The endpoints file, and who looks its DNS names up.
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    /// The file.
+    pub path: PathBuf,
+    /// `--dns-server`: the DNS server to ask instead of the system's.
+    pub dns_server: Option<SocketAddr>,
+}
+
+/// `--dns-server`: an IP address, with or without a port.
+fn parse_dns_server(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = value.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let ip = value.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("'{value}' is not an IP address or IP:PORT"))
 }
 
 /// Reads candidates from a file.
@@ -38,21 +68,38 @@ pub struct FileDiscovery {
     /// The text read last, so that invalid lines are logged when the file changes, not on
     /// every round.
     last_text: Option<String>,
+    /// Looks the file's DNS names up.
+    resolver: Resolver,
+    /// What this round's lookups found wrong.
+    problems: Vec<String>,
+    /// Signalled when the earliest TTL runs out.
+    changed: mpsc::Sender<()>,
+    /// The task that signals it.
+    refresh: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl FileDiscovery {
     /// Checks that the file can be read and starts watching it. A file that cannot be watched
     /// is still read every round; that is logged, not fatal.
-    pub fn start(path: PathBuf, changed: mpsc::Sender<()>) -> Result<Self, DiscoveryError> {
+    pub fn start(config: FileConfig, changed: mpsc::Sender<()>, metrics: &Metrics) -> Result<Self, DiscoveryError> {
+        let FileConfig { path, dns_server } = config;
         std::fs::read_to_string(&path).map_err(|source| DiscoveryError::Read { path: path.clone(), source })?;
-        let watcher = match watch(&path, changed) {
+        let watcher = match watch(&path, changed.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "changes will be seen at the next selection interval only");
                 None
             }
         };
-        Ok(FileDiscovery { path, _watcher: watcher, last_text: None })
+        Ok(FileDiscovery {
+            path,
+            _watcher: watcher,
+            last_text: None,
+            resolver: Resolver::new(dns_server, metrics.dns_lookups.clone()),
+            problems: Vec::new(),
+            changed,
+            refresh: None,
+        })
     }
 
     /// Reads the file: every valid line is a candidate; invalid ones are logged with their
@@ -61,17 +108,64 @@ impl FileDiscovery {
         let text = tokio::fs::read_to_string(&self.path)
             .await
             .map_err(|source| DiscoveryError::Read { path: self.path.clone(), source })?;
-        let (backends, problems) = parse_endpoints(&text);
+        let (endpoints, problems) = parse_endpoints(&text);
         if self.last_text.as_deref() != Some(text.as_str()) {
             for (line, problem) in &problems {
                 tracing::warn!(file = %self.path.display(), line, "skipping invalid endpoint: {problem}");
             }
             self.last_text = Some(text);
         }
-        if backends.is_empty() {
+        if endpoints.is_empty() {
             return Err(DiscoveryError::Empty { path: self.path.clone() });
         }
+        let names: Vec<DnsName> = endpoints
+            .iter()
+            .filter_map(|e| match e {
+                Line::Dns(name) => Some(name.clone()),
+                Line::Url(_) => None,
+            })
+            .collect();
+        let mut resolved = self.resolver.resolve(&names).await;
+        self.problems = std::mem::take(&mut resolved.problems);
+        if let Some(at) = resolved.refresh_at {
+            self.refresh_at(at);
+        }
+        // In the file's order: each URL, each name's addresses.
+        let mut found = resolved.backends.into_iter();
+        let mut backends: Vec<Backend> = Vec::new();
+        for endpoint in endpoints {
+            let listed = match endpoint {
+                Line::Url(backend) => vec![backend],
+                Line::Dns(_) => found.next().unwrap_or_default(),
+            };
+            for backend in listed {
+                if !backends.contains(&backend) {
+                    backends.push(backend);
+                }
+            }
+        }
         Ok(backends)
+    }
+
+    /// Signals a round at `at` (when a DNS answer's TTL runs out), instead of any signal
+    /// planned before.
+    fn refresh_at(&mut self, at: Instant) {
+        if let Some(planned) = self.refresh.take() {
+            planned.abort();
+        }
+        let changed = self.changed.clone();
+        self.refresh = Some(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let _ = changed.try_send(());
+        }));
+    }
+}
+
+impl Drop for FileDiscovery {
+    fn drop(&mut self) {
+        if let Some(planned) = self.refresh.take() {
+            planned.abort();
+        }
     }
 }
 
@@ -83,25 +177,42 @@ impl Source for FileDiscovery {
     fn describe(&self) -> String {
         format!("endpoints file {}", self.path.display())
     }
+
+    fn problems(&self) -> Vec<String> {
+        self.problems.clone()
+    }
 }
 
-/// Parses an endpoints file: the valid backends (duplicates dropped, file order kept) and
-/// the invalid lines as `(line number, what is wrong)`.
-pub fn parse_endpoints(text: &str) -> (Vec<Backend>, Vec<(usize, String)>) {
-    let mut backends: Vec<Backend> = Vec::new();
+/// A valid line of the endpoints file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A replica's URL.
+    Url(Backend),
+    /// A DNS name whose records list replicas.
+    Dns(DnsName),
+}
+
+/// Parses an endpoints file: the valid lines (duplicates dropped, file order kept) and the
+/// invalid ones as `(line number, what is wrong)`.
+pub fn parse_endpoints(text: &str) -> (Vec<Line>, Vec<(usize, String)>) {
+    let mut endpoints: Vec<Line> = Vec::new();
     let mut problems = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        match Backend::parse(line) {
-            Ok(b) if !backends.contains(&b) => backends.push(b),
+        let endpoint = match DnsName::parse(line) {
+            Some(name) => name.map(Line::Dns),
+            None => Backend::parse(line).map(Line::Url),
+        };
+        match endpoint {
+            Ok(e) if !endpoints.contains(&e) => endpoints.push(e),
             Ok(_) => {}
             Err(e) => problems.push((index + 1, e)),
         }
     }
-    (backends, problems)
+    (endpoints, problems)
 }
 
 /// Watches the file's directory (a rename over the file replaces its inode, which a watch on
@@ -134,10 +245,30 @@ mod tests {
     #[test]
     fn skips_comments_blanks_and_bad_lines_with_their_numbers() {
         let text = "# replicas\nhttp://a:9090\n\n  http://b:9090  # second\nftp://c:1\nhttp://a:9090/\nnot a url\n";
-        let (backends, problems) = parse_endpoints(text);
-        let urls: Vec<&str> = backends.iter().map(|b| b.url()).collect();
+        let (endpoints, problems) = parse_endpoints(text);
+        let urls: Vec<&str> = endpoints
+            .iter()
+            .map(|e| match e {
+                Line::Url(b) => b.url(),
+                Line::Dns(name) => name.text(),
+            })
+            .collect();
         assert_eq!(urls, ["http://a:9090", "http://b:9090"]);
         let lines: Vec<usize> = problems.iter().map(|(l, _)| *l).collect();
         assert_eq!(lines, [5, 7]);
+        let (endpoints, problems) = parse_endpoints("dns+http://prom:9090\nhttp://a:9090\ndns+http://prom\n");
+        assert!(matches!(&endpoints[0], Line::Dns(name) if name.text() == "dns+http://prom:9090"));
+        assert_eq!(endpoints.len(), 2);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].1.contains("needs a port"), "{problems:?}");
+    }
+
+    #[test]
+    fn dns_servers_are_addresses_with_or_without_a_port() {
+        assert_eq!(parse_dns_server("127.0.0.1:5353").unwrap(), "127.0.0.1:5353".parse().unwrap());
+        assert_eq!(parse_dns_server("10.0.0.2").unwrap(), "10.0.0.2:53".parse().unwrap());
+        assert_eq!(parse_dns_server("::1").unwrap(), "[::1]:53".parse().unwrap());
+        assert_eq!(parse_dns_server("[::1]:5353").unwrap(), "[::1]:5353".parse().unwrap());
+        assert!(parse_dns_server("dns.example").unwrap_err().contains("'dns.example'"));
     }
 }

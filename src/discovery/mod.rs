@@ -10,6 +10,7 @@
 //! [`DiscoveryConfig`] and [`Discovery::start`] (and `fuzzing` for its parsers).
 
 mod dcos;
+mod dns;
 pub mod file;
 pub mod kubernetes;
 pub mod marathon;
@@ -21,8 +22,9 @@ use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::client::HttpClient;
+use crate::metrics::Metrics;
 
-use file::{FileDiscovery, FileFlags};
+use file::{FileConfig, FileDiscovery, FileFlags};
 use kubernetes::{KubernetesConfig, KubernetesDiscovery, KubernetesFlags};
 use marathon::{MarathonConfig, MarathonDiscovery, MarathonFlags};
 
@@ -88,8 +90,8 @@ impl From<String> for FlagError {
 /// Where candidates come from.
 #[derive(Debug, Clone)]
 pub enum DiscoveryConfig {
-    /// An endpoints file, one backend URL per line.
-    File(PathBuf),
+    /// An endpoints file, one backend URL or DNS name per line.
+    File(FileConfig),
     /// Marathon apps' tasks.
     Marathon(MarathonConfig),
     /// A Kubernetes service or pods.
@@ -123,6 +125,12 @@ pub trait Source: Send + Sync {
 
     /// What the source is, for the log and the status page (never a secret).
     fn describe(&self) -> String;
+
+    /// What went wrong with parts of the last answer that still counts (a DNS name that did
+    /// not resolve), a line each, for the status page.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The configured source of candidates.
@@ -137,9 +145,10 @@ impl Discovery {
         config: &DiscoveryConfig,
         client: &HttpClient,
         changed: mpsc::Sender<()>,
+        metrics: &Metrics,
     ) -> Result<Self, DiscoveryError> {
         let source: Box<dyn Source> = match config {
-            DiscoveryConfig::File(path) => Box::new(FileDiscovery::start(path.clone(), changed)?),
+            DiscoveryConfig::File(file) => Box::new(FileDiscovery::start(file.clone(), changed, metrics)?),
             DiscoveryConfig::Marathon(marathon) => Box::new(MarathonDiscovery::new(marathon.clone(), client.clone())),
             DiscoveryConfig::Kubernetes(kubernetes) => {
                 Box::new(KubernetesDiscovery::start(kubernetes.clone(), changed).await?)
@@ -156,5 +165,10 @@ impl Discovery {
     /// What the source is, for the log and the status page.
     pub fn describe(&self) -> String {
         self.0.describe()
+    }
+
+    /// What went wrong with parts of the last answer, a line each.
+    pub fn problems(&self) -> Vec<String> {
+        self.0.problems()
     }
 }

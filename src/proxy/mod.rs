@@ -557,7 +557,6 @@ impl<P: Transport> Proxy<P> {
             self.inner.affinity.remember(
                 &exchange.snapshot,
                 prepared.route_cookie.as_deref(),
-                prepared.client,
                 backend,
                 &mut parts.headers,
             );

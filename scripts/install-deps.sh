@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need from Debian: prometheus and promtool, and podman,
-# buildah and runc (`make image` and the container test); with the argument `bench`, what the
+# Installs what the tests and the demo need from Debian: prometheus and promtool, dnsmasq (a
+# real DNS server for the DNS discovery tests; the `dnsmasq-base` package, no system service),
+# and podman, buildah and runc (`make image` and the container test); with the argument `bench`, what the
 # benchmark needs: wrk, h2load (nghttp2-client), nginx, HAProxy, curl and openssl, cmake (the
 # Pingora reference in bench/pingora builds zlib-ng with it), and valgrind (callgrind counts
 # instructions per request for `make bench-instructions`).
@@ -11,7 +12,7 @@ if [ "${1:-}" = bench ]; then
     tools=(wrk h2load nginx haproxy curl openssl cmake valgrind)
     packages=(wrk nghttp2-client nginx-light haproxy curl openssl cmake valgrind)
 else
-    tools=(prometheus promtool podman buildah runc); packages=(prometheus podman buildah runc)
+    tools=(prometheus promtool dnsmasq podman buildah runc); packages=(prometheus dnsmasq-base podman buildah runc)
 fi
 missing=()
 for tool in "${tools[@]}"; do

@@ -101,8 +101,16 @@ pub enum Api {
 impl Api {
     /// What `path` (a request's path, without its query) asks.
     pub fn of(path: &str) -> Api {
-        let (_, last) = split_last(path);
-        let odd = matches!(last, "" | "." | "..") || last.contains('%');
+        // The queries dashboards send, told at once (neither may be a write in disguise:
+        // their last segment is not one that changes state).
+        if path.ends_with("/api/v1/query_range") {
+            return Api::Read(Endpoint::QueryRange);
+        }
+        if path.ends_with("/api/v1/query") {
+            return Api::Read(Endpoint::Query);
+        }
+        let (head, last) = split_last(path);
+        let odd = matches!(last, "" | "." | "..") || last.bytes().any(|b| b == b'%');
         if odd || (may_change_state(last) && !plain(path)) {
             // Prometheus sees the path cleaned: what changes state is judged on that.
             let cleaned = clean(path);
@@ -111,7 +119,7 @@ impl Api {
                 return api;
             }
         }
-        Api::of_plain(path)
+        Api::of_parts(head, last)
     }
 
     /// Whether a request to it only reads, and may be sent again to another replica once it
@@ -128,6 +136,11 @@ impl Api {
     /// What `path` names, taken as it is.
     fn of_plain(path: &str) -> Api {
         let (head, last) = split_last(path);
+        Api::of_parts(head, last)
+    }
+
+    /// What a path of `head`, `/` and `last` names, taken as it is.
+    fn of_parts(head: &str, last: &str) -> Api {
         let under_v1 = || head.ends_with("/api/v1");
         match last {
             "query" if under_v1() => Api::Read(Endpoint::Query),
@@ -161,7 +174,11 @@ impl Api {
 
 /// `path` before its last `/`, and after it.
 fn split_last(path: &str) -> (&str, &str) {
-    path.rsplit_once('/').unwrap_or(("", path))
+    // A plain loop: the last segment is short, and a search routine costs more to set up.
+    match path.bytes().rposition(|b| b == b'/') {
+        Some(slash) => (&path[..slash], &path[slash + 1..]),
+        None => ("", path),
+    }
 }
 
 /// Whether a path ending in `last` may be an admin request or a write once cleaned.

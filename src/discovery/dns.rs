@@ -243,12 +243,12 @@ async fn lookup(resolver: &TokioResolver, name: &DnsName) -> Outcome {
                 problems: Vec::new(),
                 valid_until: found.valid_until(),
             },
-            Err(e) => judge(&name.host, &e),
+            Err(e) => judge(&name.host, "A or AAAA", &e),
         },
         Records::Service => {
             let found = match resolver.srv_lookup(name.host.as_str()).await {
                 Ok(found) => found,
-                Err(e) => return judge(&name.host, &e),
+                Err(e) => return judge(&name.host, "SRV", &e),
             };
             let mut valid_until = found.valid_until();
             let mut problems = Vec::new();
@@ -261,7 +261,8 @@ async fn lookup(resolver: &TokioResolver, name: &DnsName) -> Outcome {
                     continue;
                 }
                 if srv.port == 0 {
-                    problems.push(format!("{}: the SRV record for {target} names port 0; skipped", name.text));
+                    let shown = target.trim_end_matches('.');
+                    problems.push(format!("{}: the SRV record for {shown} names port 0; skipped", name.text));
                     continue;
                 }
                 targets.push((target, srv.port));
@@ -269,6 +270,8 @@ async fn lookup(resolver: &TokioResolver, name: &DnsName) -> Outcome {
             let addresses = join_all(targets.iter().map(|(target, _)| resolver.lookup_ip(target.as_str()))).await;
             let mut backends = Vec::new();
             for ((target, port), addresses) in targets.iter().zip(addresses) {
+                // Looked up as the record gives it (fully qualified), shown without the dot.
+                let target = target.trim_end_matches('.');
                 match addresses {
                     Ok(addresses) => {
                         valid_until = valid_until.min(addresses.valid_until());
@@ -287,12 +290,13 @@ async fn lookup(resolver: &TokioResolver, name: &DnsName) -> Outcome {
     }
 }
 
-/// A failed lookup of `host`: no such name, or no record (nothing there), or a failure.
-fn judge(host: &str, error: &NetError) -> Outcome {
+/// A failed lookup of `host`'s `kind` records: no such name, or no such record (nothing
+/// there; a CNAME chain that ends nowhere or loops is one too), or a failure.
+fn judge(host: &str, kind: &str, error: &NetError) -> Outcome {
     if error.is_nx_domain() {
         Outcome::Nothing(format!("{host} does not exist"))
     } else if error.is_no_records_found() {
-        Outcome::Nothing(format!("{host} has no record"))
+        Outcome::Nothing(format!("{host} has no {kind} record (nor a CNAME chain that ends in one)"))
     } else {
         Outcome::Failed(error.to_string())
     }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod dns;
 pub mod kubernetes;
 pub mod load;
 pub mod marathon;
@@ -63,6 +64,8 @@ pub fn free_port() -> u16 {
 pub struct Prometheus {
     child: Option<Child>,
     dir: TempDir,
+    /// The loopback address it listens on (127.0.0.1 unless [`Prometheus::start_at`]).
+    host: String,
     port: u16,
     extra_targets: Vec<String>,
     /// Replica mode ([`Prometheus::start_replica`]): these targets' `/metrics` only, no
@@ -80,6 +83,15 @@ impl Prometheus {
     /// Starts a replica and waits until it is ready.
     pub async fn start() -> Prometheus {
         Self::start_with(&[], None).await
+    }
+
+    /// Starts a replica listening on `host` (a loopback address such as `127.0.0.2`, or
+    /// `[::1]`) at `port`, and waits until it is ready.
+    pub async fn start_at(host: &str, port: u16) -> Prometheus {
+        let mut prometheus = Self::unstarted();
+        prometheus.host = host.to_string();
+        prometheus.port = port;
+        prometheus.started().await
     }
 
     /// Starts a replica that also scrapes `targets` (`host:port`, metrics at `/mpp/metrics`)
@@ -124,6 +136,7 @@ impl Prometheus {
         Prometheus {
             child: None,
             dir: tempfile::tempdir().expect("temporary folder"),
+            host: "127.0.0.1".to_string(),
             port: 0,
             extra_targets: Vec::new(),
             replica_of: None,
@@ -162,7 +175,7 @@ impl Prometheus {
             let child = Command::new(tool("prometheus"))
                 .arg(format!("--config.file={}", self.dir.path().join("prometheus.yml").display()))
                 .arg(format!("--storage.tsdb.path={}", self.dir.path().join("data").display()))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg(format!("--web.listen-address={}:{port}", self.host))
                 .arg("--log.level=warn")
                 .args(flags)
                 .stdout(Stdio::null())
@@ -184,7 +197,7 @@ impl Prometheus {
     }
 
     async fn wait_ready(&mut self, port: u16) -> bool {
-        let url = format!("http://127.0.0.1:{port}/-/ready");
+        let url = format!("http://{}:{port}/-/ready", self.host);
         let end = Instant::now() + Duration::from_secs(30);
         while Instant::now() < end {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -223,7 +236,8 @@ impl Prometheus {
         }
         let mut config = format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n  - job_name: prometheus\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+             scrape_configs:\n  - job_name: prometheus\n    static_configs: [{{targets: ['{}:{port}']}}]\n",
+            self.host
         );
         if !self.extra_targets.is_empty() {
             let targets: Vec<String> = self.extra_targets.iter().map(|t| format!("'{t}'")).collect();
@@ -248,7 +262,7 @@ impl Prometheus {
 
     /// Its base URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// Kills it (SIGKILL) and waits for it to be gone.

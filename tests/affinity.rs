@@ -100,3 +100,52 @@ async fn source_ip_pins_clients_by_forwarded_for_and_peer_address_ipv4_and_ipv6(
     let metrics = common::get(&mpp.url("/mpp/metrics")).await.unwrap().text();
     assert!(metrics.contains("mpp_affinity_hits_total{type=\"sourceip\"}"), "{metrics}");
 }
+
+/// Where each of 1,000 client addresses (sent as `X-Forwarded-For`) is served through `mpp`.
+async fn placement(mpp: &Mpp) -> Vec<String> {
+    let mut served = Vec::with_capacity(1000);
+    for i in 0..1000u32 {
+        let client = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 0xff, i & 0xff);
+        served.push(query(mpp, &[("x-forwarded-for", &client)]).await.served_by().unwrap());
+    }
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpp_instances_agree_on_every_clients_replica_and_only_a_leaving_replicas_clients_move() {
+    let mut replicas = [Prometheus::start().await, Prometheus::start().await, Prometheus::start().await];
+    let urls: Vec<String> = replicas.iter().map(|p| p.url()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = endpoints_file(dir.path(), &urls);
+    let args =
+        ["--endpoints-file", file.to_str().unwrap(), "--routing-strategy", "random", "--affinity-options", "sourceip"];
+    // Three instances that share nothing but the endpoints file, as behind a load balancer.
+    let instances = [Mpp::start(&args).await, Mpp::start(&args).await, Mpp::start(&args).await];
+    for mpp in &instances {
+        mpp.wait_selected(&[&urls[0], &urls[1], &urls[2]]).await;
+    }
+    let before = placement(&instances[0]).await;
+    for mpp in &instances[1..] {
+        assert_eq!(placement(mpp).await, before, "two mpp instances sent a client to different replicas");
+    }
+    for url in &urls {
+        let share = before.iter().filter(|s| *s == url).count();
+        assert!(share > 200, "{url} serves only {share} of 1000 clients");
+    }
+
+    // A replica leaves: its clients move, each the same way on every instance; no other moves.
+    replicas[1].kill();
+    for mpp in &instances {
+        mpp.wait_selected(&[&urls[0], &urls[2]]).await;
+    }
+    let after = placement(&instances[0]).await;
+    for mpp in &instances[1..] {
+        assert_eq!(placement(mpp).await, after, "the instances disagree after a replica left");
+    }
+    for (was, is) in before.iter().zip(&after) {
+        assert_ne!(is, &urls[1], "a client went to the replica that left");
+        if was != &urls[1] {
+            assert_eq!(was, is, "a client of a replica that stayed moved");
+        }
+    }
+}

@@ -67,6 +67,10 @@ pub enum ProxyError {
     /// the detail names each replica and its answer.
     #[error("not every Prometheus replica succeeded: {0}")]
     NotEveryReplica(String),
+    /// The request's head has more header lines than an HTTP/1 head may (an HTTP/2 client's
+    /// HPACK-compressed headers, which would be written out whole to the replica).
+    #[error("request header fields too large: {0}")]
+    HeadTooLarge(String),
 }
 
 impl ProxyError {
@@ -85,6 +89,7 @@ impl ProxyError {
             ProxyError::BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::NotEveryReplica(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -96,7 +101,8 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::NotImplemented(_)
-            | ProxyError::BodyTooSlow(_) => "bad_data",
+            | ProxyError::BodyTooSlow(_)
+            | ProxyError::HeadTooLarge(_) => "bad_data",
             ProxyError::NoReplica(_)
             | ProxyError::Unavailable { .. }
             | ProxyError::Upstream { .. }

@@ -213,6 +213,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             max_connections: config.server.max_connections,
             max_concurrent_streams: config.server.max_concurrent_streams,
         },
+        heads: server::http1::HeadLimits::new(
+            usize::try_from(config.server.max_header_bytes).unwrap_or(usize::MAX),
+            usize::try_from(config.server.request_head_budget).unwrap_or(usize::MAX),
+        ),
     };
     let served = server::serve(listener, proxies, shared, shutdown).await;
     background.shutdown().await;

@@ -393,6 +393,13 @@ async fn heads_that_cannot_be_forwarded_safely_get_clear_answers() {
             ("two hosts", b"GET /api/v1/query?query=up HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec()),
             ("no host", b"GET /api/v1/query?query=up HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec()),
             ("connect", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n".to_vec()),
+            ("authority form", b"GET evil.example:80 HTTP/1.1\r\nHost: evil.example:80\r\n\r\n".to_vec()),
+            ("asterisk GET", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+            ("asterisk OPTIONS", b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec()),
+            (
+                "absolute form",
+                b"GET http://x/api/v1/query?query=up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            ),
             (
                 "150 headers",
                 format!("GET /api/v1/query?query=up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{many_headers}\r\n")
@@ -409,6 +416,10 @@ async fn heads_that_cannot_be_forwarded_safely_get_clear_answers() {
         ("two hosts", " 400 "),
         ("no host", " 400 "),
         ("connect", " 405 "),
+        ("authority form", " 400 "),
+        ("asterisk GET", " 400 "),
+        ("asterisk OPTIONS", " 200 "),
+        ("absolute form", " 200 "),
         ("150 headers", " 200 "),
     ];
     for ((what, line), (_, status)) in lines.iter().zip(expect) {
@@ -434,4 +445,97 @@ async fn a_departed_replica_leaves_the_metrics_too() {
     let metrics = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
     assert!(!metrics.contains(&b.url()), "series of the departed replica remain:\n{metrics}");
     assert!(metrics.contains(&a.url()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_heads_are_paid_from_one_budget_and_big_heads_get_431() {
+    // Heads may be 1 MiB each, but all of them together hold 2 MiB beyond their first 16 KiB.
+    let (_replica, mpp, _dir) =
+        one_replica(&["--max-header-bytes", "1MiB", "--request-head-budget", "2MiB", "--header-read-timeout", "30s"])
+            .await;
+    let addr = mpp.addr;
+    // 40 connections, each sending 600 KiB of one header line that never ends: 24 MB asked,
+    // 2 MiB (and each connection's first 16 KiB) given.
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let filler = vec![b'a'; 600 << 10];
+        let mut streams: Vec<TcpStream> = (0..40)
+            .map(|_| {
+                let mut stream = open(addr, b"GET /mpp/health HTTP/1.1\r\nHost: a\r\nX: ");
+                // mpp may close before it has all of it: that is the point.
+                let _ = stream.write_all(&filler);
+                stream
+            })
+            .collect();
+        streams
+            .iter_mut()
+            .map(|stream| {
+                let (answer, closed) = read_until_closed(stream, Duration::from_secs(2));
+                (String::from_utf8_lossy(&answer).lines().next().unwrap_or("").to_string(), closed.is_some())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let refused = outcomes.iter().filter(|(line, closed)| line.contains(" 503 ") && *closed).count();
+    // At most three heads of 600 KiB fit in 2 MiB; every other one was refused and closed.
+    assert!(refused >= 36, "only {refused} of 40 oversized unfinished heads were refused: {outcomes:?}");
+    // The budget is given back as heads finish or fail: others are served meanwhile and after.
+    assert_eq!(get(&mpp.url("/mpp/health")).await.unwrap().status, StatusCode::OK);
+    assert_eq!(get(&mpp.url("/api/v1/query?query=up")).await.unwrap().status, StatusCode::OK);
+
+    // The default largest head is 64 KiB, as nginx and HAProxy keep theirs small.
+    let (_replica, mpp, _dir) = one_replica(&[]).await;
+    let addr = mpp.addr;
+    let lines = tokio::task::spawn_blocking(move || {
+        let head = |size: usize| {
+            format!("GET /mpp/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX: {}\r\n\r\n", "a".repeat(size))
+        };
+        (status_line(addr, head(60 << 10).as_bytes()), status_line(addr, head(70 << 10).as_bytes()))
+    })
+    .await
+    .unwrap();
+    assert!(lines.0.contains(" 200 "), "a 60 KiB head: {}", lines.0);
+    assert!(lines.1.contains(" 431 "), "a 70 KiB head: {}", lines.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_is_held_to_http1s_header_limits_and_rapid_resets_end_the_connection() {
+    let (_replica, mpp, _dir) = one_replica(&[]).await;
+    // HPACK lets one indexed field stand for a line: 2,000 of them are a few KiB on the wire
+    // and would be 2,000 lines towards the replica. An HTTP/1 head may have 256.
+    // Over the head size once decoded (2,000 fields of 40 bytes as HPACK counts them), or
+    // over the line count within it (300): both 431, neither reaches the replica.
+    let mut sender = h2_client(mpp.addr).await;
+    for lines in [2000, 300] {
+        let mut request = Request::get(mpp.url("/api/v1/query?query=up"));
+        for _ in 0..lines {
+            request = request.header("x-flood", "a");
+        }
+        let response = sender.send_request(request.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{lines} lines");
+        assert!(response.headers().get("mpp.servedby").is_none(), "{lines} lines reached a replica");
+    }
+
+    // Rapid reset (CVE-2023-44487): streams opened and cancelled at once, as fast as a client
+    // can, make mpp end the connection (GOAWAY) rather than start work for each.
+    let tcp = tokio::net::TcpStream::connect(mpp.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut opened = 0;
+    for _ in 0..20_000 {
+        let Ok(mut ready) = client.clone().ready().await else { break };
+        let request = http::Request::get(mpp.url("/api/v1/query?query=up")).body(()).unwrap();
+        let Ok((_response, mut stream)) = ready.send_request(request, false) else { break };
+        stream.send_reset(h2::Reason::CANCEL);
+        opened += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    let error = match ended {
+        Ok(Ok(Err(error))) => error,
+        other => panic!("the connection survived {opened} rapid resets: {other:?}"),
+    };
+    assert!(opened < 20_000, "every one of {opened} streams was taken");
+    assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{error}");
+    // Everyone else is served as before.
+    assert_eq!(get(&mpp.url("/api/v1/query?query=up")).await.unwrap().status, StatusCode::OK);
 }

@@ -241,6 +241,28 @@ pub struct Server {
     )]
     pub max_concurrent_streams: u32,
 
+    /// The largest request head (request line and headers), over HTTP/1 and, after HPACK
+    /// decoding, HTTP/2 (1KiB to 1MiB); larger heads get 431
+    #[arg(
+        long,
+        env = "MPP_MAX_HEADER_BYTES",
+        default_value = "64KiB",
+        value_name = "SIZE",
+        value_parser = parse_header_bytes
+    )]
+    pub max_header_bytes: u64,
+
+    /// The memory the unfinished request heads of all connections may take together beyond
+    /// each one's first 16KiB; a connection whose head cannot be paid for gets 503 and is closed
+    #[arg(
+        long,
+        env = "MPP_REQUEST_HEAD_BUDGET",
+        default_value = "64MiB",
+        value_name = "SIZE",
+        value_parser = parse_size
+    )]
+    pub request_head_budget: u64,
+
     /// A Prometheus web config file (exporter-toolkit's format) securing the listener: TLS,
     /// client certificates, basic auth, response headers; read again when it changes
     #[arg(long = "web.config.file", env = "MPP_WEB_CONFIG_FILE", value_name = "PATH")]
@@ -335,6 +357,15 @@ pub struct BackendFlags {
     /// of its own (by default the client's is forwarded unchanged)
     #[arg(long, env = "MPP_BACKEND_REPLACE_AUTHORIZATION")]
     pub backend_replace_authorization: bool,
+}
+
+/// `--max-header-bytes`: a size from 1 KiB to 1 MiB (Go's, and so Prometheus's, largest).
+fn parse_header_bytes(value: &str) -> Result<u64, String> {
+    let size = parse_size(value)?;
+    if !(1 << 10..=1 << 20).contains(&size) {
+        return Err(format!("'{value}' is not between 1KiB and 1MiB"));
+    }
+    Ok(size)
 }
 
 /// `--request-body-budget 'auto'`: an eighth of the memory limit (the cgroup's, else the

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -233,6 +233,16 @@ impl<P: Transport> Proxy<P> {
         // The steps that need no waiting are plain calls, not futures of their own nested in
         // this one (see `handle`).
         let (parts, body) = request.into_parts();
+        if parts.method == Method::OPTIONS && parts.uri.path() == "*" {
+            // The asterisk form asks about the server itself (RFC 9112, 3.2.4): mpp answers
+            // for the replicas, which take these methods.
+            return Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::ALLOW, "GET, HEAD, POST, PUT, DELETE, OPTIONS")
+                .header(header::CONTENT_LENGTH, "0")
+                .body(Either::Right(Full::new(Bytes::new())))
+                .expect("a valid answer"));
+        }
         let path_and_query = request_path(&parts.uri)?;
         let body = self.inner.body.read(&parts.headers, body).await?;
         let prepared = self.prepare(parts, path_and_query, body, peer);
@@ -600,6 +610,13 @@ fn present<B>(mut parts: http::response::Parts, body: B, backend: &Replica) -> R
 /// The request's target as a path (and query) to forward; a target that is not a path (an
 /// authority, or `*`) is refused.
 fn request_path(uri: &http::Uri) -> Result<PathAndQuery, ProxyError> {
+    if uri.scheme().is_none() && uri.authority().is_some() {
+        // `host:port`: the authority form, which only CONNECT takes (RFC 9112, 3.2.3); it
+        // names no path on any replica.
+        return Err(ProxyError::BadRequest(format!(
+            "request target '{uri}' is in authority form, which only CONNECT takes; send a path"
+        )));
+    }
     let path_and_query = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     if !path_and_query.path().starts_with('/') {
         return Err(ProxyError::BadRequest(format!("request target '{path_and_query}' is not a path")));

@@ -14,6 +14,15 @@ pub fn check<B>(request: &Request<B>, pseudonym: &Pseudonym, proxied: bool) -> R
         return Err(ProxyError::MethodNotAllowed("CONNECT".into()));
     }
     let headers = request.headers();
+    if headers.len() > super::MAX_HEADERS {
+        // An HTTP/1 head has at most this many (the listener refuses more); HTTP/2's HPACK
+        // lets a few bytes stand for many lines, which the replica would get written out.
+        return Err(ProxyError::HeadTooLarge(format!(
+            "{} header fields; at most {} are taken",
+            headers.len(),
+            super::MAX_HEADERS
+        )));
+    }
     let hosts = headers.get_all(header::HOST).iter().count();
     if hosts > 1 {
         return Err(ProxyError::BadRequest(format!("{hosts} Host headers; exactly one is allowed (RFC 9112, 3.2)")));
@@ -66,6 +75,12 @@ mod tests {
         let mut http10 = request(&[]);
         *http10.version_mut() = Version::HTTP_10;
         assert_eq!(status(check(&http10, &us, true)), 200, "HTTP/1.0 needs no Host");
+        let many: Vec<(String, String)> = (0..300).map(|i| (format!("x-{i}"), "1".to_string())).collect();
+        let mut crowded = request(&[("host", "a")]);
+        for (name, value) in &many {
+            crowded.headers_mut().insert(http::HeaderName::try_from(name.as_str()).unwrap(), value.parse().unwrap());
+        }
+        assert_eq!(status(check(&crowded, &us, true)), 431, "more header lines than HTTP/1 takes");
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! still serves HTTP/2 ([`Http2Preface`] tells the two apart on clear-text connections).
 //!
 //! What it keeps of hyper's HTTP/1 server, on purpose:
-//! - the same limits: a head over [`super::MAX_HEADER_BYTES`] or with more than
+//! - the same limits: a head over `--max-header-bytes` ([`HeadLimits`]) or with more than
 //!   [`super::MAX_HEADERS`] lines gets 431; a malformed one gets 400; the connection then
 //!   closes;
+//! - what hyper lacks: every connection's unfinished head, past its first [`HEAD_FREE`]
+//!   bytes, is paid for from one budget (`--request-head-budget`) as it arrives, so that many
+//!   connections sending huge heads slowly cannot take the memory; a connection that cannot
+//!   pay gets 503 and is closed;
 //! - request framing as RFC 9112 section 6 says: `Transfer-Encoding` ending in `chunked`
 //!   wins over a `Content-Length` (which is dropped, and the connection closes after the
 //!   answer, so nothing smuggled behind the body is read as a request); conflicting lengths,
@@ -29,9 +33,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::{MAX_HEADER_BYTES, MAX_HEADERS};
+use super::MAX_HEADERS;
 use crate::body::BoxError;
 use crate::client::http1::{self as wire, Decoded, Decoder, Framing, ProtocolError, header_line};
 
@@ -48,6 +52,9 @@ const MAX_TARGET: usize = u16::MAX as usize - 1;
 pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Room made in the read buffer before a read of a request head.
 const HEAD_READ: usize = 8 * 1024;
+/// The bytes of a connection's read buffer an unfinished head may take before it pays for
+/// more from the heads' budget: the usual request never touches it.
+pub const HEAD_FREE: usize = 2 * HEAD_READ;
 /// Room made in the read buffer before a read of a request body.
 const BODY_READ: usize = 64 * 1024;
 /// Body bytes up to which an answer's data is copied next to its head (or chunk line) and
@@ -67,15 +74,45 @@ pub trait Service {
     fn head_waiting(&self) {}
 }
 
+/// What request heads may take.
+#[derive(Debug, Clone)]
+pub struct HeadLimits {
+    /// The largest head (`--max-header-bytes`).
+    pub max: usize,
+    /// What the unfinished heads of every connection may hold together beyond their first
+    /// [`HEAD_FREE`] bytes (`--request-head-budget`), in bytes.
+    pub budget: Arc<Semaphore>,
+}
+
+impl HeadLimits {
+    /// Heads of at most `max` bytes, `budget` bytes of them at a time.
+    pub fn new(max: usize, budget: usize) -> Self {
+        HeadLimits { max, budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))) }
+    }
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits::new(super::DEFAULT_MAX_HEADER_BYTES, super::DEFAULT_HEAD_BUDGET)
+    }
+}
+
 /// Shared between the loop and the watcher ([`super::connection::watch`]): a close asked
-/// for, and whether the loop is waiting for a request with nothing read of it.
+/// for, and whether the loop is waiting for a request with nothing read of it; and the heads'
+/// limits.
 #[derive(Debug, Default)]
 pub struct Control {
     closing: AtomicBool,
     idle: AtomicBool,
+    heads: HeadLimits,
 }
 
 impl Control {
+    /// The control of a connection whose heads are held to `heads`.
+    pub fn new(heads: HeadLimits) -> Self {
+        Control { closing: AtomicBool::new(false), idle: AtomicBool::new(false), heads }
+    }
+
     /// Asks the loop to close after the answer in progress (at once, when idle).
     pub fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);
@@ -171,11 +208,14 @@ pub async fn serve<S: Service + Sync>(reader: Reader, service: &S, control: &Con
     let mut out = Vec::with_capacity(512);
     loop {
         let Some(r) = reader.as_mut() else { return Ok(()) };
+        let max = control.heads.max;
+        // What this head has paid from the budget; given back once it is complete.
+        let mut paid: Option<OwnedSemaphorePermit> = None;
         let head = loop {
-            match parse_request(&mut r.buf) {
+            match parse_request(&mut r.buf, max) {
                 Ok(Some(head)) => break head,
-                Ok(None) if r.buf.len() >= MAX_HEADER_BYTES => {
-                    return refuse(r, &mut out, HeadError::TooLarge).await;
+                Ok(None) if r.buf.len() >= max => {
+                    return refuse(r, &mut out, HeadError::TooLarge(max)).await;
                 }
                 Ok(None) => {}
                 Err(error) => return refuse(r, &mut out, error).await,
@@ -191,7 +231,11 @@ pub async fn serve<S: Service + Sync>(reader: Reader, service: &S, control: &Con
                 // Closed between requests, or mid-head: nobody to answer.
                 return Ok(());
             }
+            if r.buf.capacity() > HEAD_FREE && !pay(&mut paid, r.buf.capacity() - HEAD_FREE, &control.heads.budget) {
+                return refuse(r, &mut out, HeadError::OverBudget).await;
+            }
         };
+        drop(paid);
         let RequestHead { parts, decoder, keep_alive, expects_continue } = head;
         let answer_head = parts.method == Method::HEAD;
         let version = parts.version;
@@ -279,8 +323,10 @@ struct RequestHead {
 /// A request head that cannot be served, and the answer it gets.
 #[derive(Debug, thiserror::Error)]
 enum HeadError {
-    #[error("the request head is over {MAX_HEADER_BYTES} bytes")]
-    TooLarge,
+    #[error("the request head is over {0} bytes (--max-header-bytes)")]
+    TooLarge(usize),
+    #[error("too many request heads are arriving at once; try again")]
+    OverBudget,
     #[error("the request target is over {MAX_TARGET} bytes")]
     TargetTooLong,
     #[error("the request head has more than {MAX_HEADERS} header lines")]
@@ -294,7 +340,8 @@ enum HeadError {
 impl HeadError {
     fn status(&self) -> StatusCode {
         match self {
-            HeadError::TooLarge | HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::TooLarge(_) | HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::OverBudget => StatusCode::SERVICE_UNAVAILABLE,
             HeadError::TargetTooLong => StatusCode::URI_TOO_LONG,
             HeadError::Malformed(_) | HeadError::Invalid(_) => StatusCode::BAD_REQUEST,
         }
@@ -303,7 +350,7 @@ impl HeadError {
 
 /// Parses the request head at the front of `buf`: `None` while it is incomplete. A complete
 /// head is taken off `buf`; what follows it stays.
-fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, HeadError> {
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let len = match request.parse_with_uninit_headers(buf, &mut slots) {
@@ -312,9 +359,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(e) => return Err(HeadError::Malformed(e)),
     };
-    if len > MAX_HEADER_BYTES {
+    if len > max {
         // The last read may have brought the rest of a head over the limit.
-        return Err(HeadError::TooLarge);
+        return Err(HeadError::TooLarge(max));
     }
     let method = request.method.unwrap_or_default();
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Invalid("the method is not a token"))?;
@@ -392,7 +439,7 @@ pub type ParsedHead = (http::request::Parts, Decoder, bool);
 /// request's parts, its body's decoder and whether the connection may be kept, or why the
 /// head is refused (with the status it gets).
 pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, (StatusCode, String)> {
-    match parse_request(buf) {
+    match parse_request(buf, super::DEFAULT_MAX_HEADER_BYTES) {
         Ok(head) => Ok(head.map(|h| (h.parts, h.decoder, h.keep_alive))),
         Err(error) => Err((error.status(), error.to_string())),
     }
@@ -405,6 +452,9 @@ async fn refuse(reader: &mut Reader, out: &mut Vec<u8>, error: HeadError) -> Res
     out.clear();
     status_line(out, status, Version::HTTP_11);
     out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n");
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        out.extend_from_slice(b"retry-after: 1\r\n");
+    }
     let _ = write!(out, "content-length: {}\r\n", text.len());
     date_line(out);
     out.extend_from_slice(b"\r\n");
@@ -412,6 +462,26 @@ async fn refuse(reader: &mut Reader, out: &mut Vec<u8>, error: HeadError) -> Res
     reader.io.write_all(out).await?;
     let _ = reader.io.shutdown().await;
     Err(error.into())
+}
+
+/// Makes `paid` hold `owed` bytes of the heads' budget, taking what it lacks; false when the
+/// budget cannot give it now.
+fn pay(paid: &mut Option<OwnedSemaphorePermit>, owed: usize, budget: &Arc<Semaphore>) -> bool {
+    let held = paid.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+    if owed <= held {
+        return true;
+    }
+    let Ok(more) = u32::try_from(owed - held) else { return false };
+    match budget.clone().try_acquire_many_owned(more) {
+        Ok(more) => {
+            match paid {
+                Some(paid) => paid.merge(more),
+                None => *paid = Some(more),
+            }
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// Writes `response` (its head, and its body unless the request was `HEAD`), framed by its

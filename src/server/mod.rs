@@ -43,14 +43,22 @@ use connection::{Activity, Answer, Deadlines, Metered, Pressure};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
-/// The largest request head (request line and headers); larger ones get 431. Prometheus
-/// (Go's default) accepts 1 MB, so anything that works direct works through mpp.
-pub const MAX_HEADER_BYTES: usize = 1 << 20;
+/// The largest request head (request line and headers) by default (`--max-header-bytes`);
+/// larger ones get 431. nginx takes 32 KiB, HAProxy 16 KiB, Prometheus (Go) 1 MB; long
+/// queries go as form POSTs (Grafana's and promtool's default), whose bodies do not count.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+/// What unfinished request heads may hold together by default (`--request-head-budget`).
+pub const DEFAULT_HEAD_BUDGET: usize = 64 << 20;
 /// The most header lines in a request head; more get 431. Go counts bytes only, hyper's and
 /// Apache's default is 100. The parser sets aside room for this many lines for every request
 /// it parses (on the stack since the listener's own loop; hyper's was on the heap, and at
 /// 10,000 lines cost 640 KiB per request and about 8 % of mpp's CPU under load).
 pub const MAX_HEADERS: usize = 256;
+
+/// Streams an HTTP/2 client may cancel before mpp takes them up, at any one time.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams mpp may reset on one HTTP/2 connection for the client's errors.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
 
 /// TCP keepalive on client connections: a peer that vanished without a word (a crashed
 /// host, a dropped NAT entry) is noticed within about two minutes.
@@ -82,6 +90,8 @@ pub struct Shared {
     pub pseudonym: Pseudonym,
     /// The limits.
     pub limits: Limits,
+    /// What request heads may take, each and together.
+    pub heads: http1::HeadLimits,
 }
 
 /// A connection on its way from the accepting task to a worker, with its slot under
@@ -199,8 +209,13 @@ async fn serve_connections(
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_header_list_size(u32::try_from(shared.heads.max).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // Rapid reset (CVE-2023-44487): a client that cancels more streams than this before
+        // they are taken up, or makes mpp reset more than this many, loses its connection
+        // (GOAWAY with ENHANCE_YOUR_CALM). h2's own figures, named here as mpp's.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
         .keep_alive_interval(connection::H2_PING_INTERVAL)
         .keep_alive_timeout(connection::H2_PING_TIMEOUT);
     let http2 = Arc::new(http2);
@@ -288,8 +303,8 @@ impl Connection {
         let Connection { activity, proxy, shared, pressure, shutting_down, peer } = self;
         let limits = shared.limits;
         let metrics = shared.metrics.clone();
+        let control = Arc::new(http1::Control::new(shared.heads.clone()));
         let handler = Arc::new(Handler { proxy, shared, activity: activity.clone(), peer, tls });
-        let control = Arc::new(http1::Control::default());
         let io: Box<dyn http1::Io> = Box::new(Metered::new(io, activity.clone()));
         let serving = {
             let control = control.clone();

@@ -6,22 +6,26 @@ use tokio::io::{AsyncReadExt, DuplexStream};
 
 use super::*;
 
+/// Parses a head under the largest `--max-header-bytes` (1 MiB), so that the other limits show.
 fn parse(text: &[u8]) -> Result<Option<RequestHead>, HeadError> {
-    parse_request(&mut BytesMut::from(text))
+    parse_request(&mut BytesMut::from(text), 1 << 20)
 }
 
 #[test]
 fn a_head_is_parsed_into_a_request_and_what_follows_it_stays() {
     let mut buf =
         BytesMut::from(&b"GET /api/v1/query?query=up HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next"[..]);
-    let head = parse_request(&mut buf).unwrap().unwrap();
+    let head = parse_request(&mut buf, super::super::DEFAULT_MAX_HEADER_BYTES).unwrap().unwrap();
     assert_eq!(head.parts.method, Method::GET);
     assert_eq!(head.parts.uri, "/api/v1/query?query=up");
     assert_eq!(head.parts.version, Version::HTTP_11);
     assert_eq!(head.parts.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
     assert!(head.keep_alive && head.decoder.is_done() && !head.expects_continue);
     assert_eq!(&buf[..], b"GET /next");
-    assert!(parse_request(&mut buf).unwrap().is_none(), "a partial head waits for more");
+    assert!(
+        parse_request(&mut buf, super::super::DEFAULT_MAX_HEADER_BYTES).unwrap().is_none(),
+        "a partial head waits for more"
+    );
 }
 
 #[test]
@@ -298,4 +302,7 @@ async fn an_http_1_0_client_gets_an_http_1_0_status_line_and_a_huge_target_gets_
 
     let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(MAX_TARGET));
     assert_eq!(parse(long.as_bytes()).unwrap_err().status(), StatusCode::URI_TOO_LONG);
+    let mut buf = BytesMut::from(long.as_bytes());
+    let by_default = parse_request(&mut buf, super::super::DEFAULT_MAX_HEADER_BYTES).unwrap_err();
+    assert_eq!(by_default.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "over the default head size first");
 }

@@ -365,6 +365,7 @@ fn proxy_settings(
         credentials: parts.credentials.clone(),
         coverage_routing: config.coverage.coverage_routing,
         merge_max_bytes: flags.merge_max_bytes,
+        max_fanout_per_client: flags.max_fanout_per_client as usize,
         admin_api: flags.admin_api,
     }
 }

@@ -163,6 +163,17 @@ pub struct Proxy {
     )]
     pub merge_max_bytes: u64,
 
+    /// The most replica requests one client address's merged and sliced queries may have in
+    /// flight beyond one per query; over it, a query is answered by one replica, with a warning
+    #[arg(
+        long,
+        env = "MPP_MAX_FANOUT_PER_CLIENT",
+        default_value_t = 64,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_fanout_per_client: u32,
+
     /// What happens to Prometheus's TSDB admin API (/api/v1/admin/tsdb/*) and lifecycle
     /// paths (/-/reload, /-/quit): 'refuse' answers 403 and sends nothing; 'all' sends each
     /// to every viable replica, and succeeds only when every one did

@@ -3,7 +3,9 @@
 //! read answers whole, within `--merge-max-bytes` (shared by every request in flight) and
 //! the request's deadline; an answer over the bound streams on as it is ([`Held::Over`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
@@ -22,6 +24,74 @@ use crate::merge::state::Agreed;
 use crate::metrics::MergeLabels;
 use crate::registry::Replica;
 use crate::window;
+
+/// The most replica requests all merges and slices together may add at a time.
+const GLOBAL_FANOUT: usize = 1024;
+
+/// How many replica requests merges and slices may add to the one every query makes, per
+/// client address and in all, so that a client cannot multiply its load on the replicas
+/// without bound (each merge asks every replica; a range query may be cut into 32 slices).
+/// Taken only on those rare paths, never by background work.
+pub(super) struct FanoutLimit {
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    per_client_max: usize,
+    global: Arc<Semaphore>,
+}
+
+/// A query's added replica requests, given back when it is dropped.
+pub(super) struct FanoutShare<'a> {
+    limit: &'a FanoutLimit,
+    client: IpAddr,
+    extra: usize,
+    _global: OwnedSemaphorePermit,
+}
+
+impl FanoutLimit {
+    /// At most `per_client_max` added requests per client address.
+    pub(super) fn new(per_client_max: usize) -> Self {
+        FanoutLimit {
+            per_client: Mutex::new(HashMap::new()),
+            per_client_max,
+            global: Arc::new(Semaphore::new(GLOBAL_FANOUT)),
+        }
+    }
+
+    /// `extra` added requests for `client`, if it and everyone together are within bounds.
+    pub(super) fn take(&self, client: IpAddr, extra: usize) -> Option<FanoutShare<'_>> {
+        let global = self.global.clone().try_acquire_many_owned(u32::try_from(extra).ok()?).ok()?;
+        let mut taken = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let count = taken.entry(client).or_insert(0);
+        if *count + extra > self.per_client_max {
+            if *count == 0 {
+                taken.remove(&client);
+            }
+            return None;
+        }
+        *count += extra;
+        Some(FanoutShare { limit: self, client, extra, _global: global })
+    }
+}
+
+impl Drop for FanoutShare<'_> {
+    fn drop(&mut self) {
+        let mut taken = self.limit.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = taken.get_mut(&self.client) {
+            *count = count.saturating_sub(self.extra);
+            if *count == 0 {
+                taken.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// The `MPP-Warning` of a query answered by one replica because its client is over
+/// `--max-fanout-per-client`.
+fn fanout_note(limit: usize) -> String {
+    format!(
+        "not merged: this client has {limit} replica requests of merged queries in flight \
+         (--max-fanout-per-client); this is one replica's answer and may have gaps"
+    )
+}
 
 impl<P: Transport> Proxy<P> {
     /// An answer that another replica gave after `failed` ones (at least one) did not: says
@@ -60,6 +130,24 @@ impl<P: Transport> Proxy<P> {
         }
     }
 
+    /// The query from `replica` alone, because its client has too many replica requests of
+    /// merges in flight: with an `MPP-Warning`, counted as `fanout_limited`.
+    pub(super) async fn alone(
+        &self,
+        exchange: Exchange,
+        replica: Arc<Replica>,
+        label: &'static str,
+    ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
+        let inner = &*self.inner;
+        inner.metrics.merged_requests.get_or_create(&MergeLabels { endpoint: label, outcome: "fanout_limited" }).inc();
+        tracing::debug!(client = %exchange.prepared.client, "a client over --max-fanout-per-client: not merged");
+        let mut answer = Box::pin(self.relay(exchange, replica)).await?;
+        if let Ok(value) = HeaderValue::from_str(&fanout_note(inner.fanout.per_client_max)) {
+            answer.headers_mut().insert(headers::MPP_WARNING.clone(), value);
+        }
+        Ok(answer)
+    }
+
     /// Answers from several replicas: each is asked (uncompressed); their answers are read
     /// within `--merge-max-bytes` (shared by every merge in flight) and before the request's
     /// deadline, and merged off the serving thread. The first replica in `[primary,
@@ -74,6 +162,9 @@ impl<P: Transport> Proxy<P> {
         others: Vec<Arc<Replica>>,
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         let inner = &*self.inner;
+        let Some(_fanout) = inner.fanout.take(exchange.prepared.client, others.len()) else {
+            return self.alone(exchange, primary, union.label()).await;
+        };
         let deadline = exchange.deadline;
         exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
         let replicas: Vec<Arc<Replica>> = std::iter::once(primary.clone()).chain(others).collect();

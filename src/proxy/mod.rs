@@ -103,6 +103,8 @@ struct Inner {
     merge_max_bytes: usize,
     /// The bytes of answers held for merging, by every merge in flight together.
     merge_budget: Arc<Semaphore>,
+    /// The replica requests merges and slices may add, per client and in all.
+    fanout: fanout::FanoutLimit,
     admin_api: AdminApi,
 }
 
@@ -134,6 +136,8 @@ pub struct ProxySettings<P = Pool> {
     pub coverage_routing: bool,
     /// The most bytes of answers held to merge one query (`--merge-max-bytes`).
     pub merge_max_bytes: u64,
+    /// The most replica requests one client's merges and slices may add (`--max-fanout-per-client`).
+    pub max_fanout_per_client: usize,
     /// Whether admin and lifecycle requests are refused or sent to every replica.
     pub admin_api: AdminApi,
 }
@@ -195,6 +199,7 @@ impl<P: Transport> Proxy<P> {
                     usize::try_from(settings.merge_max_bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
                 )),
                 admin_api: settings.admin_api,
+                fanout: fanout::FanoutLimit::new(settings.max_fanout_per_client),
             }),
         }
     }

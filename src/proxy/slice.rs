@@ -57,6 +57,14 @@ impl<P: Transport> Proxy<P> {
         slices: Vec<Slice>,
         read: &Read,
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
+        let Some(_fanout) = self.inner.fanout.take(exchange.prepared.client, slices.len().saturating_sub(1)) else {
+            let most = slices
+                .iter()
+                .max_by_key(|s| s.end - s.start)
+                .map(|s| s.replica.clone())
+                .expect("a range query has at least one slice");
+            return self.alone(exchange, most, read.endpoint.label()).await;
+        };
         let steps = read.steps.as_ref().expect("slices are planned from steps");
         // A remote read's slices are stretches of its window.
         let remote =

@@ -69,6 +69,7 @@ fn proxy(
         credentials: None,
         coverage_routing: false,
         merge_max_bytes: 1 << 20,
+        max_fanout_per_client: 64,
         admin_api: crate::proxy::broadcast::AdminApi::Refuse,
     };
     tune(&mut settings);
@@ -287,4 +288,34 @@ async fn a_merge_over_merge_max_bytes_streams_the_primarys_answer_alone_with_a_w
     assert_eq!(header(&headers, &headers::SERVED_BY), b.url());
     assert_eq!(header(&headers, &headers::MPP_WARNING), "not merged: the answer is over --merge-max-bytes 16");
     assert!(headers.get(&headers::MERGED_FROM).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clients_merges_in_flight_are_bounded_and_the_rest_are_one_replicas_answer_with_a_warning() {
+    let (fake, a, b) = two();
+    with_holes(&a, &[(10_000, 20_000)]);
+    with_holes(&b, &[(50_000, 52_000)]);
+    // a hangs: every merge that asks it stays in flight until its deadline.
+    fake.answer("a:1", Reply::Hang);
+    fake.answer("b:1", Reply::Json(SERIES_B));
+    let proxy = proxy(&fake, snapshot(&[&a, &b], &[&a, &b]), |s| {
+        s.coverage_routing = true;
+        s.max_fanout_per_client = 2;
+    });
+    let asks = (0..10).map(|_| ask(&proxy, Method::GET, SERIES_QUERY));
+    let answers = futures_util::future::join_all(asks).await;
+    let limited: Vec<_> =
+        answers.iter().filter(|(_, headers, _)| headers.get(&headers::MPP_WARNING).is_some()).collect();
+    assert_eq!(limited.len(), 8, "two merges of one added request each fit in 2");
+    for (status, headers, body) in limited {
+        assert_eq!(*status, StatusCode::OK);
+        assert_eq!(body, SERIES_B, "the primary's answer alone");
+        assert!(header(headers, &headers::MPP_WARNING).contains("--max-fanout-per-client"));
+    }
+    let to_a = fake.asked().iter().filter(|authority| *authority == "a:1").count();
+    assert_eq!(to_a, 2, "only the merges within the bound asked the other replica");
+    // Once they are done, the client's share is back.
+    fake.answer("a:1", Reply::Json(SERIES_A));
+    let (_, headers, body) = ask(&proxy, Method::GET, SERIES_QUERY).await;
+    assert!(headers.get(&headers::MPP_WARNING).is_none() && body.contains(r#""job":"a""#), "{body}");
 }

@@ -433,3 +433,70 @@ async fn over_tls_replicas_see_https_and_never_the_password_given_to_mpp() {
     assert_eq!(head["x-forwarded-proto"], "https");
     assert!(head.get("authorization").is_none(), "mpp's own credentials went on: {head:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unfinished_handshakes_is_bounded_in_number_and_time_and_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(dir.path());
+    let web = dir.path().join("web.yml");
+    let text = format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+        path(&certs.server.cert),
+        path(&certs.server.key)
+    );
+    std::fs::write(&web, text).unwrap();
+    let endpoints = endpoints_file(dir.path(), &["http://127.0.0.1:1".into()]);
+    let mpp = Mpp::start(&[
+        "--endpoints-file",
+        &path(&endpoints),
+        "--web.config.file",
+        &path(&web),
+        "--header-read-timeout",
+        "2s",
+        "--max-connections",
+        "300",
+    ])
+    .await;
+    let half_hello: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+    let mut flood = Vec::new();
+    let open = |count: usize| {
+        let addr = mpp.addr;
+        async move {
+            let mut sockets = Vec::new();
+            for _ in 0..count {
+                let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+                socket.write_all(half_hello).await.unwrap();
+                sockets.push(socket);
+            }
+            sockets
+        }
+    };
+    // Within the slots: other clients are served at once.
+    flood.extend(open(250).await);
+    let args = certs.curl_args(None);
+    let url = https(&mpp, "/mpp/health");
+    let started = std::time::Instant::now();
+    let health = tokio::task::spawn_blocking({
+        let (url, args) = (url.clone(), args.clone());
+        move || curl(&url, &args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(health.status, 200, "{health:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "served in {:?} beside 250 unfinished handshakes",
+        started.elapsed()
+    );
+
+    // Past the slots: the unfinished handshakes hold theirs no longer than the header
+    // deadline, and the client waiting in the listen queue is served then.
+    flood.extend(open(100).await);
+    let started = std::time::Instant::now();
+    let health = tokio::task::spawn_blocking(move || curl(&url, &args)).await.unwrap();
+    assert_eq!(health.status, 200, "{health:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "served after {:?}", started.elapsed());
+    drop(flood);
+}

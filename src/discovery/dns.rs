@@ -14,7 +14,7 @@
 //! address has no candidates. Both are reported: a line of the status page, and
 //! `mpp_dns_lookups_total{name,result}`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -156,6 +156,8 @@ pub struct Resolver {
     resolver: Option<TokioResolver>,
     server: Option<SocketAddr>,
     last_good: HashMap<DnsName, Vec<Backend>>,
+    /// The names looked up so far, whose lookups' series go when the file drops them.
+    counted: HashSet<String>,
     lookups: Family<DnsLabels, Counter>,
 }
 
@@ -163,7 +165,7 @@ impl Resolver {
     /// A resolver asking `server` (the system's resolvers without one), counting lookups in
     /// `lookups`.
     pub fn new(server: Option<SocketAddr>, lookups: Family<DnsLabels, Counter>) -> Self {
-        Resolver { resolver: None, server, last_good: HashMap::new(), lookups }
+        Resolver { resolver: None, server, last_good: HashMap::new(), counted: HashSet::new(), lookups }
     }
 
     fn resolver(&mut self) -> Result<&TokioResolver, String> {
@@ -195,6 +197,14 @@ impl Resolver {
     /// Looks every name up at once.
     pub async fn resolve(&mut self, names: &[DnsName]) -> Resolved {
         self.last_good.retain(|name, _| names.contains(name));
+        let listed: HashSet<&str> = names.iter().map(|n| n.text.as_str()).collect();
+        for gone in self.counted.iter().filter(|text| !listed.contains(text.as_str())) {
+            for result in ["ok", "empty", "error"] {
+                self.lookups.remove(&DnsLabels { name: gone.clone(), result });
+            }
+        }
+        self.counted.retain(|text| listed.contains(text.as_str()));
+        self.counted.extend(listed.iter().map(|text| text.to_string()));
         let outcomes = match self.resolver() {
             Ok(resolver) => join_all(names.iter().map(|name| lookup(resolver, name))).await,
             Err(e) => names.iter().map(|_| Outcome::Failed(e.clone())).collect(),
@@ -323,6 +333,21 @@ mod tests {
         let name = parse("dnssrv+https://_web._tcp.prometheus.consul").unwrap();
         assert_eq!((name.scheme, name.records.clone()), ("https", Records::Service));
         assert!(DnsName::parse("http://prometheus:9090").is_none(), "a plain URL");
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_keeps_nothing_it_never_had_and_a_dropped_name_leaves_the_metrics() {
+        let lookups: Family<DnsLabels, Counter> = Family::default();
+        // Nothing listens on port 9: every lookup fails at once.
+        let mut resolver = Resolver::new(Some("127.0.0.1:9".parse().unwrap()), lookups.clone());
+        let name = parse("dns+http://prometheus.test:9090").unwrap();
+        let resolved = resolver.resolve(std::slice::from_ref(&name)).await;
+        assert_eq!(resolved.backends, vec![Vec::<Backend>::new()]);
+        assert!(resolved.problems[0].contains("lookup failed") && resolved.problems[0].contains("0 last known"));
+        let failed = DnsLabels { name: name.text.clone(), result: "error" };
+        assert_eq!(lookups.get(&failed).map(|c| c.get()), Some(1));
+        resolver.resolve(&[]).await;
+        assert!(lookups.get(&failed).is_none(), "the series of a name no longer listed stays");
     }
 
     #[test]

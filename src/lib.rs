@@ -44,6 +44,7 @@
 //! - [`proxy`]: the request path: body limits, affinity, routing by coverage and merging
 //!   (`proxy::route`), the retry policy (`proxy::retry`, all of it), header rewriting
 //!   (`proxy::headers`).
+//! - [`logging`]: `--log.level` and `--log.format` (logfmt, JSON) lines on standard error.
 //! - [`admin`]: `/mpp/health`, `/mpp/ready`, `/mpp/metrics`, `/mpp/status`.
 //! - [`web`]: the listener's TLS, basic auth and headers, from the web config file.
 //! - [`server`]: accepting connections, serving them on one thread per CPU, each connection
@@ -69,6 +70,7 @@ pub(crate) mod credentials;
 pub(crate) mod discovery;
 pub(crate) mod error;
 pub(crate) mod liveness;
+pub mod logging;
 pub(crate) mod merge;
 pub(crate) mod metrics;
 pub(crate) mod probe;

@@ -1,6 +1,5 @@
 //! The `mpp` binary: parse the command line, start logging, run until SIGTERM or SIGINT.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -24,7 +23,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return usage_error(&e.to_string()),
     };
-    init_tracing(config.verbose);
+    mpp::logging::init(config.log_level, config.log_format, config.verbose);
     // This thread accepts connections and runs discovery, probes and selection; the
     // connections themselves are served on one thread per CPU (see `mpp::server`).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -52,14 +51,6 @@ fn usage_error(message: &str) -> ExitCode {
     let line = line.strip_prefix("error: ").unwrap_or(line);
     eprintln!("mpp: error: {line}");
     ExitCode::from(2)
-}
-
-fn init_tracing(verbose: bool) {
-    let default = if verbose { "mpp=debug,info" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MPP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 async fn shutdown_signal() {

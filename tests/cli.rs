@@ -192,3 +192,36 @@ async fn sigterm_stops_accepting_and_exits_0() {
     assert_eq!(status.code(), Some(0), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("SIGTERM received")), "{rest:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_are_logfmt_by_default_and_json_objects_with_log_format_json() {
+    let replica = common::Prometheus::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    for format in ["logfmt", "json"] {
+        let mut command = Command::new(MPP);
+        command.args(["--endpoints-file", file.to_str().unwrap(), "--listen-address", "127.0.0.1:0"]);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MPP_")) {
+            command.env_remove(key);
+        }
+        if format == "json" {
+            command.args(["--log.format", "json", "--log.level", "info"]);
+        }
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        // The start-up line, and the first selection's.
+        let seen: Vec<String> = (0..2).map(|_| lines.next().expect("a log line").unwrap()).collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        for line in &seen {
+            if format == "json" {
+                let object: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert!(object["ts"].as_str().is_some_and(|ts| ts.ends_with('Z')), "{line}");
+                assert!(object["level"].is_string() && object["msg"].is_string(), "{line}");
+            } else {
+                assert!(line.starts_with("ts=") && line.contains(" level=") && line.contains(" msg="), "{line}");
+            }
+        }
+        assert!(seen.iter().any(|l| l.contains("listen")), "the start-up line names the address: {seen:?}");
+    }
+}

@@ -55,6 +55,15 @@ pub struct Args {
     #[arg(short = 'V', long, env = "MPP_VERBOSE")]
     pub verbose: bool,
 
+    /// The least severe log lines written: debug, info, warn or error (MPP_LOG, a tracing
+    /// filter, wins when set)
+    #[arg(long = "log.level", env = "MPP_LOG_LEVEL", value_enum, default_value_t, value_name = "LEVEL")]
+    pub log_level: crate::logging::LogLevel,
+
+    /// The log lines' format: logfmt or json (one object a line, with ts, level and msg)
+    #[arg(long = "log.format", env = "MPP_LOG_FORMAT", value_enum, default_value_t, value_name = "FORMAT")]
+    pub log_format: crate::logging::LogFormat,
+
     /// Print the version
     #[arg(short = 'v', long, action = ArgAction::Version)]
     pub version: Option<bool>,
@@ -77,6 +86,10 @@ pub struct Config {
     pub backends: Backends,
     /// Whether debug logging is on.
     pub verbose: bool,
+    /// `--log.level`.
+    pub log_level: crate::logging::LogLevel,
+    /// `--log.format`.
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The client to the replicas, its flags checked together.
@@ -129,6 +142,8 @@ impl Config {
             coverage: args.coverage,
             backends,
             verbose: args.verbose,
+            log_level: args.log_level,
+            log_format: args.log_format,
         })
     }
 

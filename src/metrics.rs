@@ -289,6 +289,7 @@ impl Metrics {
             data_ejected.clone(),
         );
         registry.register("mpp_build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             registry,
             requests,
@@ -351,5 +352,42 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The standard `process_*` metrics of Prometheus's client libraries, read at each scrape
+/// ([`crate::system::ProcessStats`]).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(stats) = crate::system::ProcessStats::read() else { return Ok(()) };
+        let cpu = ConstCounter::new(stats.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let gauges = [
+            ("process_resident_memory_bytes", "Resident memory size in bytes", stats.resident_bytes as f64),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes", stats.virtual_bytes as f64),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                stats.start_time_seconds,
+            ),
+            ("process_open_fds", "Number of open file descriptors", stats.open_fds as f64),
+            ("process_max_fds", "Maximum number of open file descriptors", stats.max_fds as f64),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }

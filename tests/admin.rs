@@ -33,6 +33,13 @@ async fn health_metrics_and_status_describe_the_proxy() {
     assert_eq!(value("mpp_selected_backends"), 1.0);
     assert_eq!(value("mpp_candidates"), 2.0);
     assert_eq!(value("mpp_build_info"), 1.0);
+    // The process metrics every Prometheus client library exports (here the test process's,
+    // since mpp runs in it).
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") > 0.0 && value("process_max_fds") >= value("process_open_fds"));
+    assert!((started - 3600.0..=started).contains(&value("process_start_time_seconds")));
     assert!(value("mpp_selection_rounds_total") >= 1.0);
     assert!(value("mpp_probe_failures_total") >= 1.0);
     // Every registered replica has its series from the start; the queries went to the one up.

@@ -1,13 +1,17 @@
 # mpp from source, for machines that reach an image registry (it starts FROM rust:1-alpine):
 # a static musl binary in an empty image, run as an unprivileged user. Where no registry is
 # reachable, `make image` builds the equivalent image from Containerfile (see the README).
-#   docker build --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" \
+#   docker build --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" --build-arg BRANCH=main \
 #       --build-arg SOURCE=<repository URL> -t registry.example.com/monitoring/mpp:0.1.0 .
 #   docker push registry.example.com/monitoring/mpp:0.1.0
 FROM rust:1-alpine AS build
 RUN apk add --no-cache musl-dev
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+# The revision and branch for mpp_build_info and --version (no .git in the build context).
+ARG REVISION
+ARG BRANCH
+ENV MPP_BUILD_REVISION=${REVISION} MPP_BUILD_BRANCH=${BRANCH}
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 RUN cargo build --profile dist --locked && strip target/dist/mpp
 

@@ -288,7 +288,16 @@ impl Metrics {
             "Whether a replica is out of the selection because its ingestion stalled or lags its peers",
             data_ejected.clone(),
         );
-        registry.register("mpp_build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        registry.register(
+            "mpp_build",
+            "Build information",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", env!("MPP_REVISION")),
+                ("branch", env!("MPP_BRANCH")),
+                ("rustc", env!("MPP_RUSTC")),
+            ]),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Metrics {
             registry,
@@ -354,6 +363,19 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// What `--version` prints after the name: the facts of `mpp_build_info`.
+pub const VERSION_TEXT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (branch: ",
+    env!("MPP_BRANCH"),
+    ", revision: ",
+    env!("MPP_REVISION"),
+    ")\n  rustc: ",
+    env!("MPP_RUSTC"),
+    "\n  platform: ",
+    env!("MPP_PLATFORM")
+);
 
 /// The standard `process_*` metrics of Prometheus's client libraries, read at each scrape
 /// ([`crate::system::ProcessStats`]).

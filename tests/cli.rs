@@ -117,6 +117,9 @@ fn version_and_help_flags_match_the_original() {
         let (code, stdout, _) = run(&[flag], &[]);
         assert_eq!(code, 0);
         assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+        // The facts of mpp_build_info, as Prometheus's own --version gives them.
+        assert!(stdout.contains("(branch: ") && stdout.contains(", revision: "), "{stdout}");
+        assert!(stdout.contains("rustc: ") && stdout.contains("platform: linux/"), "{stdout}");
     }
     let (code, stdout, _) = run(&["--help"], &[]);
     assert_eq!(code, 0);

@@ -20,7 +20,7 @@ pub use flags::{BackendFlags, Bucket, Coverage, Proxy, Selection, Server};
 #[derive(Debug, Parser)]
 #[command(
     name = "mpp",
-    version,
+    version = crate::metrics::VERSION_TEXT,
     about = "Multi-Prometheus proxy: routes queries to one of several HA Prometheus replicas",
     long_about = "Launch a dynamically configured proxy over multiple prometheus endpoints \
                   which selects endpoints based on configurable criteria.",

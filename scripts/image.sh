@@ -24,7 +24,7 @@ for tool in buildah strip ldd; do
 done
 [ -x "$binary" ] || { echo "image: $binary is not an executable; build it first (make release)" >&2; exit 1; }
 
-version=$("$binary" --version | awk '{print $2}')
+version=$("$binary" --version | awk 'NR == 1 {print $2}')
 name=${2:-localhost/mpp:$version}
 source=${IMAGE_SOURCE:-$(sed -nE 's/^repository *= *"(.*)"/\1/p' "$root/Cargo.toml")}
 source=${source:-$(git -C "$root" remote get-url origin 2>/dev/null || true)}

@@ -342,29 +342,30 @@ fn a_broken_web_config_stops_mpp_at_start_with_one_line_naming_file_and_field() 
     assert!(line.contains("tls_server_config.cert_file") && line.contains("missing.pem"), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_header_deadline() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::new(dir.path());
-    let web = dir.path().join("web.yml");
+/// mpp serving TLS only (no client certificates, no passwords) in front of a replica that is
+/// never there, with `args` added; its certificates live in `dir`.
+async fn tls_only(dir: &Path, args: &[&str]) -> (Mpp, Certs) {
+    let certs = Certs::new(dir);
+    let web = dir.join("web.yml");
     let text = format!(
         "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
         path(&certs.server.cert),
         path(&certs.server.key)
     );
     std::fs::write(&web, text).unwrap();
-    let endpoints = endpoints_file(dir.path(), &["http://127.0.0.1:1".into()]);
-    let mpp = Mpp::start(&[
-        "--endpoints-file",
-        &path(&endpoints),
-        "--web.config.file",
-        &path(&web),
-        "--header-read-timeout",
-        "1s",
-    ])
-    .await;
+    let endpoints = endpoints_file(dir, &["http://127.0.0.1:1".into()]);
+    let (endpoints, web) = (path(&endpoints), path(&web));
+    let mut all = vec!["--endpoints-file", &endpoints, "--web.config.file", &web];
+    all.extend_from_slice(args);
+    (Mpp::start(&all).await, certs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mpp, _certs) = tls_only(dir.path(), &["--header-read-timeout", "1s"]).await;
     for (what, first_bytes) in
         [("silent", &b""[..]), ("half a ClientHello", &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..])]
     {
@@ -439,26 +440,7 @@ async fn a_flood_of_unfinished_handshakes_is_bounded_in_number_and_time_and_othe
     use tokio::io::AsyncWriteExt;
 
     let dir = tempfile::tempdir().unwrap();
-    let certs = Certs::new(dir.path());
-    let web = dir.path().join("web.yml");
-    let text = format!(
-        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
-        path(&certs.server.cert),
-        path(&certs.server.key)
-    );
-    std::fs::write(&web, text).unwrap();
-    let endpoints = endpoints_file(dir.path(), &["http://127.0.0.1:1".into()]);
-    let mpp = Mpp::start(&[
-        "--endpoints-file",
-        &path(&endpoints),
-        "--web.config.file",
-        &path(&web),
-        "--header-read-timeout",
-        "2s",
-        "--max-connections",
-        "300",
-    ])
-    .await;
+    let (mpp, certs) = tls_only(dir.path(), &["--header-read-timeout", "2s", "--max-connections", "300"]).await;
     let half_hello: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
     let mut flood = Vec::new();
     let open = |count: usize| {

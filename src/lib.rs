@@ -19,11 +19,13 @@
 //!   `Via` pseudonym. [`body`]: a response body that holds a slot until it is sent, and the
 //!   one `BoxError`. [`metrics`]: every exported metric.
 //! - [`backend`]: one replica's identity, its URL and opaque id (plain data).
+//! - [`http1`]: HTTP/1.1 on the wire for both sides (request and answer heads written and
+//!   parsed, bodies framed and decoded): pure functions over buffers.
 //! - [`client`]: the http/https clients to the replicas (CA, client certificate, server
 //!   name): hyper-util's pooled one for probes and discovery, and `client::pool`, each
 //!   serving thread's own connections for proxied requests. [`credentials`]: the `Authorization` sent to them, from files read again.
 //! - [`error`]: what can go wrong with a request, and the one mapping to HTTP answers.
-//! - [`discovery`]: where candidates come from (endpoints file, Marathon, Kubernetes); each
+//! - [`discovery`]: where candidates come from (endpoints file, DNS, Marathon, Kubernetes); each
 //!   kind, in its own file, declares its flags, validates them and describes itself.
 //! - [`probe`]: asking one replica how it is (and the exposition-format parser).
 //! - [`strategy`]: `single-most-data`, `minimum-history`, `random`: probes to a selection.
@@ -69,6 +71,7 @@ pub(crate) mod coverage;
 pub(crate) mod credentials;
 pub(crate) mod discovery;
 pub(crate) mod error;
+pub(crate) mod http1;
 pub(crate) mod liveness;
 pub mod logging;
 pub(crate) mod merge;
@@ -105,18 +108,20 @@ pub use config::{Args, Config};
 pub mod fuzzing {
     pub use crate::api::Api;
     pub use crate::backend::Backend;
-    pub use crate::client::http1::{Decoded, Decoder, parse_head};
     pub use crate::coverage::{Coverage, Span, holes_in_buckets};
     pub use crate::discovery::file::{Line, parse_endpoints};
     pub use crate::discovery::kubernetes::{LabelSelector, PortRef, pod_backend, slice_backends};
     pub use crate::discovery::marathon::{PrincipalSecret, candidates_from_tasks};
+    pub use crate::http1::request::{HeadError, RequestHead, parse_request};
+    pub use crate::http1::response::{Encoder, Plan, parse_head, write_head};
+    pub use crate::http1::{Decoded, Decoder, Framing};
     pub use crate::merge::{Part, add_warning, merge};
     pub use crate::probe::{SAMPLES_METRIC, exposition, query_has_result};
     pub use crate::proxy::affinity::{AffinityOptions, route_cookie};
     pub use crate::proxy::client_ip::TrustedProxies;
     pub use crate::proxy::headers;
+    pub use crate::server::DEFAULT_MAX_HEADER_BYTES;
     pub use crate::server::head;
-    pub use crate::server::http1::parse_request_head;
     pub use crate::strategy::Strategy;
     pub use crate::units::{format_duration, parse_duration, parse_size};
     pub use crate::via::Pseudonym;

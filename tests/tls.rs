@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::tls::{CustomPrometheus, Issued, Pki, SecuredReplica, Usage, curl, write_atomically};
+use common::tls::{Issued, Pki, SecuredReplica, Usage, curl, write_atomically};
 use common::{Mpp, Prometheus, endpoints_file, get, tool, wait_until};
 
 const USER: &str = "alice";
@@ -294,20 +294,20 @@ async fn a_prometheus_federates_through_mpp_from_a_secured_replica_each_hop_with
         job("through-mpp", PASSWORD),
         job("wrong-password", "guess")
     );
-    let federator = CustomPrometheus::start(&config, None, |port| {
+    let federator = Prometheus::start_custom(&config, &[], |port| {
         let url = format!("http://127.0.0.1:{port}/-/ready");
         curl::<&str>(&url, &[]).status == 200
     })
     .await;
 
     let query = |promql: &str| {
-        let url = format!("http://127.0.0.1:{}/api/v1/query", federator.port);
+        let url = format!("http://127.0.0.1:{}/api/v1/query", federator.port());
         curl(&url, &["--get", "--data-urlencode", &format!("query={promql}")]).output
     };
     wait_until("the federator scrapes the replica through mpp", Duration::from_secs(30), || async {
         query(r#"up{job="through-mpp"} == 1"#).contains(r#""value""#)
             && query(r#"prometheus_build_info{job="prometheus"}"#)
-                .contains(&format!("\"instance\":\"127.0.0.1:{}\"", replica.prometheus.port))
+                .contains(&format!("\"instance\":\"127.0.0.1:{}\"", replica.prometheus.port()))
     })
     .await;
     wait_until("the wrong password is refused", Duration::from_secs(30), || async {

@@ -8,7 +8,7 @@
 use bytes::BytesMut;
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use mpp::fuzzing::{Decoded, Decoder, parse_head, parse_request_head};
+use mpp::fuzzing::{DEFAULT_MAX_HEADER_BYTES, Decoded, Decoder, RequestHead, parse_head, parse_request};
 
 /// Decodes what `buf` holds of a body; the bytes it gave, or `None` when it is incomplete
 /// or malformed.
@@ -37,16 +37,16 @@ fuzz_target!(|data: &[u8]| {
     let mut stream = BytesMut::from(data);
     for _ in 0..8 {
         let before = stream.len();
-        match parse_request_head(&mut stream) {
-            Ok(Some((_parts, decoder, _keep_alive))) => {
+        match parse_request(&mut stream, DEFAULT_MAX_HEADER_BYTES) {
+            Ok(Some(RequestHead { decoder, .. })) => {
                 assert!(stream.len() < before, "a head is taken off the stream");
                 if decode(decoder, &mut stream).is_none() {
                     break;
                 }
             }
             Ok(None) => break,
-            Err((status, reason)) => {
-                assert!(status.is_client_error() && !reason.is_empty());
+            Err(refused) => {
+                assert!(refused.status().is_client_error() && !refused.to_string().is_empty());
                 break;
             }
         }

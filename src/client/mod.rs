@@ -6,7 +6,6 @@
 //! [`pool::Pool`], one per serving thread, made over the same [`Connector`].
 
 mod cert;
-pub mod http1;
 pub mod pool;
 
 use std::path::{Path, PathBuf};

@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::Connector;
-use super::http1::{self, Decoded, Decoder};
 use crate::body::BoxError;
+use crate::http1::{self, Decoded, Decoder};
 
 /// A connection that has not carried a request for this long is closed (as the legacy
 /// client's `pool_idle_timeout`); Prometheus would otherwise keep it open for good.
@@ -426,10 +426,10 @@ struct Failed {
 /// Writes `request` on `conn` and reads the answer's head; and whether the body was written
 /// whole (a replica may answer before it has read a large body: an error, typically, after
 /// which it closes). A write that fails still yields the answer when its head had arrived.
-async fn exchange(conn: &mut Conn, request: &Outgoing<'_>) -> Result<(http1::Head, bool), Failed> {
+async fn exchange(conn: &mut Conn, request: &Outgoing<'_>) -> Result<(http1::response::Head, bool), Failed> {
     let Outgoing { method, target, headers, body, .. } = *request;
     conn.write.clear();
-    http1::write_head(&mut conn.write, method, &target, headers, &conn.host, body.len());
+    http1::request::write_head(&mut conn.write, method, &target, headers, &conn.host, body.len());
     let inline = body.len() <= INLINE_BODY;
     if inline {
         conn.write.extend_from_slice(body);
@@ -455,13 +455,13 @@ async fn exchange(conn: &mut Conn, request: &Outgoing<'_>) -> Result<(http1::Hea
             Poll::Ready(tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read))
         })
         .await;
-        return match http1::parse_head(&mut conn.read, method) {
+        return match http1::response::parse_head(&mut conn.read, method) {
             Ok(Some(head)) => Ok((head, false)),
             _ => Err(Failed { unanswered: conn.read.is_empty(), error: e.into() }),
         };
     }
     loop {
-        match http1::parse_head(&mut conn.read, method) {
+        match http1::response::parse_head(&mut conn.read, method) {
             Ok(Some(head)) => return Ok((head, body_whole)),
             Ok(None) => {}
             Err(e) => return Err(Failed { error: e.into(), unanswered: false }),

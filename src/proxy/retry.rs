@@ -393,7 +393,7 @@ mod tests {
 
         // A replica that answers garbage to a request it has read: the pool's own error, after sending.
         let mut garbage = bytes::BytesMut::from("not HTTP at all\r\n\r\n");
-        let failure = crate::client::http1::parse_head(&mut garbage, &http::Method::POST).unwrap_err();
+        let failure = crate::http1::response::parse_head(&mut garbage, &http::Method::POST).unwrap_err();
         let may_have_sent = AttemptError::from(Error::Sent(failure.into()));
         assert!(!may_have_sent.retryable(false), "a write is not sent twice");
         assert!(may_have_sent.retryable(true), "a read may be");

@@ -49,11 +49,7 @@ pub const GRACE_PERIOD: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 /// What unfinished request heads may hold together by default (`--request-head-budget`).
 pub const DEFAULT_HEAD_BUDGET: usize = 64 << 20;
-/// The most header lines in a request head; more get 431. Go counts bytes only, hyper's and
-/// Apache's default is 100. The parser sets aside room for this many lines for every request
-/// it parses (on the stack since the listener's own loop; hyper's was on the heap, and at
-/// 10,000 lines cost 640 KiB per request and about 8 % of mpp's CPU under load).
-pub const MAX_HEADERS: usize = 256;
+pub use crate::http1::request::MAX_HEADERS;
 
 /// Streams an HTTP/2 client may cancel before mpp takes them up, at any one time.
 const H2_MAX_PENDING_RESETS: usize = 20;

@@ -76,7 +76,17 @@ pub struct Prometheus {
     remote: Option<(Remote, String)>,
     /// Rule groups (YAML) it evaluates, if any.
     rules: Option<String>,
+    /// A configuration of the test's own ([`Prometheus::start_custom`]), if any.
+    custom: Option<Custom>,
     unready_answers: usize,
+}
+
+/// A test's own configuration, with its `{port}` replaced by the port it listens on, the
+/// flags it adds, and how its readiness is asked (for a replica that asks for TLS).
+struct Custom {
+    config: String,
+    flags: Vec<String>,
+    ready: Box<dyn Fn(u16) -> bool + Send + Sync>,
 }
 
 impl Prometheus {
@@ -123,6 +133,19 @@ impl Prometheus {
         prometheus.started().await
     }
 
+    /// Starts a server with `config` (its `{port}` replaced by the port it listens on) and
+    /// `flags`; waits until `ready(port)` holds (for a server whose `/-/ready` asks for TLS
+    /// or credentials).
+    pub async fn start_custom(
+        config: &str,
+        flags: &[String],
+        ready: impl Fn(u16) -> bool + Send + Sync + 'static,
+    ) -> Prometheus {
+        let mut prometheus = Self::unstarted();
+        prometheus.custom = Some(Custom { config: config.to_string(), flags: flags.to_vec(), ready: Box::new(ready) });
+        prometheus.started().await
+    }
+
     /// Starts a server that scrapes itself every second and sends what it scrapes by remote
     /// write to `url` (or reads from `url` by remote read), and waits until it is ready.
     pub async fn start_remote(remote: Remote, url: &str) -> Prometheus {
@@ -132,7 +155,7 @@ impl Prometheus {
     }
 
     /// A server scraping itself, in a new temporary folder, not started yet.
-    fn unstarted() -> Prometheus {
+    pub fn unstarted() -> Prometheus {
         Prometheus {
             child: None,
             dir: tempfile::tempdir().expect("temporary folder"),
@@ -142,6 +165,7 @@ impl Prometheus {
             replica_of: None,
             remote: None,
             rules: None,
+            custom: None,
             unready_answers: 0,
         }
     }
@@ -171,7 +195,10 @@ impl Prometheus {
             let port = if self.port == 0 { free_port() } else { self.port };
             self.write_config(port);
             let log = std::fs::File::create(self.dir.path().join("prometheus.log")).expect("log file");
-            let flags = self.replica_of.as_ref().map(|(_, flags)| flags.clone()).unwrap_or_default();
+            let flags = match (&self.replica_of, &self.custom) {
+                (Some((_, flags)), _) | (_, Some(Custom { flags, .. })) => flags.clone(),
+                _ => Vec::new(),
+            };
             let child = Command::new(tool("prometheus"))
                 .arg(format!("--config.file={}", self.dir.path().join("prometheus.yml").display()))
                 .arg(format!("--storage.tsdb.path={}", self.dir.path().join("data").display()))
@@ -203,6 +230,13 @@ impl Prometheus {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false; // exited: the port was taken, most likely
             }
+            if let Some(custom) = &self.custom {
+                if (custom.ready)(port) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             match get(&url).await {
                 Ok(a) if a.status == StatusCode::OK => return true,
                 Ok(a) if a.status == StatusCode::SERVICE_UNAVAILABLE => self.unready_answers += 1,
@@ -219,6 +253,11 @@ impl Prometheus {
     }
 
     fn write_config(&self, port: u16) {
+        if let Some(custom) = &self.custom {
+            let config = custom.config.replace("{port}", &port.to_string());
+            std::fs::write(self.dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
+            return;
+        }
         if let Some((targets, _)) = &self.replica_of {
             let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
             let mut config = format!(
@@ -258,6 +297,11 @@ impl Prometheus {
             None => {}
         }
         std::fs::write(self.dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Its base URL.

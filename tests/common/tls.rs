@@ -3,16 +3,14 @@
 //! started with its own configuration and, optionally, its own web config file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use tempfile::TempDir;
 
-use super::{free_port, tool};
+use super::Prometheus;
 
 /// A certificate authority that issues certificates into a folder.
 pub struct Pki {
@@ -142,74 +140,10 @@ pub fn curl<S: AsRef<std::ffi::OsStr>>(url: &str, args: &[S]) -> Curl {
     }
 }
 
-/// A real Prometheus with a configuration of the test's own, killed when dropped.
-pub struct CustomPrometheus {
-    child: Option<Child>,
-    pub dir: TempDir,
-    pub port: u16,
-}
-
-impl CustomPrometheus {
-    /// Starts Prometheus with `config` (its `{port}` replaced by the port it listens on) and,
-    /// if given, `--web.config.file`; waits until `ready(port)` holds (30 s at most).
-    pub async fn start(config: &str, web_config: Option<&Path>, ready: impl Fn(u16) -> bool) -> CustomPrometheus {
-        let mut dir = tempfile::tempdir().expect("temporary folder");
-        for _ in 0..5 {
-            let port = free_port();
-            std::fs::write(dir.path().join("prometheus.yml"), config.replace("{port}", &port.to_string()))
-                .expect("write prometheus.yml");
-            let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
-            let mut command = Command::new(tool("prometheus"));
-            command
-                .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg("--log.level=warn");
-            if let Some(web_config) = web_config {
-                command.arg(format!("--web.config.file={}", web_config.display()));
-            }
-            let child = command.stdout(Stdio::null()).stderr(log).spawn().expect("start prometheus");
-            let mut prometheus = CustomPrometheus { child: Some(child), dir, port };
-            let end = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < end {
-                if let Some(Ok(Some(_))) = prometheus.child.as_mut().map(|c| c.try_wait()) {
-                    break; // exited: the port was taken, most likely
-                }
-                if ready(port) {
-                    return prometheus;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let log = std::fs::read_to_string(prometheus.dir.path().join("prometheus.log")).unwrap_or_default();
-            if prometheus.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none()) {
-                panic!("prometheus did not become ready; its log:\n{log}");
-            }
-            prometheus.kill();
-            eprintln!("prometheus exited at start, trying another port; its log:\n{log}");
-            dir = std::mem::replace(&mut prometheus.dir, tempfile::tempdir().expect("temporary folder"));
-        }
-        panic!("prometheus did not start on any of five ports");
-    }
-
-    /// Kills it and waits for it to be gone.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for CustomPrometheus {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A real Prometheus replica that requires TLS, a client certificate from its own CA and
 /// basic auth, by its own `--web.config.file`; it scrapes itself the same way.
 pub struct SecuredReplica {
-    pub prometheus: CustomPrometheus,
+    pub prometheus: Prometheus,
     /// The CA that issued the replica's server certificate.
     pub server_ca: PathBuf,
     /// A client certificate the replica accepts (for mpp).
@@ -256,8 +190,8 @@ scrape_configs:
             cert = show(&own.cert),
             key = show(&own.key),
         );
-        let replica = SecuredReplica {
-            prometheus: CustomPrometheus { child: None, dir: tempfile::tempdir().expect("temporary folder"), port: 0 },
+        let mut replica = SecuredReplica {
+            prometheus: Prometheus::unstarted(),
             server_ca: servers.ca_file(),
             client: clients.issue("mpp-client", Usage::Client),
             user: "mpp".into(),
@@ -268,16 +202,17 @@ scrape_configs:
         std::fs::write(&replica.password_file, format!("{password}\n")).expect("write mpp's password file");
         replica.set_password(password);
         let ready_args = replica.curl_args();
-        let prometheus = CustomPrometheus::start(&config, Some(&replica.web_config), |port| {
+        let flags = [format!("--web.config.file={}", replica.web_config.display())];
+        replica.prometheus = Prometheus::start_custom(&config, &flags, move |port| {
             curl(&format!("https://127.0.0.1:{port}/-/ready"), &ready_args).status == 200
         })
         .await;
-        SecuredReplica { prometheus, ..replica }
+        replica
     }
 
     /// Its base URL.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.prometheus.port)
+        format!("https://127.0.0.1:{}", self.prometheus.port())
     }
 
     /// curl arguments with everything the replica requires.

@@ -1,3 +1,11 @@
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
+
+use super::body::{MAX_CHUNK_LINE, MAX_EXTENSION_BYTES, MAX_TRAILER_BYTES};
+use super::request::{
+    HeadError, MAX_HEADERS as MAX_REQUEST_HEADERS, MAX_TARGET, RequestHead, parse_request, write_head,
+};
+use super::response::{Head, MAX_HEAD_BYTES, MAX_HEADERS, parse_head};
 use super::*;
 
 fn head_of(text: &str, method: &Method) -> Result<Option<Head>, ProtocolError> {
@@ -229,4 +237,172 @@ fn a_body_until_the_close_takes_everything() {
     assert_eq!(decoder.decode(&mut buf).unwrap(), Decoded::Data(Bytes::from_static(b"all of it")));
     assert_eq!(decoder.decode(&mut buf).unwrap(), Decoded::NeedMore);
     assert_eq!(decoder.remaining(), None);
+}
+
+// The listener's request heads.
+
+/// Parses a head under the largest `--max-header-bytes` (1 MiB), so that the other limits show.
+fn parse(text: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+    parse_request(&mut BytesMut::from(text), 1 << 20)
+}
+
+#[test]
+fn a_head_is_parsed_into_a_request_and_what_follows_it_stays() {
+    let mut buf =
+        BytesMut::from(&b"GET /api/v1/query?query=up HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next"[..]);
+    let head = parse_request(&mut buf, crate::server::DEFAULT_MAX_HEADER_BYTES).unwrap().unwrap();
+    assert_eq!(head.parts.method, Method::GET);
+    assert_eq!(head.parts.uri, "/api/v1/query?query=up");
+    assert_eq!(head.parts.version, Version::HTTP_11);
+    assert_eq!(head.parts.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+    assert!(head.keep_alive && head.decoder.is_done() && !head.expects_continue);
+    assert_eq!(&buf[..], b"GET /next");
+    assert!(
+        parse_request(&mut buf, crate::server::DEFAULT_MAX_HEADER_BYTES).unwrap().is_none(),
+        "a partial head waits for more"
+    );
+}
+
+#[test]
+fn framing_follows_rfc_9112() {
+    let post = |headers: &str| parse(format!("POST / HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes());
+    let length = post("Content-Length: 5\r\n").unwrap().unwrap();
+    assert_eq!(length.decoder.remaining(), Some(5));
+    let same_twice = post("Content-Length: 5\r\nContent-Length: 5, 5\r\n").unwrap().unwrap();
+    assert_eq!(same_twice.decoder.remaining(), Some(5));
+    assert!(matches!(post("Content-Length: 5\r\nContent-Length: 6\r\n"), Err(HeadError::Invalid(_))));
+    assert!(matches!(post("Content-Length: +5\r\n"), Err(HeadError::Invalid(_))));
+
+    let both = post("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n").unwrap().unwrap();
+    assert_eq!(both.decoder, Decoder::new(Framing::Chunked), "chunked wins");
+    assert!(!both.parts.headers.contains_key(header::CONTENT_LENGTH), "the length is dropped");
+    assert!(!both.keep_alive, "and nothing after the body is trusted");
+
+    // The listener's head check answers 501 for codings it cannot pass on.
+    assert!(post("Transfer-Encoding: gzip, chunked\r\n").unwrap().is_some());
+    assert!(matches!(post("Transfer-Encoding: chunked, gzip\r\n"), Err(HeadError::Invalid(_))));
+    let old = parse(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert!(matches!(old, Err(HeadError::Invalid(_))));
+
+    let expecting = post("Content-Length: 5\r\nExpect: 100-Continue\r\n").unwrap().unwrap();
+    assert!(expecting.expects_continue);
+}
+
+#[test]
+fn keep_alive_follows_the_version_and_connection() {
+    let keep = |text: &[u8]| parse(text).unwrap().unwrap().keep_alive;
+    assert!(keep(b"GET / HTTP/1.1\r\n\r\n"));
+    assert!(!keep(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+    assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
+    assert!(keep(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+}
+
+#[test]
+fn malformed_and_oversized_heads_are_refused_with_their_status() {
+    let lines = |n: usize| {
+        let headers: String = (0..n).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        format!("GET / HTTP/1.1\r\n{headers}\r\n")
+    };
+    assert!(parse(lines(MAX_REQUEST_HEADERS).as_bytes()).unwrap().is_some());
+    let too_many = parse(lines(MAX_REQUEST_HEADERS + 1).as_bytes()).unwrap_err();
+    assert_eq!(too_many.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    for bad in [
+        &b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+        b"GET  / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"G\x01T / HTTP/1.1\r\n\r\n",
+    ] {
+        let error = parse(bad).err().unwrap_or_else(|| panic!("{:?} parsed", String::from_utf8_lossy(bad)));
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn a_huge_target_gets_414_unless_the_head_is_over_its_limit_first() {
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(MAX_TARGET));
+    assert_eq!(parse(long.as_bytes()).unwrap_err().status(), StatusCode::URI_TOO_LONG);
+    let mut buf = BytesMut::from(long.as_bytes());
+    let by_default = parse_request(&mut buf, crate::server::DEFAULT_MAX_HEADER_BYTES).unwrap_err();
+    assert_eq!(by_default.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "over the default head size first");
+}
+
+// The listener's answer heads, read back by the client's parser.
+
+/// Writes `response` with `body` as the listener would, to a GET (or HEAD) request of
+/// `version`, and parses it back: the head, the body read, and the plan.
+fn round_trip(
+    response: http::Response<()>,
+    body: &[u8],
+    exact: bool,
+    answer_head: bool,
+    version: Version,
+) -> (Head, Vec<u8>, response::Plan) {
+    let (parts, ()) = response.into_parts();
+    let mut out = Vec::new();
+    let plan = response::write_head(&mut out, &parts, exact.then_some(body.len() as u64), answer_head, version, true);
+    if plan.framing != Framing::Empty {
+        let mut encoder = response::Encoder::new(plan.framing);
+        for piece in body.chunks(3) {
+            let tail = encoder.piece(&mut out, piece.len()).expect("the body fits its length");
+            out.extend_from_slice(piece);
+            out.extend_from_slice(tail);
+        }
+        encoder.finish(&mut out).expect("the body ends at its length");
+    }
+    let method = if answer_head { Method::HEAD } else { Method::GET };
+    let mut wire = BytesMut::from(&out[..]);
+    let head = parse_head(&mut wire, &method).expect("a valid head").expect("a complete head");
+    let mut decoder = Decoder::new(head.framing);
+    let mut read = Vec::new();
+    while let Ok(Decoded::Data(data)) = decoder.decode(&mut wire) {
+        read.extend_from_slice(&data);
+    }
+    (head, read, plan)
+}
+
+#[test]
+fn answers_are_framed_by_their_length_their_size_chunked_or_the_close() {
+    let answer = || http::Response::builder().header("x-a", "1").header("x-a", "2");
+    let (head, body, plan) = round_trip(answer().body(()).unwrap(), b"hello world", true, false, Version::HTTP_11);
+    assert_eq!((plan.framing, body.as_slice()), (Framing::Length(11), &b"hello world"[..]));
+    assert_eq!(head.response.headers().get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+    assert!(head.keep_alive && head.response.headers().contains_key(http::header::DATE));
+
+    let (head, body, plan) = round_trip(answer().body(()).unwrap(), b"hello world", false, false, Version::HTTP_11);
+    assert_eq!(
+        (plan.framing, head.framing, body.as_slice()),
+        (Framing::Chunked, Framing::Chunked, &b"hello world"[..])
+    );
+
+    let (head, body, plan) = round_trip(answer().body(()).unwrap(), b"hello world", false, false, Version::HTTP_10);
+    assert_eq!((plan.framing, body.as_slice()), (Framing::UntilClose, &b"hello world"[..]));
+    assert!(!plan.keep_alive && !head.keep_alive, "HTTP/1.0 without a length ends at the close");
+
+    let declared = answer().header("content-length", "11").header("transfer-encoding", "gzip").body(()).unwrap();
+    let (head, _, plan) = round_trip(declared, b"hello world", false, true, Version::HTTP_11);
+    assert_eq!((plan.framing, head.framing), (Framing::Empty, Framing::Empty), "a HEAD answer has no body");
+    assert_eq!(head.response.headers()["content-length"], "11", "but says its length");
+    assert!(!head.response.headers().contains_key("transfer-encoding"), "the framing is the writer's");
+}
+
+#[test]
+fn lengths_that_cannot_frame_an_answer_are_not_passed_on() {
+    let no_content = http::Response::builder().status(204).header("content-length", "5").body(()).unwrap();
+    let (head, body, _) = round_trip(no_content, b"", true, false, Version::HTTP_11);
+    assert!(body.is_empty() && !head.response.headers().contains_key("content-length"), "204 has no length");
+
+    let garbled = http::Response::builder().header("content-length", "5, 6").body(()).unwrap();
+    let (head, body, plan) = round_trip(garbled, b"hello", true, false, Version::HTTP_11);
+    assert_eq!(plan.framing, Framing::Length(5), "framed by the body's own size");
+    assert_eq!((head.response.headers()["content-length"].as_bytes(), body.as_slice()), (&b"5"[..], &b"hello"[..]));
+}
+
+#[test]
+fn a_body_that_breaks_its_own_length_is_refused() {
+    let mut encoder = response::Encoder::new(Framing::Length(4));
+    let mut out = Vec::new();
+    assert!(encoder.piece(&mut out, 3).is_ok());
+    assert!(matches!(encoder.piece(&mut out, 2), Err(response::EncodeError::TooLong(4))));
+    assert!(matches!(encoder.finish(&mut out), Err(response::EncodeError::TooShort { sent: 3, length: 4 })));
 }

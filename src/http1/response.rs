@@ -1,0 +1,291 @@
+//! Answer heads: parsed by the request path's client ([`parse_head`], interim answers
+//! skipped, the body's framing decided as RFC 9112 section 6.3 says), and written by the
+//! listener ([`write_head`], the framing chosen from the answer and what the client
+//! speaks; [`Encoder`] frames the body that follows).
+
+use std::io::Write as _;
+
+use bytes::{Buf, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
+
+use super::{
+    Framing, FramingHeaders, ProtocolError, connection_says, content_length, ends_in_chunked, header_line, keep_alive,
+};
+
+/// The largest answer head (status line and headers) taken: hyper's client limit (a
+/// Prometheus answer's head is a few hundred bytes). A head is parsed again from its start
+/// after each read, so this also bounds that work.
+pub const MAX_HEAD_BYTES: usize = 400 * 1024;
+/// The most header lines in an answer head (hyper's client limit).
+pub const MAX_HEADERS: usize = 100;
+
+/// An answer's head, parsed.
+#[derive(Debug)]
+pub struct Head {
+    /// Status, version and headers (with no body yet).
+    pub response: Response<()>,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this answer.
+    pub keep_alive: bool,
+}
+
+/// Parses the answer's head at the front of `buf`, for a request made with `method`: `None`
+/// while it is incomplete. A complete head is taken off `buf` (interim `1xx` answers before
+/// it are skipped); what follows it stays.
+pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
+    loop {
+        let Some(Parsed { len, status, version, names, present }) = parse_one(buf)? else {
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(ProtocolError::HeadTooLarge);
+            }
+            return Ok(None);
+        };
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProtocolError::SwitchingProtocols);
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let head = buf.split_to(len).freeze();
+        // Room for what the proxy adds (`MPP.ServedBy`, the web config's headers).
+        let mut headers = HeaderMap::with_capacity(names.len() + 2);
+        for (name, start, end) in names {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                .map_err(|_| ProtocolError::InvalidHeader(name.as_str().to_owned()))?;
+            headers.append(name, value);
+        }
+        if version == Version::HTTP_10 && present.transfer_encoding {
+            // RFC 9112 section 6.1: an HTTP/1.0 message's framing cannot be trusted then.
+            return Err(ProtocolError::TransferEncodingInHttp10);
+        }
+        let framing = framing(method, status, &headers, &present)?;
+        let keep_alive = keep_alive(version, &headers, &present) && framing != Framing::UntilClose;
+        if framing == Framing::Chunked {
+            // RFC 9112 section 6.3: the chunked framing wins, and a length beside it must not
+            // travel on (the listener would frame the answer by it).
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        return Ok(Some(Head { response, framing, keep_alive }));
+    }
+}
+
+/// One head at the front of a buffer: its length, status, version, and each header's name
+/// with where its value lies in the head.
+struct Parsed {
+    len: usize,
+    status: StatusCode,
+    version: Version,
+    names: Vec<(HeaderName, usize, usize)>,
+    /// Which of the framing headers are among them.
+    present: FramingHeaders,
+}
+
+fn parse_one(buf: &BytesMut) -> Result<Option<Parsed>, ProtocolError> {
+    let mut config = httparse::ParserConfig::default();
+    // As hyper's client was set up: answers with spaces before the colon are taken.
+    config.allow_spaces_after_header_name_in_responses(true);
+    // Left uninitialised: httparse writes the headers it finds (setting up 100 empty ones
+    // for every answer showed in the profile).
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    match config.parse_response_with_uninit_headers(&mut response, buf, &mut slots) {
+        Ok(status) => located(buf, status, &response),
+        Err(e) => Err(ProtocolError::Malformed(e)),
+    }
+}
+
+fn located(
+    buf: &[u8],
+    status: httparse::Status<usize>,
+    response: &httparse::Response<'_, '_>,
+) -> Result<Option<Parsed>, ProtocolError> {
+    let httparse::Status::Complete(len) = status else { return Ok(None) };
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Malformed(httparse::Error::Status))?;
+    let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let base = buf.as_ptr() as usize;
+    let mut names = Vec::with_capacity(response.headers.len());
+    let mut present = FramingHeaders::default();
+    for h in response.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ProtocolError::InvalidHeader(h.name.chars().take(64).collect()))?;
+        present.note(&name);
+        // httparse's values are slices of `buf`; anything else is refused, not trusted.
+        let start = (h.value.as_ptr() as usize).checked_sub(base).filter(|s| s + h.value.len() <= buf.len());
+        let Some(start) = start else { return Err(ProtocolError::Malformed(httparse::Error::HeaderValue)) };
+        names.push((name, start, start + h.value.len()));
+    }
+    Ok(Some(Parsed { len, status, version, names, present }))
+}
+
+/// How the body of an answer with `status` and `headers` to a `method` request is
+/// delimited (RFC 9112 section 6.3).
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+    present: &FramingHeaders,
+) -> Result<Framing, ProtocolError> {
+    if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Empty);
+    }
+    let chunked = if present.transfer_encoding { ends_in_chunked(headers) } else { None };
+    if let Some(chunked) = chunked {
+        return Ok(if chunked { Framing::Chunked } else { Framing::UntilClose });
+    }
+    let length = if present.content_length { content_length(headers)? } else { None };
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// How an answer goes out, decided by [`write_head`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// How its body is framed ([`Framing::Empty`]: no body is written).
+    pub framing: Framing,
+    /// Whether the connection may carry another request after it.
+    pub keep_alive: bool,
+}
+
+/// Writes the head of the answer `parts` to a request of `version` (a `HEAD` request when
+/// `answer_head`) into `out`; `exact` is the body's size when known. The framing is this
+/// writer's to say: the answer's own `Content-Length` is kept (and its body held to it),
+/// else the exact size is given, else HTTP/1.1 clients get `chunked` and HTTP/1.0 clients
+/// the body up to the close; `Transfer-Encoding` and `Connection` are dropped and written
+/// as the framing and `keep_alive` (false also when the answer says `close`) need, and so is
+/// a `Content-Length` that is not one number. A `1xx`, `204` or `304` has no body, and a
+/// `204` or `1xx` no length (RFC 9110 section 8.6).
+pub fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    exact: Option<u64>,
+    answer_head: bool,
+    version: Version,
+    keep_alive: bool,
+) -> Plan {
+    let status = parts.status;
+    let mut keep_alive = keep_alive && !connection_says(&parts.headers, "close");
+    let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    // A length that cannot be read is not passed on (the client could not frame by it).
+    let length = content_length(&parts.headers);
+    let lengthless = length.is_err() || (no_body && status != StatusCode::NOT_MODIFIED);
+    status_line(out, status, version);
+    for (name, value) in &parts.headers {
+        let ours = name == header::TRANSFER_ENCODING || name == header::CONNECTION;
+        let dropped = lengthless && name == header::CONTENT_LENGTH;
+        if !ours && !dropped {
+            header_line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    let declared = if no_body { None } else { length.ok().flatten() };
+    let framing = if no_body {
+        Framing::Empty
+    } else if let Some(length) = declared {
+        Framing::Length(length)
+    } else if let Some(length) = exact.filter(|&n| !answer_head || n > 0) {
+        let mut digits = [0; 20];
+        header_line(out, b"content-length", super::format_u64(length, &mut digits));
+        Framing::Length(length)
+    } else if answer_head {
+        Framing::Empty
+    } else if version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        date_line(out);
+    }
+    out.extend_from_slice(b"\r\n");
+    Plan { framing: if answer_head { Framing::Empty } else { framing }, keep_alive }
+}
+
+/// An answer's body as it is written: each piece framed as the [`Plan`] says, and held to
+/// its `Content-Length`.
+#[derive(Debug)]
+pub struct Encoder {
+    framing: Framing,
+    sent: u64,
+}
+
+/// An answer's body that does not match its own `Content-Length`.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("the answer's body is longer than its Content-Length of {0}")]
+    TooLong(u64),
+    #[error("the answer's body ended after {sent} of its {length} bytes")]
+    TooShort { sent: u64, length: u64 },
+}
+
+impl Encoder {
+    /// The encoder of a body framed by `framing`.
+    pub fn new(framing: Framing) -> Self {
+        Encoder { framing, sent: 0 }
+    }
+
+    /// Writes into `out` what goes before the next `len` bytes of body, and returns what
+    /// goes after them.
+    pub fn piece(&mut self, out: &mut Vec<u8>, len: usize) -> Result<&'static [u8], EncodeError> {
+        if let Framing::Length(length) = self.framing
+            && self.sent + len as u64 > length
+        {
+            return Err(EncodeError::TooLong(length));
+        }
+        self.sent += len as u64;
+        if self.framing == Framing::Chunked && len > 0 {
+            let _ = write!(out, "{len:x}\r\n");
+            return Ok(b"\r\n");
+        }
+        Ok(b"")
+    }
+
+    /// Writes into `out` what ends the body.
+    pub fn finish(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        match self.framing {
+            Framing::Length(length) if self.sent != length => Err(EncodeError::TooShort { sent: self.sent, length }),
+            Framing::Chunked => {
+                out.extend_from_slice(b"0\r\n\r\n");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The status line, in the version of the request (HTTP/1.0 clients get `HTTP/1.0`).
+pub fn status_line(out: &mut Vec<u8>, status: StatusCode, version: Version) {
+    out.extend_from_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date: ...`, formatted once a second per thread.
+pub fn date_line(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        header_line(out, b"date", text.as_bytes());
+    });
+}

@@ -135,13 +135,17 @@ const STARTUP_RETRY: Duration = Duration::from_millis(200);
 /// How long start-up waits for the first coverage scan.
 const COVERAGE_STARTUP_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Runs mpp on `listener` until `shutdown` completes, then drains in-flight requests.
+/// Runs mpp on `listeners` until `shutdown` completes, then drains in-flight requests.
 /// Fails only when it cannot start (the endpoints file is missing, say).
 ///
 /// Connections are accepted only once discovery has given its first complete answer and a
 /// selection round has run on it (at most `--startup-timeout`): clients that connect
 /// earlier wait in the listen queue instead of getting errors.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let started = SystemTime::now();
     // kube builds its TLS from rustls' process-wide provider; make it `ring`, the one in use.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -161,7 +165,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         affinity: config.proxy.affinity_options,
         discovery: discovery.describe(),
     };
-    log_start(&config, &listener, &facts, &parts)?;
+    log_start(&config, &listeners, &facts, &parts)?;
     let mut selector = selection::Selector::new(
         selection::Sources { discovery, prober: parts.prober(config.selection.routing_strategy.history_needed()) },
         registry::Registry::new(parts.metrics.clone(), config.backends.max_connections),
@@ -225,7 +229,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             usize::try_from(config.server.request_head_budget).unwrap_or(usize::MAX),
         ),
     };
-    let served = server::serve(listener, proxies, shared, shutdown).await;
+    let served = server::serve(listeners, proxies, shared, shutdown).await;
     background.shutdown().await;
     served
 }
@@ -276,10 +280,14 @@ impl Parts {
 }
 
 /// The start-up log line: what mpp runs with (never a secret).
-fn log_start(config: &Config, listener: &TcpListener, facts: &admin::Facts, parts: &Parts) -> anyhow::Result<()> {
+fn log_start(config: &Config, listeners: &[TcpListener], facts: &admin::Facts, parts: &Parts) -> anyhow::Result<()> {
+    let mut listen = Vec::new();
+    for listener in listeners {
+        listen.push(listener.local_addr().context("a listener has no address")?.to_string());
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        listen = %listener.local_addr().context("the listener has no address")?,
+        listen = %listen.join(","),
         discovery = %facts.discovery,
         strategy = %config.selection.routing_strategy,
         interval = ?config.selection.selection_interval,
@@ -377,17 +385,21 @@ fn proxy_settings(
     }
 }
 
-/// Binds the listening socket for `config`. For the default address (`[::]`), falls back to
-/// `0.0.0.0` where IPv6 is unavailable.
-pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
-    let listen = config.server.listen();
-    match TcpListener::bind(listen).await {
-        Ok(listener) => Ok(listener),
-        Err(e) if listen.ip().is_unspecified() && listen.is_ipv6() => {
-            tracing::debug!(error = %e, "IPv6 unavailable; listening on IPv4 only");
-            let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], listen.port()));
-            TcpListener::bind(v4).await.with_context(|| format!("cannot listen on {v4}"))
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot listen on {listen}")),
+/// Binds a listening socket for each of `config`'s addresses. For every address of a
+/// family (`[::]`), falls back to `0.0.0.0` where IPv6 is unavailable.
+pub async fn bind(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for listen in config.server.listen() {
+        let listener = match TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) if listen.ip().is_unspecified() && listen.is_ipv6() => {
+                tracing::debug!(error = %e, "IPv6 unavailable; listening on IPv4 only");
+                let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], listen.port()));
+                TcpListener::bind(v4).await.with_context(|| format!("cannot listen on {v4}"))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {listen}")),
+        };
+        listeners.push(listener);
     }
+    Ok(listeners)
 }

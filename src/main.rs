@@ -34,8 +34,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(async {
-        let listener = mpp::bind(&config).await?;
-        mpp::run(config, listener, shutdown_signal()).await
+        let listeners = mpp::bind(&config).await?;
+        mpp::run(config, listeners, shutdown_signal()).await
     }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -164,13 +164,7 @@ async fn sigterm_stops_accepting_and_exits_0() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    struct Guard(u32);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").arg("-9").arg(self.0.to_string()).stderr(Stdio::null()).status();
-        }
-    }
-    let _guard = Guard(child.id());
+    let _guard = KillOnDrop(child.id());
     // The start-up line carries the address the kernel gave.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
@@ -194,6 +188,48 @@ async fn sigterm_stops_accepting_and_exits_0() {
     };
     assert_eq!(status.code(), Some(0), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("SIGTERM received")), "{rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_listen_address_repeats_and_every_address_serves() {
+    let replica = common::Prometheus::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    let mut child = Command::new(MPP)
+        .args(["--endpoints-file", file.to_str().unwrap()])
+        .args(["--web.listen-address", "127.0.0.1:0", "--listen-address=127.0.0.2:0"])
+        .env("MPP_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listen = loop {
+        let line = lines.next().expect("mpp exited before starting").unwrap();
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let addrs: Vec<&str> = listen.split(',').collect();
+    assert_eq!(addrs.len(), 2, "{listen}");
+    assert!(addrs[0].starts_with("127.0.0.1:") && addrs[1].starts_with("127.0.0.2:"), "{listen}");
+    for addr in addrs {
+        let answer = common::get(&format!("http://{addr}/api/v1/query?query=up")).await.unwrap();
+        assert_eq!(answer.status, 200, "through {addr}");
+        assert!(answer.text().contains("\"status\":\"success\""), "through {addr}: {}", answer.text());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Kills the process of this id (SIGKILL) when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-9").arg(self.0.to_string()).stderr(Stdio::null()).status();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,7 +184,8 @@ pub struct Proxy {
 /// The listener: where, how many connections and threads, their deadlines, its security.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Server {
-    /// The port on which the proxy will listen (on all addresses, IPv6 and IPv4)
+    /// The port on which the proxy will listen (on all addresses, IPv6 and IPv4) when no
+    /// --web.listen-address is given
     #[arg(
         long,
         env = "MPP_PORT",
@@ -194,9 +195,17 @@ pub struct Server {
     )]
     pub port: u16,
 
-    /// Listen on this exact address instead (e.g. 127.0.0.1:9090, [::1]:0); overrides --port
-    #[arg(long, env = "MPP_LISTEN_ADDRESS", value_name = "ADDR")]
-    pub listen_address: Option<SocketAddr>,
+    /// An address to listen on (e.g. :9090, 127.0.0.1:9090, [::1]:0); repeat the flag (or
+    /// separate with commas) for several; overrides --port. Also --listen-address
+    #[arg(
+        long = "web.listen-address",
+        visible_alias = "listen-address",
+        env = "MPP_LISTEN_ADDRESS",
+        value_name = "ADDR",
+        value_delimiter = ',',
+        value_parser = parse_listen_address
+    )]
+    pub listen_address: Vec<SocketAddr>,
 
     /// How long a client may take to send a request's headers before its connection is closed
     #[arg(
@@ -285,9 +294,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Where to listen: `--listen-address`, else every address on `--port`.
-    pub fn listen(&self) -> SocketAddr {
-        self.listen_address.unwrap_or_else(|| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, self.port)))
+    /// Where to listen: each `--web.listen-address`, else every address on `--port`.
+    pub fn listen(&self) -> Vec<SocketAddr> {
+        if self.listen_address.is_empty() {
+            return vec![SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, self.port))];
+        }
+        self.listen_address.clone()
     }
 }
 
@@ -458,6 +470,17 @@ fn parse_strategy(value: &str) -> Result<Strategy, String> {
 
 fn parse_affinity(value: &str) -> Result<AffinityOptions, String> {
     value.parse()
+}
+
+/// A `--web.listen-address` as Prometheus takes it: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` for
+/// every address (IPv6 and IPv4).
+fn parse_listen_address(value: &str) -> Result<SocketAddr, String> {
+    let text = value.trim();
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| format!("'{text}' has no valid port (0 to 65535)"))?;
+        return Ok(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+    }
+    text.parse().map_err(|_| format!("'{text}' is not an address to listen on; expected IP:PORT, [IPv6]:PORT or :PORT"))
 }
 
 #[cfg(test)]

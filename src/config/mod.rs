@@ -229,8 +229,27 @@ mod tests {
         assert_eq!(c.selection.routing_strategy, Strategy::SingleMostData);
         assert_eq!(c.selection.selection_interval, Duration::from_secs(10));
         assert!(c.proxy.affinity_options.cookies && !c.proxy.affinity_options.source_ip);
-        assert_eq!(c.server.listen().port(), 9090);
+        assert_eq!(c.server.listen(), ["[::]:9090".parse().unwrap()]);
         assert_eq!(c.proxy.max_request_body, 16 << 20);
+    }
+
+    #[test]
+    fn listen_addresses_are_taken_as_prometheus_takes_them_and_repeat() {
+        let listen = |args: &[&str]| {
+            let mut all = vec!["--endpoints-file", "/tmp/x"];
+            all.extend_from_slice(args);
+            parse(&all).map(|c| c.server.listen().iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(listen(&["--web.listen-address", ":9091"]).unwrap(), ["[::]:9091"]);
+        assert_eq!(
+            listen(&["--web.listen-address", "127.0.0.1:1", "--web.listen-address=[::1]:2"]).unwrap(),
+            ["127.0.0.1:1", "[::1]:2"]
+        );
+        assert_eq!(listen(&["--listen-address", "127.0.0.1:1,127.0.0.2:3"]).unwrap(), ["127.0.0.1:1", "127.0.0.2:3"]);
+        assert_eq!(listen(&["--port", "9095"]).unwrap(), ["[::]:9095"]);
+        assert_eq!(listen(&["--port", "9095", "--web.listen-address", ":1"]).unwrap(), ["[::]:1"], "the address wins");
+        let error = listen(&["--web.listen-address", "localhost"]).unwrap_err();
+        assert!(error.contains("--web.listen-address") && error.contains("'localhost'"), "{error}");
     }
 
     #[test]

@@ -104,10 +104,26 @@ struct Worker {
     drained: oneshot::Receiver<()>,
 }
 
+/// The next connection on any of `listeners`, asking `first` first (and the next one first
+/// next time).
+async fn accept(listeners: &[TcpListener], first: &mut usize) -> std::io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for n in 0..listeners.len() {
+            let at = (*first + n) % listeners.len();
+            if let std::task::Poll::Ready(accepted) = listeners[at].poll_accept(cx) {
+                *first = (at + 1) % listeners.len();
+                return std::task::Poll::Ready(accepted);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 /// Serves until `shutdown` completes, then drains. `proxies` holds one proxy per serving
 /// thread (each with its own backend client); there is at least one.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     proxies: Vec<Proxy>,
     shared: Shared,
     shutdown: impl Future<Output = ()>,
@@ -120,7 +136,10 @@ pub async fn serve(
         workers.push(Worker::start(index, proxy, shared.clone(), pressure.clone())?);
     }
     anyhow::ensure!(!workers.is_empty(), "no serving thread to hand connections to");
+    anyhow::ensure!(!listeners.is_empty(), "no address to listen on");
     let mut next = 0;
+    // The listener asked first, in turn, so that a busy one cannot starve the others.
+    let mut first = 0;
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -128,7 +147,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept(&listeners, &mut first) => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, typically: back off instead of spinning.
@@ -160,7 +179,7 @@ pub async fn serve(
         }
         next = (next + 1) % workers.len();
     }
-    drop(listener);
+    drop(listeners);
     tracing::info!(grace_period = ?GRACE_PERIOD, "shutting down; letting in-flight requests finish");
     // Closing their channels tells the workers to drain; then wait for each.
     let (channels, drained): (Vec<_>, Vec<_>) = workers.into_iter().map(|w| (w.connections, w.drained)).unzip();

@@ -402,10 +402,10 @@ impl Mpp {
         }
         let argv = ["mpp", "--listen-address", listen].into_iter().chain(args.iter().copied());
         let config = mpp::Config::parse_from(argv).expect("valid test command line");
-        let listener = mpp::bind(&config).await.expect("bind");
-        let addr = listener.local_addr().unwrap();
+        let listeners = mpp::bind(&config).await.expect("bind");
+        let addr = listeners[0].local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(mpp::run(config, listener, async {
+        let task = tokio::spawn(mpp::run(config, listeners, async {
             let _ = stopped.await;
         }));
         Mpp { addr, stop: Some(stop), task: Some(task) }

@@ -75,9 +75,11 @@ impl Credentials {
     }
 
     /// Reads the files again every [`RELOAD_INTERVAL`], forever; run it as a task.
-    pub async fn watch(self: Arc<Self>) {
+    pub async fn watch(self: Arc<Self>, reloads: crate::reload::Reloads) {
         crate::reload::every(
             RELOAD_INTERVAL,
+            &reloads,
+            "credentials file",
             || self.refresh(),
             |reread| match reread {
                 Reread::Read { changed: true, .. } => {

@@ -205,11 +205,14 @@ pub async fn run(
         reselect.clone(),
     ));
     if let Some(web) = &parts.web {
-        background.spawn(web.clone().watch(parts.metrics.web_config_last_reload_successful.clone()));
+        background.spawn(
+            web.clone().watch(parts.metrics.web_config_last_reload_successful.clone(), parts.metrics.reloads.clone()),
+        );
     }
     if let Some(credentials) = &parts.credentials {
-        background.spawn(credentials.clone().watch());
+        background.spawn(credentials.clone().watch(parts.metrics.reloads.clone()));
     }
+    background.spawn(reload_on_sighup(parts.metrics.reloads.clone(), reselect.clone()));
     let proxies = proxies(&config, &parts, reselect)?;
     let shared = server::Shared {
         admin: admin::Admin::new(parts.snapshot, parts.metrics.clone(), facts),
@@ -276,6 +279,23 @@ impl Parts {
     fn prober(&self, history: Option<Duration>) -> probe::Prober {
         probe::Prober::new(self.client.clone(), history, self.pseudonym.via().clone())
             .with_credentials(self.credentials.clone())
+    }
+}
+
+/// On each SIGHUP, asks every file mpp reads to be read again at once (the web config and
+/// what it names, the credentials) and a selection round (which reads the endpoints file).
+/// The replicas' client certificate needs no ask: every new connection to a replica looks at
+/// its files (at most once a second).
+async fn reload_on_sighup(reloads: reload::Reloads, reselect: mpsc::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; files are still read again as they change");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP received; reading every file again");
+        reloads.ask();
+        let _ = reselect.try_send(());
     }
 }
 

@@ -109,6 +109,9 @@ pub struct Metrics {
     /// `mpp_web_config_last_reload_successful`: 0 while the web config file (or a file it
     /// names) is broken and the last good one is still in force.
     pub web_config_last_reload_successful: Gauge,
+    /// How the rereads of every file went (`mpp_config_last_reload_successful`,
+    /// `mpp_config_last_reload_success_timestamp_seconds`), and SIGHUP's ask for them.
+    pub reloads: crate::reload::Reloads,
     /// `mpp_merged_requests_total{endpoint,outcome}`: queries no single replica could answer
     /// whole, answered from several.
     pub merged_requests: Family<MergeLabels, Counter>,
@@ -246,6 +249,18 @@ impl Metrics {
             "Whether the web config file, and the files it names, were last read again without error",
             web_config_last_reload_successful.clone(),
         );
+        let (reload_successful, reload_time) = (Gauge::default(), Gauge::<f64, AtomicU64>::default());
+        registry.register(
+            "mpp_config_last_reload_successful",
+            "Whether every file mpp reads (endpoints, web config and what it names, credentials) last read without error",
+            reload_successful.clone(),
+        );
+        registry.register(
+            "mpp_config_last_reload_success_timestamp_seconds",
+            "When mpp's files were last read with a change, or on SIGHUP, with every file reading well",
+            reload_time.clone(),
+        );
+        let reloads = crate::reload::Reloads::new(reload_successful, reload_time);
         let merged_requests = Family::default();
         registry.register(
             "mpp_merged_requests",
@@ -312,6 +327,7 @@ impl Metrics {
             probe_failures,
             connections_closed,
             web_config_last_reload_successful,
+            reloads,
             merged_requests,
             slice_requests,
             broadcast_requests,

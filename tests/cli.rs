@@ -152,35 +152,68 @@ fn version_and_help_flags_match_the_original() {
     }
 }
 
+/// The mpp binary running with an endpoints file, its log at `info` read line by line.
+struct Running {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStderr>>,
+    /// Every address it listens on, as its start-up line gives them.
+    addrs: Vec<String>,
+}
+
+impl Running {
+    /// Starts mpp with `args` and waits for its start-up line (which carries the addresses
+    /// the kernel gave).
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(MPP)
+            .args(args)
+            .env("MPP_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let listen = loop {
+            let line = lines.next().expect("mpp exited before starting").unwrap();
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        Running { child, lines, addrs: listen.split(',').map(String::from).collect() }
+    }
+
+    fn signal(&self, signal: &str) {
+        Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+
+    /// Kills it; returns the rest of its log.
+    fn kill(&mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.lines.by_ref().map_while(Result::ok).collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_and_exits_0() {
     let replica = common::Prometheus::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = common::endpoints_file(dir.path(), &[replica.url()]);
-    let mut child = Command::new(MPP)
-        .args(["--endpoints-file", file.to_str().unwrap(), "--listen-address", "127.0.0.1:0"])
-        .env("MPP_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(child.id());
-    // The start-up line carries the address the kernel gave.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("mpp exited before starting").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    let answer = common::get(&format!("http://{addr}/api/v1/query?query=up")).await.unwrap();
+    let mut mpp = Running::start(&["--endpoints-file", file.to_str().unwrap(), "--listen-address", "127.0.0.1:0"]);
+    let answer = common::get(&format!("http://{}/api/v1/query?query=up", mpp.addrs[0])).await.unwrap();
     assert_eq!(answer.status, 200);
 
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    mpp.signal("TERM");
+    let rest: Vec<String> = mpp.lines.by_ref().map_while(Result::ok).collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = mpp.child.try_wait().unwrap() {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "mpp did not exit after SIGTERM");
@@ -195,41 +228,69 @@ async fn web_listen_address_repeats_and_every_address_serves() {
     let replica = common::Prometheus::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = common::endpoints_file(dir.path(), &[replica.url()]);
-    let mut child = Command::new(MPP)
-        .args(["--endpoints-file", file.to_str().unwrap()])
-        .args(["--web.listen-address", "127.0.0.1:0", "--listen-address=127.0.0.2:0"])
-        .env("MPP_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(child.id());
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listen = loop {
-        let line = lines.next().expect("mpp exited before starting").unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    let addrs: Vec<&str> = listen.split(',').collect();
-    assert_eq!(addrs.len(), 2, "{listen}");
-    assert!(addrs[0].starts_with("127.0.0.1:") && addrs[1].starts_with("127.0.0.2:"), "{listen}");
-    for addr in addrs {
+    let mpp = Running::start(&[
+        "--endpoints-file",
+        file.to_str().unwrap(),
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--listen-address=127.0.0.2:0",
+    ]);
+    assert_eq!(mpp.addrs.len(), 2, "{:?}", mpp.addrs);
+    assert!(mpp.addrs[0].starts_with("127.0.0.1:") && mpp.addrs[1].starts_with("127.0.0.2:"), "{:?}", mpp.addrs);
+    for addr in &mpp.addrs {
         let answer = common::get(&format!("http://{addr}/api/v1/query?query=up")).await.unwrap();
         assert_eq!(answer.status, 200, "through {addr}");
         assert!(answer.text().contains("\"status\":\"success\""), "through {addr}: {}", answer.text());
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
-/// Kills the process of this id (SIGKILL) when dropped.
-struct KillOnDrop(u32);
+/// One gauge of mpp's own metrics at `addr`.
+async fn gauge(addr: &str, name: &str) -> f64 {
+    let text = common::get(&format!("http://{addr}/mpp/metrics")).await.expect("GET /mpp/metrics").text();
+    let samples = mpp::fuzzing::exposition::parse(&text).expect("mpp's metrics parse");
+    mpp::fuzzing::exposition::sum(&samples, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-9").arg(self.0.to_string()).stderr(Stdio::null()).status();
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_every_file_again_and_the_reload_gauges_say_how_it_went() {
+    let replica = common::Prometheus::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    let mut mpp = Running::start(&["--endpoints-file", file.to_str().unwrap(), "--web.listen-address", "127.0.0.1:0"]);
+    let addr = mpp.addrs[0].clone();
+    const OK: &str = "mpp_config_last_reload_successful";
+    const AT: &str = "mpp_config_last_reload_success_timestamp_seconds";
+    assert_eq!(gauge(&addr, OK).await, 1.0);
+    let started = gauge(&addr, AT).await;
+    assert!(started > 1e9, "the start is the first successful load: {started}");
+
+    // Nothing changed, but asked: a reload, and a new success time.
+    std::thread::sleep(Duration::from_millis(20));
+    mpp.signal("HUP");
+    common::wait_until("the SIGHUP's reload to be recorded", Duration::from_secs(10), || async {
+        gauge(&addr, AT).await > started
+    })
+    .await;
+    assert_eq!(gauge(&addr, OK).await, 1.0);
+
+    // A file that no longer reads (no endpoint left) fails the reload; the last good
+    // replicas keep serving; a good file again and the gauge recovers.
+    std::fs::write(&file, "# nothing\n").unwrap();
+    mpp.signal("HUP");
+    common::wait_until("the broken file to be seen", Duration::from_secs(10), || async {
+        gauge(&addr, OK).await == 0.0
+    })
+    .await;
+    let answer = common::get(&format!("http://{addr}/api/v1/query?query=up")).await.unwrap();
+    assert_eq!(answer.status, 200, "the last good replicas serve");
+    std::fs::write(&file, format!("{}\n", replica.url())).unwrap();
+    mpp.signal("HUP");
+    common::wait_until("the mended file to be read", Duration::from_secs(10), || async {
+        gauge(&addr, OK).await == 1.0
+    })
+    .await;
+    let log = mpp.kill();
+    assert!(log.iter().any(|l| l.contains("SIGHUP received")), "{log:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use super::dns::{DnsName, Resolver};
 use super::{DiscoveryError, Source};
 use crate::backend::Backend;
 use crate::metrics::Metrics;
+use crate::reload::Reloads;
 
 /// The flag that chooses this kind, for messages.
 pub const CHOSEN_BY: &str = "--endpoints-file";
@@ -76,7 +77,14 @@ pub struct FileDiscovery {
     changed: mpsc::Sender<()>,
     /// The task that signals it.
     refresh: Option<tokio::task::JoinHandle<()>>,
+    /// Where each read is accounted for (`mpp_config_last_reload_successful`), and whether a
+    /// SIGHUP asked for it.
+    reloads: Reloads,
+    asked: tokio::sync::watch::Receiver<u64>,
 }
+
+/// The file's name in the reload account.
+const SOURCE: &str = "endpoints file";
 
 impl FileDiscovery {
     /// Checks that the file can be read and starts watching it. A file that cannot be watched
@@ -99,17 +107,27 @@ impl FileDiscovery {
             problems: Vec::new(),
             changed,
             refresh: None,
+            reloads: metrics.reloads.clone(),
+            asked: metrics.reloads.asked(),
         })
     }
 
     /// Reads the file: every valid line is a candidate; invalid ones are logged with their
     /// line number (once per change of the file) and skipped.
     async fn read(&mut self) -> Result<Vec<Backend>, DiscoveryError> {
-        let text = tokio::fs::read_to_string(&self.path)
-            .await
-            .map_err(|source| DiscoveryError::Read { path: self.path.clone(), source })?;
+        let asked = self.asked.has_changed().unwrap_or(false);
+        self.asked.mark_unchanged();
+        let text = match tokio::fs::read_to_string(&self.path).await {
+            Ok(text) => text,
+            Err(source) => {
+                self.reloads.report(SOURCE, false, asked);
+                return Err(DiscoveryError::Read { path: self.path.clone(), source });
+            }
+        };
         let (endpoints, problems) = parse_endpoints(&text);
-        if self.last_text.as_deref() != Some(text.as_str()) {
+        let changed = self.last_text.as_deref() != Some(text.as_str());
+        self.reloads.report(SOURCE, !endpoints.is_empty(), changed || asked);
+        if changed {
             for (line, problem) in &problems {
                 tracing::warn!(file = %self.path.display(), line, "skipping invalid endpoint: {problem}");
             }

@@ -146,9 +146,11 @@ impl Web {
 
     /// Reads the files again every [`RELOAD_INTERVAL`], forever; run it as a task. `healthy`
     /// is set to 0 while they are broken (`mpp_web_config_last_reload_successful`).
-    pub async fn watch(self: Arc<Self>, healthy: Gauge) {
+    pub async fn watch(self: Arc<Self>, healthy: Gauge, reloads: crate::reload::Reloads) {
         crate::reload::every(
             RELOAD_INTERVAL,
+            &reloads,
+            "web config file",
             || self.reload(),
             |reread| match reread {
                 Reread::Read { changed, recovered } => {

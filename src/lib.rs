@@ -362,7 +362,7 @@ fn proxies(config: &Config, parts: &Parts, reselect: mpsc::Sender<()>) -> anyhow
         let connector = client::connector(&config.backends.tls).context("cannot set up the backend client")?;
         Ok(client::pool::Pool::new(connector, config.backends.max_connections))
     };
-    let proxy = proxy::Proxy::new(proxy_settings(config, parts, pool()?, reselect));
+    let proxy = proxy::Proxy::new(proxy_settings(config, parts, pool()?, reselect)?);
     let mut proxies = vec![proxy.clone()];
     for _ in 1..config.server.serving_threads {
         proxies.push(proxy.with_pool(pool()?));
@@ -377,10 +377,10 @@ fn proxy_settings(
     parts: &Parts,
     pool: client::pool::Pool,
     reselect: mpsc::Sender<()>,
-) -> proxy::ProxySettings {
+) -> anyhow::Result<proxy::ProxySettings> {
     let flags = &config.proxy;
     let budget = usize::try_from(flags.request_body_budget).unwrap_or(usize::MAX >> 4);
-    proxy::ProxySettings {
+    Ok(proxy::ProxySettings {
         pool,
         snapshot: parts.snapshot.clone(),
         metrics: parts.metrics.clone(),
@@ -402,7 +402,13 @@ fn proxy_settings(
         merge_max_bytes: flags.merge_max_bytes,
         max_fanout_per_client: flags.max_fanout_per_client as usize,
         admin_api: flags.admin_api,
-    }
+        query_log: proxy::query_log::QueryLog::start(
+            flags.query_log_file.as_deref(),
+            Some(flags.slow_query_threshold).filter(|t| !t.is_zero()),
+            parts.metrics.query_log_dropped.clone(),
+            parts.metrics.reloads.asked(),
+        )?,
+    })
 }
 
 /// Binds a listening socket for each of `config`'s addresses. For every address of a

@@ -112,6 +112,8 @@ pub struct Metrics {
     /// How the rereads of every file went (`mpp_config_last_reload_successful`,
     /// `mpp_config_last_reload_success_timestamp_seconds`), and SIGHUP's ask for them.
     pub reloads: crate::reload::Reloads,
+    /// `mpp_query_log_dropped_total`: query log lines dropped because the writer fell behind.
+    pub query_log_dropped: Counter,
     /// `mpp_merged_requests_total{endpoint,outcome}`: queries no single replica could answer
     /// whole, answered from several.
     pub merged_requests: Family<MergeLabels, Counter>,
@@ -261,6 +263,12 @@ impl Metrics {
             reload_time.clone(),
         );
         let reloads = crate::reload::Reloads::new(reload_successful, reload_time);
+        let query_log_dropped = Counter::default();
+        registry.register(
+            "mpp_query_log_dropped",
+            "Query log lines dropped because the file's writer fell behind (the request never waits for it)",
+            query_log_dropped.clone(),
+        );
         let merged_requests = Family::default();
         registry.register(
             "mpp_merged_requests",
@@ -328,6 +336,7 @@ impl Metrics {
             connections_closed,
             web_config_last_reload_successful,
             reloads,
+            query_log_dropped,
             merged_requests,
             slice_requests,
             broadcast_requests,

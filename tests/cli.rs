@@ -325,3 +325,46 @@ async fn log_lines_are_logfmt_by_default_and_json_objects_with_log_format_json()
         assert!(seen.iter().any(|l| l.contains("listen")), "the start-up line names the address: {seen:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_queries_are_logged_at_warn_and_the_query_log_is_reopened_on_sighup() {
+    let replica = common::Prometheus::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    let log = dir.path().join("queries.log");
+    let mut mpp = Running::start(&[
+        "--endpoints-file",
+        file.to_str().unwrap(),
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--query-log-file",
+        log.to_str().unwrap(),
+        "--slow-query-threshold",
+        "1ns",
+    ]);
+    let query = |expr: &'static str| {
+        let url = format!("http://{}/api/v1/query?query={expr}", mpp.addrs[0]);
+        async move { assert_eq!(common::get(&url).await.unwrap().status, 200) }
+    };
+    let count = |path: &std::path::Path, expr: &str| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines().filter(|l| l.contains(&format!("\"query\":\"{expr}\""))).count()
+    };
+    query("vector(1)").await;
+    common::wait_until("the first line", Duration::from_secs(10), || async { count(&log, "vector(1)") == 1 }).await;
+    // Rotated as logrotate does: renamed, then mpp told to open the file again.
+    let rotated = dir.path().join("queries.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    mpp.signal("HUP");
+    common::wait_until("the reopened file's line", Duration::from_secs(10), || async {
+        query("vector(2)").await;
+        count(&log, "vector(2)") > 0
+    })
+    .await;
+    assert_eq!(count(&rotated, "vector(1)"), 1, "the old file keeps its line");
+    assert_eq!(count(&log, "vector(1)"), 0);
+
+    let lines = mpp.kill();
+    let slow = lines.iter().find(|l| l.contains("msg=\"slow query\"")).unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(slow.contains("level=warn") && slow.contains("vector(1)"), "{slow}");
+}

@@ -179,6 +179,15 @@ pub struct Proxy {
     /// to every viable replica, and succeeds only when every one did
     #[arg(long, env = "MPP_ADMIN_API", default_value = "refuse", value_name = "MODE", value_enum)]
     pub admin_api: AdminApi,
+
+    /// Write one JSON line per API query to this file (Prometheus's query log format, with
+    /// the replicas that answered); reopened on SIGHUP
+    #[arg(long, env = "MPP_QUERY_LOG_FILE", value_name = "PATH")]
+    pub query_log_file: Option<PathBuf>,
+
+    /// Log API queries at least this slow at warn, with the query log's fields (0: off)
+    #[arg(long, env = "MPP_SLOW_QUERY_THRESHOLD", default_value = "0", value_name = "DURATION", value_parser = parse_duration)]
+    pub slow_query_threshold: Duration,
 }
 
 /// The listener: where, how many connections and threads, their deadlines, its security.

@@ -18,6 +18,7 @@ pub mod client_ip;
 mod fake;
 mod fanout;
 pub mod headers;
+pub mod query_log;
 pub mod retry;
 pub mod route;
 pub mod slice;
@@ -54,6 +55,7 @@ use body::{BodyLimits, Buffered};
 use broadcast::{AdminApi, Broadcast};
 use client_ip::TrustedProxies;
 use fanout::Union;
+use query_log::{Pending, QueryLog};
 use retry::{AttemptError, Outcome, Target};
 use route::Route;
 
@@ -106,6 +108,8 @@ struct Inner {
     /// The replica requests merges and slices may add, per client and in all.
     fanout: fanout::FanoutLimit,
     admin_api: AdminApi,
+    /// The query log and slow-query log, when either is on.
+    query_log: Option<QueryLog>,
 }
 
 /// What the proxy needs from the rest of the program.
@@ -140,6 +144,8 @@ pub struct ProxySettings<P = Pool> {
     pub max_fanout_per_client: usize,
     /// Whether admin and lifecycle requests are refused or sent to every replica.
     pub admin_api: AdminApi,
+    /// The query log and slow-query log (`--query-log-file`, `--slow-query-threshold`).
+    pub query_log: Option<QueryLog>,
 }
 
 /// A request, read and ready to be sent to any replica.
@@ -200,6 +206,7 @@ impl<P: Transport> Proxy<P> {
                 )),
                 admin_api: settings.admin_api,
                 fanout: fanout::FanoutLimit::new(settings.max_fanout_per_client),
+                query_log: settings.query_log,
             }),
         }
     }
@@ -218,7 +225,18 @@ impl<P: Transport> Proxy<P> {
         peer: IpAddr,
     ) -> impl Future<Output = Response<ProxyBody<P::Body>>> {
         let started = Instant::now();
-        self.forward(request, peer, started).map(|answer| answer.unwrap_or_else(|error| self.refuse(error)))
+        let logged = self.inner.query_log.as_ref().and_then(|log| {
+            let client = self.inner.trusted_proxies.client_address(request.headers(), peer);
+            let api = Api::of(request.uri().path());
+            log.begin(api, request.method(), request.uri(), request.headers(), client).map(Arc::new)
+        });
+        self.forward(request, peer, started, logged.clone()).map(move |answer| {
+            let answer = answer.unwrap_or_else(|error| self.refuse(error));
+            if let (Some(log), Some(pending)) = (&self.inner.query_log, logged) {
+                log.finish(&pending, &answer, started.elapsed());
+            }
+            answer
+        })
     }
 
     /// The answer to a request that is refused (counted like any other answer).
@@ -234,6 +252,7 @@ impl<P: Transport> Proxy<P> {
         request: Request<B>,
         peer: IpAddr,
         started: Instant,
+        logged: Option<Arc<Pending>>,
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         // The steps that need no waiting are plain calls, not futures of their own nested in
         // this one (see `handle`).
@@ -250,6 +269,9 @@ impl<P: Transport> Proxy<P> {
         }
         let path_and_query = request_path(&parts.uri)?;
         let body = self.inner.body.read(&parts.headers, body).await?;
+        if let Some(pending) = logged {
+            pending.read_body(&parts.headers, &body.bytes);
+        }
         let prepared = self.prepare(parts, path_and_query, body, peer);
         let inner = &*self.inner;
         let deadline = started + inner.request_timeout;

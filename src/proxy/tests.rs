@@ -71,6 +71,7 @@ fn proxy(
         merge_max_bytes: 1 << 20,
         max_fanout_per_client: 64,
         admin_api: crate::proxy::broadcast::AdminApi::Refuse,
+        query_log: None,
     };
     tune(&mut settings);
     Proxy::new(settings)

@@ -613,7 +613,7 @@ fn escapes_are_valid(pair: &[u8]) -> bool {
 /// A time as Prometheus reads one (`parseTime` in `web/api/v1/api.go`): float Unix seconds,
 /// rounded to the millisecond, or RFC 3339, or `MinTime`/`MaxTime` spelled out. Times beyond
 /// what milliseconds in an `i64` hold are clamped (Prometheus would overflow).
-fn parse_time(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_time(text: &str) -> Result<i64, String> {
     if let Ok(seconds) = text.parse::<f64>() {
         if !seconds.is_finite() {
             return Err(format!("{} is not a finite time", shown(text)));
@@ -634,7 +634,7 @@ fn parse_time(text: &str) -> Result<i64, String> {
 
 /// A duration as Prometheus reads one (`parseDuration` in `web/api/v1/api.go`): float seconds or
 /// Prometheus's `1h30m` syntax, in milliseconds.
-fn parse_duration(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<i64, String> {
     if let Ok(seconds) = text.parse::<f64>() {
         if !(-MAX_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&seconds) {
             return Err(format!("{} is not a duration", shown(text)));

@@ -71,6 +71,7 @@ pub(crate) mod coverage;
 pub(crate) mod credentials;
 pub(crate) mod discovery;
 pub(crate) mod error;
+pub(crate) mod expiry;
 pub(crate) mod http1;
 pub(crate) mod liveness;
 pub mod logging;
@@ -266,13 +267,32 @@ impl Parts {
         let client = client::build_with(&config.backends.tls, config.backends.max_connections)
             .context("cannot set up the backend client")?;
         Ok(Parts {
-            metrics: Arc::new(metrics::Metrics::new()),
+            metrics: Arc::new(Self::metrics(config, web.as_ref())),
             snapshot: Arc::new(ArcSwap::from_pointee(selection::Snapshot::empty())),
             pseudonym: via::Pseudonym::random(),
             web,
             credentials,
             client,
         })
+    }
+
+    /// mpp's metrics, with the expiry of the certificates it presents: the listener's as in
+    /// force, the replicas' client certificate as its file holds it now.
+    fn metrics(config: &Config, web: Option<&Arc<web::Web>>) -> metrics::Metrics {
+        let mut metrics = metrics::Metrics::new();
+        let mut certificates: Vec<(&'static str, expiry::Source)> = Vec::new();
+        if let Some(web) = web {
+            let web = web.clone();
+            certificates.push(("listener", Arc::new(move || web.certificate_expiry())));
+        }
+        if let Some((cert_file, _)) = &config.backends.tls.client_cert {
+            let cert_file = cert_file.clone();
+            certificates.push(("backends", Arc::new(move || expiry::not_after(&std::fs::read(&cert_file).ok()?))));
+        }
+        if !certificates.is_empty() {
+            metrics.register_collector(Box::new(expiry::ExpiryCollector::new(certificates)));
+        }
+        metrics
     }
 
     /// A prober of the replicas, asking for `history` (see [`probe::Prober::new`]).

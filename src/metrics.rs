@@ -375,6 +375,11 @@ impl Metrics {
         BackendMetrics { duration, ok }
     }
 
+    /// Adds metrics read at each scrape (before the metrics are shared).
+    pub fn register_collector(&mut self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.register_collector(collector);
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::with_capacity(8192);

@@ -197,8 +197,14 @@ fn served_subject(mpp: &Mpp, certs: &Certs) -> Option<String> {
 
 /// `mpp_web_config_last_reload_successful`, read over TLS.
 fn reload_successful(mpp: &Mpp, certs: &Certs) -> Option<f64> {
+    metric(mpp, certs, "mpp_web_config_last_reload_successful ")
+}
+
+/// The value of the series of mpp's metrics that starts with `series` (its name and labels),
+/// read over TLS.
+fn metric(mpp: &Mpp, certs: &Certs, series: &str) -> Option<f64> {
     let answer = curl(&https(mpp, "/mpp/metrics"), &certs.curl_args(None));
-    answer.output.lines().find_map(|line| line.strip_prefix("mpp_web_config_last_reload_successful ")?.parse().ok())
+    answer.output.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,6 +221,9 @@ async fn certificates_rotate_without_a_restart_and_a_broken_one_is_not_taken() {
     let endpoints = endpoints_file(dir.path(), &["http://127.0.0.1:1".into()]);
     let mpp = Mpp::start(&["--endpoints-file", &path(&endpoints), "--web.config.file", &path(&web)]).await;
     assert_eq!(served_subject(&mpp, &certs).as_deref(), Some("CN=mpp"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let expiry = metric(&mpp, &certs, "mpp_certificate_expiry_timestamp_seconds{use=\"listener\"}");
+    assert!(expiry.is_some_and(|at| at > now), "the listener certificate's expiry: {expiry:?}");
 
     // A new certificate and key replace the old ones (each by an atomic rename, as
     // cert-manager or certbot do); new connections get it within the reload interval.

@@ -53,6 +53,8 @@ pub struct Web {
 struct InForce {
     config: WebConfig,
     acceptor: Option<TlsAcceptor>,
+    /// When the listener's certificate runs out (Unix seconds), with TLS on.
+    not_after: Option<f64>,
     rate: Option<rate::Bucket>,
     /// A digest of every byte read, to tell whether anything changed since.
     fingerprint: [u8; 32],
@@ -137,6 +139,11 @@ impl Web {
         }
     }
 
+    /// When the listener's certificate in force runs out (Unix seconds), with TLS on.
+    pub fn certificate_expiry(&self) -> Option<f64> {
+        self.in_force.load().not_after
+    }
+
     /// Adds the configured headers to an answer (replacing any a replica sent).
     pub fn decorate(&self, headers: &mut HeaderMap) {
         for (name, value) in &self.in_force.load().config.headers {
@@ -206,7 +213,8 @@ impl InForce {
             _ => None,
         };
         let rate = config.rate_limit.map(rate::Bucket::new);
-        Ok(InForce { config, acceptor, rate, fingerprint })
+        let not_after = material.as_ref().and_then(|m| crate::expiry::not_after(&m.cert));
+        Ok(InForce { config, acceptor, rate, fingerprint, not_after })
     }
 }
 

@@ -1,5 +1,6 @@
-//! Every manifest in `deploy/kubernetes/` parses into its k8s-openapi type, with no field the
-//! type does not know (a misspelled field would otherwise be dropped silently), the RBAC
+//! Every manifest in `deploy/kubernetes/` parses into its k8s-openapi type (the PodMonitor into
+//! the Prometheus Operator's fields), with no field the type does not know (a misspelled
+//! field would otherwise be dropped silently), the PodMonitor scrapes mpp's own metrics, the RBAC
 //! grants exactly what mpp reads, and mpp's pods run the image `make image` tags, under the
 //! runtime's default seccomp profile, spread over nodes, with a disruption budget.
 
@@ -41,7 +42,8 @@ fn parse<T: DeserializeOwned + serde::Serialize>(file: &str, value: &serde_yaml:
 fn every_manifest_parses_into_its_kubernetes_type() {
     let docs = documents();
     assert!(docs.len() >= 8, "expected the mpp and Prometheus manifests, found {}", docs.len());
-    let (mut mpp_pods, mut budgeted) = (None, None);
+    let (mut mpp_pods, mut budgeted, mut pod_monitors) = (None, None, Vec::new());
+    let mut ports = Vec::new();
     for (file, value) in &docs {
         match value["kind"].as_str().unwrap_or_else(|| panic!("{file}: a document without kind")) {
             "Deployment" => {
@@ -65,6 +67,7 @@ fn every_manifest_parses_into_its_kubernetes_type() {
                 assert_eq!(by_node.when_unsatisfiable, "DoNotSchedule");
                 assert_eq!(by_node.node_taints_policy.as_deref(), Some("Honor"), "cordoned nodes must not count");
                 assert_eq!(by_node.label_selector, Some(spec.selector.clone()));
+                ports = container.ports.clone().unwrap_or_default();
                 mpp_pods = Some(spec.selector);
             }
             "PodDisruptionBudget" => {
@@ -76,6 +79,7 @@ fn every_manifest_parses_into_its_kubernetes_type() {
             "Service" => drop(parse::<Service>(file, value)),
             "ServiceAccount" => drop(parse::<ServiceAccount>(file, value)),
             "ConfigMap" => drop(parse::<ConfigMap>(file, value)),
+            "PodMonitor" => pod_monitors.push(parse::<PodMonitor>(file, value)),
             "RoleBinding" => drop(parse::<RoleBinding>(file, value)),
             "Role" => {
                 let rules = parse::<Role>(file, value).rules.unwrap();
@@ -88,4 +92,40 @@ fn every_manifest_parses_into_its_kubernetes_type() {
     }
     assert!(mpp_pods.is_some(), "no mpp Deployment");
     assert_eq!(budgeted, mpp_pods, "the disruption budget selects exactly mpp's pods");
+    let [monitor] = &pod_monitors[..] else { panic!("expected one PodMonitor, found {}", pod_monitors.len()) };
+    assert_eq!(Some(&monitor.spec.selector), mpp_pods.as_ref(), "the PodMonitor selects exactly mpp's pods");
+    let [endpoint] = &monitor.spec.pod_metrics_endpoints[..] else { panic!("one endpoint: mpp's own metrics") };
+    assert_eq!(endpoint.path.as_deref(), Some("/mpp/metrics"), "/metrics is the replicas'");
+    assert!(
+        ports.iter().any(|p| p.name.as_deref() == Some(endpoint.port.as_str())),
+        "the port is mpp's container port"
+    );
+}
+
+/// A PodMonitor, as the Prometheus Operator's API (`monitoring.coreos.com/v1`) defines the
+/// fields used here; any other field fails the parse, as k8s-openapi's types do.
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PodMonitor {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: PodMonitorSpec,
+}
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PodMonitorSpec {
+    selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    pod_metrics_endpoints: Vec<PodMetricsEndpoint>,
+}
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PodMetricsEndpoint {
+    port: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<String>,
 }

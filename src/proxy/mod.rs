@@ -225,18 +225,33 @@ impl<P: Transport> Proxy<P> {
         peer: IpAddr,
     ) -> impl Future<Output = Response<ProxyBody<P::Body>>> {
         let started = Instant::now();
-        let logged = self.inner.query_log.as_ref().and_then(|log| {
+        if let Some(log) = &self.inner.query_log {
             let client = self.inner.trusted_proxies.client_address(request.headers(), peer);
             let api = Api::of(request.uri().path());
-            log.begin(api, request.method(), request.uri(), request.headers(), client).map(Arc::new)
-        });
-        self.forward(request, peer, started, logged.clone()).map(move |answer| {
-            let answer = answer.unwrap_or_else(|error| self.refuse(error));
-            if let (Some(log), Some(pending)) = (&self.inner.query_log, logged) {
-                log.finish(&pending, &answer, started.elapsed());
+            if let Some(pending) = log.begin(api, request.method(), request.uri(), request.headers(), client) {
+                // The rare path, boxed, so that its state does not add to every request's.
+                return futures_util::future::Either::Right(Box::pin(
+                    self.logged(request, peer, started, log, pending),
+                ));
             }
-            answer
-        })
+        }
+        futures_util::future::Either::Left(
+            self.forward(request, peer, started, ()).map(|answer| answer.unwrap_or_else(|error| self.refuse(error))),
+        )
+    }
+
+    /// Forwards a request the query log tells of, and logs it with its answer.
+    async fn logged<B: ClientBody>(
+        &self,
+        request: Request<B>,
+        peer: IpAddr,
+        started: Instant,
+        log: &QueryLog,
+        pending: Pending,
+    ) -> Response<ProxyBody<P::Body>> {
+        let answer = self.forward(request, peer, started, &pending).await.unwrap_or_else(|error| self.refuse(error));
+        log.finish(&pending, &answer, started.elapsed());
+        answer
     }
 
     /// The answer to a request that is refused (counted like any other answer).
@@ -252,7 +267,7 @@ impl<P: Transport> Proxy<P> {
         request: Request<B>,
         peer: IpAddr,
         started: Instant,
-        logged: Option<Arc<Pending>>,
+        tap: impl BodyTap,
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         // The steps that need no waiting are plain calls, not futures of their own nested in
         // this one (see `handle`).
@@ -269,9 +284,7 @@ impl<P: Transport> Proxy<P> {
         }
         let path_and_query = request_path(&parts.uri)?;
         let body = self.inner.body.read(&parts.headers, body).await?;
-        if let Some(pending) = logged {
-            pending.read_body(&parts.headers, &body.bytes);
-        }
+        tap.read_body(&parts.headers, &body.bytes);
         let prepared = self.prepare(parts, path_and_query, body, peer);
         let inner = &*self.inner;
         let deadline = started + inner.request_timeout;
@@ -632,6 +645,22 @@ fn present<B>(mut parts: http::response::Parts, body: B, backend: &Replica) -> R
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
     Response::from_parts(parts, body)
+}
+
+/// What sees a request's body once it is read: nothing (`()`, which adds nothing to the
+/// request's future), or the query log's entry for it.
+trait BodyTap: Send {
+    fn read_body(&self, headers: &HeaderMap, body: &Bytes);
+}
+
+impl BodyTap for () {
+    fn read_body(&self, _: &HeaderMap, _: &Bytes) {}
+}
+
+impl BodyTap for &Pending {
+    fn read_body(&self, headers: &HeaderMap, body: &Bytes) {
+        Pending::read_body(self, headers, body);
+    }
 }
 
 /// The request's target as a path (and query) to forward; a target that is not a path (an

@@ -55,7 +55,8 @@ use body::{BodyLimits, Buffered};
 use broadcast::{AdminApi, Broadcast};
 use client_ip::TrustedProxies;
 use fanout::Union;
-use query_log::{Pending, QueryLog};
+pub use query_log::Pending;
+use query_log::QueryLog;
 use retry::{AttemptError, Outcome, Target};
 use route::Route;
 
@@ -225,32 +226,30 @@ impl<P: Transport> Proxy<P> {
         peer: IpAddr,
     ) -> impl Future<Output = Response<ProxyBody<P::Body>>> {
         let started = Instant::now();
-        if let Some(log) = &self.inner.query_log {
-            let client = self.inner.trusted_proxies.client_address(request.headers(), peer);
-            let api = Api::of(request.uri().path());
-            if let Some(pending) = log.begin(api, request.method(), request.uri(), request.headers(), client) {
-                // The rare path, boxed, so that its state does not add to every request's.
-                return futures_util::future::Either::Right(Box::pin(
-                    self.logged(request, peer, started, log, pending),
-                ));
-            }
-        }
-        futures_util::future::Either::Left(
-            self.forward(request, peer, started, ()).map(|answer| answer.unwrap_or_else(|error| self.refuse(error))),
-        )
+        self.forward(request, peer, started, ()).map(|answer| answer.unwrap_or_else(|error| self.refuse(error)))
     }
 
-    /// Forwards a request the query log tells of, and logs it with its answer.
-    async fn logged<B: ClientBody>(
+    /// The query log's entry for `request`, when the log is on and tells of it: the request
+    /// then goes through [`Proxy::handle_logged`] instead of [`Proxy::handle`].
+    pub fn query_log_entry<B>(&self, request: &Request<B>, peer: IpAddr) -> Option<Pending> {
+        let log = self.inner.query_log.as_ref()?;
+        let client = self.inner.trusted_proxies.client_address(request.headers(), peer);
+        log.begin(Api::of(request.uri().path()), request.method(), request.uri(), request.headers(), client)
+    }
+
+    /// [`Proxy::handle`] for a request the query log tells of, logged with its answer. Its
+    /// own future (boxed by the caller), so that the log adds nothing to other requests'.
+    pub async fn handle_logged<B: ClientBody>(
         &self,
         request: Request<B>,
         peer: IpAddr,
-        started: Instant,
-        log: &QueryLog,
         pending: Pending,
     ) -> Response<ProxyBody<P::Body>> {
+        let started = Instant::now();
         let answer = self.forward(request, peer, started, &pending).await.unwrap_or_else(|error| self.refuse(error));
-        log.finish(&pending, &answer, started.elapsed());
+        if let Some(log) = &self.inner.query_log {
+            log.finish(&pending, &answer, started.elapsed());
+        }
         answer
     }
 

@@ -467,10 +467,18 @@ fn route<B: ClientBody>(
 ) -> impl Future<Output = http::Response<crate::error::ProxyBody>> {
     let admin_path = request.uri().path().starts_with("/mpp/");
     if let Err(refusal) = head::check(&request, &shared.pseudonym, !admin_path) {
-        return future::Either::Left(future::ready(proxy.refuse(refusal)));
+        return future::Either::Left(future::Either::Left(future::ready(proxy.refuse(refusal))));
     }
     if admin_path {
-        return future::Either::Left(future::ready(shared.admin.handle(&request).map(Either::Right)));
+        return future::Either::Left(future::Either::Left(future::ready(
+            shared.admin.handle(&request).map(Either::Right),
+        )));
+    }
+    if let Some(pending) = proxy.query_log_entry(&request, peer.ip()) {
+        // Boxed beside the answers decided at once, so that the common path's future is as
+        // it is without the query log.
+        let logged = Box::pin(proxy.handle_logged(request, peer.ip(), pending));
+        return future::Either::Left(future::Either::Right(logged));
     }
     future::Either::Right(proxy.handle(request, peer.ip()))
 }

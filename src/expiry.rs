@@ -17,6 +17,23 @@ pub fn not_after(pem: &[u8]) -> Option<f64> {
     Some(certificate.validity().not_after.timestamp() as f64)
 }
 
+/// The expiry of the certificate in the PEM file at `path`, read at a scrape: only a regular
+/// file of at most 1 MiB, opened without blocking (a FIFO put there never holds the scrape).
+pub fn not_after_of_file(path: &std::path::Path) -> Option<f64> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    const MAX: u64 = 1 << 20;
+    // O_NONBLOCK, on Linux.
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(0o4000).open(path).ok()?;
+    let metadata = file.metadata().ok()?;
+    if !metadata.is_file() || metadata.len() > MAX {
+        return None;
+    }
+    let mut pem = Vec::new();
+    file.take(MAX).read_to_end(&mut pem).ok()?;
+    not_after(&pem)
+}
+
 /// Where a certificate's expiry is found when scraped: `None` when there is none now.
 pub type Source = Arc<dyn Fn() -> Option<f64> + Send + Sync>;
 
@@ -73,6 +90,15 @@ mod tests {
         assert_eq!(not_after(pem.as_bytes()), Some(1_935_792_000.0));
         assert_eq!(not_after(b"not a certificate"), None);
         assert_eq!(not_after(key.serialize_pem().as_bytes()), None, "a key is not a certificate");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cert.pem");
+        std::fs::write(&file, &pem).unwrap();
+        assert_eq!(not_after_of_file(&file), Some(1_935_792_000.0));
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+        assert_eq!(not_after_of_file(&fifo), None, "a FIFO is not read (nor waited on)");
+        assert_eq!(not_after_of_file(std::path::Path::new("/dev/zero")), None, "nor a device");
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let started = SystemTime::now();
+    // At once: until it is installed, a SIGHUP (a configuration tool's, right after a deploy)
+    // would end the process, as is its default.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     // kube builds its TLS from rustls' process-wide provider; make it `ring`, the one in use.
     let _ = rustls::crypto::ring::default_provider().install_default();
     system::raise_open_files(config.server.max_connections);
@@ -213,7 +216,12 @@ pub async fn run(
     if let Some(credentials) = &parts.credentials {
         background.spawn(credentials.clone().watch(parts.metrics.reloads.clone()));
     }
-    background.spawn(reload_on_sighup(parts.metrics.reloads.clone(), reselect.clone()));
+    match hangups {
+        Ok(hangups) => {
+            drop(background.spawn(reload_on_sighup(hangups, parts.metrics.reloads.clone(), reselect.clone())))
+        }
+        Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP; files are still read again as they change"),
+    }
     let proxies = proxies(&config, &parts, reselect)?;
     let shared = server::Shared {
         admin: admin::Admin::new(parts.snapshot, parts.metrics.clone(), facts),
@@ -287,7 +295,7 @@ impl Parts {
         }
         if let Some((cert_file, _)) = &config.backends.tls.client_cert {
             let cert_file = cert_file.clone();
-            certificates.push(("backends", Arc::new(move || expiry::not_after(&std::fs::read(&cert_file).ok()?))));
+            certificates.push(("backends", Arc::new(move || expiry::not_after_of_file(&cert_file))));
         }
         if !certificates.is_empty() {
             metrics.register_collector(Box::new(expiry::ExpiryCollector::new(certificates)));
@@ -306,12 +314,11 @@ impl Parts {
 /// what it names, the credentials) and a selection round (which reads the endpoints file).
 /// The replicas' client certificate needs no ask: every new connection to a replica looks at
 /// its files (at most once a second).
-async fn reload_on_sighup(reloads: reload::Reloads, reselect: mpsc::Sender<()>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; files are still read again as they change");
-        return;
-    };
+async fn reload_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    reloads: reload::Reloads,
+    reselect: mpsc::Sender<()>,
+) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP received; reading every file again");
         reloads.ask();

@@ -7,7 +7,7 @@ use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Mpp, Prometheus, endpoints_file, get, post_form, wait_until};
+use common::{Mpp, Prometheus, endpoints_file, get, wait_until};
 use serde_json::Value;
 
 /// Whether a plain-HTTP Prometheus on `port` says it is ready.
@@ -43,26 +43,34 @@ async fn each_api_query_is_one_line_in_prometheus_shape_naming_the_replica() {
     let replica = Prometheus::start_custom(&config, &[], ready).await;
     let file = endpoints_file(dir.path(), &[replica.url()]);
     let log = dir.path().join("queries.log");
-    let mpp =
-        Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--query-log-file", log.to_str().unwrap()]).await;
-
-    let instant = get(&mpp.url("/api/v1/query?query=up&time=1700000000")).await.unwrap();
+    // mpp asks its clients for basic auth: the user it admits is logged.
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, format!("basic_auth_users:\n  grafana: {}\n", bcrypt::hash("x", 4).unwrap())).unwrap();
+    let mpp = Mpp::start(&[
+        "--endpoints-file",
+        file.to_str().unwrap(),
+        "--query-log-file",
+        log.to_str().unwrap(),
+        "--web.config.file",
+        web.to_str().unwrap(),
+    ])
+    .await;
+    // As "grafana:x".
+    let send = |request: http::request::Builder, body: &'static str| {
+        common::send(request.header("authorization", "Basic Z3JhZmFuYTp4"), body.into())
+    };
+    let instant = send(http::Request::get(mpp.url("/api/v1/query?query=up&time=1700000000")), "").await.unwrap();
     assert_eq!(instant.status, 200);
-    let range = post_form(&mpp.url("/api/v1/query_range"), "query=sum(up)&start=1700000000&end=1700000600&step=15s")
-        .await
-        .unwrap();
+    let form =
+        http::Request::post(mpp.url("/api/v1/query_range")).header("content-type", "application/x-www-form-urlencoded");
+    let range = send(form, "query=sum(up)&start=1700000000&end=1700000600&step=15s").await.unwrap();
     assert_eq!(range.status, 200);
-    let series = common::send(
-        http::Request::get(mpp.url("/api/v1/series?match[]=up&match[]=prometheus_build_info"))
-            .header("authorization", "Basic Z3JhZmFuYTp4"),
-        bytes::Bytes::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(series.status, 200);
-    // Not API reads: not in the log.
-    assert_eq!(get(&mpp.url("/metrics")).await.unwrap().status, 200);
-    assert_eq!(get(&mpp.url("/mpp/status")).await.unwrap().status, 200);
+    let series = send(http::Request::get(mpp.url("/api/v1/series?match[]=up&match[]=prometheus_build_info")), "");
+    assert_eq!(series.await.unwrap().status, 200);
+    // Not API reads, or not admitted: not in the log.
+    assert_eq!(send(http::Request::get(mpp.url("/metrics")), "").await.unwrap().status, 200);
+    assert_eq!(send(http::Request::get(mpp.url("/mpp/status")), "").await.unwrap().status, 200);
+    assert_eq!(get(&mpp.url("/api/v1/query?query=up")).await.unwrap().status, 401);
 
     wait_until("three lines in mpp's query log", Duration::from_secs(10), || async { lines(&log).len() >= 3 }).await;
     let ours = lines(&log);
@@ -77,7 +85,9 @@ async fn each_api_query_is_one_line_in_prometheus_shape_naming_the_replica() {
     assert_eq!(ours[1]["httpRequest"]["method"], "POST");
     assert_eq!(ours[1]["params"]["step"], 15);
     assert_eq!(ours[2]["params"]["match[]"], serde_json::json!(["up", "prometheus_build_info"]));
-    assert_eq!(ours[2]["httpRequest"]["user"], "grafana");
+    for line in &ours {
+        assert_eq!(line["httpRequest"]["user"], "grafana", "{line}");
+    }
 
     // The replica logged the same two PromQL queries (among mpp's own probes): the same
     // keys, the same parameters.

@@ -45,12 +45,11 @@ pub enum Framing {
     Length(u64),
     /// `Transfer-Encoding: chunked`.
     Chunked,
-    /// Everything until the replica closes the connection.
+    /// Everything until the sender closes the connection.
     UntilClose,
 }
 
 /// Whether the last coding `Transfer-Encoding` names is `chunked`; `None` without one.
-/// Shared with the listener.
 pub fn ends_in_chunked(headers: &HeaderMap) -> Option<bool> {
     let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back()?;
     Some(
@@ -62,7 +61,7 @@ pub fn ends_in_chunked(headers: &HeaderMap) -> Option<bool> {
 }
 
 /// The length `headers` give in `Content-Length` (every value, and every item of a list,
-/// the same number), if any. Shared with the listener ([`crate::server::http1`]).
+/// the same number), if any.
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProtocolError> {
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -96,7 +95,7 @@ pub fn keep_alive(version: Version, headers: &HeaderMap, present: &FramingHeader
 
 /// Which of the headers that frame a message (and, for a request, `Expect`) its head
 /// carries, noted while the head is parsed: most messages lack most of them, and looking
-/// for one in the map costs a hash. Shared with the listener.
+/// for one in the map costs a hash.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FramingHeaders {
     pub connection: bool,
@@ -121,7 +120,7 @@ impl FramingHeaders {
     }
 }
 
-/// Whether `Connection` names `token` (shared with the listener).
+/// Whether `Connection` names `token`.
 pub fn connection_says(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)

@@ -55,8 +55,8 @@ use body::{BodyLimits, Buffered};
 use broadcast::{AdminApi, Broadcast};
 use client_ip::TrustedProxies;
 use fanout::Union;
-pub use query_log::Pending;
 use query_log::QueryLog;
+pub use query_log::{Pending, VerifiedUser};
 use retry::{AttemptError, Outcome, Target};
 use route::Route;
 
@@ -229,12 +229,18 @@ impl<P: Transport> Proxy<P> {
         self.forward(request, peer, started, ()).map(|answer| answer.unwrap_or_else(|error| self.refuse(error)))
     }
 
+    /// Whether the query log (or the slow-query log) is on.
+    pub fn logs_queries(&self) -> bool {
+        self.inner.query_log.is_some()
+    }
+
     /// The query log's entry for `request`, when the log is on and tells of it: the request
     /// then goes through [`Proxy::handle_logged`] instead of [`Proxy::handle`].
     pub fn query_log_entry<B>(&self, request: &Request<B>, peer: IpAddr) -> Option<Pending> {
         let log = self.inner.query_log.as_ref()?;
         let client = self.inner.trusted_proxies.client_address(request.headers(), peer);
-        log.begin(Api::of(request.uri().path()), request.method(), request.uri(), request.headers(), client)
+        let user = request.extensions().get::<VerifiedUser>().map(|user| user.0.as_str());
+        log.begin(Api::of(request.uri().path()), request.method(), request.uri(), user, client)
     }
 
     /// [`Proxy::handle`] for a request the query log tells of, logged with its answer. Its

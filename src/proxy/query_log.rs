@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
-use super::headers::{self, FAILOVER_FROM, MERGED_FROM, MPP_WARNING, SERVED_BY};
+use super::headers::{FAILOVER_FROM, MERGED_FROM, MPP_WARNING, SERVED_BY};
 use super::slice::SLICES;
 use crate::api::Api;
 
@@ -73,9 +73,10 @@ impl QueryLog {
                 let out = open(path)?;
                 let (lines, queue) = sync_channel(QUEUE);
                 let path = path.to_path_buf();
+                let lost = dropped.clone();
                 std::thread::Builder::new()
                     .name("mpp-query-log".into())
-                    .spawn(move || write_lines(&path, out, &queue, reopen))
+                    .spawn(move || write_lines(&path, out, &queue, reopen, &lost))
                     .map_err(|e| anyhow::anyhow!("cannot start the query log's writer: {e}"))?;
                 Some(lines)
             }
@@ -84,13 +85,14 @@ impl QueryLog {
         Ok(Some(QueryLog { file, slow, dropped }))
     }
 
-    /// A query about to be answered, if it is one the log tells of (the API's reads).
+    /// A query about to be answered, if it is one the log tells of (the API's reads); `user`
+    /// is the one the web config's basic auth admitted, if any.
     pub fn begin(
         &self,
         api: Api,
         method: &http::Method,
         uri: &http::Uri,
-        headers: &HeaderMap,
+        user: Option<&str>,
         client: IpAddr,
     ) -> Option<Pending> {
         let Api::Read(endpoint) = api else { return None };
@@ -101,7 +103,7 @@ impl QueryLog {
             path: uri.path().to_owned(),
             query: uri.query().map(str::to_owned),
             client,
-            user: basic_auth_user(headers),
+            user: user.map(str::to_owned),
             form: std::sync::OnceLock::new(),
         })
     }
@@ -125,9 +127,15 @@ impl QueryLog {
 }
 
 impl Pending {
-    /// Keeps the body of a form POST, for its parameters.
+    /// Keeps the body of a form, for its parameters: as Go's `ParseForm` reads one, a POST,
+    /// PUT or PATCH whose media type is `application/x-www-form-urlencoded`.
     pub fn read_body(&self, headers: &HeaderMap, body: &Bytes) {
-        if headers::form_body(headers, body).is_some() {
+        let form_method = matches!(self.method.as_str(), "POST" | "PUT" | "PATCH");
+        let media_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|v| {
+            let media_type = v.split(';').next().unwrap_or_default();
+            media_type.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+        if form_method && media_type == Some(true) {
             let _ = self.form.set(body.clone());
         }
     }
@@ -191,49 +199,79 @@ impl Pending {
         params
     }
 
-    /// The parameters as sent, read as [`Pending::params`] says.
+    /// The parameters as Prometheus reads them (Go's `FormValue`: the form body's first
+    /// value, else the URL's; pairs Go skips skipped), read as [`Pending::params`] says; every
+    /// value of `match[]`. Each value is cut at [`MAX_VALUE`] bytes and at most [`MAX_PARAMS`]
+    /// names are kept, so that a line stays small whatever the request.
     fn sent_params(&self) -> Map<String, Value> {
         let mut params = Map::new();
         let query = self.query.as_deref().unwrap_or_default().as_bytes();
         let form = self.form.get().map_or(&[][..], |body| &body[..]);
-        for (name, value) in form_urlencoded::parse(query).chain(form_urlencoded::parse(form)) {
+        for (name, value) in crate::window::form_pairs(form).chain(crate::window::form_pairs(query)) {
             let value = match &*name {
                 "start" | "end" | "time" => crate::window::parse_time(&value)
                     .ok()
                     .and_then(chrono::DateTime::from_timestamp_millis)
-                    .map_or_else(|| json!(value), |t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
+                    .map_or_else(|| cut(&value), |t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
                 // Whole seconds, as Prometheus writes them (`int64(step / time.Second)`).
-                "step" => crate::window::parse_duration(&value).map_or_else(|_| json!(value), |ms| json!(ms / 1000)),
-                _ => json!(value),
+                "step" => crate::window::parse_duration(&value).map_or_else(|_| cut(&value), |ms| json!(ms / 1000)),
+                _ => cut(&value),
             };
             if name == "match[]" {
                 let list = params.entry("match[]").or_insert_with(|| json!([]));
-                if let Value::Array(list) = list {
+                if let Value::Array(list) = list
+                    && list.len() < MAX_PARAMS
+                {
                     list.push(value);
                 }
-            } else {
-                params.insert(name.into_owned(), value);
+            } else if !params.contains_key(&*name) && params.len() < MAX_PARAMS {
+                params.insert(cut(&name).as_str().unwrap_or_default().to_owned(), value);
             }
         }
         params
     }
 }
 
+/// The most bytes of one parameter's value (or name) a line gives; the rest is cut, and said.
+const MAX_VALUE: usize = 4096;
+/// The most parameters (and `match[]` values) a line gives.
+const MAX_PARAMS: usize = 32;
+
+/// `text` as a JSON string, cut at [`MAX_VALUE`] bytes with a note of its length.
+fn cut(text: &str) -> Value {
+    if text.len() <= MAX_VALUE {
+        return json!(text);
+    }
+    let mut end = MAX_VALUE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    json!(format!("{}... (cut; {} bytes)", &text[..end], text.len()))
+}
+
 fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-/// The user of a basic auth `Authorization` header (the web config's users; never the
-/// password).
-fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
+/// The user the web config's basic auth admitted, kept in the request's extensions for the
+/// query log (the `Authorization` header itself goes no further than the listener).
+#[derive(Debug, Clone)]
+pub struct VerifiedUser(pub String);
+
+impl VerifiedUser {
+    /// The user of a basic auth `Authorization` header (never the password); `None` for any
+    /// other header.
+    pub fn of(headers: &HeaderMap) -> Option<VerifiedUser> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, encoded) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, _) = decoded.split_once(':')?;
+        Some(VerifiedUser(user.to_owned()))
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    Some(decoded.split_once(':').map_or(decoded.as_str(), |(user, _)| user).to_owned())
 }
 
 fn open(path: &Path) -> anyhow::Result<BufWriter<File>> {
@@ -247,7 +285,14 @@ fn open(path: &Path) -> anyhow::Result<BufWriter<File>> {
 
 /// The writer's thread: writes each line as it comes, flushing when the queue is empty;
 /// opens the file again when `reopen` changes. Ends when mpp does.
-fn write_lines(path: &Path, mut out: BufWriter<File>, queue: &Receiver<String>, mut reopen: watch::Receiver<u64>) {
+/// Lines that could not be written are counted in `lost`.
+fn write_lines(
+    path: &Path,
+    mut out: BufWriter<File>,
+    queue: &Receiver<String>,
+    mut reopen: watch::Receiver<u64>,
+    lost: &Counter,
+) {
     let mut failing = false;
     while let Ok(line) = queue.recv() {
         if reopen.has_changed().unwrap_or(false) {
@@ -260,11 +305,17 @@ fn write_lines(path: &Path, mut out: BufWriter<File>, queue: &Receiver<String>, 
                 }
             }
         }
+        let mut lines = 1;
         let mut written = writeln!(out, "{line}");
         while let Ok(line) = queue.try_recv() {
+            lines += 1;
             written = written.and_then(|()| writeln!(out, "{line}"));
         }
         written = written.and_then(|()| out.flush());
+        if written.is_err() {
+            // What was buffered is lost with the error: counted as the batch's lines.
+            lost.inc_by(lines);
+        }
         match written {
             Err(error) if !failing => {
                 tracing::error!(%error, file = %path.display(), "cannot write the query log");
@@ -292,8 +343,10 @@ mod tests {
             map.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
         }
         let api = Api::of(uri.path());
+        let user = VerifiedUser::of(&map);
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
         let pending = log
-            .begin(api, &Method::from_bytes(method.as_bytes()).unwrap(), &uri, &map, "10.0.0.7".parse().unwrap())
+            .begin(api, &method, &uri, user.as_ref().map(|u| u.0.as_str()), "10.0.0.7".parse().unwrap())
             .expect("an API read");
         pending.read_body(&map, &Bytes::from(body.to_owned()));
         pending
@@ -330,18 +383,43 @@ mod tests {
 
         let json_body = pending("POST", "/api/v1/query", &[("content-type", "application/json")], "query=secret");
         assert!(!json_body.params().contains_key("query"), "only a form body holds parameters");
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let get_with_body = pending("GET", "/api/v1/query?query=up", &form, "query=secret");
+        assert_eq!(get_with_body.params()["query"], "up", "Go reads no body of a GET");
+        let prefixed =
+            pending("POST", "/api/v1/query", &[("content-type", "application/x-www-form-urlencodedX")], "query=x");
+        assert!(!prefixed.params().contains_key("query"), "another media type");
+    }
+
+    #[test]
+    fn the_query_logged_is_the_one_prometheus_runs_and_a_line_stays_small() {
+        let form = [("content-type", "application/x-www-form-urlencoded; charset=utf-8")];
+        // Go's FormValue: the body's first value, else the URL's first; pairs with a `;` or a
+        // bad escape skipped.
+        let twice = pending("POST", "/api/v1/query?query=from_url", &form, "query=first&query=second");
+        assert_eq!(twice.params()["query"], "first");
+        let url_only = pending("GET", "/api/v1/query?query=a;b&query=bad%zz&query=expensive&query=up", &[], "");
+        assert_eq!(url_only.params()["query"], "expensive");
+
+        let huge = "x".repeat(100_000);
+        let many: String = (0..1000).map(|n| format!("p{n}=1&")).collect();
+        let big = pending("POST", "/api/v1/query", &form, &format!("query={huge}&{many}"));
+        let params = big.params();
+        let query = params["query"].as_str().unwrap();
+        assert!(query.len() < 5000 && query.ends_with("(cut; 100000 bytes)"), "{}", &query[4000..]);
+        assert!(params.len() <= MAX_PARAMS + 3, "{} parameters", params.len());
     }
 
     #[test]
     fn only_the_apis_reads_are_logged() {
         let log = QueryLog { file: None, slow: None, dropped: Counter::default() };
-        let (uri, headers, ip) = ("/api/v1/write".parse().unwrap(), HeaderMap::new(), "::1".parse().unwrap());
-        assert!(log.begin(Api::of("/api/v1/write"), &Method::POST, &uri, &headers, ip).is_none());
-        assert!(log.begin(Api::of("/federate"), &Method::GET, &"/federate".parse().unwrap(), &headers, ip).is_none());
+        let (uri, ip) = ("/api/v1/write".parse().unwrap(), "::1".parse().unwrap());
+        assert!(log.begin(Api::of("/api/v1/write"), &Method::POST, &uri, None, ip).is_none());
+        assert!(log.begin(Api::of("/federate"), &Method::GET, &"/federate".parse().unwrap(), None, ip).is_none());
     }
 
     #[test]
-    fn a_line_names_the_client_the_user_and_what_mpp_did() {
+    fn a_line_names_the_client_the_verified_user_and_what_mpp_did() {
         // "grafana:open sesame" in base64.
         let query =
             pending("GET", "/api/v1/query?query=up", &[("authorization", "Basic Z3JhZmFuYTpvcGVuIHNlc2FtZQ==")], "");
@@ -364,6 +442,8 @@ mod tests {
         assert_eq!(line["mpp"]["attempts"], 2);
         assert_eq!(line["mpp"]["warning"], "merged over its bound");
         assert!(!line.to_string().contains("sesame"), "never the password");
+        let bare = HeaderMap::from_iter([(header::AUTHORIZATION, HeaderValue::from_static("Basic c2VjcmV0LXRva2Vu"))]);
+        assert!(VerifiedUser::of(&bare).is_none(), "a credential without a user is not logged");
 
         let one = Response::builder().status(422).header(&SERVED_BY, "http://a:9090").body(()).unwrap();
         let line = query.line(&one, Duration::ZERO);

@@ -444,6 +444,12 @@ async fn respond<B: ClientBody>(
         }
     };
     if authorization_is_mpps {
+        if proxy.logs_queries()
+            && let Some(user) = crate::proxy::VerifiedUser::of(request.headers())
+        {
+            // For the query log: the user the web config admitted.
+            request.extensions_mut().insert(user);
+        }
         // The client's credentials were for mpp; they do not travel on to a replica.
         request.headers_mut().remove(http::header::AUTHORIZATION);
     }

@@ -602,6 +602,14 @@ fn first_value<'f>(form: &'f [u8], name: &str) -> Option<Cow<'f, str>> {
         .map(|(_, value)| value)
 }
 
+/// Every pair of a form as Go's `url.ParseQuery` takes it (a pair holding a `;` or a bad `%`
+/// escape skipped), in order.
+pub(crate) fn form_pairs(form: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    form.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty() && !pair.contains(&b';') && escapes_are_valid(pair))
+        .filter_map(|pair| form_urlencoded::parse(pair).next())
+}
+
 /// Whether every `%` starts an escape of two hex digits (Go's `url.QueryUnescape` refuses others).
 fn escapes_are_valid(pair: &[u8]) -> bool {
     pair.iter()

@@ -278,7 +278,6 @@ fn pay(paid: &mut Option<OwnedSemaphorePermit>, owed: usize, budget: &Arc<Semaph
     }
 }
 
-/// Writes `response` (its head, and its body unless the request was `HEAD`), framed by its
 /// Writes `response` (its head, and its body unless the request was `HEAD`) as
 /// [`response::write_head`] frames it. Returns whether the connection may carry another
 /// request.

@@ -9,6 +9,9 @@ this way differ by what their code does, to a tenth of a percent from run to run
 see the kernel's share (the system calls) or cache misses: `make bench` measures those.
 
     python3 bench/instructions.py [--requests N] [--connections C] [BINARY ...]
+
+A BINARY may carry flags of its own, in one argument: `"target/dist/mpp --query-log-file=/tmp/q"`
+counts the same build with its query log on.
 """
 import argparse
 import re
@@ -22,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
 
-def count(procs, work, binary, backend, requests, connections):
+def count(procs, work, spec, backend, requests, connections):
+    binary, *flags = spec.split()
     port = bench.free_port()
     endpoints = work / f"endpoints-{port}"
     endpoints.write_text(f"http://127.0.0.1:{backend}\n")
@@ -30,7 +34,7 @@ def count(procs, work, binary, backend, requests, connections):
     # Liveness checks and probes every 30 s, so that none falls in the counted stretch.
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no",
             str(binary), "--endpoints-file", str(endpoints), "--listen-address", f"127.0.0.1:{port}",
-            "--liveness-interval", "30s"]
+            "--liveness-interval", "30s", *flags]
     process = procs.start(f"callgrind-{port}", argv)
     url = f"http://127.0.0.1:{port}{bench.QUERY}"
     bench.wait_http(url, timeout=120)

@@ -218,7 +218,7 @@ pub async fn run(
     }
     match hangups {
         Ok(hangups) => {
-            drop(background.spawn(reload_on_sighup(hangups, parts.metrics.reloads.clone(), reselect.clone())))
+            background.spawn(reload_on_sighup(hangups, parts.metrics.reloads.clone(), reselect.clone()));
         }
         Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP; files are still read again as they change"),
     }

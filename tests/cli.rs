@@ -152,6 +152,15 @@ fn version_and_help_flags_match_the_original() {
     }
 }
 
+/// A real replica, and an endpoints file naming it in a temporary folder (kept while the
+/// folder is).
+async fn one_replica() -> (common::Prometheus, tempfile::TempDir, std::path::PathBuf) {
+    let replica = common::Prometheus::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    (replica, dir, file)
+}
+
 /// The mpp binary running with an endpoints file, its log at `info` read line by line.
 struct Running {
     child: std::process::Child,
@@ -202,9 +211,7 @@ impl Drop for Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_and_exits_0() {
-    let replica = common::Prometheus::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    let (_replica, _dir, file) = one_replica().await;
     let mut mpp = Running::start(&["--endpoints-file", file.to_str().unwrap(), "--listen-address", "127.0.0.1:0"]);
     let answer = common::get(&format!("http://{}/api/v1/query?query=up", mpp.addrs[0])).await.unwrap();
     assert_eq!(answer.status, 200);
@@ -225,9 +232,7 @@ async fn sigterm_stops_accepting_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_listen_address_repeats_and_every_address_serves() {
-    let replica = common::Prometheus::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    let (_replica, _dir, file) = one_replica().await;
     let mpp = Running::start(&[
         "--endpoints-file",
         file.to_str().unwrap(),
@@ -253,9 +258,7 @@ async fn gauge(addr: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reads_every_file_again_and_the_reload_gauges_say_how_it_went() {
-    let replica = common::Prometheus::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    let (replica, _dir, file) = one_replica().await;
     let mut mpp = Running::start(&["--endpoints-file", file.to_str().unwrap(), "--web.listen-address", "127.0.0.1:0"]);
     let addr = mpp.addrs[0].clone();
     const OK: &str = "mpp_config_last_reload_successful";
@@ -295,9 +298,7 @@ async fn sighup_reads_every_file_again_and_the_reload_gauges_say_how_it_went() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_are_logfmt_by_default_and_json_objects_with_log_format_json() {
-    let replica = common::Prometheus::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    let (_replica, _dir, file) = one_replica().await;
     for format in ["logfmt", "json"] {
         let mut command = Command::new(MPP);
         command.args(["--endpoints-file", file.to_str().unwrap(), "--listen-address", "127.0.0.1:0"]);
@@ -328,9 +329,7 @@ async fn log_lines_are_logfmt_by_default_and_json_objects_with_log_format_json()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_queries_are_logged_at_warn_and_the_query_log_is_reopened_on_sighup() {
-    let replica = common::Prometheus::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = common::endpoints_file(dir.path(), &[replica.url()]);
+    let (_replica, dir, file) = one_replica().await;
     let log = dir.path().join("queries.log");
     let mut mpp = Running::start(&[
         "--endpoints-file",

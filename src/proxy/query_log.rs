@@ -17,7 +17,6 @@ use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, Response, header};
 use prometheus_client::metrics::counter::Counter;
@@ -259,18 +258,10 @@ fn rfc3339(time: SystemTime) -> String {
 pub struct VerifiedUser(pub String);
 
 impl VerifiedUser {
-    /// The user of a basic auth `Authorization` header (never the password); `None` for any
-    /// other header.
+    /// The user of a basic auth `Authorization` header (never the password), read as the web
+    /// config's check reads it; `None` for any other header.
     pub fn of(headers: &HeaderMap) -> Option<VerifiedUser> {
-        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, encoded) = value.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("basic") {
-            return None;
-        }
-        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        let (user, _) = decoded.split_once(':')?;
-        Some(VerifiedUser(user.to_owned()))
+        crate::web::basic_credentials(headers).map(|(user, _)| VerifiedUser(user))
     }
 }
 

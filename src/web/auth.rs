@@ -156,7 +156,7 @@ impl Drop for ClientShare<'_> {
 
 /// The user and password of an `Authorization: Basic` header, as Go's `Request.BasicAuth`
 /// reads it (scheme in any case, standard base64, split at the first colon).
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_at_checked(6)?;
     if !scheme.eq_ignore_ascii_case("basic ") {

@@ -32,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::reload::Reread;
 
+pub(crate) use auth::basic_credentials;
 pub use config::{WebConfig, WebConfigError};
 
 /// How often the web config file and the files it names are checked for changes.

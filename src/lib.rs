@@ -85,6 +85,7 @@ pub(crate) mod selection;
 pub(crate) mod server;
 pub(crate) mod strategy;
 pub(crate) mod system;
+pub(crate) mod telemetry;
 pub(crate) mod tracker;
 pub(crate) mod units;
 pub(crate) mod via;
@@ -222,7 +223,15 @@ pub async fn run(
         }
         Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP; files are still read again as they change"),
     }
-    let proxies = proxies(&config, &parts, reselect)?;
+    let (tracing, tracer) = match &config.tracing {
+        Some(settings) => {
+            let (tracing, tracer) = telemetry::Tracing::start(settings, parts.metrics.tracing.clone())
+                .context("cannot set up tracing (--tracing-endpoint)")?;
+            (Some(tracing), Some(tracer))
+        }
+        None => (None, None),
+    };
+    let proxies = proxies(&config, &parts, tracer, reselect)?;
     let shared = server::Shared {
         admin: admin::Admin::new(parts.snapshot, parts.metrics.clone(), facts),
         web: parts.web,
@@ -243,6 +252,9 @@ pub async fn run(
     };
     let served = server::serve(listeners, proxies, shared, shutdown).await;
     background.shutdown().await;
+    if let Some(tracing) = tracing {
+        tracing.shutdown().await;
+    }
     served
 }
 
@@ -384,12 +396,17 @@ async fn settle(
 
 /// One proxy per serving thread, each with its own pool, so that a thread's requests only
 /// ever use connections that thread drives (the probes keep `parts.client`).
-fn proxies(config: &Config, parts: &Parts, reselect: mpsc::Sender<()>) -> anyhow::Result<Vec<proxy::Proxy>> {
+fn proxies(
+    config: &Config,
+    parts: &Parts,
+    tracer: Option<telemetry::Tracer>,
+    reselect: mpsc::Sender<()>,
+) -> anyhow::Result<Vec<proxy::Proxy>> {
     let pool = || -> anyhow::Result<client::pool::Pool> {
         let connector = client::connector(&config.backends.tls).context("cannot set up the backend client")?;
         Ok(client::pool::Pool::new(connector, config.backends.max_connections))
     };
-    let proxy = proxy::Proxy::new(proxy_settings(config, parts, pool()?, reselect)?);
+    let proxy = proxy::Proxy::new(proxy_settings(config, parts, pool()?, tracer, reselect)?);
     let mut proxies = vec![proxy.clone()];
     for _ in 1..config.server.serving_threads {
         proxies.push(proxy.with_pool(pool()?));
@@ -403,6 +420,7 @@ fn proxy_settings(
     config: &Config,
     parts: &Parts,
     pool: client::pool::Pool,
+    tracer: Option<telemetry::Tracer>,
     reselect: mpsc::Sender<()>,
 ) -> anyhow::Result<proxy::ProxySettings> {
     let flags = &config.proxy;
@@ -435,6 +453,7 @@ fn proxy_settings(
             parts.metrics.query_log_dropped.clone(),
             parts.metrics.reloads.asked(),
         )?,
+        tracer,
     })
 }
 

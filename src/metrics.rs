@@ -114,6 +114,8 @@ pub struct Metrics {
     pub reloads: crate::reload::Reloads,
     /// `mpp_query_log_dropped_total`: query log lines dropped because the writer fell behind.
     pub query_log_dropped: Counter,
+    /// `mpp_tracing_spans_exported_total` and `mpp_tracing_export_failures_total`.
+    pub tracing: TracingExport,
     /// `mpp_merged_requests_total{endpoint,outcome}`: queries no single replica could answer
     /// whole, answered from several.
     pub merged_requests: Family<MergeLabels, Counter>,
@@ -269,6 +271,17 @@ impl Metrics {
             "Query log lines dropped because the file's writer fell behind (the request never waits for it)",
             query_log_dropped.clone(),
         );
+        let tracing = TracingExport::default();
+        registry.register(
+            "mpp_tracing_spans_exported",
+            "Spans the --tracing-endpoint collector took",
+            tracing.exported.clone(),
+        );
+        registry.register(
+            "mpp_tracing_export_failures",
+            "Batches of spans the --tracing-endpoint collector did not take (lost)",
+            tracing.failures.clone(),
+        );
         let merged_requests = Family::default();
         registry.register(
             "mpp_merged_requests",
@@ -337,6 +350,7 @@ impl Metrics {
             web_config_last_reload_successful,
             reloads,
             query_log_dropped,
+            tracing,
             merged_requests,
             slice_requests,
             broadcast_requests,
@@ -392,6 +406,16 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The counters of tracing's export (`mpp_tracing_spans_exported_total`,
+/// `mpp_tracing_export_failures_total`).
+#[derive(Debug, Clone, Default)]
+pub struct TracingExport {
+    /// Spans the collector took.
+    pub exported: Counter,
+    /// Batches of spans the collector did not take (lost).
+    pub failures: Counter,
 }
 
 /// What `--version` prints after the name: the facts of `mpp_build_info`.

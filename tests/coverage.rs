@@ -340,12 +340,17 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     assert!(metrics.contains("mpp_merged_requests_total{endpoint=\"query_range\",outcome=\"sliced\"}"), "{metrics}");
     assert!(metrics.contains("mpp_backend_coverage_ratio{"), "{metrics}");
 
-    // A new mpp, long after the holes: its first answers already avoid them.
+    // A new mpp, long after the holes: its first answers already avoid them. It traces every
+    // request, to show the coverage decision and the slices in the trace.
     mpp.stop().await.unwrap();
-    let mpp = Mpp::start(&args).await;
+    let collector = common::otlp::Collector::default();
+    let endpoint = format!("http://{}", collector.start_grpc().await);
+    let traced = [&args[..], &["--tracing-endpoint", &endpoint, "--tracing-sampling-ratio", "1"]].concat();
+    let mpp = Mpp::start(&traced).await;
     hole_at_scrape_precision(&mpp, &a, outages.a, "A").await;
     hole_at_scrape_precision(&mpp, &b, outages.b, "B").await;
     check(&mpp, &a, &b, &outages, "after mpp restarted").await;
+    sliced_in_the_trace(&collector, &[a.url(), b.url()]).await;
 
     // The status page draws the holes.
     let page = get(&mpp.url("/mpp/status")).await.unwrap().text();
@@ -366,6 +371,34 @@ async fn queries_through_mpp_have_no_holes_when_each_replica_has_one() {
     assert_eq!(steps(&answer)[0].1, direct_steps(&served, &path).await, "the primary's own answer, whole");
     let metrics = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
     assert!(metrics.contains("outcome=\"too_large\"} 1"), "{metrics}");
+}
+
+/// Waits for the trace of a sliced range query: its coverage decision names the slices and
+/// their replicas, and the slices' span holds an attempt on each of `replicas`.
+async fn sliced_in_the_trace(collector: &common::otlp::Collector, replicas: &[String]) {
+    wait_until("a sliced query's trace", Duration::from_secs(30), || async {
+        let decided = collector.named("mpp.coverage");
+        let sliced = collector.named("mpp.slices");
+        decided.iter().any(|s| s.attribute("mpp.route").as_deref() == Some("slices"))
+            && sliced.iter().any(|s| collector.children(s).len() >= 2)
+    })
+    .await;
+    let decision = collector
+        .named("mpp.coverage")
+        .into_iter()
+        .find(|s| s.attribute("mpp.route").as_deref() == Some("slices"))
+        .unwrap();
+    let listed = decision.attribute("mpp.replicas").unwrap();
+    assert!(replicas.iter().all(|r| listed.contains(r.as_str())), "{listed}");
+    let slices = collector.named("mpp.slices").into_iter().find(|s| collector.children(s).len() >= 2).unwrap();
+    assert_eq!(slices.trace_id(), decision.trace_id(), "one query's trace");
+    let mut asked: Vec<String> =
+        collector.children(&slices).iter().filter_map(|attempt| attempt.attribute("mpp.replica")).collect();
+    asked.sort();
+    asked.dedup();
+    let mut expected = replicas.to_vec();
+    expected.sort();
+    assert_eq!(asked, expected, "the slices' attempts, on each replica");
 }
 
 /// A replica stand-in that passes every probe but answers the proxied query `vector(1)` with

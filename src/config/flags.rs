@@ -190,6 +190,24 @@ pub struct Proxy {
     pub slow_query_threshold: Duration,
 }
 
+/// OpenTelemetry tracing of the requests.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Tracing {
+    /// Send traces of the requests over OTLP to this collector (http:// or https:// URL; for
+    /// HTTP, a URL without a path means its /v1/traces); off when not given
+    #[arg(long, env = "MPP_TRACING_ENDPOINT", value_name = "URL", value_parser = parse_tracing_endpoint)]
+    pub tracing_endpoint: Option<http::Uri>,
+
+    /// How traces reach --tracing-endpoint: grpc or http (protobuf over HTTP)
+    #[arg(long, env = "MPP_TRACING_PROTOCOL", default_value = "grpc", value_name = "PROTOCOL", value_enum)]
+    pub tracing_protocol: crate::telemetry::Protocol,
+
+    /// The share of requests without a sampled trace context of their own that are traced,
+    /// from 0 to 1 (a client's sampled traceparent is always followed)
+    #[arg(long, env = "MPP_TRACING_SAMPLING_RATIO", default_value = "0.1", value_name = "RATIO", value_parser = parse_ratio)]
+    pub tracing_sampling_ratio: f64,
+}
+
 /// The listener: where, how many connections and threads, their deadlines, its security.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Server {
@@ -479,6 +497,25 @@ fn parse_strategy(value: &str) -> Result<Strategy, String> {
 
 fn parse_affinity(value: &str) -> Result<AffinityOptions, String> {
     value.parse()
+}
+
+/// `--tracing-endpoint`: an http or https URL with a host.
+fn parse_tracing_endpoint(value: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = value.trim().parse().map_err(|e| format!("'{value}' is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "'{value}' is not an http:// or https:// URL with a host (e.g. http://otel-collector:4317)"
+        ));
+    }
+    Ok(uri)
+}
+
+/// `--tracing-sampling-ratio`: a number from 0 to 1.
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("'{value}' is not a ratio from 0 to 1")),
+    }
 }
 
 /// A `--web.listen-address` as Prometheus takes it: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` for

@@ -51,6 +51,10 @@ pub struct Args {
     #[command(flatten)]
     pub backends: BackendFlags,
 
+    /// OpenTelemetry tracing.
+    #[command(flatten)]
+    pub tracing: flags::Tracing,
+
     /// Log debugging information
     #[arg(short = 'V', long, env = "MPP_VERBOSE")]
     pub verbose: bool,
@@ -90,6 +94,8 @@ pub struct Config {
     pub log_level: crate::logging::LogLevel,
     /// `--log.format`.
     pub log_format: crate::logging::LogFormat,
+    /// OpenTelemetry tracing, when `--tracing-endpoint` is given.
+    pub tracing: Option<crate::telemetry::Settings>,
 }
 
 /// The client to the replicas, its flags checked together.
@@ -144,6 +150,11 @@ impl Config {
             verbose: args.verbose,
             log_level: args.log_level,
             log_format: args.log_format,
+            tracing: args.tracing.tracing_endpoint.map(|endpoint| crate::telemetry::Settings {
+                endpoint,
+                protocol: args.tracing.tracing_protocol,
+                sampling_ratio: args.tracing.tracing_sampling_ratio,
+            }),
         })
     }
 
@@ -250,6 +261,25 @@ mod tests {
         assert_eq!(listen(&["--port", "9095", "--web.listen-address", ":1"]).unwrap(), ["[::]:1"], "the address wins");
         let error = listen(&["--web.listen-address", "localhost"]).unwrap_err();
         assert!(error.contains("--web.listen-address") && error.contains("'localhost'"), "{error}");
+    }
+
+    #[test]
+    fn tracing_flags_are_checked_and_off_by_default() {
+        assert!(parse(&["--endpoints-file", "/tmp/x"]).unwrap().tracing.is_none());
+        let c =
+            parse(&["--endpoints-file=f", "--tracing-endpoint=https://otel:4318", "--tracing-protocol=http"]).unwrap();
+        let tracing = c.tracing.unwrap();
+        assert_eq!(tracing.endpoint.to_string(), "https://otel:4318/");
+        assert_eq!((tracing.protocol, tracing.sampling_ratio), (crate::telemetry::Protocol::Http, 0.1));
+        for (args, problem) in [
+            (&["--tracing-endpoint=otel:4317"][..], "'otel:4317' is not an http:// or https:// URL"),
+            (&["--tracing-endpoint=ftp://otel"][..], "'ftp://otel' is not an http:// or https:// URL"),
+            (&["--tracing-endpoint=http://o", "--tracing-sampling-ratio=2"][..], "'2' is not a ratio from 0 to 1"),
+            (&["--tracing-endpoint=http://o", "--tracing-protocol=thrift"][..], "'thrift'"),
+        ] {
+            let e = parse(&[&["--endpoints-file=f"], args].concat()).unwrap_err();
+            assert!(e.contains(problem), "{e}");
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ use futures_util::FutureExt;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
+use opentelemetry::Context;
+use opentelemetry::context::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -46,6 +48,7 @@ use crate::error::{ProxyBody, ProxyError};
 use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
 use crate::registry::Replica;
 use crate::selection::Snapshot;
+use crate::telemetry::Tracer;
 use crate::tracker::DEFAULT_LOOKBACK;
 use crate::units::format_duration;
 use crate::via::Pseudonym;
@@ -111,6 +114,8 @@ struct Inner {
     admin_api: AdminApi,
     /// The query log and slow-query log, when either is on.
     query_log: Option<QueryLog>,
+    /// OpenTelemetry tracing, when it is on.
+    tracer: Option<Tracer>,
 }
 
 /// What the proxy needs from the rest of the program.
@@ -147,6 +152,8 @@ pub struct ProxySettings<P = Pool> {
     pub admin_api: AdminApi,
     /// The query log and slow-query log (`--query-log-file`, `--slow-query-threshold`).
     pub query_log: Option<QueryLog>,
+    /// OpenTelemetry tracing (`--tracing-endpoint`).
+    pub tracer: Option<Tracer>,
 }
 
 /// A request, read and ready to be sent to any replica.
@@ -208,6 +215,7 @@ impl<P: Transport> Proxy<P> {
                 admin_api: settings.admin_api,
                 fanout: fanout::FanoutLimit::new(settings.max_fanout_per_client),
                 query_log: settings.query_log,
+                tracer: settings.tracer,
             }),
         }
     }
@@ -234,27 +242,38 @@ impl<P: Transport> Proxy<P> {
         self.inner.query_log.is_some()
     }
 
-    /// The query log's entry for `request`, when the log is on and tells of it: the request
-    /// then goes through [`Proxy::handle_logged`] instead of [`Proxy::handle`].
-    pub fn query_log_entry<B>(&self, request: &Request<B>, peer: IpAddr) -> Option<Pending> {
-        let log = self.inner.query_log.as_ref()?;
-        let client = self.inner.trusted_proxies.client_address(request.headers(), peer);
-        let user = request.extensions().get::<VerifiedUser>().map(|user| user.0.as_str());
-        log.begin(Api::of(request.uri().path()), request.method(), request.uri(), user, client)
+    /// Whether requests go through [`Proxy::handle_observed`] instead of [`Proxy::handle`]:
+    /// the query log or tracing is on.
+    pub fn observes(&self) -> bool {
+        self.inner.query_log.is_some() || self.inner.tracer.is_some()
     }
 
-    /// [`Proxy::handle`] for a request the query log tells of, logged with its answer. Its
-    /// own future (boxed by the caller), so that the log adds nothing to other requests'.
-    pub async fn handle_logged<B: ClientBody>(
+    /// [`Proxy::handle`] with the query log's line and the trace's spans for the request, as
+    /// far as each is on and tells of it. Its own future (boxed by the caller), so that
+    /// neither adds anything to other requests'.
+    pub async fn handle_observed<B: ClientBody>(
         &self,
         request: Request<B>,
         peer: IpAddr,
-        pending: Pending,
     ) -> Response<ProxyBody<P::Body>> {
         let started = Instant::now();
-        let answer = self.forward(request, peer, started, &pending).await.unwrap_or_else(|error| self.refuse(error));
-        if let Some(log) = &self.inner.query_log {
-            log.finish(&pending, &answer, started.elapsed());
+        let client = self.inner.trusted_proxies.client_address(request.headers(), peer);
+        let pending = self.inner.query_log.as_ref().and_then(|log| {
+            let user = request.extensions().get::<VerifiedUser>().map(|user| user.0.as_str());
+            log.begin(Api::of(request.uri().path()), request.method(), request.uri(), user, client)
+        });
+        let trace = self.inner.tracer.as_ref().map(|tracer| tracer.request(&request, client));
+        let forwarded = self.forward(request, peer, started, pending.as_ref());
+        let answer = match &trace {
+            Some(context) => forwarded.with_context(context.clone()).await,
+            None => forwarded.await,
+        };
+        let answer = answer.unwrap_or_else(|error| self.refuse(error));
+        if let (Some(log), Some(pending)) = (&self.inner.query_log, &pending) {
+            log.finish(pending, &answer, started.elapsed());
+        }
+        if let Some(context) = &trace {
+            Tracer::answered(context, answer.status(), answer.headers().get(&headers::SERVED_BY));
         }
         answer
     }
@@ -300,7 +319,7 @@ impl<P: Transport> Proxy<P> {
         let mut exchange = Exchange { prepared, snapshot, deadline, started, target: Target::Replica };
         if let Some(kind) = Broadcast::of(&exchange.prepared.method, exchange.prepared.api) {
             exchange.target = Target::Diverted;
-            return Box::pin(self.broadcast(exchange, kind)).await;
+            return Box::pin(self.within("mpp.broadcast", self.broadcast(exchange, kind))).await;
         }
         let (prepared, snapshot) = (&exchange.prepared, &exchange.snapshot);
         let backend = match inner.affinity.preferred(snapshot, prepared.route_cookie.as_deref(), prepared.client) {
@@ -326,10 +345,11 @@ impl<P: Transport> Proxy<P> {
         {
             let others = snapshot.viable.iter().filter(|r| **r != backend).cloned().collect();
             exchange.target = Target::Diverted;
-            return Box::pin(self.merge(exchange, Union::Agreed(kind), backend, others)).await;
+            return Box::pin(self.within("mpp.merge", self.merge(exchange, Union::Agreed(kind), backend, others)))
+                .await;
         }
         match self.coverage_read(prepared, snapshot, &backend) {
-            Some(read) => match route::plan(snapshot, backend, &read) {
+            Some((read, trace)) => match self.plan(snapshot, backend, &read, trace) {
                 Route::One { replica, diverted } => {
                     if diverted {
                         exchange.target = Target::Diverted;
@@ -349,22 +369,47 @@ impl<P: Transport> Proxy<P> {
                 // every request's.
                 Route::Merge { primary, others } => {
                     exchange.target = Target::Diverted;
-                    Box::pin(self.merge(exchange, Union::Api(read.endpoint), primary, others)).await
+                    Box::pin(self.within("mpp.merge", self.merge(exchange, Union::Api(read.endpoint), primary, others)))
+                        .await
                 }
                 Route::Slices(slices) => {
                     exchange.target = Target::Diverted;
-                    Box::pin(self.sliced(exchange, slices, &read)).await
+                    Box::pin(self.within("mpp.slices", self.sliced(exchange, slices, &read))).await
                 }
             },
             None => Box::pin(self.relay(exchange, backend)).await,
         }
     }
 
+    /// Runs `work` within a span of its own named `name` when tracing is on.
+    async fn within<F: Future>(&self, name: &'static str, work: F) -> F::Output {
+        match &self.inner.tracer {
+            Some(tracer) => tracer.within(name, work).await,
+            None => work.await,
+        }
+    }
+
+    /// The route of a query that reads `read`, whose affinity or strategy choice is
+    /// `default`; told to the coverage decision's span, when it is traced.
+    fn plan(&self, snapshot: &Snapshot, default: Arc<Replica>, read: &Read, trace: Option<Context>) -> Route {
+        let route = route::plan(snapshot, default, read);
+        if let Some(context) = trace {
+            let (kind, replicas) = route.describe();
+            crate::telemetry::decided(&context, (read.window.start, read.window.end), kind, replicas);
+        }
+        route
+    }
+
     /// What a request reads, when coverage routing is on, the request is a routable query,
     /// the replica it would go to (`default`) has a hole and so does some usable replica
     /// (otherwise that replica, or every one, covers every window, and the query is not even
-    /// parsed).
-    fn coverage_read(&self, prepared: &Prepared, snapshot: &Snapshot, default: &Replica) -> Option<Read> {
+    /// parsed); with the coverage decision's span, when the request is traced.
+    fn coverage_read(
+        &self,
+        prepared: &Prepared,
+        snapshot: &Snapshot,
+        default: &Replica,
+    ) -> Option<(Read, Option<Context>)> {
         let (endpoint, remote_read) = match (prepared.api, &prepared.method) {
             (Api::Read(endpoint), &Method::GET | &Method::POST) => (Some(endpoint), false),
             (Api::RemoteRead, &Method::POST) => (None, true),
@@ -391,6 +436,19 @@ impl<P: Transport> Proxy<P> {
         if !holes {
             return None;
         }
+        let trace = self.inner.tracer.as_ref().map(|tracer| tracer.child("mpp.coverage"));
+        self.read_of(prepared, endpoint, remote_read, lookback).map(|read| (read, trace))
+    }
+
+    /// What a query reads (see [`Proxy::coverage_read`]), each replica's lookback being at
+    /// most `lookback`.
+    fn read_of(
+        &self,
+        prepared: &Prepared,
+        endpoint: Option<window::Endpoint>,
+        remote_read: bool,
+        lookback: Option<Millis>,
+    ) -> Option<Read> {
         let lookback = lookback.unwrap_or(DEFAULT_LOOKBACK);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as Millis;
         if remote_read {
@@ -563,6 +621,10 @@ impl<P: Transport> Proxy<P> {
         tried: &[Arc<Replica>],
     ) -> Outcome<Answered<P::Body>> {
         let (prepared, deadline) = (&exchange.prepared, exchange.deadline);
+        // Boxed: a pointer in every attempt's future, whether tracing is on or not.
+        let trace = self.inner.tracer.as_ref().map(|tracer| {
+            tracer.attempt(backend, &prepared.method, prepared.path_and_query.as_str(), &prepared.outgoing_headers)
+        });
         let slots = backend.connection_slots();
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -573,7 +635,12 @@ impl<P: Transport> Proxy<P> {
                 );
                 match Box::pin(queued).await {
                     Ok(Ok(slot)) => slot,
-                    Ok(Err(_)) | Err(_) => return Outcome::Failed(AttemptError::Busy, None),
+                    Ok(Err(_)) | Err(_) => {
+                        if let Some(trace) = &trace {
+                            trace.failed(&AttemptError::Busy, AttemptError::Busy.kind());
+                        }
+                        return Outcome::Failed(AttemptError::Busy, None);
+                    }
                 }
             }
         };
@@ -583,7 +650,7 @@ impl<P: Transport> Proxy<P> {
         let request = pool::Outgoing {
             method: &prepared.method,
             target: [backend.prefix(), prepared.path_and_query.as_str(), timeout.as_ref().map_or("", |t| t.as_str())],
-            headers: &prepared.outgoing_headers,
+            headers: trace.as_ref().map_or(&prepared.outgoing_headers, |trace| &trace.headers),
             body: &prepared.body.bytes,
             replayable: prepared.replayable,
         };
@@ -593,7 +660,14 @@ impl<P: Transport> Proxy<P> {
         let movable =
             || prepared.replayable && retry::has_alternative(&self.inner.snapshot.load(), tried, backend, target);
         let answer = retry::wait_for_answer(sent, movable, backend.health(), patience, deadline).await;
-        retry::judge(answer, prepared.replayable, backend).map(|response| (response, slot))
+        let outcome = retry::judge(answer, prepared.replayable, backend);
+        if let Some(trace) = &trace {
+            match &outcome {
+                Outcome::Answer(response) => trace.answered(response.status()),
+                Outcome::Failed(failure, _) => trace.failed(failure, failure.kind()),
+            }
+        }
+        outcome.map(|response| (response, slot))
     }
 
     /// The backend's answer, made ready for the client; its body streams through untouched,
@@ -662,9 +736,11 @@ impl BodyTap for () {
     fn read_body(&self, _: &HeaderMap, _: &Bytes) {}
 }
 
-impl BodyTap for &Pending {
+impl BodyTap for Option<&Pending> {
     fn read_body(&self, headers: &HeaderMap, body: &Bytes) {
-        Pending::read_body(self, headers, body);
+        if let Some(pending) = self {
+            pending.read_body(headers, body);
+        }
     }
 }
 

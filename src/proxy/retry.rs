@@ -216,6 +216,19 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// Its name in a trace (`error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AttemptError::Connect(_) => "connect",
+            AttemptError::Sent(_) => "sent",
+            AttemptError::Unavailable => "unavailable",
+            AttemptError::Abandoned => "abandoned",
+            AttemptError::Loop => "loop",
+            AttemptError::TimedOut => "timeout",
+            AttemptError::Busy => "busy",
+        }
+    }
+
     /// Whether another backend may be tried. `replayable`: the request is read-only. A
     /// request whose time ran out is never run again: a query heavy enough to time out on
     /// one replica would only cost the next one as much.

@@ -44,6 +44,19 @@ pub enum Route {
     Merge { primary: Arc<Replica>, others: Vec<Arc<Replica>> },
 }
 
+impl Route {
+    /// Its kind and the replicas it asks (each slice's replica in time order), for a trace.
+    pub fn describe(&self) -> (&'static str, Vec<String>) {
+        match self {
+            Route::One { replica, .. } => ("one", vec![replica.url().to_owned()]),
+            Route::Slices(slices) => ("slices", slices.iter().map(|s| s.replica.url().to_owned()).collect()),
+            Route::Merge { primary, others } => {
+                ("merge", std::iter::once(primary).chain(others).map(|r| r.url().to_owned()).collect())
+            }
+        }
+    }
+}
+
 /// The steps of a range query one replica answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slice {

@@ -72,6 +72,7 @@ fn proxy(
         max_fanout_per_client: 64,
         admin_api: crate::proxy::broadcast::AdminApi::Refuse,
         query_log: None,
+        tracer: None,
     };
     tune(&mut settings);
     Proxy::new(settings)

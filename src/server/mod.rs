@@ -480,11 +480,11 @@ fn route<B: ClientBody>(
             shared.admin.handle(&request).map(Either::Right),
         )));
     }
-    if let Some(pending) = proxy.query_log_entry(&request, peer.ip()) {
+    if proxy.observes() {
         // Boxed beside the answers decided at once, so that the common path's future is as
-        // it is without the query log.
-        let logged = Box::pin(proxy.handle_logged(request, peer.ip(), pending));
-        return future::Either::Left(future::Either::Right(logged));
+        // it is without the query log and tracing.
+        let observed = Box::pin(proxy.handle_observed(request, peer.ip()));
+        return future::Either::Left(future::Either::Right(observed));
     }
     future::Either::Right(proxy.handle(request, peer.ip()))
 }

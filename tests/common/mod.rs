@@ -8,6 +8,7 @@ pub mod dns;
 pub mod kubernetes;
 pub mod load;
 pub mod marathon;
+pub mod otlp;
 pub mod tls;
 
 use std::future::Future;

@@ -32,6 +32,11 @@ impl<B: Body, G> Guarded<B, G> {
         Guarded { prefix: Some(prefix), body, _guard: guard }
     }
 
+    /// What was read of the body already (if anything), the rest of it, and the guard.
+    pub fn into_inner(self) -> (Option<B::Data>, B, G) {
+        (self.prefix, self.body, self._guard)
+    }
+
     /// The body and the guard, apart again.
     pub fn into_parts(self) -> (B, G) {
         (self.body, self._guard)

@@ -65,6 +65,7 @@ pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod backend;
 pub(crate) mod body;
+pub(crate) mod cache;
 pub(crate) mod client;
 pub mod config;
 pub(crate) mod coverage;
@@ -233,7 +234,7 @@ pub async fn run(
     };
     let proxies = proxies(&config, &parts, tracer, reselect)?;
     let shared = server::Shared {
-        admin: admin::Admin::new(parts.snapshot, parts.metrics.clone(), facts),
+        admin: admin::Admin::new(parts.snapshot, parts.metrics.clone(), facts, parts.cache.clone()),
         web: parts.web,
         metrics: parts.metrics,
         pseudonym: parts.pseudonym,
@@ -268,6 +269,8 @@ struct Parts {
     credentials: Option<Arc<credentials::Credentials>>,
     /// The client probes use (proxied requests have each serving thread's own pool).
     client: client::HttpClient,
+    /// The dashboard cache, unless `--cache-max-bytes 0`.
+    cache: Option<Arc<cache::Cache>>,
 }
 
 impl Parts {
@@ -286,8 +289,14 @@ impl Parts {
         };
         let client = client::build_with(&config.backends.tls, config.backends.max_connections)
             .context("cannot set up the backend client")?;
+        let metrics = Arc::new(Self::metrics(config, web.as_ref()));
+        let cache = (config.proxy.cache_max_bytes > 0).then(|| {
+            let fresh = i64::try_from(config.proxy.cache_fresh_window.as_millis()).unwrap_or(i64::MAX);
+            Arc::new(cache::Cache::new(config.proxy.cache_max_bytes, fresh, metrics.cache.clone()))
+        });
         Ok(Parts {
-            metrics: Arc::new(Self::metrics(config, web.as_ref())),
+            metrics,
+            cache,
             snapshot: Arc::new(ArcSwap::from_pointee(selection::Snapshot::empty())),
             pseudonym: via::Pseudonym::random(),
             web,
@@ -454,6 +463,7 @@ fn proxy_settings(
             parts.metrics.reloads.asked(),
         )?,
         tracer,
+        cache: parts.cache.clone(),
     })
 }
 

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub query_log_dropped: Counter,
     /// `mpp_tracing_spans_exported_total` and `mpp_tracing_export_failures_total`.
     pub tracing: TracingExport,
+    /// `mpp_cache_requests_total`, `mpp_cache_steps_total`, `mpp_cache_bytes`, `mpp_cache_entries`.
+    pub cache: CacheMetrics,
     /// `mpp_merged_requests_total{endpoint,outcome}`: queries no single replica could answer
     /// whole, answered from several.
     pub merged_requests: Family<MergeLabels, Counter>,
@@ -282,6 +284,19 @@ impl Metrics {
             "Batches of spans the --tracing-endpoint collector did not take (lost)",
             tracing.failures.clone(),
         );
+        let cache = CacheMetrics::default();
+        registry.register(
+            "mpp_cache_requests",
+            "Queries the dashboard cache took part in, by result: hit (every step from the cache), partial, miss, bypass (a query it cannot keep)",
+            cache.requests.clone(),
+        );
+        registry.register(
+            "mpp_cache_steps",
+            "Steps of range query answers, by source: the cache or a replica",
+            cache.steps.clone(),
+        );
+        registry.register("mpp_cache_bytes", "Bytes the dashboard cache holds", cache.bytes.clone());
+        registry.register("mpp_cache_entries", "Queries the dashboard cache holds", cache.entries.clone());
         let merged_requests = Family::default();
         registry.register(
             "mpp_merged_requests",
@@ -351,6 +366,7 @@ impl Metrics {
             reloads,
             query_log_dropped,
             tracing,
+            cache,
             merged_requests,
             slice_requests,
             broadcast_requests,
@@ -406,6 +422,32 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What is counted about the cache.
+#[derive(Debug, Clone, Default)]
+pub struct CacheMetrics {
+    /// `mpp_cache_requests_total{result}`: `hit`, `partial`, `miss`, and `bypass` for the
+    /// queries the cache cannot keep.
+    pub requests: Family<ResultLabels, Counter>,
+    /// `mpp_cache_steps_total{source}`: the steps of range answers, from the cache or a replica.
+    pub steps: Family<SourceLabels, Counter>,
+    /// `mpp_cache_bytes`: what the cache holds.
+    pub bytes: Gauge,
+    /// `mpp_cache_entries`: the queries it holds.
+    pub entries: Gauge,
+}
+
+/// The `result` label of `mpp_cache_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// The `source` label of `mpp_cache_steps_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
 }
 
 /// The counters of tracing's export (`mpp_tracing_spans_exported_total`,

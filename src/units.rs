@@ -90,6 +90,21 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// A size in bytes as a person reads it: `512 B`, `3.2 KiB`, `250.0 MiB`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Parses a byte size: a plain number of bytes, or a number with `KiB`, `MiB`, `GiB` (also
 /// `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024).
 pub fn parse_size(value: &str) -> Result<u64, String> {

@@ -3,24 +3,11 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Mpp, Prometheus, endpoints_file, get, wait_until};
+use common::{Mpp, Prometheus, endpoints_file, get, ready, wait_until};
 use serde_json::Value;
-
-/// Whether a plain-HTTP Prometheus on `port` says it is ready.
-fn ready(port: u16) -> bool {
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
-}
 
 /// The JSON lines of a log file.
 fn lines(path: &Path) -> Vec<Value> {

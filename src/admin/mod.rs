@@ -41,12 +41,18 @@ pub struct Admin {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     facts: Arc<Facts>,
+    cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl Admin {
     /// The admin paths over the given state.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>, facts: Facts) -> Self {
-        Admin { snapshot, metrics, facts: Arc::new(facts) }
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        facts: Facts,
+        cache: Option<Arc<crate::cache::Cache>>,
+    ) -> Self {
+        Admin { snapshot, metrics, facts: Arc::new(facts), cache }
     }
 
     /// Answers a request whose path starts with `/mpp/`.
@@ -74,7 +80,8 @@ impl Admin {
                 self.metrics.encode(),
             ),
             "/mpp/status" => {
-                let status = Status::new(&self.facts, &self.snapshot.load());
+                let cache = self.cache.as_ref().map(|cache| cache.summary(10));
+                let status = Status::new(&self.facts, &self.snapshot.load(), cache);
                 if wants_json(request) {
                     let json = serde_json::to_string_pretty(&status).expect("the status always serializes");
                     respond(StatusCode::OK, "application/json", json)

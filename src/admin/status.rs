@@ -30,6 +30,8 @@ pub struct Status {
     pub last_round_millis: u64,
     pub selection_reason: String,
     pub candidates: Vec<CandidateStatus>,
+    /// The dashboard cache, when it is on.
+    pub cache: Option<crate::cache::Summary>,
 }
 
 /// One candidate on the status page.
@@ -102,7 +104,7 @@ impl CoverageStatus {
 
 impl Status {
     /// The status as of `snapshot`.
-    pub fn new(facts: &Facts, snapshot: &Snapshot) -> Self {
+    pub fn new(facts: &Facts, snapshot: &Snapshot, cache: Option<crate::cache::Summary>) -> Self {
         let now = SystemTime::now();
         let unix_now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
         Status {
@@ -141,6 +143,7 @@ impl Status {
                     coverage: CoverageStatus::new(&c.replica.coverage(), unix_now),
                 })
                 .collect(),
+            cache,
         }
     }
 
@@ -209,6 +212,8 @@ impl Status {
                     }
                     h2 { "Coverage" }
                     (self.coverage_html())
+                    h2 { "Cache" }
+                    (self.cache_html())
                     p.foot { "JSON: " code { "curl -H 'Accept: application/json' …/mpp/status" } " · metrics at " a href="/mpp/metrics" { "/mpp/metrics" } }
                 }
             }
@@ -218,6 +223,33 @@ impl Status {
 }
 
 impl Status {
+    /// The dashboard cache: what it holds, how often it answers whole, its largest queries.
+    fn cache_html(&self) -> maud::Markup {
+        let Some(cache) = &self.cache else {
+            return html! { p { "Off (" code { "--cache-max-bytes 0" } ")." } };
+        };
+        html! {
+            table.facts {
+                tr { th { "Queries held" } td { (cache.entries) } }
+                tr { th { "Bytes held" } td { (crate::units::format_size(cache.bytes)) } }
+                tr {
+                    th { "Answered wholly from the cache" }
+                    td { @match cache.hit_ratio { Some(r) => (format!("{:.1} % of lookups", r * 100.0)), None => "no lookup yet" } }
+                }
+            }
+            @if !cache.largest.is_empty() {
+                table.candidates {
+                    thead { tr { th { "Largest queries" } th { "Path" } th { "Bytes" } } }
+                    tbody {
+                        @for (path, expr, bytes) in &cache.largest {
+                            tr { td { code { (expr) } } td { (path) } td.num { (crate::units::format_size(*bytes)) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Each replica's coverage as a timeline over the common scanned range: grey where it
     /// holds complete data, red where it has a hole (at least a pixel wide, so that a short
     /// hole in a long retention still shows), hatched where it was down and not asked since.
@@ -336,6 +368,7 @@ mod tests {
             last_round_millis: 0,
             selection_reason: String::new(),
             candidates,
+            cache: None,
         }
     }
 

@@ -180,6 +180,16 @@ pub struct Proxy {
     #[arg(long, env = "MPP_ADMIN_API", default_value = "refuse", value_name = "MODE", value_enum)]
     pub admin_api: AdminApi,
 
+    /// The most bytes the dashboard cache holds (range queries' steps and past instant
+    /// queries, least recently used evicted); 0 turns the cache off
+    #[arg(long, env = "MPP_CACHE_MAX_BYTES", default_value = "256MiB", value_name = "SIZE", value_parser = parse_cache_size)]
+    pub cache_max_bytes: u64,
+
+    /// Steps (and instant queries) within this much of now are never cached: late scrapes,
+    /// rule evaluations and out-of-order samples still change them
+    #[arg(long, env = "MPP_CACHE_FRESH_WINDOW", default_value = "5m", value_name = "DURATION", value_parser = parse_duration)]
+    pub cache_fresh_window: Duration,
+
     /// Write one JSON line per API query to this file (Prometheus's query log format, with
     /// the replicas that answered); reopened on SIGHUP
     #[arg(long, env = "MPP_QUERY_LOG_FILE", value_name = "PATH")]
@@ -497,6 +507,14 @@ fn parse_strategy(value: &str) -> Result<Strategy, String> {
 
 fn parse_affinity(value: &str) -> Result<AffinityOptions, String> {
     value.parse()
+}
+
+/// `--cache-max-bytes`: a size, 0 for none.
+fn parse_cache_size(value: &str) -> Result<u64, String> {
+    if value.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(value)
 }
 
 /// `--tracing-endpoint`: an http or https URL with a host.

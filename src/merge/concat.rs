@@ -15,10 +15,20 @@ use super::{Answer, Data, Endpoint, LabelSet, MergeError, Merged, Part, Series, 
 /// Errors when a slice is not a successful matrix answer (the caller then sends that slice's
 /// answer, an error Prometheus gave, as it is).
 pub fn concatenate(slices: &[Part<'_>], warning: Option<&str>) -> Result<Merged, MergeError> {
+    let whole: Vec<(Part, (i64, i64))> = slices.iter().map(|&part| (part, (i64::MIN, i64::MAX))).collect();
+    concatenate_steps(&whole, warning)
+}
+
+/// [`concatenate`] keeping of each part only the points whose time (milliseconds) is within
+/// its bounds (first and last, inclusive): parts of a `query_range` answer held by the cache
+/// hold more steps than a request asks for. A series left without points is left out, as
+/// Prometheus leaves out a series with no point in a range.
+pub fn concatenate_steps(slices: &[(Part<'_>, (i64, i64))], warning: Option<&str>) -> Result<Merged, MergeError> {
     let mut notes: Option<super::Notes> = None;
     let mut series: BTreeMap<LabelSet, Series> = BTreeMap::new();
     let mut points = 0;
-    for slice in slices {
+    for &(slice, (first, last)) in slices {
+        let within = |p: &super::Point| (first..=last).contains(&p.millis);
         let answer = Answer::parse(slice.body)?;
         let Data::Matrix(matrix, _) = Data::parse(Endpoint::QueryRange, answer.data)? else {
             return Err(MergeError::Mismatch(format!("replica {} did not answer a matrix", slice.replica)));
@@ -28,6 +38,13 @@ pub fn concatenate(slices: &[Part<'_>], warning: Option<&str>) -> Result<Merged,
             None => notes = Some(answer.notes),
         }
         for (labels, mut part) in matrix.into_pairs() {
+            if first != i64::MIN || last != i64::MAX {
+                part.values.retain(within);
+                part.histograms.retain(within);
+                if part.values.is_empty() && part.histograms.is_empty() {
+                    continue;
+                }
+            }
             points += part.values.len() + part.histograms.len();
             match series.get_mut(&labels) {
                 Some(kept) => {
@@ -44,7 +61,7 @@ pub fn concatenate(slices: &[Part<'_>], warning: Option<&str>) -> Result<Merged,
     if let Some(warning) = warning {
         notes.warn(warning.into());
     }
-    let mut out = String::with_capacity(slices.iter().map(|s| s.body.len()).sum::<usize>());
+    let mut out = String::with_capacity(slices.iter().map(|(s, _)| s.body.len()).sum::<usize>());
     out.push_str(r#"{"status":"success","data":{"resultType":"matrix","result":"#);
     push_list(&mut out, series.values(), Series::write);
     out.push('}');

@@ -29,7 +29,7 @@ use serde_json::value::RawValue;
 
 mod concat;
 pub mod state;
-pub use concat::concatenate;
+pub use concat::{concatenate, concatenate_steps};
 
 /// Which API answer is being merged: the endpoints routed by window.
 pub use crate::window::Endpoint;
@@ -198,6 +198,12 @@ fn add_note(body: &[u8], field: &str, warning: &str) -> Result<Vec<u8>, MergeErr
     }
     out.push('}');
     Ok(out.into_bytes())
+}
+
+/// Whether a successful answer carries `warnings` or `infos`.
+pub fn notes(body: &[u8]) -> Result<bool, MergeError> {
+    let answer = Answer::parse(body)?;
+    Ok(!answer.notes.warnings.is_empty() || !answer.notes.infos.is_empty())
 }
 
 /// What was taken from the others.

@@ -141,6 +141,13 @@ impl<P: Transport> Proxy<P> {
             return Err(ProxyError::NoReplica(exchange.snapshot.reason.clone()));
         }
         let parts = join_all(replicas.into_iter().map(|replica| self.part(&exchange, replica))).await;
+        if kind == Broadcast::Admin
+            && let Some(cache) = &inner.cache
+        {
+            // A delete (or any admin request) changes what the replicas hold: what the cache
+            // kept of their answers is no longer theirs.
+            cache.clear();
+        }
 
         // A replica that failed, or answered 5xx or 429: the sender should try again (a write
         // resent is dropped where it is already held; an admin request is for its user).

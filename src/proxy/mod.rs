@@ -13,6 +13,7 @@
 pub mod affinity;
 pub mod body;
 pub mod broadcast;
+mod cached;
 pub mod client_ip;
 #[cfg(test)]
 mod fake;
@@ -25,12 +26,13 @@ pub mod slice;
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, future};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
@@ -41,6 +43,7 @@ use tokio::time::Instant;
 
 use crate::api::Api;
 use crate::body::Guarded;
+use crate::cache::Cache;
 use crate::client::pool::{self, Pool, Transport};
 use crate::coverage::Millis;
 use crate::credentials::Credentials;
@@ -116,6 +119,8 @@ struct Inner {
     query_log: Option<QueryLog>,
     /// OpenTelemetry tracing, when it is on.
     tracer: Option<Tracer>,
+    /// The dashboard cache, when it is on.
+    cache: Option<Arc<Cache>>,
 }
 
 /// What the proxy needs from the rest of the program.
@@ -154,6 +159,8 @@ pub struct ProxySettings<P = Pool> {
     pub query_log: Option<QueryLog>,
     /// OpenTelemetry tracing (`--tracing-endpoint`).
     pub tracer: Option<Tracer>,
+    /// The dashboard cache (`--cache-max-bytes`).
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// A request, read and ready to be sent to any replica.
@@ -191,6 +198,9 @@ struct Exchange {
 /// An attempt's answer, with the replica's connection slot it holds until its body is done.
 type Answered<B> = (Response<B>, OwnedSemaphorePermit);
 
+/// The answer to a request on its way, by whichever way [`Proxy::dispatch`] chose.
+type Dispatched<'a, B> = Pin<Box<dyn Future<Output = Result<Response<ProxyBody<B>>, ProxyError>> + Send + 'a>>;
+
 impl<P: Transport> Proxy<P> {
     /// The request path over the given state.
     pub fn new(settings: ProxySettings<P>) -> Self {
@@ -216,6 +226,7 @@ impl<P: Transport> Proxy<P> {
                 fanout: fanout::FanoutLimit::new(settings.max_fanout_per_client),
                 query_log: settings.query_log,
                 tracer: settings.tracer,
+                cache: settings.cache,
             }),
         }
     }
@@ -316,10 +327,24 @@ impl<P: Transport> Proxy<P> {
             snapshot if snapshot.settled => snapshot,
             _ => Box::pin(self.settled_snapshot(deadline)).await,
         };
-        let mut exchange = Exchange { prepared, snapshot, deadline, started, target: Target::Replica };
+        let exchange = Exchange { prepared, snapshot, deadline, started, target: Target::Replica };
+        if let Some(cache) = &inner.cache
+            && let Some(query) = self.cache_query(cache, &exchange.prepared)
+        {
+            return Box::pin(self.cached(cache, exchange, query)).await;
+        }
+        self.dispatch(exchange).await
+    }
+
+    /// Routes a request to its replica or replicas, as its path, the selection, affinity and
+    /// coverage say. Decided at once; each way's future boxed (the request's future is moved
+    /// about, into hyper's connection, and each way's state would otherwise add to every
+    /// request's).
+    fn dispatch(&self, mut exchange: Exchange) -> Dispatched<'_, P::Body> {
+        let inner = &*self.inner;
         if let Some(kind) = Broadcast::of(&exchange.prepared.method, exchange.prepared.api) {
             exchange.target = Target::Diverted;
-            return Box::pin(self.within("mpp.broadcast", self.broadcast(exchange, kind))).await;
+            return Box::pin(self.within("mpp.broadcast", self.broadcast(exchange, kind)));
         }
         let (prepared, snapshot) = (&exchange.prepared, &exchange.snapshot);
         let backend = match inner.affinity.preferred(snapshot, prepared.route_cookie.as_deref(), prepared.client) {
@@ -332,10 +357,11 @@ impl<P: Transport> Proxy<P> {
                 None => {
                     // Nothing usable is left: every candidate is tried anyway before clients
                     // get a 503.
-                    let backend = retry::last_resort(snapshot, &[])
-                        .ok_or_else(|| ProxyError::NoReplica(snapshot.reason.clone()))?;
+                    let Some(backend) = retry::last_resort(snapshot, &[]) else {
+                        return Box::pin(future::ready(Err(ProxyError::NoReplica(snapshot.reason.clone()))));
+                    };
                     exchange.target = Target::LastResort;
-                    return Box::pin(self.relay(exchange, backend)).await;
+                    return Box::pin(self.relay(exchange, backend));
                 }
             },
         };
@@ -345,8 +371,7 @@ impl<P: Transport> Proxy<P> {
         {
             let others = snapshot.viable.iter().filter(|r| **r != backend).cloned().collect();
             exchange.target = Target::Diverted;
-            return Box::pin(self.within("mpp.merge", self.merge(exchange, Union::Agreed(kind), backend, others)))
-                .await;
+            return Box::pin(self.within("mpp.merge", self.merge(exchange, Union::Agreed(kind), backend, others)));
         }
         match self.coverage_read(prepared, snapshot, &backend) {
             Some((read, trace)) => match self.plan(snapshot, backend, &read, trace) {
@@ -358,26 +383,26 @@ impl<P: Transport> Proxy<P> {
                     // replica does not hold whole: its protobuf answer cannot carry a warning.
                     let incomplete = exchange.prepared.api == Api::RemoteRead
                         && !replica.coverage().covers(read.window.start, read.window.end);
-                    let mut answer = Box::pin(self.relay(exchange, replica)).await;
-                    if incomplete && let Ok(answer) = &mut answer {
-                        answer.headers_mut().insert(headers::MPP_WARNING.clone(), headers::INCOMPLETE_READ.clone());
+                    if !incomplete {
+                        return Box::pin(self.relay(exchange, replica));
                     }
-                    answer
+                    Box::pin(self.relay(exchange, replica).map(|mut answer| {
+                        if let Ok(answer) = &mut answer {
+                            answer.headers_mut().insert(headers::MPP_WARNING.clone(), headers::INCOMPLETE_READ.clone());
+                        }
+                        answer
+                    }))
                 }
-                // Boxed, as the other rare paths below: the request's future is moved about
-                // (into hyper's connection), and each path's state would otherwise add to
-                // every request's.
                 Route::Merge { primary, others } => {
                     exchange.target = Target::Diverted;
                     Box::pin(self.within("mpp.merge", self.merge(exchange, Union::Api(read.endpoint), primary, others)))
-                        .await
                 }
                 Route::Slices(slices) => {
                     exchange.target = Target::Diverted;
-                    Box::pin(self.within("mpp.slices", self.sliced(exchange, slices, &read))).await
+                    Box::pin(async move { self.within("mpp.slices", self.sliced(exchange, slices, &read)).await })
                 }
             },
-            None => Box::pin(self.relay(exchange, backend)).await,
+            None => Box::pin(self.relay(exchange, backend)),
         }
     }
 
@@ -450,7 +475,7 @@ impl<P: Transport> Proxy<P> {
         lookback: Option<Millis>,
     ) -> Option<Read> {
         let lookback = lookback.unwrap_or(DEFAULT_LOOKBACK);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as Millis;
+        let now = now_millis();
         if remote_read {
             // Raw samples over the queries' ranges, no lookback: held whole by one replica, as
             // an instant query's data is (the replica missing the least of it otherwise).
@@ -742,6 +767,11 @@ impl BodyTap for Option<&Pending> {
             pending.read_body(headers, body);
         }
     }
+}
+
+/// The time now, in milliseconds since the epoch.
+fn now_millis() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as Millis
 }
 
 /// The request's target as a path (and query) to forward; a target that is not a path (an

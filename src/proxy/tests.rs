@@ -73,6 +73,7 @@ fn proxy(
         admin_api: crate::proxy::broadcast::AdminApi::Refuse,
         query_log: None,
         tracer: None,
+        cache: None,
     };
     tune(&mut settings);
     Proxy::new(settings)

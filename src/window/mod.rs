@@ -562,24 +562,35 @@ fn unix_millis(time: &SystemTime) -> i64 {
 /// A request's parameters, found as Go's `Request.FormValue` finds them (Prometheus reads every
 /// parameter so): the first value in the form body, else the first in the URL; each parsed as
 /// `url.ParseQuery` does, which skips a pair holding a `;` or a bad `%` escape.
-struct Params<'a> {
+pub(crate) struct Params<'a> {
     body: &'a [u8],
     url: &'a [u8],
 }
 
 impl<'a> Params<'a> {
+    /// The parameters of a request: its query string and its form body, if any.
+    pub(crate) fn new(query_string: Option<&'a str>, form_body: Option<&'a [u8]>) -> Self {
+        Params { body: form_body.unwrap_or_default(), url: query_string.unwrap_or_default().as_bytes() }
+    }
+
+    /// Every pair, the form body's before the URL's (the order in which Go's `FormValue`
+    /// looks).
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (Cow<'a, str>, Cow<'a, str>)> {
+        form_pairs(self.body).chain(form_pairs(self.url))
+    }
+
     /// The parameter's value; an empty one counts as missing, as Prometheus counts it.
-    fn get(&self, name: &str) -> Option<Cow<'a, str>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Cow<'a, str>> {
         first_value(self.body, name).or_else(|| first_value(self.url, name)).filter(|value| !value.is_empty())
     }
 
     /// A time parameter, if there is one.
-    fn time(&self, name: &str) -> Result<Option<i64>, String> {
+    pub(crate) fn time(&self, name: &str) -> Result<Option<i64>, String> {
         self.get(name).map(|value| parse_time(&value).map_err(|e| format!("parameter {name}: {e}"))).transpose()
     }
 
     /// The lookback delta: the replicas' `lookback`, or the query's `lookback_delta` if longer.
-    fn lookback(&self, lookback: i64) -> Result<i64, String> {
+    pub(crate) fn lookback(&self, lookback: i64) -> Result<i64, String> {
         let Some(value) = self.get("lookback_delta") else { return Ok(lookback) };
         let asked = parse_duration(&value).map_err(|e| format!("parameter lookback_delta: {e}"))?;
         Ok(lookback.max(asked))

@@ -1,0 +1,180 @@
+//! The dashboard cache through a running mpp, against a real Prometheus: a set of dashboard
+//! queries asked again and again while their range slides forward, each answer compared with
+//! the same query asked directly of the replica at the same moment, byte for byte.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::{Answer, Mpp, Prometheus, endpoints_file, get, ready, send, wait_until};
+
+/// The fresh window the tests run mpp with: steps newer than this are never cached.
+const FRESH: &str = "3s";
+
+/// Dashboard queries: rates, aggregations, a histogram quantile, `offset`, a subquery, and
+/// `@` at a fixed time.
+const QUERIES: &[&str] = &[
+    "prometheus_tsdb_head_samples_appended_total",
+    "rate(prometheus_http_requests_total[5s])",
+    "sum by (handler) (rate(prometheus_http_requests_total[5s]))",
+    "histogram_quantile(0.9, sum by (le) (rate(prometheus_http_request_duration_seconds_bucket[10s])))",
+    "up offset 3s",
+    "max_over_time(rate(prometheus_tsdb_head_samples_appended_total[4s])[10s:2s])",
+];
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+fn encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+fn range(query: &str, start: f64, end: f64, step: &str) -> String {
+    format!("/api/v1/query_range?query={}&start={start}&end={end}&step={step}", encode(query))
+}
+
+fn cache_result(answer: &Answer) -> Option<String> {
+    answer.headers.get("mpp-cache").map(|v| v.to_str().unwrap().to_string())
+}
+
+/// A replica scraping itself every second, with the admin API on (for deletes).
+async fn replica() -> Prometheus {
+    let config = "global: {scrape_interval: 1s, evaluation_interval: 1s}\n\
+                  scrape_configs:\n  - job_name: prometheus\n    static_configs: [{targets: ['127.0.0.1:{port}']}]\n";
+    Prometheus::start_custom(config, &["--web.enable-admin-api".to_string()], ready).await
+}
+
+/// The counter of `mpp_cache_requests_total` for `result`.
+async fn counted(mpp: &Mpp, result: &str) -> f64 {
+    let text = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
+    let prefix = format!("mpp_cache_requests_total{{result=\"{result}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_dashboard_gets_the_replicas_answers_byte_for_byte_from_the_cache() {
+    let prometheus = replica().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = endpoints_file(dir.path(), &[prometheus.url()]);
+    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--cache-fresh-window", FRESH]).await;
+    let began = now().floor();
+    wait_until("20 s of data", Duration::from_secs(40), || async { now() > began + 22.0 }).await;
+
+    // Every refresh: the last 15 s, ending 5 s ago (outside the fresh window), one second on.
+    let mut results = Vec::new();
+    for refresh in 0..4 {
+        let end = (now() - 5.0).floor();
+        let start = end - 15.0;
+        for query in QUERIES {
+            let path = range(query, start, end, "1s");
+            let (ours, theirs) = (mpp.url(&path), format!("{}{path}", prometheus.url()));
+            let (through, direct) = tokio::join!(get(&ours), get(&theirs));
+            let (through, direct) = (through.unwrap(), direct.unwrap());
+            assert_eq!(through.status, 200, "{query}: {}", through.text());
+            assert_eq!(through.text(), direct.text(), "refresh {refresh}, {query} from {start} to {end}");
+            results.push(cache_result(&through).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert!(results[..QUERIES.len()].iter().all(|r| r == "miss"), "{results:?}");
+    assert!(results[QUERIES.len()..].iter().all(|r| r == "partial" || r == "hit"), "{results:?}");
+
+    // The same range again: every step from the cache.
+    let end = (now() - 5.0).floor();
+    let path = range(QUERIES[1], end - 15.0, end, "1s");
+    let first = get(&mpp.url(&path)).await.unwrap();
+    let again = get(&mpp.url(&path)).await.unwrap();
+    assert_eq!(cache_result(&again).as_deref(), Some("hit"));
+    assert_eq!(again.text(), first.text());
+    assert_eq!(again.text(), get(&format!("{}{path}", prometheus.url())).await.unwrap().text());
+
+    // A form POST of the same query shares the entry.
+    let form = format!("query={}&start={}&end={end}&step=1", encode(QUERIES[1]), end - 15.0);
+    let post = common::post_form(&mpp.url("/api/v1/query_range"), &form).await.unwrap();
+    assert_eq!(cache_result(&post).as_deref(), Some("hit"));
+    assert_eq!(post.text(), first.text());
+
+    // `Cache-Control: no-cache` asks the replicas, and refreshes the entry.
+    let fresh =
+        send(http::Request::get(mpp.url(&path)).header("cache-control", "no-cache"), Bytes::new()).await.unwrap();
+    assert_eq!(cache_result(&fresh).as_deref(), Some("miss"));
+    assert_eq!(fresh.text(), first.text());
+
+    // An instant query at a past time: kept whole.
+    let instant = format!("/api/v1/query?query={}&time={}", encode(QUERIES[2]), end - 3.0);
+    let miss = get(&mpp.url(&instant)).await.unwrap();
+    let hit = get(&mpp.url(&instant)).await.unwrap();
+    assert_eq!((cache_result(&miss).as_deref(), cache_result(&hit).as_deref()), (Some("miss"), Some("hit")));
+    assert_eq!(hit.text(), get(&format!("{}{instant}", prometheus.url())).await.unwrap().text());
+    // Now: never kept.
+    let now_instant = format!("/api/v1/query?query={}", encode(QUERIES[2]));
+    assert_eq!(cache_result(&get(&mpp.url(&now_instant)).await.unwrap()), None);
+
+    // The status page tells of it.
+    let status = mpp.status().await;
+    assert!(status["cache"]["entries"].as_u64().unwrap() >= QUERIES.len() as u64, "{status}");
+    assert!(status["cache"]["bytes"].as_u64().unwrap() > 0);
+    let page = get(&mpp.url("/mpp/status")).await.unwrap().text();
+    assert!(page.contains("Cache") && page.contains("prometheus_http_requests_total"), "{page}");
+
+    // A delete through mpp empties the cache.
+    let mpp = {
+        drop(mpp);
+        Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--cache-fresh-window", FRESH, "--admin-api", "all"])
+            .await
+    };
+    mpp.wait_selected(&[&prometheus.url()]).await;
+    assert_eq!(cache_result(&get(&mpp.url(&path)).await.unwrap()).as_deref(), Some("miss"));
+    assert_eq!(cache_result(&get(&mpp.url(&path)).await.unwrap()).as_deref(), Some("hit"));
+    let delete = format!("/api/v1/admin/tsdb/delete_series?match[]={}", encode("{__name__=\"nothing_here\"}"));
+    let deleted = send(http::Request::post(mpp.url(&delete)), Bytes::new()).await.unwrap();
+    assert!(deleted.status.is_success(), "{}", deleted.text());
+    assert_eq!(cache_result(&get(&mpp.url(&path)).await.unwrap()).as_deref(), Some("miss"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ranges_get_prometheus_answers_and_nothing_is_kept() {
+    let prometheus = replica().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = endpoints_file(dir.path(), &[prometheus.url()]);
+    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--cache-fresh-window", FRESH]).await;
+    mpp.wait_selected(&[&prometheus.url()]).await;
+    let end = (now() - 60.0).floor();
+    for path in [
+        range("up", end - 60.0, end, "0"),
+        range("up", end - 60.0, end, "1ns"),
+        range("up", end - 100.0 * 365.0 * 86400.0, end, "1s"),
+        range("up", end, end - 60.0, "1s"),
+        range("up", end - 60.0, end, "-1s"),
+        format!("/api/v1/query_range?query=up&start=yesterday&end={end}&step=1"),
+        range("sum(", end - 60.0, end, "1s"),
+    ] {
+        for _ in 0..2 {
+            let (ours, theirs) = (mpp.url(&path), format!("{}{path}", prometheus.url()));
+            let (through, direct) = tokio::join!(get(&ours), get(&theirs));
+            let (through, direct) = (through.unwrap(), direct.unwrap());
+            assert_eq!((through.status, through.text()), (direct.status, direct.text()), "{path}");
+            assert_ne!(cache_result(&through).as_deref(), Some("hit"), "{path}");
+        }
+    }
+    assert_eq!(counted(&mpp, "hit").await, 0.0);
+    let status = mpp.status().await;
+    assert_eq!(status["cache"]["entries"], 0, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cache_off_answers_say_nothing_of_it() {
+    let prometheus = replica().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = endpoints_file(dir.path(), &[prometheus.url()]);
+    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--cache-max-bytes", "0"]).await;
+    mpp.wait_selected(&[&prometheus.url()]).await;
+    let end = (now() - 60.0).floor();
+    let path = range("up", end - 60.0, end, "1s");
+    for _ in 0..2 {
+        assert_eq!(cache_result(&get(&mpp.url(&path)).await.unwrap()), None);
+    }
+    assert!(mpp.status().await["cache"].is_null());
+}

@@ -17,14 +17,14 @@
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Method, Request, StatusCode};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::propagation::TextMapPropagator as _;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderInjector;
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -101,6 +101,8 @@ impl Tracing {
                 };
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
+                    // Whatever OTEL_EXPORTER_OTLP_PROTOCOL says: this is the HTTP exporter.
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .with_http_client(client)
                     .with_endpoint(url)
                     .with_timeout(EXPORT_TIMEOUT)
@@ -132,7 +134,10 @@ impl Tracing {
     pub async fn shutdown(self) {
         // Off the runtime: the SDK waits for the export, which runs on the runtime.
         let provider = self.provider;
-        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || provider.shutdown()).await {
+        let flushed = tokio::task::spawn_blocking(move || {
+            provider.shutdown_with_timeout(EXPORT_TIMEOUT + Duration::from_secs(1))
+        });
+        if let Ok(Err(error)) = flushed.await {
             tracing::warn!(%error, "the last spans could not be exported");
         }
     }
@@ -157,35 +162,31 @@ fn authority(endpoint: &http::Uri) -> anyhow::Result<&str> {
 
 impl Tracer {
     /// The context of a request's span: a child of the client's trace context when it sent
-    /// one, a root otherwise.
+    /// one, a root otherwise. Its attributes are set only when it is recorded (sampled).
     pub fn request<B>(&self, request: &Request<B>, client: IpAddr) -> Context {
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-        let method = request.method().as_str().to_owned();
+        let parent = TraceContextPropagator::new().extract(&ClientContext(request.headers()));
+        let method = method_name(request.method());
         let path = request.uri().path();
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method.clone()),
-            KeyValue::new("url.path", path.to_owned()),
-            KeyValue::new("client.address", client.to_string()),
-            KeyValue::new("network.protocol.version", protocol_version(request.version())),
-        ];
-        if let Some(query) = request.uri().query() {
-            attributes.push(KeyValue::new("url.query", cut(query, MAX_QUERY_ATTRIBUTE)));
-        }
-        if let Some(agent) = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
-            attributes.push(KeyValue::new("user_agent.original", cut(agent, 256)));
-        }
-        // A span's name is low in cardinality (OpenTelemetry's HTTP conventions): the path
-        // where it is one of the API's, the method alone otherwise.
-        let name = match crate::api::Api::of(path) {
-            crate::api::Api::Other => method,
-            _ => format!("{method} {path}"),
+        // A span's name is low in cardinality (OpenTelemetry's HTTP conventions): the API's
+        // route where the path is one of its, the method alone otherwise.
+        let name = match route_of(crate::api::Api::of(path)) {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
         };
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &parent);
+        let mut span =
+            self.tracer.span_builder(name).with_kind(SpanKind::Server).start_with_context(&self.tracer, &parent);
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("http.request.method", method));
+            span.set_attribute(KeyValue::new("url.path", cut(path, MAX_PATH_ATTRIBUTE)));
+            span.set_attribute(KeyValue::new("client.address", client.to_string()));
+            span.set_attribute(KeyValue::new("network.protocol.version", protocol_version(request.version())));
+            if let Some(query) = request.uri().query() {
+                span.set_attribute(KeyValue::new("url.query", cut(query, MAX_QUERY_ATTRIBUTE)));
+            }
+            if let Some(agent) = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+                span.set_attribute(KeyValue::new("user_agent.original", cut(agent, 256)));
+            }
+        }
         parent.with_span(span)
     }
 
@@ -205,39 +206,43 @@ impl Tracer {
     /// An attempt on `backend`, a child of the current span: its span, and the request's
     /// headers with the attempt's trace context in place of the client's.
     pub fn attempt(&self, backend: &Replica, method: &Method, path: &str, headers: &HeaderMap) -> Box<Attempt> {
-        let url = format!("{}{}", backend.url().trim_end_matches('/'), path);
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method.as_str().to_owned()),
-            KeyValue::new("server.address", backend.authority().host().to_owned()),
-            KeyValue::new("url.full", cut(&url, MAX_QUERY_ATTRIBUTE)),
-            KeyValue::new("mpp.replica", backend.url().to_owned()),
-        ];
-        if let Some(port) = backend.authority().port_u16() {
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
-        }
-        let span = self
+        let parent = Context::current();
+        let mut span = self
             .tracer
-            .span_builder(method.as_str().to_owned())
+            .span_builder(method_name(method))
             .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &Context::current());
-        let context = Context::current().with_span(span);
+            .start_with_context(&self.tracer, &parent);
+        if span.is_recording() {
+            let url = format!("{}{}", backend.url().trim_end_matches('/'), path);
+            span.set_attribute(KeyValue::new("http.request.method", method_name(method)));
+            span.set_attribute(KeyValue::new("server.address", backend.authority().host().to_owned()));
+            if let Some(port) = backend.authority().port_u16() {
+                span.set_attribute(KeyValue::new("server.port", i64::from(port)));
+            }
+            span.set_attribute(KeyValue::new("url.full", cut(&url, MAX_QUERY_ATTRIBUTE)));
+            span.set_attribute(KeyValue::new("mpp.replica", backend.url().to_owned()));
+        }
+        let context = parent.with_span(span);
         let mut headers = headers.clone();
-        headers.remove("tracestate");
+        headers.remove(TRACESTATE);
         TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut headers));
+        if headers.get(TRACESTATE).is_some_and(|v| v.is_empty()) {
+            headers.remove(TRACESTATE);
+        }
         Box::new(Attempt { context, headers })
     }
 
-    /// A span of its own (for the coverage decision), a child of the current one; ended on drop.
-    pub fn child(&self, name: &'static str) -> Context {
-        let span = self.tracer.start_with_context(name, &Context::current());
+    /// A span of its own, a child of the current one, started at `start`; ended on drop.
+    pub fn child(&self, name: &'static str, start: SystemTime) -> Context {
+        let span =
+            self.tracer.span_builder(name).with_start_time(start).start_with_context(&self.tracer, &Context::current());
         Context::current().with_span(span)
     }
 
     /// Runs `work` within a child span named `name` (a merge, the slices of a range query, a
     /// broadcast): the attempts it makes are that span's children.
     pub async fn within<F: Future>(&self, name: &'static str, work: F) -> F::Output {
-        let context = self.child(name);
+        let context = self.child(name, SystemTime::now());
         let output = work.with_context(context.clone()).await;
         context.span().end();
         output
@@ -281,6 +286,72 @@ pub fn decided(context: &Context, window: (i64, i64), route: &'static str, repli
     let replicas: Vec<opentelemetry::StringValue> = replicas.into_iter().map(Into::into).collect();
     span.set_attribute(KeyValue::new("mpp.replicas", opentelemetry::Value::Array(replicas.into())));
     span.end();
+}
+
+/// A client's trace context: `traceparent`, and `tracestate` joined from all its fields (W3C
+/// allows several), left out when over 512 bytes (the size W3C asks vendors to keep to).
+struct ClientContext<'a>(&'a HeaderMap);
+
+impl opentelemetry::propagation::Extractor for ClientContext<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        if key.eq_ignore_ascii_case(TRACESTATE) {
+            // The propagator reads the joined value through `get`; only one field is common.
+            let mut fields = self.0.get_all(TRACESTATE).iter();
+            let first = fields.next()?.to_str().ok()?;
+            return (fields.next().is_none() && first.len() <= MAX_TRACESTATE).then_some(first);
+        }
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The W3C trace state header.
+const TRACESTATE: &str = "tracestate";
+
+/// The longest `tracestate` taken from a client.
+const MAX_TRACESTATE: usize = 512;
+
+/// The longest path a request span keeps (`url.path`).
+const MAX_PATH_ATTRIBUTE: usize = 1024;
+
+/// The method as OpenTelemetry names it: one of HTTP's own, or `_OTHER`.
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+/// The route of an API path, as a span names it; `None` outside the API mpp knows.
+fn route_of(api: crate::api::Api) -> Option<&'static str> {
+    use crate::api::{Agreed, Api, Endpoint};
+    Some(match api {
+        Api::Read(Endpoint::Query) => "/api/v1/query",
+        Api::Read(Endpoint::QueryRange) => "/api/v1/query_range",
+        Api::Read(Endpoint::Series) => "/api/v1/series",
+        Api::Read(Endpoint::Labels) => "/api/v1/labels",
+        Api::Read(Endpoint::LabelValues) => "/api/v1/label/{name}/values",
+        Api::Read(Endpoint::Exemplars) => "/api/v1/query_exemplars",
+        Api::Read(Endpoint::RemoteRead) | Api::RemoteRead => "/api/v1/read",
+        Api::Agreed(Agreed::Alerts) => "/api/v1/alerts",
+        Api::Agreed(Agreed::Rules) => "/api/v1/rules",
+        Api::Agreed(Agreed::Metadata) => "/api/v1/metadata",
+        Api::Agreed(Agreed::TargetsMetadata) => "/api/v1/targets/metadata",
+        Api::Write => "write",
+        Api::Admin => "admin",
+        Api::OtherRead | Api::Other => return None,
+    })
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.
@@ -371,5 +442,36 @@ impl opentelemetry_http::HttpClient for OtlpHttpClient {
             }
         });
         sent.await.map_err(|e| Box::new(e) as opentelemetry_http::HttpError)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::propagation::Extractor as _;
+
+    #[test]
+    fn a_clients_trace_state_is_taken_only_whole_and_small() {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        assert_eq!(ClientContext(&headers).get("tracestate"), None);
+        headers.insert(TRACESTATE, "grafana=1,tempo=2".parse().unwrap());
+        assert_eq!(ClientContext(&headers).get("tracestate"), Some("grafana=1,tempo=2"));
+        assert!(ClientContext(&headers).get("traceparent").is_some());
+        headers.append(TRACESTATE, "other=3".parse().unwrap());
+        assert_eq!(ClientContext(&headers).get("tracestate"), None, "split over fields: not taken");
+        headers.insert(TRACESTATE, format!("a={}", "x".repeat(MAX_TRACESTATE)).parse().unwrap());
+        assert_eq!(ClientContext(&headers).get("tracestate"), None, "over 512 bytes: not taken");
+    }
+
+    #[test]
+    fn span_names_stay_few_whatever_the_client_sends() {
+        assert_eq!(method_name(&Method::from_bytes(b"BREW").unwrap()), "_OTHER");
+        assert_eq!(method_name(&Method::POST), "POST");
+        let route = |path: &str| route_of(crate::api::Api::of(path));
+        assert_eq!(route("/prefix/api/v1/query_range"), Some("/api/v1/query_range"));
+        assert_eq!(route("/api/v1/label/job/values"), Some("/api/v1/label/{name}/values"));
+        assert_eq!(route(&format!("/{}/graph", "x".repeat(60_000))), None);
+        assert_eq!(cut("héllo", 2), "h", "cut on a character boundary");
     }
 }

@@ -383,15 +383,16 @@ async fn sliced_in_the_trace(collector: &common::otlp::Collector, replicas: &[St
             && sliced.iter().any(|s| collector.children(s).len() >= 2)
     })
     .await;
+    let slices = collector.named("mpp.slices").into_iter().find(|s| collector.children(s).len() >= 2).unwrap();
+    // The same query's decision: a sibling of its slices' span.
     let decision = collector
         .named("mpp.coverage")
         .into_iter()
-        .find(|s| s.attribute("mpp.route").as_deref() == Some("slices"))
-        .unwrap();
+        .find(|s| s.trace_id() == slices.trace_id() && s.span.parent_span_id == slices.span.parent_span_id)
+        .expect("the sliced query's coverage decision");
+    assert_eq!(decision.attribute("mpp.route").as_deref(), Some("slices"));
     let listed = decision.attribute("mpp.replicas").unwrap();
     assert!(replicas.iter().all(|r| listed.contains(r.as_str())), "{listed}");
-    let slices = collector.named("mpp.slices").into_iter().find(|s| collector.children(s).len() >= 2).unwrap();
-    assert_eq!(slices.trace_id(), decision.trace_id(), "one query's trace");
     let mut asked: Vec<String> =
         collector.children(&slices).iter().filter_map(|attempt| attempt.attribute("mpp.replica")).collect();
     asked.sort();

@@ -16,6 +16,16 @@ use common::tls::RecordingReplica;
 use common::{Mpp, Prometheus, endpoints_file, send, wait_until};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
+/// The value of one of mpp's counters.
+async fn counter(mpp: &Mpp, name: &str) -> f64 {
+    let metrics = send(http::Request::get(mpp.url("/mpp/metrics")), Bytes::new()).await.unwrap();
+    let prefix = format!("{name} ");
+    String::from_utf8_lossy(&metrics.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("{name} on /mpp/metrics"))
+}
+
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -49,8 +59,11 @@ async fn a_clients_trace_passes_through_mpp_to_the_replica_over_otlp_http() {
     let answer = send(traced, Bytes::from_static(b"query=up")).await.unwrap();
     assert_eq!(answer.status, 200, "{:?}", answer.body);
 
+    // The attempt's span ends before the request's: both are waited for.
     wait_until("mpp's spans for the query", Duration::from_secs(30), || async {
-        collector.spans().iter().filter(|s| s.trace_id() == TRACE_ID).count() >= 2
+        let spans = collector.spans();
+        let of = |kind: SpanKind| spans.iter().any(|s| s.trace_id() == TRACE_ID && s.span.kind == kind as i32);
+        of(SpanKind::Server) && of(SpanKind::Client)
     })
     .await;
     let spans = collector.spans();
@@ -83,16 +96,12 @@ async fn a_clients_trace_passes_through_mpp_to_the_replica_over_otlp_http() {
     let untraced = sent[0]["traceparent"].to_str().unwrap().to_owned();
     assert!(untraced.ends_with("-00") && !untraced.contains(TRACE_ID), "{untraced}");
 
-    // What was exported is counted.
-    let metrics = send(http::Request::get(mpp.url("/mpp/metrics")), Bytes::new()).await.unwrap();
-    let text = String::from_utf8_lossy(&metrics.body);
-    let exported = text
-        .lines()
-        .find_map(|l| l.strip_prefix("mpp_tracing_spans_exported_total "))
-        .and_then(|v| v.parse::<f64>().ok())
-        .expect("mpp_tracing_spans_exported_total");
-    assert!(exported >= 2.0, "{exported}");
-    assert!(text.contains("mpp_tracing_export_failures_total 0"), "{text}");
+    // What was exported is counted (once the collector has answered the export).
+    wait_until("the exported spans counted", Duration::from_secs(10), || async {
+        counter(&mpp, "mpp_tracing_spans_exported_total").await >= 2.0
+    })
+    .await;
+    assert_eq!(counter(&mpp, "mpp_tracing_export_failures_total").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +129,10 @@ async fn a_merge_and_its_attempts_are_spans_exported_over_otlp_grpc() {
     let answer = send(http::Request::get(mpp.url("/api/v1/alerts")), Bytes::new()).await.unwrap();
     assert_eq!(answer.status, 200);
     wait_until("the merge's spans", Duration::from_secs(30), || async {
-        collector.spans().iter().filter(|s| s.span.kind == SpanKind::Client as i32).count() >= 2
+        let spans = collector.spans();
+        spans.iter().filter(|s| s.span.kind == SpanKind::Client as i32).count() >= 2
+            && spans.iter().any(|s| s.span.name == "mpp.merge")
+            && spans.iter().any(|s| s.span.name == "GET /api/v1/alerts")
     })
     .await;
     let spans = collector.spans();
@@ -166,11 +178,7 @@ async fn a_collector_that_is_down_costs_the_requests_nothing_and_is_counted() {
         assert_eq!(answer.status, 200);
     }
     wait_until("the failed export counted", Duration::from_secs(30), || async {
-        let metrics = send(http::Request::get(mpp.url("/mpp/metrics")), Bytes::new()).await.unwrap();
-        String::from_utf8_lossy(&metrics.body)
-            .lines()
-            .find_map(|l| l.strip_prefix("mpp_tracing_export_failures_total "))
-            .is_some_and(|v| v != "0")
+        counter(&mpp, "mpp_tracing_export_failures_total").await > 0.0
     })
     .await;
     let answer = send(http::Request::get(mpp.url("/api/v1/query?query=up")), Bytes::new()).await.unwrap();

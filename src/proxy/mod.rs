@@ -406,11 +406,15 @@ impl<P: Transport> Proxy<P> {
         }
     }
 
-    /// Runs `work` within a span of its own named `name` when tracing is on.
-    async fn within<F: Future>(&self, name: &'static str, work: F) -> F::Output {
+    /// `work`, within a span of its own named `name` when tracing is on (as it is when not).
+    fn within<'a, F: Future + Send + 'a>(
+        &'a self,
+        name: &'static str,
+        work: F,
+    ) -> future::Either<F, impl Future<Output = F::Output> + Send + 'a> {
         match &self.inner.tracer {
-            Some(tracer) => tracer.within(name, work).await,
-            None => work.await,
+            Some(tracer) => future::Either::Right(tracer.within(name, work)),
+            None => future::Either::Left(work),
         }
     }
 
@@ -461,8 +465,10 @@ impl<P: Transport> Proxy<P> {
         if !holes {
             return None;
         }
-        let trace = self.inner.tracer.as_ref().map(|tracer| tracer.child("mpp.coverage"));
-        self.read_of(prepared, endpoint, remote_read, lookback).map(|read| (read, trace))
+        let started = self.inner.tracer.as_ref().map(|_| SystemTime::now());
+        let read = self.read_of(prepared, endpoint, remote_read, lookback)?;
+        let trace = self.inner.tracer.as_ref().zip(started).map(|(tracer, at)| tracer.child("mpp.coverage", at));
+        Some((read, trace))
     }
 
     /// What a query reads (see [`Proxy::coverage_read`]), each replica's lookback being at

@@ -96,9 +96,11 @@ def request_path(procs, work, rounds, seconds):
     for p in replica_ports:
         bench.wait_http(f"http://127.0.0.1:{p}/-/ready")
     on, off = bench.free_ports(2)
-    bench.start_mpp(procs, work, on, replica_ports, name="mpp-coverage", extra=["--routing-strategy", "random"])
+    # The dashboard cache off: this measures routing by coverage alone (bench/cache.py the cache).
+    bench.start_mpp(procs, work, on, replica_ports, name="mpp-coverage",
+                    extra=["--routing-strategy", "random", "--cache-max-bytes=0"])
     bench.start_mpp(procs, work, off, replica_ports, name="mpp-no-coverage",
-                    extra=["--routing-strategy", "random", "--coverage-routing=false"])
+                    extra=["--routing-strategy", "random", "--coverage-routing=false", "--cache-max-bytes=0"])
     for p in (on, off):
         bench.wait_http(f"http://127.0.0.1:{p}/mpp/ready")
     # The map must show the hole, or nothing is being measured.
@@ -172,7 +174,7 @@ def startup_scan(procs, work):
             time.sleep(0.2)
     port = bench.free_port()
     started = time.monotonic()
-    bench.start_mpp(procs, work, port, ports, name="mpp-scan")
+    bench.start_mpp(procs, work, port, ports, name="mpp-scan", extra=["--cache-max-bytes=0"])
     bench.wait_http(f"http://127.0.0.1:{port}/mpp/health", timeout=60)
     answered = time.monotonic() - started
     while True:

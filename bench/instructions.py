@@ -11,7 +11,9 @@ see the kernel's share (the system calls) or cache misses: `make bench` measures
     python3 bench/instructions.py [--requests N] [--connections C] [BINARY ...]
 
 A BINARY may carry flags of its own, in one argument: `"target/dist/mpp --query-log-file=/tmp/q"`
-counts the same build with its query log on.
+counts the same build with its query log on. `--path` sends another request than bench.py's
+instant query: `--path "/api/v1/query?query=up&time=1700000000"` is a dashboard cache hit
+after the first (an instant query at a past time).
 """
 import argparse
 import re
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
 
-def count(procs, work, spec, backend, requests, connections):
+def count(procs, work, spec, backend, requests, connections, path):
     binary, *flags = spec.split()
     port = bench.free_port()
     endpoints = work / f"endpoints-{port}"
@@ -36,7 +38,7 @@ def count(procs, work, spec, backend, requests, connections):
             str(binary), "--endpoints-file", str(endpoints), "--listen-address", f"127.0.0.1:{port}",
             "--liveness-interval", "30s", *flags]
     process = procs.start(f"callgrind-{port}", argv)
-    url = f"http://127.0.0.1:{port}{bench.QUERY}"
+    url = f"http://127.0.0.1:{port}{path}"
     bench.wait_http(url, timeout=120)
 
     def load(n):
@@ -67,6 +69,7 @@ def main():
     parser.add_argument("binaries", nargs="*", default=[str(bench.ROOT / "target" / "dist" / "mpp")])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--path", default=bench.QUERY, help="the request's path and query")
     args = parser.parse_args()
     for tool, package in [("valgrind", "valgrind"), ("callgrind_control", "valgrind"), ("h2load", "nghttp2-client"),
                           ("nginx", "nginx-light")]:
@@ -82,9 +85,9 @@ def main():
         bench.nginx_backend(procs, work, [backend], big)
         bench.wait_http(f"http://127.0.0.1:{backend}/-/ready")
         for binary in args.binaries:
-            per_request = count(procs, work, binary, backend, args.requests, args.connections)
+            per_request = count(procs, work, binary, backend, args.requests, args.connections, args.path)
             print(f"{binary}: {per_request:,.0f} instructions per proxied request "
-                  f"({args.requests} requests, {args.connections} connections)", flush=True)
+                  f"({args.requests} requests, {args.connections} connections, {args.path})", flush=True)
     finally:
         procs.stop_all()
 

@@ -29,6 +29,7 @@ use crate::coverage::Millis;
 use crate::metrics::{CacheMetrics, ResultLabels, SourceLabels};
 use crate::selection::Snapshot;
 use crate::window::{self, Endpoint};
+use prometheus_client::metrics::counter::Counter;
 
 /// Prometheus refuses range queries of more steps than this (its engine's resolution limit).
 const MAX_STEPS: i64 = 11_000;
@@ -44,6 +45,8 @@ pub struct Cache {
     /// `--cache-fresh-window`, in milliseconds.
     fresh: Millis,
     metrics: CacheMetrics,
+    /// `mpp_cache_requests_total` for `hit`, `partial`, `miss` and `bypass`, looked up once.
+    results: [(&'static str, Counter); 4],
     hits: AtomicU64,
     lookups: AtomicU64,
 }
@@ -135,11 +138,14 @@ impl Cache {
                 u32::try_from(key.len() + entry.bytes()).unwrap_or(u32::MAX)
             })
             .build();
+        let results = ["hit", "partial", "miss", "bypass"]
+            .map(|result| (result, metrics.requests.get_or_create(&ResultLabels { result }).clone()));
         Cache {
             entries,
             max_entry: usize::try_from(max_bytes / 10).unwrap_or(usize::MAX),
             fresh,
             metrics,
+            results,
             hits: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
         }
@@ -157,6 +163,10 @@ impl Cache {
         headers: &HeaderMap,
         now: Millis,
     ) -> Option<Query> {
+        // The usual instant query, at now (no `time`), is turned away before anything is read.
+        if endpoint == Endpoint::Query && !names_time(query_string.unwrap_or_default().as_bytes(), form) {
+            return None;
+        }
         let params = window::Params::new(query_string, form);
         let expr = params.get("query")?;
         // Evaluated at the query's own start or end: the same step differs with them.
@@ -299,7 +309,9 @@ impl Cache {
 
     /// Counts a request's result (`hit`, `partial`, `miss`, `bypass`).
     pub fn count(&self, result: &'static str) {
-        self.metrics.requests.get_or_create(&ResultLabels { result }).inc();
+        if let Some((_, counter)) = self.results.iter().find(|(name, _)| *name == result) {
+            counter.inc();
+        }
     }
 
     /// Counts the steps of a range answer, by where they came from.
@@ -370,6 +382,13 @@ impl Entry {
                 .map(|e| e.body.len() + e.replicas.iter().map(|r| r.len()).sum::<usize>() + 64)
                 .sum::<usize>()
     }
+}
+
+/// Whether a query string or form may name `time` (a percent-encoded name is not seen: such
+/// a query is then only not cached).
+fn names_time(query_string: &[u8], form: Option<&[u8]>) -> bool {
+    let names = |text: &[u8]| text.split(|&b| b == b'&').any(|pair| pair.starts_with(b"time="));
+    names(query_string) || form.is_some_and(names)
 }
 
 /// Whether data at `time` is still within the fresh window at `now`.

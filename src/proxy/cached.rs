@@ -35,7 +35,13 @@ struct Piece {
     body: Bytes,
     steps: (Millis, Millis),
     replicas: Arc<[Box<str>]>,
+    /// The body holds these steps and no other: it is used as it is.
+    whole: bool,
 }
+
+/// Answers up to this size are stitched on the serving thread; larger ones on a thread of
+/// their own, so that a long answer does not hold the requests behind it.
+const STITCH_INLINE: usize = 256 << 10;
 
 impl<P: Transport> Proxy<P> {
     /// The cache's view of a request, when it is a query the cache can keep.
@@ -73,6 +79,7 @@ impl<P: Transport> Proxy<P> {
             .cached
             .iter()
             .map(|(extent, steps)| Piece {
+                whole: *steps == (extent.first, extent.last),
                 body: extent.body.clone(),
                 steps: *steps,
                 replicas: extent.replicas.clone(),
@@ -103,7 +110,7 @@ impl<P: Transport> Proxy<P> {
             match self.read_answer(body, exchange.deadline).await? {
                 Read::Whole(bytes, permit) => {
                     held.push(permit);
-                    fetched.push(Piece { body: bytes, steps, replicas });
+                    fetched.push(Piece { body: bytes, steps, replicas, whole: true });
                 }
                 Read::Stream(_) => {
                     // Too much to stitch: the whole query, as it came, streamed on.
@@ -132,17 +139,19 @@ impl<P: Transport> Proxy<P> {
         oldest: Option<Millis>,
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         let hit = head.is_none();
+        let pieces_bytes: usize = pieces.iter().map(|p| p.body.len()).sum();
         let replicas: Arc<[Box<str>]> = {
             let mut all: Vec<Box<str>> = pieces.iter().flat_map(|p| p.replicas.iter().cloned()).collect();
             all.sort();
             all.dedup();
             all.into()
         };
-        let keep = cache.keepable_until(query, now_millis());
+        // A hit teaches the cache nothing: only what the replicas added is kept.
+        let keep = if hit { None } else { cache.keepable_until(query, now_millis()) };
         let (start, endpoint) = (query.start, query.endpoint);
-        let work = tokio::task::spawn_blocking(move || -> Result<(Bytes, Option<Bytes>), String> {
-            if endpoint == Endpoint::Query {
-                // An instant query is kept whole: its one answer.
+        let stitch = move || -> Result<(Bytes, Option<Bytes>), String> {
+            if endpoint == Endpoint::Query || (pieces.len() == 1 && pieces[0].whole && keep.is_none()) {
+                // An instant query's one answer, or a run of steps held as asked: as it is.
                 let body = pieces.into_iter().next().map(|p| p.body).unwrap_or_default();
                 return Ok((body, None));
             }
@@ -153,8 +162,10 @@ impl<P: Transport> Proxy<P> {
             let body = Bytes::from(merge::concatenate_steps(&parts, None).map_err(|e| e.to_string())?.body);
             let kept = keepable(&body, start, keep)?;
             Ok((body, kept))
-        });
-        let (body, kept) = match work.await {
+        };
+        let stitched =
+            if pieces_bytes <= STITCH_INLINE { Ok(stitch()) } else { tokio::task::spawn_blocking(stitch).await };
+        let (body, kept) = match stitched {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 return Err(ProxyError::Upstream {
@@ -221,15 +232,14 @@ impl<P: Transport> Proxy<P> {
         }
         let (start, endpoint) = (query.start, query.endpoint);
         let body = bytes.clone();
-        let kept = tokio::task::spawn_blocking(move || {
+        let keep = move || {
             if endpoint == Endpoint::Query {
                 return merge::notes(&body).ok().filter(|noted| !noted).map(|_| body);
             }
             keepable(&body, start, Some(until)).ok().flatten()
-        })
-        .await
-        .ok()
-        .flatten();
+        };
+        let kept =
+            if bytes.len() <= STITCH_INLINE { keep() } else { tokio::task::spawn_blocking(keep).await.ok().flatten() };
         drop(permit);
         if let Some(kept) = kept {
             cache.store(query, until, kept, replicas, oldest);

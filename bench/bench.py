@@ -368,6 +368,18 @@ def h2_report(summary):
     return "\n".join(lines) + "\n"
 
 
+def write_section(section, begin, end):
+    """Puts `section` (which starts with `begin` and ends with `end`) into BENCHMARKS.md, in
+    place of the one written before, or at its end."""
+    target = ROOT / "BENCHMARKS.md"
+    text = target.read_text()
+    if begin in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    target.write_text(text)
+
+
 def start_mpp(procs, work, port, endpoints, name="mpp", extra=()):
     ep = work / f"{name}-endpoints"
     ep.write_text("".join(f"http://127.0.0.1:{p}\n" for p in endpoints))

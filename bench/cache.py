@@ -239,13 +239,7 @@ def main():
     section = report(refresh, bound)
     print(section)
     if args.write:
-        target = bench.ROOT / "BENCHMARKS.md"
-        text = target.read_text()
-        if BEGIN in text:
-            text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        target.write_text(text)
+        bench.write_section(section, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ use common::{Answer, Mpp, Prometheus, endpoints_file, get, ready, send, wait_unt
 const FRESH: &str = "3s";
 
 /// Dashboard queries: rates, aggregations, a histogram quantile, `offset`, a subquery, and
-/// `@` at a fixed time.
+/// `@` at a fixed time (long before the data: an empty answer, kept like any other).
 const QUERIES: &[&str] = &[
     "prometheus_tsdb_head_samples_appended_total",
     "rate(prometheus_http_requests_total[5s])",
@@ -21,6 +21,7 @@ const QUERIES: &[&str] = &[
     "histogram_quantile(0.9, sum by (le) (rate(prometheus_http_request_duration_seconds_bucket[10s])))",
     "up offset 3s",
     "max_over_time(rate(prometheus_tsdb_head_samples_appended_total[4s])[10s:2s])",
+    "prometheus_tsdb_head_series @ 1700000000",
 ];
 
 fn now() -> f64 {
@@ -177,4 +178,77 @@ async fn with_the_cache_off_answers_say_nothing_of_it() {
         assert_eq!(cache_result(&get(&mpp.url(&path)).await.unwrap()), None);
     }
     assert!(mpp.status().await["cache"].is_null());
+}
+
+/// Refreshes `query` over the 20 s ending 5 s ago through mpp (as the client pinned to
+/// `replica` by `cookie`) and directly of `replica`, `times` times a second apart, and checks
+/// the answers are the same byte for byte; the MPP-Cache results.
+async fn refresh_and_compare(mpp: &Mpp, replica: &Prometheus, cookie: &str, query: &str, times: usize) -> Vec<String> {
+    let mut results = Vec::new();
+    for refresh in 0..times {
+        let end = (now() - 5.0).floor();
+        let path = range(query, end - 20.0, end, "1s");
+        let pinned = http::Request::get(mpp.url(&path)).header("cookie", format!("MPP.Route={cookie}"));
+        let theirs = format!("{}{path}", replica.url());
+        let (through, direct) = tokio::join!(send(pinned, Bytes::new()), get(&theirs));
+        let (through, direct) = (through.unwrap(), direct.unwrap());
+        assert_eq!(through.status, 200, "{}", through.text());
+        assert_eq!(through.text(), direct.text(), "refresh {refresh} of {query} ending {end}");
+        results.push(cache_result(&through).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicas_restart_and_the_hole_it_leaves_change_no_answer() {
+    // Two replicas scraping a target (as the coverage tests run them): one's restart is a hole
+    // in the target's series that mpp finds by comparing them.
+    let target = Prometheus::start().await;
+    let host = target.url().trim_start_matches("http://").to_string();
+    let flags = ["--query.lookback-delta=2s"];
+    let (a, b) = tokio::join!(
+        Prometheus::start_replica(std::slice::from_ref(&host), &flags),
+        Prometheus::start_replica(std::slice::from_ref(&host), &flags)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = endpoints_file(dir.path(), &[a.url(), b.url()]);
+    let args = [
+        "--endpoints-file",
+        file.to_str().unwrap(),
+        "--cache-fresh-window",
+        FRESH,
+        "--selection-interval",
+        "1s",
+        "--routing-strategy",
+        "random",
+    ];
+    let mpp = Mpp::start(&args).await;
+    let began = now();
+    wait_until("25 s of data", Duration::from_secs(40), || async { now() > began + 25.0 }).await;
+    // The client is pinned to one replica: its answers are that replica's, step for step.
+    let first = get(&mpp.url("/api/v1/query?query=up")).await.unwrap();
+    let (cookie, served) = (first.route_cookie().expect("a route cookie"), first.served_by().unwrap());
+    let (pinned, mut other) = if served == a.url() { (a, b) } else { (b, a) };
+    let query = "rate(prometheus_tsdb_head_samples_appended_total{job=\"node\"}[5s])";
+    let before = refresh_and_compare(&mpp, &pinned, &cookie, query, 3).await;
+    assert!(before[1..].iter().all(|r| r == "partial" || r == "hit"), "{before:?}");
+
+    // The other replica restarts: a few seconds without scrapes, a hole mpp finds.
+    other.stop();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    other.start_after_stop().await;
+    refresh_and_compare(&mpp, &pinned, &cookie, query, 2).await;
+    wait_until("the restarted replica's hole on /mpp/status", Duration::from_secs(30), || async {
+        let status = mpp.status().await;
+        status["candidates"].as_array().unwrap().iter().any(|c| {
+            c["url"] == other.url().as_str()
+                && c["coverage"]["holes"]
+                    .as_array()
+                    .is_some_and(|h| !h.is_empty() && h.iter().all(|h| h["open"] == false))
+        })
+    })
+    .await;
+    let after = refresh_and_compare(&mpp, &pinned, &cookie, query, 6).await;
+    assert!(after.iter().all(|r| r == "partial" || r == "hit"), "{after:?}");
 }

@@ -34,6 +34,15 @@ use prometheus_client::metrics::counter::Counter;
 /// Prometheus refuses range queries of more steps than this (its engine's resolution limit).
 const MAX_STEPS: i64 = 11_000;
 
+/// What one entry costs besides the bytes of its key, expression and answers: moka's own
+/// bookkeeping of it, the allocations around it and the allocator's rounding. Measured
+/// (bench/cache.py: resident memory over 100,000 small entries, against the bytes counted):
+/// about 950 bytes an entry, with one extent.
+const ENTRY_OVERHEAD: usize = 896;
+
+/// What one extent costs besides its answer and the names of its replicas.
+const EXTENT_OVERHEAD: usize = 128;
+
 /// Extents kept per query at most; a new one beyond drops the oldest.
 const MAX_EXTENTS: usize = 4;
 
@@ -374,12 +383,13 @@ pub struct Summary {
 impl Entry {
     /// The bytes it holds.
     fn bytes(&self) -> usize {
-        self.path.len()
+        ENTRY_OVERHEAD
+            + self.path.len()
             + self.expr.len()
             + self
                 .extents
                 .iter()
-                .map(|e| e.body.len() + e.replicas.iter().map(|r| r.len()).sum::<usize>() + 64)
+                .map(|e| EXTENT_OVERHEAD + e.body.len() + e.replicas.iter().map(|r| r.len()).sum::<usize>())
                 .sum::<usize>()
     }
 }

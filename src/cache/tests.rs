@@ -154,7 +154,7 @@ fn no_cache_asks_again_and_fresh_steps_are_not_kept() {
 
 #[test]
 fn an_answer_over_a_tenth_of_the_budget_is_not_kept() {
-    let cache = Cache::new(10_000, 0, CacheMetrics::default());
+    let cache = Cache::new(30_000, 0, CacheMetrics::default());
     let replicas = replicas(&["http://a:9090"]);
     let query = range(&cache, "up", 1000, 1600, 1, &HeaderMap::new()).unwrap();
     cache.store(&query, 1_600_000, answer(1000..=1600), urls(&replicas), None);

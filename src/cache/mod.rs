@@ -43,6 +43,10 @@ const ENTRY_OVERHEAD: usize = 1024;
 /// What one extent costs besides its answer and the names of its replicas.
 const EXTENT_OVERHEAD: usize = 128;
 
+/// The largest entry kept whatever the budget: each request that uses part of an extent
+/// reads it whole to cut it, so a huge one would make small requests costly.
+const MAX_ENTRY: usize = 8 << 20;
+
 /// Extents kept per query at most; a new one beyond drops the oldest.
 const MAX_EXTENTS: usize = 4;
 
@@ -58,6 +62,8 @@ pub struct Cache {
     results: [(&'static str, Counter); 4],
     hits: AtomicU64,
     lookups: AtomicU64,
+    /// Bumped each time the cache is emptied.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -112,6 +118,11 @@ pub struct Query {
     /// What one step at time `t` reads: `[t + before, t + after]`.
     pub before: Millis,
     pub after: Millis,
+    /// The windows `@ <time>` fixes, read at every step.
+    pub fixed: Vec<(Millis, Millis)>,
+    /// The cache's generation when the query arrived: an answer asked for before the cache
+    /// was emptied is not kept after it.
+    generation: u64,
     /// The client asked for fresh data (`Cache-Control: no-cache`): nothing is served from
     /// the cache, and what the replicas answer replaces what it held.
     pub refresh: bool,
@@ -151,12 +162,13 @@ impl Cache {
             .map(|result| (result, metrics.requests.get_or_create(&ResultLabels { result }).clone()));
         Cache {
             entries,
-            max_entry: usize::try_from(max_bytes / 10).unwrap_or(usize::MAX),
+            max_entry: usize::try_from(max_bytes / 10).unwrap_or(usize::MAX).min(MAX_ENTRY),
             fresh,
             metrics,
             results,
             hits: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -178,8 +190,10 @@ impl Cache {
         }
         let params = window::Params::new(query_string, form);
         let expr = params.get("query")?;
-        // Evaluated at the query's own start or end: the same step differs with them.
-        if expr.contains("start()") || expr.contains("end()") || params.get("stats").is_some() {
+        // Evaluated at the query's own start or end (PromQL reads `@ END ( )` too): the same
+        // step differs with them.
+        let squeezed: String = expr.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect();
+        if squeezed.contains("start()") || squeezed.contains("end()") || params.get("stats").is_some() {
             return None;
         }
         let (start, last, step) = match endpoint {
@@ -187,11 +201,12 @@ impl Cache {
                 let start = params.time("start").ok()??;
                 let end = params.time("end").ok()??;
                 let step = window::parse_duration(&params.get("step")?).ok()?;
-                if step <= 0 || end < start || (end - start) / step >= MAX_STEPS {
+                let span = end.checked_sub(start)?;
+                if step <= 0 || span < 0 || span / step >= MAX_STEPS {
                     // Prometheus refuses it: its answer goes to the client, nothing is kept.
                     return None;
                 }
-                (start, start + (end - start) / step * step, step)
+                (start, start + span / step * step, step)
             }
             Endpoint::Query => {
                 let time = params.time("time").ok()??;
@@ -203,7 +218,13 @@ impl Cache {
         let reads = window::step_reads(&expr, start, last, step, lookback, now).ok()?;
         let before = reads.moving.iter().map(|w| w.0).min().unwrap_or(0);
         let after = reads.moving.iter().map(|w| w.1).max().unwrap_or(0);
-        if endpoint == Endpoint::Query && time_is_fresh(last + after, now, self.fresh) {
+        if endpoint == Endpoint::Query && time_is_fresh(last.checked_add(after)?, now, self.fresh) {
+            return None;
+        }
+        // What `@ <time>` fixes is read at every step: kept only when it is out of the fresh
+        // window, and checked for holes and retention with the steps.
+        let fixed: Vec<(Millis, Millis)> = reads.fixed.iter().map(|w| (w.start, w.end)).collect();
+        if fixed.iter().any(|&(_, end)| time_is_fresh(end, now, self.fresh)) {
             return None;
         }
         let key = key(endpoint, path, &params, start.rem_euclid(step), step, headers)?;
@@ -212,7 +233,20 @@ impl Cache {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-cache")));
-        Some(Query { key, endpoint, path: path.into(), expr: expr.into(), start, last, step, before, after, refresh })
+        Some(Query {
+            key,
+            endpoint,
+            path: path.into(),
+            expr: expr.into(),
+            start,
+            last,
+            step,
+            before,
+            after,
+            fixed,
+            refresh,
+            generation: self.generation.load(Ordering::Acquire),
+        })
     }
 
     /// What of `query` the cache holds and may serve, and what is to be asked for; extents a
@@ -229,7 +263,14 @@ impl Cache {
         let mut dropped = false;
         for extent in &entry.extents {
             let read = (extent.first + query.before, extent.last + query.after);
-            if holed(snapshot, &extent.replicas, read) {
+            let fixed_gone = match (oldest, extent.oldest) {
+                (Some(now), Some(then)) if now > then => query.fixed.iter().any(|w| w.0 < now),
+                _ => false,
+            };
+            if fixed_gone
+                || holed(snapshot, &extent.replicas, read)
+                || query.fixed.iter().any(|&w| holed(snapshot, &extent.replicas, w))
+            {
                 dropped = true;
                 continue;
             }
@@ -286,7 +327,7 @@ impl Cache {
     /// `[query.start, until]`) as `query`'s extent for those steps, answered by `replicas`;
     /// beside the extents it does not overlap. An answer over a tenth of the budget is not kept.
     pub fn store(&self, query: &Query, until: Millis, body: Bytes, replicas: Arc<[Box<str>]>, oldest: Option<Millis>) {
-        if body.len() > self.max_entry {
+        if body.len() > self.max_entry || self.generation.load(Ordering::Acquire) != query.generation {
             return;
         }
         let extent = Extent { first: query.start, last: until, body, replicas, oldest };
@@ -311,6 +352,7 @@ impl Cache {
 
     /// Empties the cache (a delete through mpp changed what the replicas hold).
     pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate_all();
         self.entries.run_pending_tasks();
         self.publish();
@@ -457,10 +499,34 @@ fn key(
     for (name, value) in &names {
         key.append_pair(name, value);
     }
-    if let Some(authorization) = headers.get(http::header::AUTHORIZATION) {
-        let digest = ring::digest::digest(&ring::digest::SHA256, authorization.as_bytes());
+    // What may tell the replicas (or a proxy in front of them) who asks: clients that differ
+    // in it never share answers. mpp's own affinity cookie tells nothing.
+    let mut who = Vec::new();
+    for name in [http::header::AUTHORIZATION.as_str(), "x-scope-orgid", "cookie"] {
+        for value in headers.get_all(name) {
+            let value = value.as_bytes();
+            if name == "cookie" {
+                let mut cookies: Vec<&[u8]> = value
+                    .split(|&b| b == b';')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|c| !c.is_empty() && !c.starts_with(b"MPP.Route="))
+                    .collect();
+                if cookies.is_empty() {
+                    continue;
+                }
+                cookies.sort_unstable();
+                who.extend(cookies.iter().flat_map(|c| [*c, b";".as_slice()]).flatten());
+            } else {
+                who.extend_from_slice(name.as_bytes());
+                who.extend_from_slice(value);
+            }
+            who.push(0);
+        }
+    }
+    if !who.is_empty() {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &who);
         let hex: String = digest.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
-        key.append_pair("authorization", &hex);
+        key.append_pair("client", &hex);
     }
     Some(key.finish().into())
 }

@@ -162,3 +162,45 @@ fn an_answer_over_a_tenth_of_the_budget_is_not_kept() {
     cache.store(&query, 1_010_000, answer(1000..=1010), urls(&replicas), None);
     assert_eq!(cache.summary(1).entries, 1);
 }
+
+#[test]
+fn what_the_key_cannot_tell_apart_is_not_kept() {
+    let cache = cache();
+    let none = HeaderMap::new();
+    for expr in ["x%20%40%20END%20(%20)", "x%20%40%20start%20()", "sum(x%20%40%20end())"] {
+        assert!(range(&cache, expr, 1000, 1600, 60, &none).is_none(), "{expr}");
+    }
+    // Hostile times: no overflow, nothing kept.
+    let huge = "query=up&start=-1e300&end=1e300&step=60";
+    assert!(cache.query(Endpoint::QueryRange, "/api/v1/query_range", Some(huge), None, &none, 0).is_none());
+    // `@` a time within the fresh window (now is 10,000 s): not kept; long before: kept.
+    assert!(range(&cache, "x%20%40%209998", 1000, 1600, 60, &none).is_none());
+    let fixed = range(&cache, "x%20%40%205000", 1000, 1600, 60, &none).unwrap();
+    assert_eq!(fixed.fixed.len(), 1);
+}
+
+#[test]
+fn who_asks_is_part_of_the_key_but_the_affinity_cookie_is_not() {
+    let cache = cache();
+    let plain = range(&cache, "up", 1000, 1600, 60, &HeaderMap::new()).unwrap();
+    let with = |name: &'static str, value: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, value.parse().unwrap());
+        range(&cache, "up", 1000, 1600, 60, &headers).unwrap().key
+    };
+    assert_ne!(with("x-scope-orgid", "tenant-a"), plain.key);
+    assert_ne!(with("x-scope-orgid", "tenant-a"), with("x-scope-orgid", "tenant-b"));
+    assert_ne!(with("cookie", "session=1"), plain.key);
+    assert_eq!(with("cookie", "MPP.Route=abc"), plain.key);
+    assert_eq!(with("cookie", "a=1; MPP.Route=abc; b=2"), with("cookie", "b=2; a=1"));
+}
+
+#[test]
+fn an_answer_asked_for_before_the_cache_was_emptied_is_not_kept() {
+    let cache = cache();
+    let replicas = replicas(&["http://a:9090"]);
+    let query = range(&cache, "up", 1000, 1600, 60, &HeaderMap::new()).unwrap();
+    cache.clear();
+    cache.store(&query, 1_600_000, answer((1000..=1600).step_by(60)), urls(&replicas), None);
+    assert_eq!(cache.summary(1).entries, 0);
+}

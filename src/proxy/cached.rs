@@ -50,7 +50,18 @@ impl<P: Transport> Proxy<P> {
         if !matches!(prepared.method, Method::GET | Method::POST) {
             return None;
         }
-        let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
+        // Parameters read as Prometheus (Go's `ParseForm`) reads them: a body only from a POST
+        // of exactly a URL-encoded form, of at most 10 MiB; a request whose body Prometheus
+        // might read otherwise is not kept.
+        let body = &prepared.body.bytes;
+        let form = match (&prepared.method, body.is_empty()) {
+            (_, true) => None,
+            (&Method::POST, false) if body.len() <= MAX_FORM && is_form(&prepared.outgoing_headers) => Some(&body[..]),
+            _ => {
+                cache.count("bypass");
+                return None;
+            }
+        };
         let path = &prepared.path_and_query;
         let query = cache.query(endpoint, path.path(), path.query(), form, &prepared.outgoing_headers, now_millis());
         if query.is_none() {
@@ -67,13 +78,16 @@ impl<P: Transport> Proxy<P> {
         mut exchange: Exchange,
         query: Query,
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
-        // Answers are read to be stitched and kept: asked for uncompressed.
+        // Answers are read to be stitched and kept: asked for uncompressed. What may be kept is
+        // judged by the time they were asked at.
         exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
+        let asked_at = now_millis();
         let plan = cache.plan(&query, &exchange.snapshot);
         if plan.cached.is_empty() {
             cache.count("miss");
-            let answer = self.dispatch(exchange.again()).await?;
-            return Ok(self.keep_whole(cache, &exchange, &query, answer, plan.oldest).await);
+            let deadline = exchange.deadline;
+            let answer = self.dispatch(exchange).await?;
+            return Ok(self.keep_whole(cache, deadline, &query, answer, (asked_at, plan.oldest)).await);
         }
         let pieces: Vec<Piece> = plan
             .cached
@@ -88,7 +102,7 @@ impl<P: Transport> Proxy<P> {
         if plan.hit() {
             cache.count("hit");
             cache.count_steps(steps_in(&pieces, query.step), 0);
-            return self.stitched(cache, &query, pieces, None, plan.oldest).await;
+            return self.stitched(cache, &query, pieces, None, (asked_at, plan.oldest)).await;
         }
         cache.count("partial");
         let mut asked = Vec::with_capacity(plan.missing.len());
@@ -123,7 +137,7 @@ impl<P: Transport> Proxy<P> {
         let mut all = pieces;
         all.extend(fetched);
         all.sort_by_key(|piece| piece.steps.0);
-        let answer = self.stitched(cache, &query, all, head, plan.oldest).await;
+        let answer = self.stitched(cache, &query, all, head, (asked_at, plan.oldest)).await;
         drop(held);
         answer
     }
@@ -136,7 +150,7 @@ impl<P: Transport> Proxy<P> {
         query: &Query,
         pieces: Vec<Piece>,
         head: Option<http::response::Parts>,
-        oldest: Option<Millis>,
+        (asked_at, oldest): (Millis, Option<Millis>),
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         let hit = head.is_none();
         let pieces_bytes: usize = pieces.iter().map(|p| p.body.len()).sum();
@@ -147,7 +161,7 @@ impl<P: Transport> Proxy<P> {
             all.into()
         };
         // A hit teaches the cache nothing: only what the replicas added is kept.
-        let keep = if hit { None } else { cache.keepable_until(query, now_millis()) };
+        let keep = if hit { None } else { cache.keepable_until(query, asked_at) };
         let (start, endpoint) = (query.start, query.endpoint);
         let stitch = move || -> Result<(Bytes, Option<Bytes>), String> {
             if endpoint == Endpoint::Query || (pieces.len() == 1 && pieces[0].whole && keep.is_none()) {
@@ -209,20 +223,20 @@ impl<P: Transport> Proxy<P> {
     async fn keep_whole(
         &self,
         cache: &Cache,
-        exchange: &Exchange,
+        deadline: Instant,
         query: &Query,
         answer: Response<ProxyBody<P::Body>>,
-        oldest: Option<Millis>,
+        (asked_at, oldest): (Millis, Option<Millis>),
     ) -> Response<ProxyBody<P::Body>> {
         let mut answer = answer;
         answer.headers_mut().insert(MPP_CACHE.clone(), HeaderValue::from_static("miss"));
-        let Some(until) = cache.keepable_until(query, now_millis()) else { return answer };
+        let Some(until) = cache.keepable_until(query, asked_at) else { return answer };
         if answer.status() != StatusCode::OK || !headers::is_plain_json(answer.headers()) {
             return answer;
         }
         let (parts, body) = answer.into_parts();
         let replicas = answered_by(&parts.headers);
-        let (bytes, permit) = match self.read_answer(body, exchange.deadline).await {
+        let (bytes, permit) = match self.read_answer(body, deadline).await {
             Ok(Read::Whole(bytes, permit)) => (bytes, permit),
             Ok(Read::Stream(body)) => return Response::from_parts(parts, body),
             Err(error) => return self.refuse(error),
@@ -366,6 +380,18 @@ fn joined(prefix: Bytes, rest: Bytes) -> Bytes {
     all.extend_from_slice(&prefix);
     all.extend_from_slice(&rest);
     all.freeze()
+}
+
+/// The largest form body Prometheus reads (Go's `ParseForm`: 10 MiB).
+const MAX_FORM: usize = 10 << 20;
+
+/// Whether the request's media type is exactly a URL-encoded form (parameters aside).
+fn is_form(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
 }
 
 /// An answer's body, read: whole (with the budget it holds), or, over what may be held, to

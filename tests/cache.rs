@@ -113,7 +113,13 @@ async fn a_sliding_dashboard_gets_the_replicas_answers_byte_for_byte_from_the_ca
     let now_instant = format!("/api/v1/query?query={}", encode(QUERIES[2]));
     assert_eq!(cache_result(&get(&mpp.url(&now_instant)).await.unwrap()), None);
 
-    // The status page tells of it.
+    // The metrics and the status page tell of it.
+    let metrics = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
+    let gauge = |name: &str| -> f64 {
+        metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map_or(0.0, |v| v.parse().unwrap())
+    };
+    assert!(gauge("mpp_cache_entries") >= QUERIES.len() as f64, "{metrics}");
+    assert!(gauge("mpp_cache_bytes") > 0.0, "{metrics}");
     let status = mpp.status().await;
     assert!(status["cache"]["entries"].as_u64().unwrap() >= QUERIES.len() as u64, "{status}");
     assert!(status["cache"]["bytes"].as_u64().unwrap() > 0);

@@ -406,6 +406,8 @@ impl Cache {
     }
 
     fn publish(&self) {
+        // moka counts what it holds as it catches up with its inserts: caught up first.
+        self.entries.run_pending_tasks();
         self.metrics.bytes.set(i64::try_from(self.entries.weighted_size()).unwrap_or(i64::MAX));
         self.metrics.entries.set(i64::try_from(self.entries.entry_count()).unwrap_or(i64::MAX));
     }

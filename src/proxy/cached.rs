@@ -27,9 +27,6 @@ use crate::merge;
 use crate::metrics::RequestLabels;
 use crate::window::Endpoint;
 
-/// Tells, on each answer the cache took part in, where its steps came from.
-pub static MPP_CACHE: http::HeaderName = http::HeaderName::from_static("mpp-cache");
-
 /// One part of an answer being stitched: its body, the steps of it to use, and who answered.
 struct Piece {
     body: Bytes,
@@ -207,7 +204,7 @@ impl<P: Transport> Proxy<P> {
             }
         };
         parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.insert(MPP_CACHE.clone(), HeaderValue::from_static(if hit { "hit" } else { "partial" }));
+        parts.headers.insert(headers::MPP_CACHE.clone(), HeaderValue::from_static(if hit { "hit" } else { "partial" }));
         if hit {
             let labels = RequestLabels { backend: "cache".into(), code: StatusCode::OK.as_u16() };
             self.inner.metrics.requests.get_or_create(&labels).inc();
@@ -229,7 +226,7 @@ impl<P: Transport> Proxy<P> {
         (asked_at, oldest): (Millis, Option<Millis>),
     ) -> Response<ProxyBody<P::Body>> {
         let mut answer = answer;
-        answer.headers_mut().insert(MPP_CACHE.clone(), HeaderValue::from_static("miss"));
+        answer.headers_mut().insert(headers::MPP_CACHE.clone(), HeaderValue::from_static("miss"));
         let Some(until) = cache.keepable_until(query, asked_at) else { return answer };
         if answer.status() != StatusCode::OK || !headers::is_plain_json(answer.headers()) {
             return answer;

@@ -174,6 +174,9 @@ pub fn form_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Option<&'a [u8]> {
 pub static MERGED_FROM: HeaderName = HeaderName::from_static("mpp-merged-from");
 /// Names the replicas that failed before the one that answered (`MPP-Failover-From`).
 pub static FAILOVER_FROM: HeaderName = HeaderName::from_static("mpp-failover-from");
+/// Tells, on each answer the dashboard cache took part in, where its steps came from
+/// (`MPP-Cache: hit|partial|miss`).
+pub static MPP_CACHE: HeaderName = HeaderName::from_static("mpp-cache");
 /// The replicas a request for every replica (a write, an admin request) was sent to.
 pub static SENT_TO: HeaderName = HeaderName::from_static("mpp-sent-to");
 /// The `MPP-Warning` of a remote read no replica holds whole, answered by the replica missing

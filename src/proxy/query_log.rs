@@ -23,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
-use super::headers::{FAILOVER_FROM, MERGED_FROM, MPP_WARNING, SERVED_BY};
+use super::headers::{FAILOVER_FROM, MERGED_FROM, MPP_CACHE, MPP_WARNING, SERVED_BY};
 use super::slice::SLICES;
 use crate::api::Api;
 
@@ -173,6 +173,9 @@ impl Pending {
         }
         if let Some(warning) = text(&MPP_WARNING) {
             mpp.insert("warning".into(), json!(warning));
+        }
+        if let Some(cache) = text(&MPP_CACHE) {
+            mpp.insert("cache".into(), json!(cache));
         }
         json!({
             "httpRequest": request,
@@ -419,6 +422,7 @@ mod tests {
             .header(&MERGED_FROM, "http://a:9090, http://b:9090")
             .header(&FAILOVER_FROM, "http://c:9090")
             .header(&MPP_WARNING, "merged over its bound")
+            .header(&MPP_CACHE, "partial")
             .body(())
             .unwrap();
         let line = query.line(&answer, Duration::from_millis(1500));
@@ -432,6 +436,7 @@ mod tests {
         assert_eq!(line["mpp"]["failedReplicas"], json!(["http://c:9090"]));
         assert_eq!(line["mpp"]["attempts"], 2);
         assert_eq!(line["mpp"]["warning"], "merged over its bound");
+        assert_eq!(line["mpp"]["cache"], "partial");
         assert!(!line.to_string().contains("sesame"), "never the password");
         let bare = HeaderMap::from_iter([(header::AUTHORIZATION, HeaderValue::from_static("Basic c2VjcmV0LXRva2Vu"))]);
         assert!(VerifiedUser::of(&bare).is_none(), "a credential without a user is not logged");

@@ -368,6 +368,16 @@ def h2_report(summary):
     return "\n".join(lines) + "\n"
 
 
+def require_with_prometheus():
+    """Exits, saying what to install, unless wrk, nginx, Prometheus, promtool and the dist
+    build are there (the benchmarks that run real replicas)."""
+    for tool in ("wrk", "nginx", "prometheus", "promtool"):
+        if not any((Path(p) / tool).exists() for p in os.environ["PATH"].split(":") + ["/usr/sbin"]):
+            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light prometheus")
+    if not MPP.exists():
+        sys.exit(f"{MPP} is missing: make dist")
+
+
 def write_section(section, begin, end):
     """Puts `section` (which starts with `begin` and ends with `end`) into BENCHMARKS.md, in
     place of the one written before, or at its end."""

@@ -224,11 +224,7 @@ def main():
     parser.add_argument("--write", action="store_true", help="put the section into BENCHMARKS.md")
     parser.add_argument("--queries", type=int, default=100_000, help="distinct queries for the memory bound")
     args = parser.parse_args()
-    for tool in ("wrk", "nginx", "prometheus", "promtool"):
-        if not any((Path(p) / tool).exists() for p in os.environ["PATH"].split(":") + ["/usr/sbin"]):
-            sys.exit(f"{tool} is missing: apt-get install -y wrk nginx-light prometheus")
-    if not bench.MPP.exists():
-        sys.exit(f"{bench.MPP} is missing: make dist")
+    bench.require_with_prometheus()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         procs = bench.Processes(work)

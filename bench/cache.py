@@ -17,7 +17,6 @@ Prints a Markdown section and, with --write, puts it into BENCHMARKS.md between 
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys

@@ -12,8 +12,20 @@ use crate::shapes::Shape;
 pub struct Timeline {
     pub start: i64,
     pub end: i64,
+    /// When the replica that began scraping later took its first sample: a step whose window
+    /// reaches back to it is not checked (see [`Timeline::checked`]).
+    pub began: i64,
     pub a: Replica,
     pub b: Replica,
+}
+
+impl Timeline {
+    /// Whether a step reading `windows` is checked: not when one reaches back to where the
+    /// replicas began scraping, where the one that began later lacks the other's first seconds,
+    /// which this test's account of each replica (its outage) leaves out.
+    pub fn checked(&self, windows: &[(i64, i64)]) -> bool {
+        windows.iter().all(|&(from, _)| from >= self.began + holes::SCRAPE)
+    }
 }
 
 /// A step's values, short enough for a message.
@@ -31,6 +43,8 @@ pub struct Tally {
     pub one_holds: usize,
     /// Steps whose window both replicas' holes reach.
     pub nobody_holds: usize,
+    /// Steps not checked (see [`Timeline::checked`]).
+    pub unchecked: usize,
     pub failures: Vec<String>,
 }
 
@@ -39,6 +53,7 @@ impl Tally {
         self.steps += other.steps;
         self.one_holds += other.one_holds;
         self.nobody_holds += other.nobody_holds;
+        self.unchecked += other.unchecked;
         self.failures.extend(other.failures);
         self
     }
@@ -51,7 +66,7 @@ impl Tally {
 /// The shape as a range query over both holes, through mpp and directly at both replicas,
 /// compared step by step.
 pub async fn range_over_holes(mpp: &str, shape: &Shape, post: bool, timeline: &Timeline) -> Tally {
-    let Timeline { start, end, a, b } = timeline;
+    let Timeline { start, end, a, b, .. } = timeline;
     let what = Ask::Range { start: *start, end: *end };
     let q = &shape.query;
     let (through, of_a, of_b) =
@@ -89,6 +104,10 @@ pub async fn range_over_holes(mpp: &str, shape: &Shape, post: bool, timeline: &T
     let mut nobody_holds = Vec::new();
     for t in (*start..=*end).step_by(1_000) {
         let windows: Vec<(i64, i64)> = shape.reads.iter().map(|r| r.at(t, *start, *end)).collect();
+        if !timeline.checked(&windows) {
+            tally.unchecked += 1;
+            continue;
+        }
         let holds = [a.holds(&windows), b.holds(&windows)];
         tally.steps += 1;
         if holds.contains(&Holds::Whole) && holds.contains(&Holds::Holed) {
@@ -239,12 +258,15 @@ fn incomplete_named(query: &str, answer: &Value, steps: &[i64]) -> Option<String
 /// its window, byte for byte.
 pub async fn instant_in_hole(mpp: &str, shape: &Shape, time: i64, timeline: &Timeline) -> Tally {
     let windows: Vec<(i64, i64)> = shape.reads.iter().map(|r| r.at(time, time, time)).collect();
+    if !timeline.checked(&windows) {
+        return Tally { unchecked: 1, ..Tally::default() };
+    }
     let holds = [&timeline.a, &timeline.b].map(|r| r.holds(&windows));
     let tally = Tally {
         steps: 1,
         one_holds: usize::from(holds.contains(&Holds::Whole) && holds.contains(&Holds::Holed)),
         nobody_holds: usize::from(holds == [Holds::Holed; 2]),
-        failures: Vec::new(),
+        ..Tally::default()
     };
     match instant_failure(mpp, shape, time, timeline, holds).await {
         Some(failure) => tally.add(Tally::failed(failure)),

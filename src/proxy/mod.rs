@@ -432,7 +432,9 @@ impl<P: Transport> Proxy<P> {
     /// What a request reads, when coverage routing is on, the request is a routable query,
     /// the replica it would go to (`default`) has a hole and so does some usable replica
     /// (otherwise that replica, or every one, covers every window, and the query is not even
-    /// parsed); with the coverage decision's span, when the request is traced.
+    /// parsed), and, for an instant or range query, the bound its text sets on its window
+    /// ([`window::read_bound`]) meets one of `default`'s holes; with the coverage decision's
+    /// span, when the request is traced.
     fn coverage_read(
         &self,
         prepared: &Prepared,
@@ -466,6 +468,18 @@ impl<P: Transport> Proxy<P> {
             return None;
         }
         let started = self.inner.tracer.as_ref().map(|_| SystemTime::now());
+        // A query far from every hole of its replica (the usual case) goes there unparsed: a
+        // bound from its text is enough, and only one that meets a hole is parsed.
+        if let Some(endpoint @ (window::Endpoint::Query | window::Endpoint::QueryRange)) = endpoint {
+            let own = default.coverage();
+            let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
+            let query = prepared.path_and_query.query();
+            let lookback = lookback.unwrap_or(DEFAULT_LOOKBACK);
+            let bound = window::read_bound(endpoint, query, form, now_millis(), lookback);
+            if own.known() && bound.is_some_and(|bound| own.covers(bound.start, bound.end)) {
+                return None;
+            }
+        }
         let read = self.read_of(prepared, endpoint, remote_read, lookback)?;
         let trace = self.inner.tracer.as_ref().zip(started).map(|(tracer, at)| tracer.child("mpp.coverage", at));
         Some((read, trace))

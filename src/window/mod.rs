@@ -213,6 +213,35 @@ pub fn read_window(
     Ok(Some(Read { endpoint, window: clipped(window, now), eval_time, steps: None }))
 }
 
+/// A window never narrower than the one [`read_window`] finds for an instant or range query,
+/// from the query's text alone, without parsing it (see [`reach`]): the evaluation times
+/// widened by every range, offset and the lookback in the expression, cut at `now`. `None` for
+/// another endpoint, a parameter missing or unreadable, or an expression whose text does not
+/// tell (an `@`, say): the caller then reads the exact window.
+pub fn read_bound(
+    endpoint: Endpoint,
+    query_string: Option<&str>,
+    form_body: Option<&[u8]>,
+    now: i64,
+    lookback: i64,
+) -> Option<Window> {
+    let params = Params { body: form_body.unwrap_or_default(), url: query_string.unwrap_or_default().as_bytes() };
+    let (first, last) = match endpoint {
+        Endpoint::Query => {
+            let time = params.time("time").ok()?.unwrap_or(now);
+            (time, time)
+        }
+        Endpoint::QueryRange => (params.time("start").ok()??, params.time("end").ok()??),
+        _ => return None,
+    };
+    if last < first {
+        return None;
+    }
+    let query = params.get("query")?;
+    let (before, after) = reach::reach(&query, params.lookback(lookback).ok()?)?;
+    Some(clipped(Window { start: first.saturating_sub(before), end: last.saturating_add(after) }, now))
+}
+
 /// `window` cut at `now` ([`Window::EMPTY`] when nothing of it is left).
 fn clipped(window: Window, now: i64) -> Window {
     let window = Window { start: window.start, end: window.end.min(now) };
@@ -674,6 +703,7 @@ fn shown(text: &str) -> String {
     }
 }
 
+mod reach;
 mod remote_read;
 pub use remote_read::{RemoteRead, join_answers, remote_read, slice_request};
 

@@ -153,7 +153,7 @@ pub async fn serve<S: Service + Sync>(reader: Reader, service: &S, control: &Con
                 return Ok(());
             }
             control.idle.store(idle, Ordering::Relaxed);
-            let read = r.fill(HEAD_READ).await;
+            let read = if idle { r.fill_idle(HEAD_READ).await } else { r.fill(HEAD_READ).await };
             control.idle.store(false, Ordering::Relaxed);
             if read? == 0 {
                 // Closed between requests, or mid-head: nobody to answer.

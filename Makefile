@@ -60,6 +60,7 @@ bench: bench-deps deps dist bench-pingora
 	python3 bench/bench.py
 	python3 bench/coverage.py --write
 	python3 bench/cache.py --write
+	python3 bench/scale.py --write
 
 # Instructions per proxied request, counted by callgrind (steady from run to run, unlike
 # requests/s): `make bench-instructions BINARIES="old/mpp new/mpp"` compares builds.

@@ -222,10 +222,11 @@ def tls_throughput(procs, work, backend, args):
     """mpp and nginx, both terminating TLS for the same backend, measured in alternation."""
     cert, key = self_signed_cert(work)
     mpp_port, nginx_port = free_ports(2)
-    mpp_tls(procs, work, mpp_port, backend, cert, key)
-    nginx_tls_proxy(procs, work, nginx_port, backend, cert, key)
-    targets = [("mpp-tls", f"https://127.0.0.1:{mpp_port}{QUERY}"), ("nginx-tls", f"https://127.0.0.1:{nginx_port}{QUERY}")]
-    for _, url in targets:
+    mpp = mpp_tls(procs, work, mpp_port, backend, cert, key)
+    nginx = nginx_tls_proxy(procs, work, nginx_port, backend, cert, key)
+    targets = [("mpp-tls", f"https://127.0.0.1:{mpp_port}{QUERY}", mpp.pid),
+               ("nginx-tls", f"https://127.0.0.1:{nginx_port}{QUERY}", nginx.pid)]
+    for _, url, _ in targets:
         wait_https(url)
     print("over TLS:", flush=True)
     return throughput(targets, args.rounds, args.seconds)
@@ -419,18 +420,43 @@ def wrk(url, connections, seconds):
     return {"rps": rps, "p50": p50, "p99": p99, "errors": errors}
 
 
+def cpu_seconds(pid):
+    """User and system CPU seconds of `pid` and its descendants (nginx's workers), from /proc."""
+    parents, used = {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            text = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        parents[int(d.name)] = int(fields[1])
+        used[int(d.name)] = int(fields[11]) + int(fields[12])
+    family, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    return sum(used.get(p, 0) for p in family) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(targets, rounds, seconds):
+    """wrk against each of `targets` ((name, url, pid of the proxy or None)) in alternation;
+    medians of requests/s, latency and the proxy's CPU time per request (microseconds)."""
     results = {}
     for connections in (32, 256):
         for _ in range(rounds):
-            for name, url in targets:
+            for name, url, pid in targets:
+                before = cpu_seconds(pid) if pid else 0.0
                 r = wrk(url, connections, seconds)
+                r["cpu_us"] = (cpu_seconds(pid) - before) * 1e6 / max(r["rps"] * seconds, 1) if pid else 0.0
                 results.setdefault((connections, name), []).append(r)
                 print(f"  c={connections:<3} {name:<8} {r['rps']:>9.0f} req/s  p50 {r['p50']:.2f} ms  "
-                      f"p99 {r['p99']:.2f} ms  errors {r['errors']}", flush=True)
+                      f"p99 {r['p99']:.2f} ms  CPU {r['cpu_us']:.1f} us/request  errors {r['errors']}", flush=True)
     summary = {}
     for key, runs in results.items():
-        summary[key] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
+        summary[key] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "cpu_us")}
         summary[key]["errors"] = sum(r["errors"] for r in runs)
     return summary
 
@@ -465,6 +491,21 @@ def stream_peak_rss(procs, work, backend_port, size_bytes, clients):
     if any(size != size_bytes for size in sizes):
         raise RuntimeError(f"streaming: expected {size_bytes} bytes per client, got {sizes}")
     return {"peak_kib": max(peak[0], hwm), "sizes": sizes, "seconds": took}
+
+
+def stream_throughput(urls, size_bytes, rounds):
+    """MB/s of one client fetching the big answer through each of `urls` ((name, url)), in
+    alternation; medians."""
+    speeds = {}
+    for _ in range(rounds):
+        for name, url in urls:
+            out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}", url],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            if int(out[0]) != size_bytes:
+                raise RuntimeError(f"streaming through {name}: expected {size_bytes} bytes, got {out[0]}")
+            speeds.setdefault(name, []).append(float(out[1]) / 1e6)
+            print(f"  {name:<8} {speeds[name][-1]:>8.0f} MB/s", flush=True)
+    return {name: statistics.median(v) for name, v in speeds.items()}
 
 
 def idle_rss_and_first_answer(procs, work, backend_port):
@@ -537,10 +578,11 @@ def machine():
 
 
 def throughput_table(summary):
-    lines = ["| connections | target | requests/s | p50 ms | p99 ms | errors |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| connections | target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | errors |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for (c, name), s in sorted(summary.items(), key=lambda kv: (kv[0][0], TARGETS.index(kv[0][1]))):
-        lines.append(f"| {c} | {name} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {s['errors']} |")
+        cpu = f"{s['cpu_us']:.1f}" if name != "direct" else "—"
+        lines.append(f"| {c} | {name} | {s['rps']:.0f} | {s['p50']:.2f} | {s['p99']:.2f} | {cpu} | {s['errors']} |")
     lines += ["", "| connections | mpp/nginx req/s | mpp/HAProxy req/s | mpp/Pingora req/s | mpp/direct req/s | "
               "mpp/nginx p99 |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for c in (32, 256):
@@ -568,6 +610,10 @@ def report(m, summary, stream, start, rnd, h2, tls, args):
               f"- Peak RSS while {len(gib)} clients each stream a {args.stream_gib} GiB answer through mpp: "
               f"**{stream['peak_kib'] / 1024:.1f} MiB** (bytes received: {', '.join(str(s) for s in gib)}; "
               f"{stream['seconds']:.1f} s).",
+              f"- One client streaming a {args.stream_gib} GiB answer, MB/s (median of {args.rounds}): " +
+              ", ".join(f"{name} {speed:.0f}" for name, speed in stream["speeds"].items()) +
+              f"; mpp/nginx **{stream['speeds']['mpp'] / stream['speeds']['nginx']:.2f}**, "
+              f"mpp/HAProxy {stream['speeds']['mpp'] / stream['speeds']['haproxy']:.2f}.",
               f"- Idle RSS after start-up: **{start['idle_kib'] / 1024:.1f} MiB**.",
               f"- From process start to the first proxied answer: **{start['first_answer_ms']:.1f} ms**.",
               f"- One selection round over {rnd['candidates']} candidates, 20 of which accept connections and "
@@ -609,14 +655,16 @@ def main():
                 print(tls_report(tls_throughput(procs, work, backend, args)))
                 return
             ports = dict(zip(("mpp", "nginx", "haproxy", "pingora"), free_ports(4)))
-            start_mpp(procs, work, ports["mpp"], [backend])
-            nginx_proxy(procs, work, ports["nginx"], backend)
-            haproxy(procs, work, ports["haproxy"], backend)
-            pingora(procs, ports["pingora"], backend)
+            pids = {
+                "mpp": start_mpp(procs, work, ports["mpp"], [backend]).pid,
+                "nginx": nginx_proxy(procs, work, ports["nginx"], backend).pid,
+                "haproxy": haproxy(procs, work, ports["haproxy"], backend).pid,
+                "pingora": pingora(procs, ports["pingora"], backend).pid,
+            }
             for name, port in ports.items():
                 wait_http(f"http://127.0.0.1:{port}{QUERY}")
-            targets = [("direct", f"http://127.0.0.1:{backend}{QUERY}")] + \
-                      [(name, f"http://127.0.0.1:{port}{QUERY}") for name, port in ports.items()]
+            targets = [("direct", f"http://127.0.0.1:{backend}{QUERY}", None)] + \
+                      [(name, f"http://127.0.0.1:{port}{QUERY}", pids[name]) for name, port in ports.items()]
             print("throughput and latency:", flush=True)
             summary = throughput(targets, args.rounds, args.seconds)
             if args.quick:
@@ -625,6 +673,9 @@ def main():
             h2 = h2_throughput(procs, work, backend, ports["mpp"], args)
             print("streaming, start-up and a selection round:", flush=True)
             stream = stream_peak_rss(procs, work, backend, args.stream_gib << 30, 4)
+            big_urls = [("direct", f"http://127.0.0.1:{backend}/big")] + \
+                       [(name, f"http://127.0.0.1:{ports[name]}/big") for name in ("mpp", "nginx", "haproxy")]
+            stream["speeds"] = stream_throughput(big_urls, args.stream_gib << 30, args.rounds)
             start = idle_rss_and_first_answer(procs, work, backend)
             rnd = selection_round(procs, work, backend_ports)
             tls = tls_throughput(procs, work, backend, args)

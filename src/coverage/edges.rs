@@ -64,7 +64,8 @@ pub fn refine(found: &Found, before: &Samples, after: &Samples) -> Span {
 
 /// One millisecond after the earliest last sample before a gap reaching into the hole.
 fn refined_start(found: &Found, samples: &Samples) -> Option<Millis> {
-    if !fills(found, samples, found.best.0) {
+    let first_bucket = Span::new(found.hole.start, found.hole.start.saturating_add(found.bucket));
+    if !fills(samples, first_bucket, found.scrape, found.best.0) {
         return None;
     }
     let mut earliest: Option<Millis> = None;
@@ -81,7 +82,8 @@ fn refined_start(found: &Found, samples: &Samples) -> Option<Millis> {
 
 /// The latest first sample after a gap reaching into the hole.
 fn refined_end(found: &Found, samples: &Samples) -> Option<Millis> {
-    if !fills(found, samples, found.best.1) {
+    let last_bucket = Span::new(found.hole.end.saturating_sub(found.bucket), found.hole.end);
+    if !fills(samples, last_bucket, found.scrape, found.best.1) {
         return None;
     }
     let mut latest: Option<Millis> = None;
@@ -97,12 +99,23 @@ fn refined_end(found: &Found, samples: &Samples) -> Option<Millis> {
     (end >= found.hole.end.saturating_sub(found.bucket)).then_some(end)
 }
 
-/// Whether the replica's series, each counted at its interval, make up `best` samples in one
-/// bucket; if not, it lacks series the best replica has.
-fn fills(found: &Found, samples: &Samples, best: f64) -> bool {
-    let bucket = found.bucket as f64;
-    let expected: f64 = samples.series.iter().map(|times| bucket / interval(times, found.scrape) as f64).sum();
+/// Whether the replica's series, each on its own scrape grid, make up `best` samples in
+/// `bucket`; if not, it lacks series the best replica has. A series is counted the way the
+/// scan counted the best replica: every time of its grid in the bucket, both ends included
+/// (Prometheus 2's range selectors are closed: a series scraped on the bucket's edges has a
+/// sample more in it than the bucket holds intervals).
+fn fills(samples: &Samples, bucket: Span, scrape: Millis, best: f64) -> bool {
+    let expected: f64 = samples.series.iter().map(|times| on_grid(times, interval(times, scrape), bucket)).sum();
     expected >= best * COMPLETE_SHARE
+}
+
+/// How many times of the grid through `times[0]` every `interval` lie in `[bucket.start,
+/// bucket.end]`.
+fn on_grid(times: &[Millis], interval: Millis, bucket: Span) -> f64 {
+    let Some(&phase) = times.first() else { return 0.0 };
+    let first = (bucket.start.saturating_sub(phase) as f64 / interval as f64).ceil();
+    let last = (bucket.end.saturating_sub(phase) as f64 / interval as f64).floor();
+    (last - first + 1.0).max(0.0)
 }
 
 /// A series' scrape interval: the median step between its samples (a late scrape or a gap
@@ -243,6 +256,20 @@ mod tests {
             samples(window, vec![series(window, 300, 41_500, 46_200), series(window, 600, 41_500, i64::MAX)]);
         let two = Found { best: (8.0, 8.0), ..hole };
         assert_eq!(refine(&two, &one_still_down, &one_still_down), Span::new(40_601, 48_000));
+    }
+
+    #[test]
+    fn series_scraped_on_the_buckets_edges_are_placed_too() {
+        // Scraped every 15 s on the minute: Prometheus 2 counts five samples in a bucket of a
+        // minute (both ends), and the replica lacks those from 40 s to 100 s (the samples at
+        // 45 s up to 90 s): the buckets made its hole 0 s to 120 s.
+        let found =
+            Found { hole: Span::new(0, 120 * SECOND), bucket: 60 * SECOND, scrape: 15 * SECOND, best: (5.0, 5.0) };
+        let window = Span::new(-60 * SECOND, 180 * SECOND);
+        let times: Vec<Millis> =
+            (-4..=12).map(|k| k * 15 * SECOND).filter(|&t| !(45_000..=90_000).contains(&t)).collect();
+        let around = samples(window, vec![times]);
+        assert_eq!(refine(&found, &around, &around), Span::new(30 * SECOND + 1, 105 * SECOND));
     }
 
     #[test]

@@ -7,22 +7,117 @@
 
 use std::collections::BTreeMap;
 
-use super::{Answer, Data, Endpoint, LabelSet, MergeError, Merged, Part, Series, push_list};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Answer, Data, Endpoint, LabelSet, MergeError, Merged, Part, Series, Text, parse, push_list};
 
 /// Concatenates `slices` (in time order, their steps disjoint) of a `query_range` answer;
 /// appends `warning` (if Some) to the answer's `warnings`, after those of the slices.
 ///
+/// A series' points are not parsed one by one: each slice's `values` (and `histograms`) array
+/// is copied as its replica wrote it, after the previous slice's, so that an answer of
+/// millions of points takes little more memory than the slices' text and the answer's.
+///
 /// Errors when a slice is not a successful matrix answer (the caller then sends that slice's
 /// answer, an error Prometheus gave, as it is).
 pub fn concatenate(slices: &[Part<'_>], warning: Option<&str>) -> Result<Merged, MergeError> {
-    let whole: Vec<(Part, (i64, i64))> = slices.iter().map(|&part| (part, (i64::MIN, i64::MAX))).collect();
-    concatenate_steps(&whole, warning)
+    /// One slice's data, its series' points left as text.
+    #[derive(Deserialize)]
+    struct Matrix<'a> {
+        #[serde(borrow, rename = "resultType")]
+        result_type: Text<'a>,
+        #[serde(borrow)]
+        result: Vec<Run<'a>>,
+    }
+    /// One series in one slice.
+    #[derive(Deserialize)]
+    struct Run<'a> {
+        #[serde(borrow)]
+        metric: &'a RawValue,
+        #[serde(borrow, default)]
+        values: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        histograms: Option<&'a RawValue>,
+    }
+    /// A series of the answer: its label set as first written, and the inside of each
+    /// slice's `values` and `histograms` arrays, in time order.
+    type Joined<'a> = (&'a RawValue, Vec<&'a str>, Vec<&'a str>);
+    let mut notes: Option<super::Notes> = None;
+    let mut series: BTreeMap<LabelSet, Joined> = BTreeMap::new();
+    for slice in slices {
+        let answer = Answer::parse(slice.body)?;
+        let matrix: Matrix = parse(answer.data.get())?;
+        if matrix.result_type.0 != "matrix" {
+            return Err(MergeError::Mismatch(format!("replica {} did not answer a matrix", slice.replica)));
+        }
+        match &mut notes {
+            Some(notes) => notes.extend(answer.notes),
+            None => notes = Some(answer.notes),
+        }
+        for run in matrix.result {
+            let joined = series.entry(parse(run.metric.get())?).or_insert_with(|| (run.metric, Vec::new(), Vec::new()));
+            joined.1.extend(run.values.and_then(inside));
+            joined.2.extend(run.histograms.and_then(inside));
+        }
+    }
+    let mut notes = notes.ok_or_else(|| MergeError::NotJson("no slice to concatenate".into()))?;
+    if let Some(warning) = warning {
+        notes.warn(warning.into());
+    }
+    let mut out = String::with_capacity(slices.iter().map(|s| s.body.len()).sum::<usize>());
+    out.push_str(r#"{"status":"success","data":{"resultType":"matrix","result":"#);
+    // A series without a point in any slice is left out, as Prometheus leaves it out.
+    let kept = series.values().filter(|(_, values, histograms)| !values.is_empty() || !histograms.is_empty());
+    let mut points = 0;
+    push_list(&mut out, kept, |out, (metric, values, histograms)| {
+        out.push_str(r#"{"metric":"#);
+        out.push_str(metric.get());
+        for (name, runs) in [("values", values), ("histograms", histograms)] {
+            if !runs.is_empty() {
+                out.push_str(&format!(r#","{name}":"#));
+                push_list(out, runs, |out, run| out.push_str(run));
+                points += runs.iter().map(|run| elements(run)).sum::<usize>();
+            }
+        }
+        out.push('}');
+    });
+    out.push('}');
+    notes.write(&mut out);
+    out.push('}');
+    Ok(Merged { body: out.into_bytes(), filled: points, added_series: 0 })
+}
+
+/// The inside of a JSON array (`[a,b]` gives `a,b`), `None` when it is empty (or not an array).
+fn inside(array: &RawValue) -> Option<&str> {
+    let inner = array.get().trim().strip_prefix('[')?.strip_suffix(']')?.trim();
+    (!inner.is_empty()).then_some(inner)
+}
+
+/// How many elements the inside of a JSON array holds: its commas outside strings and nested
+/// arrays and objects, plus one.
+fn elements(inner: &str) -> usize {
+    let (mut depth, mut in_string, mut escaped, mut commas) = (0usize, false, false, 0);
+    for b in inner.bytes() {
+        match (in_string, b) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') => in_string = false,
+            (true, _) => {}
+            (false, b'"') => in_string = true,
+            (false, b'[' | b'{') => depth += 1,
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            (false, b',') if depth == 0 => commas += 1,
+            _ => {}
+        }
+    }
+    commas + 1
 }
 
 /// [`concatenate`] keeping of each part only the points whose time (milliseconds) is within
 /// its bounds (first and last, inclusive): parts of a `query_range` answer held by the cache
-/// hold more steps than a request asks for. A series left without points is left out, as
-/// Prometheus leaves out a series with no point in a range.
+/// hold more steps than a request asks for, so each point is parsed here. A series left
+/// without points is left out, as Prometheus leaves out a series with no point in a range.
 pub fn concatenate_steps(slices: &[(Part<'_>, (i64, i64))], warning: Option<&str>) -> Result<Merged, MergeError> {
     let mut notes: Option<super::Notes> = None;
     let mut series: BTreeMap<LabelSet, Series> = BTreeMap::new();
@@ -87,6 +182,19 @@ mod tests {
         assert_eq!(String::from_utf8(joined.body).unwrap(), whole);
         let alone = concatenate(&[part(whole)], None).unwrap();
         assert_eq!(String::from_utf8(alone.body).unwrap(), whole, "one slice is its own answer");
+    }
+
+    #[test]
+    fn copied_runs_and_parsed_points_make_the_same_answer() {
+        let first = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"job":"b"},"values":[[1,"1"],[2,"NaN"]],"histograms":[[1,{"count":"2","buckets":[[0,"0","1","1"],[0,"1","2","1"]]}]]}]},"warnings":["a \"q\", [x]"]}"#;
+        let second = r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"job":"a"},"values":[[3,"+Inf"]]},{"metric":{"job":"b"},"values":[[3,"2"]]}]}}"#;
+        let parts = [part(first), part(second)];
+        let copied = concatenate(&parts, Some("w")).unwrap();
+        let bounded: Vec<(Part, (i64, i64))> = parts.iter().map(|&p| (p, (i64::MIN, i64::MAX))).collect();
+        let parsed = concatenate_steps(&bounded, Some("w")).unwrap();
+        assert_eq!(String::from_utf8(copied.body).unwrap(), String::from_utf8(parsed.body).unwrap());
+        assert_eq!(copied.filled, 5);
+        assert_eq!(copied.filled, parsed.filled);
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub fn reach(expr: &str, lookback: i64) -> Option<(i64, i64)> {
         match bytes[i] {
             b'"' | b'\'' => i = after_quoted(bytes, i)?,
             b'`' => i += 1 + bytes[i + 1..].iter().position(|&b| b == b'`')? + 1,
-            b'#' => i = bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |end| i + end),
+            // A comment runs to the end of its line, which `\r` ends as `\n` does.
+            b'#' => i = bytes[i..].iter().position(|&b| b == b'\n' || b == b'\r').map_or(bytes.len(), |end| i + end),
             // An `@` modifier fixes the evaluation time: only the parser can tell which.
             b'@' => return None,
             b'[' => {
@@ -38,21 +39,28 @@ pub fn reach(expr: &str, lookback: i64) -> Option<(i64, i64)> {
                 let inside = &expr[i + 1..close];
                 // `x[5m]`, or a subquery's `[1h:1m]` or `[1h:]`: the range reads back.
                 let range = inside.split_once(':').map_or(inside, |(range, _step)| range);
-                before = before.saturating_add(duration(range)?);
+                // A millisecond more: a number of seconds is rounded where mpp truncates.
+                before = before.saturating_add(duration(range)?).saturating_add(1);
                 i = close + 1;
             }
             b if b.is_ascii_alphabetic() || b == b'_' => {
                 let end = i + bytes[i..].iter().position(|&b| !is_word(b)).unwrap_or(bytes.len() - i);
                 let word = &expr[i..end];
                 i = end;
+                // `smoothed` and `anchored` (Prometheus 3's extended range selectors) read
+                // past the evaluation time: the parser tells (or refuses, and mpp routes the
+                // query by everything it holds).
+                if word.eq_ignore_ascii_case("smoothed") || word.eq_ignore_ascii_case("anchored") {
+                    return None;
+                }
                 // Keywords are read in any case, as Prometheus reads them. A label or metric
                 // named `offset` is followed by no duration: the parser then tells.
                 if word.eq_ignore_ascii_case("offset") {
                     let (offset, next) = offset_after(expr, i)?;
                     if offset >= 0 {
-                        before = before.saturating_add(offset);
+                        before = before.saturating_add(offset).saturating_add(1);
                     } else {
-                        after = after.saturating_add(offset.saturating_neg());
+                        after = after.saturating_add(offset.saturating_neg()).saturating_add(1);
                     }
                     i = next;
                 }
@@ -102,11 +110,17 @@ fn offset_after(expr: &str, from: usize) -> Option<(i64, usize)> {
     Some((if negative { duration.saturating_neg() } else { duration }, end))
 }
 
-/// The duration token starting at `start` (`5m`, `1h30m`, `300`, `1.5`), and its end.
+/// The duration token starting at `start` (`5m`, `1h30m`, `300`, `1.5`), and its end; `None`
+/// when it runs on into an identifier's characters.
 fn offset_duration(expr: &str, start: usize) -> Option<(i64, usize)> {
     let bytes = expr.as_bytes();
     let len =
         bytes[start..].iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'.')).unwrap_or(bytes.len() - start);
+    // Go reads `1_000` as a thousand: a token running on into an identifier's characters is
+    // the parser's to read.
+    if bytes.get(start + len).is_some_and(|&b| is_word(b)) {
+        return None;
+    }
     Some((duration(&expr[start..start + len])?, start + len))
 }
 
@@ -130,16 +144,18 @@ mod tests {
     #[test]
     fn ranges_offsets_and_the_lookback_add_up() {
         assert_eq!(reach("up", LOOKBACK), Some((LOOKBACK, 0)));
-        assert_eq!(reach("rate(x[5m])", LOOKBACK), Some((LOOKBACK + 5 * M, 0)));
-        assert_eq!(reach("x offset 1h", LOOKBACK), Some((LOOKBACK + 60 * M, 0)));
-        assert_eq!(reach("x offset -1h", LOOKBACK), Some((LOOKBACK, 60 * M)));
-        assert_eq!(reach("x OFFSET - 2m + y Offset +3m", LOOKBACK), Some((LOOKBACK + 3 * M, 2 * M)));
+        // Each range and offset counts a millisecond more (see `reach`).
+        assert_eq!(reach("rate(x[5m])", LOOKBACK), Some((LOOKBACK + 5 * M + 1, 0)));
+        assert_eq!(reach("x offset 1h", LOOKBACK), Some((LOOKBACK + 60 * M + 1, 0)));
+        assert_eq!(reach("x offset -1h", LOOKBACK), Some((LOOKBACK, 60 * M + 1)));
+        assert_eq!(reach("x OFFSET - 2m + y Offset +3m", LOOKBACK), Some((LOOKBACK + 3 * M + 1, 2 * M + 1)));
+        assert_eq!(reach("x offset -1.005", 0), Some((0, 1005)), "1004 ms truncated, and one more");
         assert_eq!(
             reach("max_over_time(rate(x[5m])[1h:1m] offset 1d)", LOOKBACK),
-            Some((LOOKBACK + 5 * M + 60 * M + 24 * 60 * M, 0))
+            Some((LOOKBACK + 5 * M + 60 * M + 24 * 60 * M + 3, 0))
         );
-        assert_eq!(reach("min_over_time(x[1h30m:])", 0), Some((90 * M, 0)));
-        assert_eq!(reach("x[300]", 0), Some((300_000, 0)), "a number is seconds");
+        assert_eq!(reach("min_over_time(x[1h30m:])", 0), Some((90 * M + 1, 0)));
+        assert_eq!(reach("x[300]", 0), Some((300_001, 0)), "a number is seconds");
         assert_eq!(reach("vector(1)", LOOKBACK), Some((LOOKBACK, 0)));
     }
 
@@ -148,7 +164,8 @@ mod tests {
         let expr = "sum by (offset) (x{a=\"[1y] offset 1y @\", b='\\'[2y]', c=`[3y]`}) # x[4y] @\n + y[1m]";
         assert_eq!(reach(expr, 0), None, "`by (offset)`: a label named offset, which the parser tells");
         let expr = "x{a=\"[1y] offset 1y @\", b='\\'[2y]', c=`[3y]`} # x[4y] @\n + y[1m]";
-        assert_eq!(reach(expr, 0), Some((M, 0)));
+        assert_eq!(reach(expr, 0), Some((M + 1, 0)));
+        assert_eq!(reach("x # a comment\roffset 1d", 0), Some((24 * 60 * M + 1, 0)), "`\\r` ends a comment");
     }
 
     #[test]
@@ -163,6 +180,10 @@ mod tests {
             "x[5m",
             "x{a=\"unterminated}",
             "x{a=`unterminated}",
+            "rate(x[5m] smoothed)",
+            "x anchored",
+            "x offset 1_000",
+            "x # c\r@ 1700000000",
         ] {
             assert_eq!(reach(expr, LOOKBACK), None, "{expr}");
         }

@@ -47,7 +47,8 @@ impl Reader {
     /// without a buffer (new, or idle: see [`Reader::fill_idle`]) reads into the serving
     /// thread's scratch space and takes a buffer only once bytes arrive.
     pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() == 0 {
+        // Only for a head's read: a body's larger reads go straight into a buffer of their size.
+        if self.buf.capacity() == 0 && room <= HEAD_READ {
             return SCRATCH.with_borrow_mut(|scratch| {
                 let mut read = ReadBuf::new(&mut scratch[..]);
                 std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;

@@ -8,7 +8,10 @@ a fixed number of keep-alive requests (h2load over HTTP/1.1) and divides. Two bu
 this way differ by what their code does, to a tenth of a percent from run to run. It does not
 see the kernel's share (the system calls) or cache misses: `make bench` measures those.
 
-    python3 bench/instructions.py [--requests N] [--connections C] [BINARY ...]
+    python3 bench/instructions.py [--requests N] [--connections C] [--no-references] [BINARY ...]
+
+nginx and HAProxy are counted the same way beside mpp (nginx in one process, HAProxy on one
+thread, with bench.py's configurations otherwise), and the ratios printed.
 
 A BINARY may carry flags of its own, in one argument: `"target/dist/mpp --query-log-file=/tmp/q"`
 counts the same build with its query log on. `--path` sends another request than bench.py's
@@ -27,16 +30,72 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
 
-def count(procs, work, spec, backend, requests, connections, path):
+def mpp_argv(work, spec, backend, port):
+    """mpp (`spec`: a binary and its flags) in front of `backend`, listening on `port`."""
     binary, *flags = spec.split()
-    port = bench.free_port()
     endpoints = work / f"endpoints-{port}"
     endpoints.write_text(f"http://127.0.0.1:{backend}\n")
-    out = work / f"callgrind-{port}"
     # Liveness checks and probes every 30 s, so that none falls in the counted stretch.
-    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no",
-            str(binary), "--endpoints-file", str(endpoints), "--listen-address", f"127.0.0.1:{port}",
+    return [str(binary), "--endpoints-file", str(endpoints), "--listen-address", f"127.0.0.1:{port}",
             "--liveness-interval", "30s", *flags]
+
+
+def nginx_argv(work, backend, port):
+    """nginx as bench.py runs it in front of `backend`, in one process (no master, one worker's
+    work), so that callgrind sees all of it."""
+    conf = work / f"nginx-{port}.conf"
+    conf.write_text(f"""
+master_process off;
+daemon off;
+worker_processes 1;
+pid {work}/nginx-{port}.pid;
+error_log {work}/nginx-{port}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream prometheus {{ server 127.0.0.1:{backend}; keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://prometheus;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    return ["nginx", "-c", str(conf), "-p", str(work)]
+
+
+def haproxy_argv(work, backend, port):
+    """HAProxy as bench.py runs it in front of `backend`, on one thread."""
+    conf = work / f"haproxy-{port}.cfg"
+    conf.write_text(f"""
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend prometheus
+backend prometheus
+  server p1 127.0.0.1:{backend}
+""")
+    return ["haproxy", "-f", str(conf), "-db"]
+
+
+def count(procs, work, name, argv, port, requests, connections, path):
+    """Instructions per request of the proxy `argv` (listening on `port`) under callgrind."""
+    out = work / f"callgrind-{port}"
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no", *argv]
     process = procs.start(f"callgrind-{port}", argv)
     url = f"http://127.0.0.1:{port}{path}"
     bench.wait_http(url, timeout=120)
@@ -46,7 +105,7 @@ def count(procs, work, spec, backend, requests, connections, path):
                                 capture_output=True, text=True, check=True).stdout
         done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", result)
         if not done or int(done.group(2)) != n:
-            sys.exit(f"not every request succeeded through {binary}:\n{result}")
+            sys.exit(f"not every request succeeded through {name}:\n{result}")
 
     load(2000)
     subprocess.run(["callgrind_control", "-z", str(process.pid)], check=True, capture_output=True)
@@ -60,7 +119,7 @@ def count(procs, work, spec, backend, requests, connections, path):
     summary = re.search(r"^summary:\s+(\d+)", dump.read_text(errors="replace"), re.M)
     procs.stop(process)
     if not summary:
-        sys.exit(f"callgrind wrote no summary for {binary} ({dump})")
+        sys.exit(f"callgrind wrote no summary for {name} ({dump})")
     return int(summary.group(1)) / requests
 
 
@@ -70,9 +129,10 @@ def main():
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--path", default=bench.QUERY, help="the request's path and query")
+    parser.add_argument("--no-references", action="store_true", help="count mpp only, not nginx and HAProxy")
     args = parser.parse_args()
     for tool, package in [("valgrind", "valgrind"), ("callgrind_control", "valgrind"), ("h2load", "nghttp2-client"),
-                          ("nginx", "nginx-light")]:
+                          ("nginx", "nginx-light"), ("haproxy", "haproxy")]:
         if subprocess.run(["sh", "-c", f"command -v {tool} || test -x /usr/sbin/{tool}"],
                           capture_output=True).returncode != 0:
             sys.exit(f"{tool} is missing: make bench-deps installs it (apt-get install -y {package})")
@@ -84,10 +144,19 @@ def main():
         backend = bench.free_port()
         bench.nginx_backend(procs, work, [backend], big)
         bench.wait_http(f"http://127.0.0.1:{backend}/-/ready")
-        for binary in args.binaries:
-            per_request = count(procs, work, binary, backend, args.requests, args.connections, args.path)
-            print(f"{binary}: {per_request:,.0f} instructions per proxied request "
+        counted = {}
+        proxies = [(binary, lambda port, b=binary: mpp_argv(work, b, backend, port)) for binary in args.binaries]
+        if not args.no_references:
+            proxies += [("nginx", lambda port: nginx_argv(work, backend, port)),
+                        ("haproxy", lambda port: haproxy_argv(work, backend, port))]
+        for name, argv in proxies:
+            port = bench.free_port()
+            counted[name] = count(procs, work, name, argv(port), port, args.requests, args.connections, args.path)
+            print(f"{name}: {counted[name]:,.0f} instructions per proxied request "
                   f"({args.requests} requests, {args.connections} connections, {args.path})", flush=True)
+        for reference in ("nginx", "haproxy"):
+            for binary in args.binaries if reference in counted else []:
+                print(f"{binary} / {reference}: {counted[binary] / counted[reference]:.2f}")
     finally:
         procs.stop_all()
 

@@ -468,33 +468,34 @@ impl<P: Transport> Proxy<P> {
             return None;
         }
         let started = self.inner.tracer.as_ref().map(|_| SystemTime::now());
+        let lookback = lookback.unwrap_or(DEFAULT_LOOKBACK);
+        let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
         // A query far from every hole of its replica (the usual case) goes there unparsed: a
         // bound from its text is enough, and only one that meets a hole is parsed.
         if let Some(endpoint @ (window::Endpoint::Query | window::Endpoint::QueryRange)) = endpoint {
             let own = default.coverage();
-            let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
-            let query = prepared.path_and_query.query();
-            let lookback = lookback.unwrap_or(DEFAULT_LOOKBACK);
-            let bound = window::read_bound(endpoint, query, form, now_millis(), lookback);
-            if own.known() && bound.is_some_and(|bound| own.covers(bound.start, bound.end)) {
+            if own.known()
+                && window::read_bound(endpoint, prepared.path_and_query.query(), form, now_millis(), lookback)
+                    .is_some_and(|bound| own.covers(bound.start, bound.end))
+            {
                 return None;
             }
         }
-        let read = self.read_of(prepared, endpoint, remote_read, lookback)?;
+        let read = self.read_of(prepared, endpoint, remote_read, form, lookback)?;
         let trace = self.inner.tracer.as_ref().zip(started).map(|(tracer, at)| tracer.child("mpp.coverage", at));
         Some((read, trace))
     }
 
-    /// What a query reads (see [`Proxy::coverage_read`]), each replica's lookback being at
-    /// most `lookback`.
+    /// What a query reads (see [`Proxy::coverage_read`]), with its form body `form` (if
+    /// any), each replica's lookback being at most `lookback`.
     fn read_of(
         &self,
         prepared: &Prepared,
         endpoint: Option<window::Endpoint>,
         remote_read: bool,
-        lookback: Option<Millis>,
+        form: Option<&[u8]>,
+        lookback: Millis,
     ) -> Option<Read> {
-        let lookback = lookback.unwrap_or(DEFAULT_LOOKBACK);
         let now = now_millis();
         if remote_read {
             // Raw samples over the queries' ranges, no lookback: held whole by one replica, as
@@ -517,7 +518,6 @@ impl<P: Transport> Proxy<P> {
                 }
             });
         }
-        let form = headers::form_body(&prepared.outgoing_headers, &prepared.body.bytes);
         let endpoint = endpoint?;
         match window::read_window(endpoint, prepared.path_and_query.query(), form, now, lookback, Millis::MIN / 4) {
             Ok(read) => read,

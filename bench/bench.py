@@ -135,13 +135,16 @@ http {{
     return procs.start("backend", ["nginx", "-c", str(conf), "-p", str(work)])
 
 
-def nginx_proxy(procs, work, port, backend):
-    conf = work / "proxy-nginx.conf"
+def nginx_proxy_argv(work, port, backend, workers=2):
+    """nginx's command line in front of `backend` on `port`, its configuration written; with
+    `workers=1`, one process (no master), so that callgrind sees all of it."""
+    conf = work / f"proxy-nginx-{port}.conf"
+    single = "master_process off;\n" if workers == 1 else ""
     conf.write_text(f"""
-worker_processes 2;
+{single}worker_processes {workers};
 daemon off;
-pid {work}/proxy-nginx.pid;
-error_log {work}/proxy-nginx-error.log warn;
+pid {work}/proxy-nginx-{port}.pid;
+error_log {work}/proxy-nginx-{port}-error.log warn;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
@@ -158,7 +161,11 @@ http {{
   }}
 }}
 """)
-    return procs.start("proxy-nginx", ["nginx", "-c", str(conf), "-p", str(work)])
+    return ["nginx", "-c", str(conf), "-p", str(work)]
+
+
+def nginx_proxy(procs, work, port, backend):
+    return procs.start("proxy-nginx", nginx_proxy_argv(work, port, backend))
 
 
 def self_signed_cert(work):
@@ -249,11 +256,12 @@ def tls_report(summary):
     return "\n".join(lines) + "\n"
 
 
-def haproxy(procs, work, port, backend):
-    conf = work / "haproxy.cfg"
+def haproxy_argv(work, port, backend, threads=2):
+    """HAProxy's command line in front of `backend` on `port`, its configuration written."""
+    conf = work / f"haproxy-{port}.cfg"
     conf.write_text(f"""
 global
-  nbthread 2
+  nbthread {threads}
   maxconn 4096
 defaults
   mode http
@@ -268,7 +276,11 @@ frontend fe
 backend prometheus
   server p1 127.0.0.1:{backend}
 """)
-    return procs.start("haproxy", ["haproxy", "-f", str(conf), "-db"])
+    return ["haproxy", "-f", str(conf), "-db"]
+
+
+def haproxy(procs, work, port, backend):
+    return procs.start("haproxy", haproxy_argv(work, port, backend))
 
 
 def pingora(procs, port, backend):

@@ -40,58 +40,6 @@ def mpp_argv(work, spec, backend, port):
             "--liveness-interval", "30s", *flags]
 
 
-def nginx_argv(work, backend, port):
-    """nginx as bench.py runs it in front of `backend`, in one process (no master, one worker's
-    work), so that callgrind sees all of it."""
-    conf = work / f"nginx-{port}.conf"
-    conf.write_text(f"""
-master_process off;
-daemon off;
-worker_processes 1;
-pid {work}/nginx-{port}.pid;
-error_log {work}/nginx-{port}-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  upstream prometheus {{ server 127.0.0.1:{backend}; keepalive 512; }}
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    location / {{
-      proxy_pass http://prometheus;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }}
-  }}
-}}
-""")
-    return ["nginx", "-c", str(conf), "-p", str(work)]
-
-
-def haproxy_argv(work, backend, port):
-    """HAProxy as bench.py runs it in front of `backend`, on one thread."""
-    conf = work / f"haproxy-{port}.cfg"
-    conf.write_text(f"""
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend prometheus
-backend prometheus
-  server p1 127.0.0.1:{backend}
-""")
-    return ["haproxy", "-f", str(conf), "-db"]
-
-
 def count(procs, work, name, argv, port, requests, connections, path):
     """Instructions per request of the proxy `argv` (listening on `port`) under callgrind."""
     out = work / f"callgrind-{port}"
@@ -147,8 +95,8 @@ def main():
         counted = {}
         proxies = [(binary, lambda port, b=binary: mpp_argv(work, b, backend, port)) for binary in args.binaries]
         if not args.no_references:
-            proxies += [("nginx", lambda port: nginx_argv(work, backend, port)),
-                        ("haproxy", lambda port: haproxy_argv(work, backend, port))]
+            proxies += [("nginx", lambda port: bench.nginx_proxy_argv(work, port, backend, workers=1)),
+                        ("haproxy", lambda port: bench.haproxy_argv(work, port, backend, threads=1))]
         for name, argv in proxies:
             port = bench.free_port()
             counted[name] = count(procs, work, name, argv(port), port, args.requests, args.connections, args.path)

@@ -110,15 +110,16 @@ def request_path(procs, work, rounds, seconds):
         time.sleep(0.1)
     now = int(time.time())
     query_range = QUERY.replace("/query?", "/query_range?") + f"&start={now - 3 * 3600}&end={now}&step=60"
-    script = work / "distinct.lua"
-    # A different expression each request: the window cannot be remembered.
-    script.write_text('counter = 0\nrequest = function()\n  counter = counter + 1\n'
-                      f'  return wrk.format("GET", "{QUERY}" .. "%20%2B%20" .. counter)\nend\n')
+    def distinct(name, query):
+        """A wrk script sending `query` + N, N new each request: the window cannot be remembered."""
+        script = work / name
+        script.write_text('counter = 0\nrequest = function()\n  counter = counter + 1\n'
+                          f'  return wrk.format("GET", "{query}" .. "%20%2B%20" .. counter)\nend\n')
+        return script
+
+    script = distinct("distinct.lua", QUERY)
     # The same, reading an hour back (`offset 55m`): its bound meets the hole, so it is parsed.
-    near = work / "distinct-near.lua"
-    near_query = QUERY.replace("%5B5m%5D", "%5B5m%5D%20offset%2055m")
-    near.write_text('counter = 0\nrequest = function()\n  counter = counter + 1\n'
-                    f'  return wrk.format("GET", "{near_query}" .. "%20%2B%20" .. counter)\nend\n')
+    near = distinct("distinct-near.lua", QUERY.replace("%5B5m%5D", "%5B5m%5D%20offset%2055m"))
     results = {}
     for connections in (32, 256):
         for _ in range(rounds):

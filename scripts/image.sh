@@ -16,7 +16,7 @@ set -euo pipefail
 binary=${1:?usage: scripts/image.sh BINARY [NAME]}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-for tool in buildah strip ldd; do
+for tool in buildah strip ldd flock; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "image: \`$tool\` is not installed; install what images need: apt-get install -y podman buildah runc binutils (or \`make deps\` as root)" >&2
         exit 1
@@ -76,6 +76,11 @@ if [ ! -f "$certificates" ]; then
 fi
 cp "$certificates" "$rootfs/etc/ssl/certs/"
 
+# Builds of identical contents share their layers in the image store: one build's image removed
+# while another commits takes the shared layer away from it ("layer not known"). So builds, and
+# the container test's removals, take this lock in turn (buildah issue 5674).
+exec 9>"${TMPDIR:-/tmp}/mpp-image.lock"
+flock 9
 buildah build --quiet --file "$root/Containerfile" --tag "$name" \
     --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "SOURCE=$source" \
     "$context" >/dev/null

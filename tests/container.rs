@@ -110,8 +110,11 @@ fn require_tools() {
     }
 }
 
-/// Runs podman with the settings that work on machines whose cgroups are in hybrid mode (crun
-/// refuses them) and that work elsewhere too; fails the test when podman does.
+/// podman's settings that work on machines whose cgroups are in hybrid mode (crun refuses them)
+/// and that work elsewhere too.
+const PODMAN_SETTINGS: [&str; 3] = ["--runtime", "runc", "--cgroup-manager=cgroupfs"];
+
+/// Runs podman with [`PODMAN_SETTINGS`]; fails the test when podman does.
 fn podman(args: &[&str]) -> String {
     let output = try_podman(args);
     let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
@@ -120,11 +123,7 @@ fn podman(args: &[&str]) -> String {
 }
 
 fn try_podman(args: &[&str]) -> Output {
-    Command::new("podman")
-        .args(["--runtime", "runc", "--cgroup-manager=cgroupfs"])
-        .args(args)
-        .output()
-        .expect("run podman")
+    Command::new("podman").args(PODMAN_SETTINGS).args(args).output().expect("run podman")
 }
 
 /// The URLs of the candidates `/mpp/status` calls viable, sorted.
@@ -174,8 +173,16 @@ impl Image {
 }
 
 impl Drop for Image {
+    /// Removes the image under the lock `scripts/image.sh` builds under: identical builds share
+    /// their layers, and a removal while another test's build commits takes the layer from it.
     fn drop(&mut self) {
-        let _ = try_podman(&["rmi", "--force", &self.name]);
+        let lock = std::env::temp_dir().join("mpp-image.lock");
+        let _ = Command::new("flock")
+            .arg(&lock)
+            .arg("podman")
+            .args(PODMAN_SETTINGS)
+            .args(["rmi", "--force", &self.name])
+            .output();
     }
 }
 

@@ -218,6 +218,9 @@ pub async fn run(
     if let Some(credentials) = &parts.credentials {
         background.spawn(credentials.clone().watch(parts.metrics.reloads.clone()));
     }
+    if parts.backend_tls.reads_files() {
+        background.spawn(parts.backend_tls.clone().watch(parts.metrics.reloads.clone()));
+    }
     match hangups {
         Ok(hangups) => {
             background.spawn(reload_on_sighup(hangups, parts.metrics.reloads.clone(), reselect.clone()));
@@ -267,6 +270,8 @@ struct Parts {
     pseudonym: via::Pseudonym,
     web: Option<Arc<web::Web>>,
     credentials: Option<Arc<credentials::Credentials>>,
+    /// The TLS set-up towards the replicas, its files kept current.
+    backend_tls: Arc<client::BackendTls>,
     /// The client probes use (proxied requests have each serving thread's own pool).
     client: client::HttpClient,
     /// The dashboard cache, unless `--cache-max-bytes 0`.
@@ -287,7 +292,9 @@ impl Parts {
             }
             None => None,
         };
-        let client = client::build_with(&config.backends.tls, config.backends.max_connections)
+        let backend_tls =
+            Arc::new(client::BackendTls::load(&config.backends.tls).context("cannot set up the backend client")?);
+        let client = client::build_with(&backend_tls, config.backends.max_connections)
             .context("cannot set up the backend client")?;
         let metrics = Arc::new(Self::metrics(config, web.as_ref()));
         let cache = (config.proxy.cache_max_bytes > 0).then(|| {
@@ -301,6 +308,7 @@ impl Parts {
             pseudonym: via::Pseudonym::random(),
             web,
             credentials,
+            backend_tls,
             client,
         })
     }
@@ -412,7 +420,7 @@ fn proxies(
     reselect: mpsc::Sender<()>,
 ) -> anyhow::Result<Vec<proxy::Proxy>> {
     let pool = || -> anyhow::Result<client::pool::Pool> {
-        let connector = client::connector(&config.backends.tls).context("cannot set up the backend client")?;
+        let connector = parts.backend_tls.connector().context("cannot set up the backend client")?;
         Ok(client::pool::Pool::new(connector, config.backends.max_connections))
     };
     let proxy = proxy::Proxy::new(proxy_settings(config, parts, pool()?, tracer, reselect)?);

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::tls::{RecordingReplica, SecuredReplica};
+use common::tls::{Pki, RecordingReplica, SecuredReplica, Usage, write_atomically};
 use common::{Mpp, endpoints_file, get, send, wait_until};
 use http::Request;
 
@@ -146,4 +146,68 @@ async fn a_bearer_token_file_reaches_probes_and_queries_and_is_read_again_when_i
     let request = Request::get(mpp.url("/api/v1/labels")).header("authorization", "Bearer the-clients-own");
     assert_eq!(send(request, Bytes::new()).await.unwrap().status, 200);
     assert_eq!(last_authorization(&replica, "/api/v1/labels").as_deref(), Some("Bearer the-clients-own"));
+}
+
+/// One series of mpp's own metrics.
+async fn metric(mpp: &Mpp, name: &str) -> f64 {
+    let text = get(&mpp.url("/mpp/metrics")).await.expect("GET /mpp/metrics").text();
+    let samples = mpp::fuzzing::exposition::parse(&text).expect("mpp's metrics parse");
+    mpp::fuzzing::exposition::sum(&samples, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_ca_and_client_certificate_are_taken_without_a_restart_and_a_broken_one_fails_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = SecuredReplica::start(dir.path(), "s3cret").await;
+    let endpoints = endpoints_file(dir.path(), &[replica.url()]);
+    // mpp's own copies of its TLS files, which the test rotates; first from a CA the replica
+    // knows nothing of.
+    let (ca, cert, key) =
+        (dir.path().join("mpp-ca.pem"), dir.path().join("mpp-cert.pem"), dir.path().join("mpp-key.pem"));
+    let strangers = Pki::new(dir.path(), "strangers");
+    let stranger = strangers.issue("stranger", Usage::Client);
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        write_atomically(to, &std::fs::read_to_string(from).expect("read a test certificate"));
+    };
+    copy(&strangers.ca_file(), &ca);
+    copy(&stranger.cert, &cert);
+    copy(&stranger.key, &key);
+    let show = |p: &std::path::Path| p.display().to_string();
+    let flags: Vec<String> = vec![
+        format!("--endpoints-file={}", show(&endpoints)),
+        format!("--backend-ca-file={}", show(&ca)),
+        format!("--backend-cert-file={}", show(&cert)),
+        format!("--backend-key-file={}", show(&key)),
+        format!("--backend-basic-auth-user={}", replica.user),
+        format!("--backend-basic-auth-password-file={}", show(&replica.password_file)),
+    ];
+    let mpp = start_mpp(&flags).await;
+    wait_until("a probe refusing the replica's certificate", Duration::from_secs(15), || async {
+        let status = mpp.status().await;
+        status["candidates"][0]["last_probe_error"].as_str().is_some_and(|e| e.contains("certificate"))
+    })
+    .await;
+    assert!(mpp.candidates_where("viable").await.is_empty());
+
+    // Rotated to the replica's CA and a client certificate it accepts: taken by itself.
+    copy(&replica.server_ca, &ca);
+    copy(&replica.client.cert, &cert);
+    copy(&replica.client.key, &key);
+    mpp.wait_selected(&[&replica.url()]).await;
+    assert_eq!(get(&mpp.url("/api/v1/query?query=up")).await.unwrap().status, 200);
+    assert_eq!(metric(&mpp, "mpp_config_last_reload_successful").await, 1.0);
+
+    // A broken CA file fails the reload; the last good CA stays in use.
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    wait_until("the broken CA file to fail the reload", Duration::from_secs(15), || async {
+        metric(&mpp, "mpp_config_last_reload_successful").await == 0.0
+    })
+    .await;
+    assert_eq!(mpp.candidates_where("viable").await, vec![replica.url()]);
+    assert_eq!(get(&mpp.url("/api/v1/query?query=up")).await.unwrap().status, 200);
+    copy(&replica.server_ca, &ca);
+    wait_until("the mended CA file to be read", Duration::from_secs(15), || async {
+        metric(&mpp, "mpp_config_last_reload_successful").await == 1.0
+    })
+    .await;
 }

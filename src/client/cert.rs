@@ -1,13 +1,14 @@
 //! The client certificate mpp presents to the replicas (`--backend-cert-file`,
-//! `--backend-key-file`), read again when its files change, as Prometheus does: a new
-//! connection's handshake looks at the files at most once per [`CHECK_INTERVAL`] (the
-//! connections already open keep the certificate they started with). Files that no longer
-//! read or match leave the last good certificate in use, and are logged once.
+//! `--backend-key-file`), read again when its files change, as Prometheus does. The files
+//! are read by [`super::BackendTls::watch`] in the background (every second, and at once on
+//! SIGHUP); a handshake only loads the certificate in use (the connections already open keep
+//! the one they started with). Files that no longer read or match leave the last good
+//! certificate in use.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
@@ -17,16 +18,16 @@ use rustls::sign::CertifiedKey;
 
 use super::TlsFileError;
 
-/// How often, at most, the files are looked at again.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
 /// The client certificate, kept current from its files. `Debug` names the files only: the
 /// state holds the private key.
 pub(crate) struct ClientCert {
     cert_file: PathBuf,
     key_file: PathBuf,
     provider: Arc<CryptoProvider>,
-    state: Mutex<State>,
+    current: ArcSwap<CertifiedKey>,
+    /// The files' bytes when last read well, to tell whether they changed; only the reread
+    /// takes it.
+    read: Mutex<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for ClientCert {
@@ -35,65 +36,43 @@ impl std::fmt::Debug for ClientCert {
     }
 }
 
-struct State {
-    current: Arc<CertifiedKey>,
-    /// The files' bytes when last read, to tell whether they changed.
-    read: (Vec<u8>, Vec<u8>),
-    checked: Instant,
-    last_error: Option<String>,
-}
-
 impl ClientCert {
     /// Reads the files; an error names the flag and the file, never what it holds.
     pub fn load(cert_file: &Path, key_file: &Path, provider: Arc<CryptoProvider>) -> Result<ClientCert, TlsFileError> {
         let read = read_files(cert_file, key_file)?;
-        let current = Arc::new(certified_key(cert_file, key_file, &read, &provider)?);
+        let current = ArcSwap::from_pointee(certified_key(cert_file, key_file, &read, &provider)?);
         Ok(ClientCert {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
             provider,
-            state: Mutex::new(State { current, read, checked: Instant::now(), last_error: None }),
+            current,
+            read: Mutex::new(read),
         })
     }
 
-    /// The certificate to present now, after looking at the files if they are due.
-    fn current_at(&self, now: Instant) -> Arc<CertifiedKey> {
-        let mut state = self.state.lock().expect("the client certificate lock is never poisoned");
-        if now.saturating_duration_since(state.checked) >= CHECK_INTERVAL {
-            state.checked = now;
-            match self.reread(&state.read) {
-                Ok(None) => state.last_error = None,
-                Ok(Some((read, key))) => {
-                    tracing::info!(cert_file = %self.cert_file.display(), "client certificate for the replicas changed; now in use");
-                    (state.read, state.current, state.last_error) = (read, Arc::new(key), None);
-                }
-                Err(error) => {
-                    let error = error.to_string();
-                    if state.last_error.as_ref() != Some(&error) {
-                        tracing::error!(%error, "client certificate for the replicas unusable; the last good one stays in use");
-                        state.last_error = Some(error);
-                    }
-                }
-            }
-        }
-        state.current.clone()
-    }
-
-    /// What the files hold now, if it differs from `before`.
-    #[allow(clippy::type_complexity)]
-    fn reread(&self, before: &(Vec<u8>, Vec<u8>)) -> Result<Option<((Vec<u8>, Vec<u8>), CertifiedKey)>, TlsFileError> {
+    /// Reads the files again and puts what they hold in use if it changed: `Ok(true)` then.
+    /// Files that fail leave the last good certificate in use.
+    pub fn reread(&self) -> Result<bool, TlsFileError> {
+        let mut before = self.read.lock().expect("the client certificate lock is never poisoned");
         let read = read_files(&self.cert_file, &self.key_file)?;
         if read == *before {
-            return Ok(None);
+            return Ok(false);
         }
         let key = certified_key(&self.cert_file, &self.key_file, &read, &self.provider)?;
-        Ok(Some((read, key)))
+        self.current.store(Arc::new(key));
+        *before = read;
+        Ok(true)
+    }
+
+    /// The certificate file, for the log.
+    pub fn cert_file(&self) -> &Path {
+        &self.cert_file
     }
 }
 
 impl ResolvesClientCert for ClientCert {
     fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.current_at(Instant::now()))
+        Some(self.current.load_full())
     }
 
     fn has_certs(&self) -> bool {
@@ -148,19 +127,23 @@ mod tests {
         issue(dir.path(), "first");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client_cert = ClientCert::load(&cert, &key, provider).unwrap();
-        let start = Instant::now();
-        let first = client_cert.current_at(start);
+        let in_use = || client_cert.resolve(&[], &[]).unwrap().cert.clone();
+        let first = in_use();
+        assert!(!client_cert.reread().unwrap(), "nothing changed");
 
         issue(dir.path(), "second");
-        assert_eq!(client_cert.current_at(start).cert, first.cert, "not looked at before the interval");
-        let later = start + CHECK_INTERVAL;
-        let second = client_cert.current_at(later);
-        assert_ne!(second.cert, first.cert);
+        assert_eq!(in_use(), first, "not looked at before the reread");
+        assert!(client_cert.reread().unwrap());
+        let second = in_use();
+        assert_ne!(second, first);
 
         std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n").unwrap();
-        assert_eq!(client_cert.current_at(later + CHECK_INTERVAL).cert, second.cert);
+        let error = client_cert.reread().unwrap_err().to_string();
+        assert!(error.starts_with("--backend-key-file "), "{error}");
+        assert_eq!(in_use(), second);
         std::fs::remove_file(&cert).unwrap();
-        assert_eq!(client_cert.current_at(later + CHECK_INTERVAL * 2).cert, second.cert);
+        assert!(client_cert.reread().unwrap_err().to_string().starts_with("--backend-cert-file "));
+        assert_eq!(in_use(), second);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! discovery use hyper-util's pooled client ([`HttpClient`]); proxied requests use
 //! [`pool::Pool`], one per serving thread, made over the same [`Connector`].
 
+mod ca;
 mod cert;
 pub mod pool;
 
@@ -19,11 +20,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use ca::CaFile;
 use cert::ClientCert;
+
+use crate::reload::{Reloads, Reread};
 
 /// The client type used for every call to a backend. Request bodies are buffered
 /// (`Full<Bytes>`) so that a request can be replayed on another replica.
@@ -50,7 +53,7 @@ pub struct TlsOptions {
 }
 
 /// A TLS file for the replicas that cannot be used, named by its flag and path.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{flag} {}: {problem}", path.display())]
 pub struct TlsFileError {
     flag: &'static str,
@@ -64,69 +67,120 @@ impl TlsFileError {
     }
 }
 
+/// How often the TLS files for the replicas are read again (besides at once on SIGHUP).
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The TLS set-up towards the replicas: [`TlsOptions`] and the files they name (the CA, the
+/// client certificate and key), kept current by [`BackendTls::watch`]. Every connector made
+/// from one `BackendTls` uses the files' latest good contents for its new connections.
+#[derive(Debug)]
+pub struct BackendTls {
+    options: TlsOptions,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    ca: Option<Arc<CaFile>>,
+    client_cert: Option<Arc<ClientCert>>,
+}
+
+impl BackendTls {
+    /// Reads the files `options` name; an error names the flag and the file.
+    pub fn load(options: &TlsOptions) -> Result<BackendTls, TlsFileError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ca = match &options.ca_file {
+            Some(file) if !options.insecure => Some(Arc::new(CaFile::load(file, provider.clone())?)),
+            _ => None,
+        };
+        let client_cert = match &options.client_cert {
+            Some((cert_file, key_file)) => Some(Arc::new(ClientCert::load(cert_file, key_file, provider.clone())?)),
+            None => None,
+        };
+        Ok(BackendTls { options: options.clone(), provider, ca, client_cert })
+    }
+
+    /// Whether it reads any file (and [`BackendTls::watch`] has something to do).
+    pub fn reads_files(&self) -> bool {
+        self.ca.is_some() || self.client_cert.is_some()
+    }
+
+    /// A connector with these settings; its handshakes use what the files hold at the time.
+    pub fn connector(&self) -> anyhow::Result<Connector> {
+        let builder =
+            rustls::ClientConfig::builder_with_provider(self.provider.clone()).with_safe_default_protocol_versions()?;
+        let builder = if self.options.insecure {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(self.provider.clone())))
+        } else if let Some(ca) = &self.ca {
+            builder.dangerous().with_custom_certificate_verifier(ca.clone())
+        } else {
+            builder.with_root_certificates(root_store())
+        };
+        let tls = match &self.client_cert {
+            Some(client_cert) => builder.with_client_cert_resolver(client_cert.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        let mut connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        if let Some(name) = &self.options.server_name {
+            connector = connector.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name.clone()));
+        }
+        Ok(connector.enable_http1().wrap_connector(http))
+    }
+
+    /// Reads the files again every [`RELOAD_INTERVAL`] and at once when `reloads` is asked
+    /// (SIGHUP), forever; run it as a task. A file that fails leaves the last good contents in
+    /// use and fails `mpp_config_last_reload_successful` until it reads well again.
+    pub async fn watch(self: Arc<Self>, reloads: Reloads) {
+        crate::reload::every(
+            RELOAD_INTERVAL,
+            &reloads,
+            "backend TLS files",
+            || self.reread(),
+            |reread| match reread {
+                Reread::Read { changed: true, .. } => {
+                    tracing::info!(files = %self.describe(), "TLS files for the replicas changed; new connections use them");
+                }
+                Reread::Read { .. } => {}
+                Reread::Failed(error) => {
+                    tracing::error!(%error, "TLS file for the replicas unusable; the last good one stays in use");
+                }
+            },
+        )
+        .await
+    }
+
+    /// Reads every file again; `Ok(true)` if any brought something new. Every file is read
+    /// even when an earlier one fails, so that each takes what it can.
+    fn reread(&self) -> Result<bool, TlsFileError> {
+        let ca = self.ca.as_ref().map_or(Ok(false), |ca| ca.reread());
+        let cert = self.client_cert.as_ref().map_or(Ok(false), |cert| cert.reread());
+        Ok(ca? | cert?)
+    }
+
+    /// The files read, for the log.
+    fn describe(&self) -> String {
+        let ca = self.ca.as_ref().map(|ca| ca.file().display().to_string());
+        let cert = self.client_cert.as_ref().map(|cert| cert.cert_file().display().to_string());
+        ca.into_iter().chain(cert).collect::<Vec<_>>().join(", ")
+    }
+}
+
 /// Builds the client for discovery: `insecure` turns certificate verification off;
 /// `max_idle_per_replica` bounds the idle connections kept to one host (more would only
 /// exceed what `--max-backend-connections` lets be used at once).
 pub fn build(insecure: bool, max_idle_per_replica: u32) -> anyhow::Result<HttpClient> {
-    build_with(&TlsOptions { insecure, ..TlsOptions::default() }, max_idle_per_replica)
+    build_with(&BackendTls::load(&TlsOptions { insecure, ..TlsOptions::default() })?, max_idle_per_replica)
 }
 
-/// Builds the client for the replicas, with `options`' CA, client certificate and server name.
-pub fn build_with(options: &TlsOptions, max_idle_per_replica: u32) -> anyhow::Result<HttpClient> {
+/// Builds the client for the replicas, with `tls`' CA, client certificate and server name.
+pub fn build_with(tls: &BackendTls, max_idle_per_replica: u32) -> anyhow::Result<HttpClient> {
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(pool::IDLE_TIMEOUT)
         .pool_max_idle_per_host(max_idle_per_replica as usize)
-        .build(connector(options)?))
-}
-
-/// The connector for the replicas, with `options`' CA, client certificate and server name.
-pub fn connector(options: &TlsOptions) -> anyhow::Result<Connector> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder =
-        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
-    let builder = if options.insecure {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-    } else {
-        let roots = match &options.ca_file {
-            Some(file) => ca_roots(file)?,
-            None => root_store(),
-        };
-        builder.with_root_certificates(roots)
-    };
-    let tls = match &options.client_cert {
-        Some((cert_file, key_file)) => {
-            let client_cert = ClientCert::load(cert_file, key_file, builder.crypto_provider().clone())?;
-            builder.with_client_cert_resolver(Arc::new(client_cert))
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(Duration::from_secs(30)));
-    let mut connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-    if let Some(name) = &options.server_name {
-        connector = connector.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name.clone()));
-    }
-    Ok(connector.enable_http1().wrap_connector(http))
-}
-
-/// The certificates of `--backend-ca-file`, the only roots trusted then (as Prometheus's
-/// `ca_file`).
-fn ca_roots(file: &Path) -> Result<rustls::RootCertStore, TlsFileError> {
-    let problem = |problem: String| TlsFileError { flag: "--backend-ca-file", path: file.to_path_buf(), problem };
-    let pem = std::fs::read(file).map_err(|e| problem(format!("cannot read it: {e}")))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| problem(format!("not a PEM certificate: {e}")))?;
-    let mut roots = rustls::RootCertStore::empty();
-    if roots.add_parsable_certificates(certs).0 == 0 {
-        return Err(problem("holds no usable CA certificate".into()));
-    }
-    Ok(roots)
+        .build(tls.connector()?))
 }
 
 /// The system's trusted roots, or the Mozilla set where the system has none.

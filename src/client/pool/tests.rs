@@ -17,7 +17,12 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::client::{TlsOptions, connector};
+use crate::client::{BackendTls, Connector, TlsOptions};
+
+/// A connector with `options`, its files read once.
+fn connector(options: &TlsOptions) -> anyhow::Result<Connector> {
+    BackendTls::load(options)?.connector()
+}
 
 fn pool() -> Pool {
     Pool::new(connector(&TlsOptions::default()).expect("a plain connector"), 16)

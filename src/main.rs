@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e.to_string()),
     };
     mpp::logging::init(config.log_level, config.log_format, config.verbose);
+    let log_format = config.log_format;
     // This thread accepts connections and runs discovery, probes and selection; the
     // connections themselves are served on one thread per CPU (see `mpp::server`).
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -39,7 +40,11 @@ fn main() -> ExitCode {
     }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mpp: error: {e:#}");
+            // A log pipeline reading JSON lines gets the reason as one of them too.
+            match log_format {
+                mpp::logging::LogFormat::Json => tracing::error!(error = format!("{e:#}"), "mpp cannot go on"),
+                mpp::logging::LogFormat::Logfmt => eprintln!("mpp: error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -25,7 +25,12 @@ fn read_number(path: &Path) -> Option<u64> {
 
 /// `MemTotal` of `/proc/meminfo`, in bytes.
 fn mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    kib_field(meminfo, "MemTotal:")
+}
+
+/// The `field` line of a `/proc` file that gives sizes in kB (`meminfo`, `status`), in bytes.
+fn kib_field(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
 }
@@ -80,8 +85,6 @@ pub struct ProcessStats {
 /// Clock ticks per second of `/proc/self/stat`'s times (the kernel's `USER_HZ`, 100 on every
 /// Linux architecture mpp builds for).
 const USER_HZ: f64 = 100.0;
-/// Bytes per page of `/proc/self/stat`'s resident size.
-const PAGE_SIZE: u64 = 4096;
 
 impl ProcessStats {
     /// This process's figures; `None` where `/proc` cannot be read.
@@ -90,13 +93,17 @@ impl ProcessStats {
         let boot_time = std::fs::read_to_string("/proc/stat").ok()?;
         let boot_time: f64 = boot_time.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
         let mut stats = parse_stat(&stat, boot_time)?;
+        // In bytes whatever the page size (4 KiB on x86-64, 16 or 64 KiB on some arm64
+        // kernels), where `stat` counts pages.
+        stats.resident_bytes = kib_field(&std::fs::read_to_string("/proc/self/status").ok()?, "VmRSS:")?;
         stats.open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
         stats.max_fds = rlimit::Resource::NOFILE.get().ok()?.0;
         Some(stats)
     }
 }
 
-/// The figures of a `/proc/<pid>/stat` line (fds left at 0), the system booted at `boot_time`.
+/// The figures of a `/proc/<pid>/stat` line (resident size and fds left at 0), the system
+/// booted at `boot_time`.
 fn parse_stat(stat: &str, boot_time: f64) -> Option<ProcessStats> {
     // The command name is in parentheses and may hold spaces: fields count from after it.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -105,7 +112,7 @@ fn parse_stat(stat: &str, boot_time: f64) -> Option<ProcessStats> {
     let (utime, stime) = (number(14)?, number(15)?);
     Some(ProcessStats {
         cpu_seconds: (utime + stime) as f64 / USER_HZ,
-        resident_bytes: number(24)? * PAGE_SIZE,
+        resident_bytes: 0,
         virtual_bytes: number(23)?,
         start_time_seconds: boot_time + number(22)? as f64 / USER_HZ,
         open_fds: 0,
@@ -125,7 +132,6 @@ mod tests {
         assert_eq!(stats.cpu_seconds, 3.0, "250 + 50 ticks");
         assert_eq!(stats.start_time_seconds, 1_700_000_000.0 + 123.45);
         assert_eq!(stats.virtual_bytes, 104_857_600);
-        assert_eq!(stats.resident_bytes, 2560 * 4096);
         assert_eq!(parse_stat("garbage", 0.0), None);
         let ours = ProcessStats::read().expect("/proc is readable here");
         assert!(ours.open_fds > 0 && ours.max_fds >= ours.open_fds && ours.resident_bytes > 0, "{ours:?}");
@@ -136,6 +142,7 @@ mod tests {
         let meminfo = "MemTotal:       24576000 kB\nMemFree:        1000 kB\n";
         assert_eq!(mem_total(meminfo), Some(24_576_000 * 1024));
         assert_eq!(mem_total("nothing here"), None);
+        assert_eq!(kib_field("Name:\tmpp\nVmRSS:\t   75324 kB\n", "VmRSS:"), Some(75_324 * 1024));
     }
 
     #[test]

@@ -324,7 +324,80 @@ async fn log_lines_are_logfmt_by_default_and_json_objects_with_log_format_json()
             }
         }
         assert!(seen.iter().any(|l| l.contains("listen")), "the start-up line names the address: {seen:?}");
+        if format == "json" {
+            let mut fields = seen.iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+            assert!(
+                fields.any(|o| o["listen"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:"))),
+                "the event's fields are keys of the object: {seen:?}"
+            );
+        }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_prints_the_facts_of_mpp_build_info() {
+    let (_replica, _dir, file) = one_replica().await;
+    let mpp = Running::start(&["--endpoints-file", file.to_str().unwrap(), "--web.listen-address", "127.0.0.1:0"]);
+    let metrics = common::get(&format!("http://{}/mpp/metrics", mpp.addrs[0])).await.unwrap().text();
+    let info = metrics.lines().find(|l| l.starts_with("mpp_build_info{")).unwrap_or_else(|| panic!("{metrics}"));
+    let (_, version_text, _) = run(&["--version"], &[]);
+    for label in ["version", "revision", "branch", "rustc"] {
+        let value = info
+            .split(&format!("{label}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no {label} in {info}"));
+        assert!(!value.is_empty(), "{label} in {info}");
+        assert!(version_text.contains(value), "--version lacks {label} {value}: {version_text}");
+    }
+}
+
+/// mpp's log, run with `args` and `env` until it has answered a query, then killed.
+async fn log_of_a_query(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = Command::new(MPP);
+    command.args(args).args(["--web.listen-address", &listen]);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MPP_")) {
+        command.env_remove(key);
+    }
+    let mut child = command.envs(env.iter().copied()).stderr(Stdio::piped()).spawn().unwrap();
+    let query = format!("http://{listen}/api/v1/query?query=up");
+    common::wait_until("a query answered", Duration::from_secs(15), || async {
+        common::get(&query).await.is_ok_and(|answer| answer.status == 200)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_hides_the_lines_below_it_and_mpp_log_wins_over_it() {
+    let (_replica, _dir, file) = one_replica().await;
+    let args = ["--endpoints-file", file.to_str().unwrap(), "--log.level", "warn"];
+    let quiet = log_of_a_query(&args, &[]).await;
+    assert!(quiet.iter().all(|l| !l.contains("level=info") && !l.contains("level=debug")), "{quiet:#?}");
+    let told = log_of_a_query(&args, &[("MPP_LOG", "info")]).await;
+    assert!(told.iter().any(|l| l.contains("level=info") && l.contains("listen=")), "{told:#?}");
+}
+
+#[test]
+fn in_json_mode_the_reason_mpp_cannot_start_is_a_json_line_too() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = Command::new(MPP)
+        .args(["--endpoints-file", "/dev/null", "--web.listen-address", &address, "--log.format", "json"])
+        .env_remove("MPP_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let last = lines.last().unwrap_or_else(|| panic!("no line: {stderr}"));
+    assert_eq!(last["level"], "error", "{last}");
+    assert!(last["error"].as_str().is_some_and(|e| e.contains(&address)), "names the address: {last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

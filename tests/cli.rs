@@ -382,6 +382,17 @@ async fn log_level_hides_the_lines_below_it_and_mpp_log_wins_over_it() {
     assert!(told.iter().any(|l| l.contains("level=info") && l.contains("listen=")), "{told:#?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_queries_are_logged_at_warn_without_a_query_log_file() {
+    let (_replica, _dir, file) = one_replica().await;
+    let slow = |lines: &[String]| lines.iter().any(|l| l.contains("level=warn") && l.contains("msg=\"slow query\""));
+    for (threshold, logged) in [("1ns", true), ("1h", false)] {
+        let args = ["--endpoints-file", file.to_str().unwrap(), "--slow-query-threshold", threshold];
+        let lines = log_of_a_query(&args, &[]).await;
+        assert_eq!(slow(&lines), logged, "threshold {threshold}: {lines:#?}");
+    }
+}
+
 #[test]
 fn in_json_mode_the_reason_mpp_cannot_start_is_a_json_line_too() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

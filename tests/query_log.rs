@@ -66,6 +66,7 @@ async fn each_api_query_is_one_line_in_prometheus_shape_naming_the_replica() {
         assert_eq!(line["mpp"]["replicas"], serde_json::json!([replica.url()]), "{line}");
         assert_eq!((line["mpp"]["answered"].as_str(), line["mpp"]["status"].as_u64()), (Some("one"), Some(200)));
         assert_eq!(line["httpRequest"]["clientIP"], "127.0.0.1");
+        assert_eq!(line["mpp"]["attempts"], 1, "{line}");
         assert!(line["stats"]["timings"]["execTotalTime"].as_f64().is_some_and(|t| t > 0.0), "{line}");
     }
     assert_eq!(ours[0]["params"]["start"], "2023-11-14T22:13:20.000Z");
@@ -94,5 +95,8 @@ async fn each_api_query_is_one_line_in_prometheus_shape_naming_the_replica() {
             assert!(ours.get(key).is_some(), "mpp's line lacks {key}: {ours}\nPrometheus's: {theirs}");
         }
         assert_eq!(ours["params"], theirs["params"], "the same parameters as Prometheus writes them");
+        for timing in ours["stats"]["timings"].as_object().unwrap().keys() {
+            assert!(theirs["stats"]["timings"].get(timing).is_some(), "{timing} is not Prometheus's: {theirs}");
+        }
     }
 }

@@ -167,7 +167,8 @@ impl Pending {
         mpp.insert("status".into(), json!(answer.status().as_u16()));
         mpp.insert("answered".into(), json!(how));
         mpp.insert("replicas".into(), json!(replicas));
-        mpp.insert("attempts".into(), json!(failed.len() + 1));
+        // Each replica that took part answered one attempt; each failed one cost another.
+        mpp.insert("attempts".into(), json!(failed.len() + replicas.len()));
         if !failed.is_empty() {
             mpp.insert("failedReplicas".into(), json!(failed));
         }
@@ -434,7 +435,7 @@ mod tests {
         assert_eq!(line["mpp"]["answered"], "merged");
         assert_eq!(line["mpp"]["replicas"], json!(["http://a:9090", "http://b:9090"]));
         assert_eq!(line["mpp"]["failedReplicas"], json!(["http://c:9090"]));
-        assert_eq!(line["mpp"]["attempts"], 2);
+        assert_eq!(line["mpp"]["attempts"], 3, "one for each replica merged, one for the failed one");
         assert_eq!(line["mpp"]["warning"], "merged over its bound");
         assert_eq!(line["mpp"]["cache"], "partial");
         assert!(!line.to_string().contains("sesame"), "never the password");
@@ -445,6 +446,7 @@ mod tests {
         let line = query.line(&one, Duration::ZERO);
         assert_eq!((line["mpp"]["answered"].as_str(), line["mpp"]["status"].as_u64()), (Some("one"), Some(422)));
         assert_eq!(line["mpp"]["replicas"], json!(["http://a:9090"]));
+        assert_eq!(line["mpp"]["attempts"], 1);
     }
 
     #[test]

@@ -112,6 +112,43 @@ async fn every_dashboard_expression_returns_data_from_a_prometheus_scraping_mpp(
     }
 }
 
+#[test]
+fn every_metric_the_dashboard_and_the_alerts_name_is_one_mpp_registers() {
+    // A panel that falls back to `... * 0` shows data whatever it reads, and the alerts' unit
+    // tests feed them series of their own: neither would notice a misspelt name.
+    let source = |file: &str| std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+    // Where mpp registers its metrics: the names are the string literals there.
+    let source = source("src/metrics.rs") + &source("src/expiry.rs");
+    let registered: Vec<String> = source.split('"').skip(1).step_by(2).flat_map(metric_names).collect();
+    assert!(registered.len() > 20, "{registered:?}");
+    // A family's series add a suffix to its name (`_total`, `_bucket`, ...), after its unit's
+    // (`_seconds`), which prometheus-client registers apart.
+    let families = |name: &str| -> Vec<String> {
+        let sampled = ["_total", "_bucket", "_count", "_sum", "_info"].iter().filter_map(|s| name.strip_suffix(s));
+        let names: Vec<&str> = std::iter::once(name).chain(sampled).collect();
+        let unitless = names.iter().filter_map(|n| n.strip_suffix("_seconds").or_else(|| n.strip_suffix("_bytes")));
+        names.iter().copied().chain(unitless).map(String::from).collect()
+    };
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(monitoring("mpp-dashboard.json")).unwrap()).unwrap();
+    let alerts = std::fs::read_to_string(monitoring("mpp-alerts.yaml")).unwrap();
+    let used: Vec<String> =
+        dashboard_expressions(&dashboard).iter().chain([&alerts]).flat_map(|t| metric_names(t)).collect();
+    assert!(used.iter().any(|name| name == "mpp_retries_total"), "{used:?}");
+    for name in used {
+        let known = families(&name).iter().any(|family| registered.contains(family));
+        assert!(known, "{name} is not a metric mpp registers: {registered:?}");
+    }
+}
+
+/// The names of mpp's and the process's metrics that `text` uses.
+fn metric_names(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("mpp_") || word.starts_with("process_"))
+        .map(String::from)
+        .collect()
+}
+
 /// `text` percent-encoded for a query string.
 fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()

@@ -32,9 +32,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// Lines waiting for standard error at most; more are dropped and counted.
+const QUEUED_LINES: usize = 16_384;
+
+/// The count of lines dropped because standard error did not take them in time, once
+/// logging has started.
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> = std::sync::OnceLock::new();
+
+/// Log lines dropped so far because standard error was blocked (`mpp_log_lines_dropped_total`).
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+/// Keeps the thread that writes log lines; dropping it writes what is queued.
+#[must_use = "dropping it stops the log's writer"]
+pub struct Logging {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+}
+
 /// Starts logging to standard error: `MPP_LOG`'s filter if set, else debug for mpp with
-/// `verbose`, else `level`.
-pub fn init(level: LogLevel, format: LogFormat, verbose: bool) {
+/// `verbose`, else `level`. A thread of its own writes the lines, so that a blocked standard
+/// error (a full pipe to a slow log collector) holds no request: the lines that find its queue
+/// full are dropped and counted ([`dropped_lines`]). Keep what it returns until exit.
+pub fn init(level: LogLevel, format: LogFormat, verbose: bool) -> Logging {
     let default = match (verbose, level) {
         (true, _) | (_, LogLevel::Debug) => "mpp=debug,info",
         (false, LogLevel::Info) => "info",
@@ -43,7 +63,14 @@ pub fn init(level: LogLevel, format: LogFormat, verbose: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MPP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).event_format(Lines(format)).init();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("mpp-log")
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).event_format(Lines(format)).init();
+    Logging { _writer: guard }
 }
 
 /// Formats each event as a line of `format`.

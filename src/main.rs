@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return usage_error(&e.to_string()),
     };
-    mpp::logging::init(config.log_level, config.log_format, config.verbose);
+    let logging = mpp::logging::init(config.log_level, config.log_format, config.verbose);
     let log_format = config.log_format;
     // This thread accepts connections and runs discovery, probes and selection; the
     // connections themselves are served on one thread per CPU (see `mpp::server`).
@@ -43,7 +43,11 @@ fn main() -> ExitCode {
             // A log pipeline reading JSON lines gets the reason as one of them too.
             match log_format {
                 mpp::logging::LogFormat::Json => tracing::error!(error = format!("{e:#}"), "mpp cannot go on"),
-                mpp::logging::LogFormat::Logfmt => eprintln!("mpp: error: {e:#}"),
+                mpp::logging::LogFormat::Logfmt => {
+                    // After the lines logged before it: they are written by the log's thread.
+                    drop(logging);
+                    eprintln!("mpp: error: {e:#}");
+                }
             }
             ExitCode::FAILURE
         }

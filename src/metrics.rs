@@ -474,7 +474,9 @@ pub const VERSION_TEXT: &str = concat!(
 );
 
 /// The standard `process_*` metrics of Prometheus's client libraries, read at each scrape
-/// ([`crate::system::ProcessStats`]).
+/// ([`crate::system::ProcessStats`]). Written here: prometheus-client has no process
+/// collector, and the maintained one (`metrics-process`) serves the `metrics` facade, not
+/// this registry. With them, `mpp_log_lines_dropped_total`, also read at each scrape.
 #[derive(Debug)]
 struct ProcessCollector;
 
@@ -483,6 +485,13 @@ impl prometheus_client::collector::Collector for ProcessCollector {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;
+        let dropped = ConstCounter::new(crate::logging::dropped_lines());
+        dropped.encode(encoder.encode_descriptor(
+            "mpp_log_lines_dropped",
+            "Log lines dropped because standard error did not take them in time",
+            None,
+            dropped.metric_type(),
+        )?)?;
         let Some(stats) = crate::system::ProcessStats::read() else { return Ok(()) };
         let cpu = ConstCounter::new(stats.cpu_seconds);
         cpu.encode(encoder.encode_descriptor(

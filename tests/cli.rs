@@ -393,6 +393,35 @@ async fn slow_queries_are_logged_at_warn_without_a_query_log_file() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_error_nobody_reads_holds_no_request() {
+    let (_replica, _dir, file) = one_replica().await;
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    // A line per query (the slow-query log at a threshold of 1 ns) into a pipe never read:
+    // the pipe's 64 KiB fill after a few hundred lines.
+    let mut child = Command::new(MPP)
+        .args(["--endpoints-file", file.to_str().unwrap(), "--web.listen-address", &listen])
+        .args(["--slow-query-threshold", "1ns"])
+        .env_remove("MPP_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let query = format!("http://{listen}/api/v1/query?query=up");
+    common::wait_until("a query answered", Duration::from_secs(15), || async {
+        common::get(&query).await.is_ok_and(|answer| answer.status == 200)
+    })
+    .await;
+    for n in 0..2_000 {
+        let answer = tokio::time::timeout(Duration::from_secs(10), common::get(&query)).await;
+        let answer = answer.unwrap_or_else(|_| panic!("query {n} held for 10 s")).unwrap();
+        assert_eq!(answer.status, 200, "query {n}");
+    }
+    let metrics = common::get(&format!("http://{listen}/mpp/metrics")).await.unwrap().text();
+    assert!(metrics.contains("mpp_log_lines_dropped_total "), "{metrics}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn in_json_mode_the_reason_mpp_cannot_start_is_a_json_line_too() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

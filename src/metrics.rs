@@ -258,7 +258,7 @@ impl Metrics {
         let (reload_successful, reload_time) = (Gauge::default(), Gauge::<f64, AtomicU64>::default());
         registry.register(
             "mpp_config_last_reload_successful",
-            "Whether every file mpp reads (endpoints, web config and what it names, credentials) last read without error",
+            "Whether every file mpp reads (endpoints, web config and what it names, credentials, the replicas' TLS files) last read without error",
             reload_successful.clone(),
         );
         registry.register(
@@ -488,7 +488,7 @@ impl prometheus_client::collector::Collector for ProcessCollector {
         let dropped = ConstCounter::new(crate::logging::dropped_lines());
         dropped.encode(encoder.encode_descriptor(
             "mpp_log_lines_dropped",
-            "Log lines dropped because standard error did not take them in time",
+            "Log lines dropped because standard error did not take them in time.",
             None,
             dropped.metric_type(),
         )?)?;

@@ -7,8 +7,9 @@
    through the admin API, as an outage leaves them). mpp is started in front of them: the time
    to its first answer, the start-up scan's wall time, its queries (and their points: never
    over Prometheus's 11,000 per series), the CPU seconds the replicas spent answering it
-   (`process_cpu_seconds_total`), where it put B's hole, and the replicas' whole CPU while
-   mpp rescans (their own scraping and upkeep included), as a share of one core.
+   (`process_cpu_seconds_total`), where it put B's hole, and what mpp's rescans cost the
+   replicas: their CPU with mpp running less their CPU with mpp paused, in alternating
+   windows, as a share of one core.
 2. A 100 MB `query_range` answer assembled from slices of the two replicas (500 series of
    11,000 steps over both holes) beside the same query asked of one replica directly: time
    per answer and mpp's peak resident memory.
@@ -21,10 +22,12 @@ Prints a Markdown section and, with --write, puts it into BENCHMARKS.md between 
 
 import argparse
 import json
+import os
 import re
 import resource
 import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -166,22 +169,38 @@ def scan(procs, work, args):
     bucket = found[0]["coverage"]["bucket_seconds"]
     b_found = holes[f"http://127.0.0.1:{ports['b']}"]
     print(f"  first answer {first:.2f} s, scan {took:.1f} s, {queries:.0f} queries, replica CPU {cpu_scan}", flush=True)
-    # Rescans: the replicas' CPU with mpp in front, as a share of one core, once the work of
-    # answering the scan has settled too (a replica's garbage collection after it ran at over
-    # 2 % of a core for the first minute and a half in one run).
-    settled_after = time.monotonic()
-    while max(replica_cpu_over(ports, 10).values()) > 0.01 and time.monotonic() - settled_after < 300:
-        pass
-    rescan = replica_cpu_over(ports, args.rescan_seconds)
+    # Rescans: what mpp costs the replicas once the scan is done, as the replicas' CPU with mpp
+    # running beside the same with mpp paused (SIGSTOP), in alternating windows: the
+    # replicas' own upkeep (compaction of the backfilled blocks, garbage collection after the
+    # scan) drifts over minutes and falls on both alike instead of counting as mpp's.
+    running, paused = rescan_windows(ports, mpp, args.rescan_seconds)
+    rescan = {name: running[name] - paused[name] for name in ports}
     q_rescan = bench_metric(port, "mpp_coverage_scan_queries_total") - queries
-    print(f"  rescans: replica CPU {rescan} of a core, {q_rescan:.0f} queries in {args.rescan_seconds} s", flush=True)
+    print(f"  rescans: replica CPU {running} with mpp running, {paused} paused, "
+          f"{q_rescan:.0f} queries", flush=True)
     sliced = big_sliced(port, ports, start, mpp)
     return {
         "first": first, "took": took, "queries": queries, "bucket": bucket, "cpu_scan": cpu_scan,
         "buckets": (now - start) / bucket, "b_hole": b_hole, "b_found": b_found, "rescan": rescan,
-        "rescan_queries": q_rescan, "sliced": sliced, "baseline": baseline,
-        "rescan_seconds": args.rescan_seconds,
+        "rescan_queries": q_rescan, "sliced": sliced, "baseline": baseline, "running": running,
+        "paused": paused, "rescan_seconds": args.rescan_seconds,
     }
+
+
+def rescan_windows(ports, mpp, seconds, pairs=3):
+    """Each replica's mean CPU share (of one core) over `pairs` windows of `seconds` with mpp
+    running, and over as many with it paused, the two alternating; mpp runs on afterwards."""
+    running = {name: 0.0 for name in ports}
+    paused = {name: 0.0 for name in ports}
+    try:
+        for _ in range(pairs):
+            for sig, into in ((signal.SIGCONT, running), (signal.SIGSTOP, paused)):
+                os.kill(mpp.pid, sig)
+                for name, share in replica_cpu_over(ports, seconds).items():
+                    into[name] += share / pairs
+    finally:
+        os.kill(mpp.pid, signal.SIGCONT)
+    return running, paused
 
 
 def replica_cpu_over(ports, seconds):
@@ -321,8 +340,12 @@ def report(result, clients):
             f"| replica CPU answering it | A {cpu_scan['a']:.1f} s, B {cpu_scan['b']:.1f} s | |",
             f"| replica CPU alone, once settled (30 s) | A {100 * result['baseline']['a']:.2f} %, "
             f"B {100 * result['baseline']['b']:.2f} % of a core | |",
-            f"| replica CPU while mpp rescans, all of it ({result['rescan_queries']:.0f} queries in "
-            f"{result['rescan_seconds']} s) | A {100 * result['rescan']['a']:.2f} %, "
+            f"| replica CPU with mpp running ({result['rescan_queries']:.0f} rescan queries in "
+            f"{3 * result['rescan_seconds']} s) | A {100 * result['running']['a']:.2f} %, "
+            f"B {100 * result['running']['b']:.2f} % of a core | |",
+            f"| the same with mpp paused, windows alternating ({result['rescan_seconds']} s each) | "
+            f"A {100 * result['paused']['a']:.2f} %, B {100 * result['paused']['b']:.2f} % of a core | |",
+            f"| what mpp's rescans and probes cost the replicas | A {100 * result['rescan']['a']:.2f} %, "
             f"B {100 * result['rescan']['b']:.2f} % of a core | ≤ 2 % |",
             "", f"B's hole as found, from the deleted stretch's edges: {found} (the replicas scrape every {SCRAPE} s).",
             "",
@@ -350,7 +373,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rescan-seconds", type=int, default=90)
+    parser.add_argument("--rescan-seconds", type=int, default=30,
+                        help="each of the six alternating windows (mpp running, paused) of the rescans' cost")
     parser.add_argument("--no-scan", action="store_true", help="only the many clients")
     parser.add_argument("--write", action="store_true", help="put the section into BENCHMARKS.md")
     args = parser.parse_args()

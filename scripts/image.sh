@@ -79,7 +79,8 @@ cp "$certificates" "$rootfs/etc/ssl/certs/"
 # Builds of identical contents share their layers in the image store: one build's image removed
 # while another commits takes the shared layer away from it ("layer not known"). So builds, and
 # the container test's removals, take this lock in turn (buildah issue 5674).
-exec 9>"${TMPDIR:-/tmp}/mpp-image.lock"
+# One lock per user: each user's images are in a store of their own.
+exec 9>"${TMPDIR:-/tmp}/mpp-image-$(id -u).lock"
 flock 9
 buildah build --quiet --file "$root/Containerfile" --tag "$name" \
     --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "SOURCE=$source" \

@@ -176,7 +176,9 @@ impl Drop for Image {
     /// Removes the image under the lock `scripts/image.sh` builds under: identical builds share
     /// their layers, and a removal while another test's build commits takes the layer from it.
     fn drop(&mut self) {
-        let lock = std::env::temp_dir().join("mpp-image.lock");
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+        let lock = std::env::temp_dir().join(format!("mpp-image-{uid}.lock"));
         let _ = Command::new("flock")
             .arg(&lock)
             .arg("podman")

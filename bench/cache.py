@@ -67,7 +67,8 @@ def replicas(procs, work, start, end):
 
 def asked_range(work):
     """The seconds of range the replicas were asked for with the panel's expression so far,
-    and how many such queries."""
+    and how many such queries; a query counts its steps times its step, so that one asking
+    for a single step (a refresh's new step) counts that step, not nothing."""
     seconds, queries = 0.0, 0
     for log in work.glob("replica*/queries.log"):
         for line in log.read_text().splitlines():
@@ -76,7 +77,7 @@ def asked_range(work):
             if params.get("query") != PANEL:
                 continue
             parse = lambda t: time.mktime(time.strptime(t[:19], "%Y-%m-%dT%H:%M:%S"))  # noqa: E731
-            seconds += parse(params["end"]) - parse(params["start"])
+            seconds += parse(params["end"]) - parse(params["start"]) + float(params.get("step", 0))
             queries += 1
     return seconds, queries
 

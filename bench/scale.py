@@ -131,8 +131,16 @@ def scan(procs, work, args):
             if time.monotonic() > deadline:
                 sys.exit("the replicas list no targets")
             time.sleep(0.2)
-    # A replica started on 14 days of blocks compacts them for a while: its own CPU settles
-    # first, so that what follows counts mpp's queries, not that.
+    # A replica started on 14 days of 2-hour blocks compacts them into larger ones at its
+    # first compaction check, a minute after it opened them (about 2.8 s of CPU in one go,
+    # as much as mpp's whole scan): wait for that check on both, then for their CPU to settle,
+    # so that what follows counts mpp's queries, not that.
+    for port in ports.values():
+        deadline = time.monotonic() + 180
+        while metric(f"http://127.0.0.1:{port}/metrics", "prometheus_tsdb_compactions_triggered_total") < 1:
+            if time.monotonic() > deadline:
+                sys.exit("the replicas ran no compaction check within 180 s")
+            time.sleep(1)
     settled = time.monotonic()
     while max(replica_cpu_over(ports, 10).values()) > 0.01 and time.monotonic() - settled < 600:
         pass
@@ -173,6 +181,11 @@ def scan(procs, work, args):
     # running beside the same with mpp paused (SIGSTOP), in alternating windows: the
     # replicas' own upkeep (compaction of the backfilled blocks, garbage collection after the
     # scan) drifts over minutes and falls on both alike instead of counting as mpp's.
+    # After the scan's big reads the replicas' garbage collection runs for a while (over 2 %
+    # of a core for the first minute and a half in one run): settled first.
+    settled_after = time.monotonic()
+    while max(replica_cpu_over(ports, 10).values()) > 0.01 and time.monotonic() - settled_after < 300:
+        pass
     running, paused = rescan_windows(ports, mpp, args.rescan_seconds)
     rescan = {name: running[name] - paused[name] for name in ports}
     q_rescan = bench_metric(port, "mpp_coverage_scan_queries_total") - queries
@@ -196,7 +209,10 @@ def rescan_windows(ports, mpp, seconds, pairs=3):
         for _ in range(pairs):
             for sig, into in ((signal.SIGCONT, running), (signal.SIGSTOP, paused)):
                 os.kill(mpp.pid, sig)
-                for name, share in replica_cpu_over(ports, seconds).items():
+                shares = replica_cpu_over(ports, seconds)
+                print(f"    mpp {'running' if into is running else 'paused'}: "
+                      + ", ".join(f"{name} {100 * share:.2f} %" for name, share in shares.items()), flush=True)
+                for name, share in shares.items():
                     into[name] += share / pairs
     finally:
         os.kill(mpp.pid, signal.SIGCONT)

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use common::{Answer, Mpp, Prometheus, endpoints_file, get, ready, send, wait_until};
 
 /// The fresh window the tests run mpp with: steps newer than this are never cached.
+/// The fresh window the tests keep; steps are kept up to what the replicas had ingested at
+/// their last selection round too, so the tests run rounds every second.
 const FRESH: &str = "3s";
 
 /// Dashboard queries: rates, aggregations, a histogram quantile, `offset`, a subquery, and
@@ -47,6 +49,14 @@ async fn replica() -> Prometheus {
     Prometheus::start_custom(config, &["--web.enable-admin-api".to_string()], ready).await
 }
 
+/// mpp in front of the replicas of endpoints `file`, keeping steps older than [`FRESH`], with
+/// `more` flags.
+async fn with_cache(file: &std::path::Path, more: &[&str]) -> Mpp {
+    let file = file.to_str().unwrap();
+    let args = ["--endpoints-file", file, "--cache-fresh-window", FRESH, "--selection-interval", "1s"];
+    Mpp::start(&[&args[..], more].concat()).await
+}
+
 /// The counter of `mpp_cache_requests_total` for `result`.
 async fn counted(mpp: &Mpp, result: &str) -> f64 {
     let text = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
@@ -59,7 +69,7 @@ async fn a_sliding_dashboard_gets_the_replicas_answers_byte_for_byte_from_the_ca
     let prometheus = replica().await;
     let dir = tempfile::tempdir().unwrap();
     let file = endpoints_file(dir.path(), &[prometheus.url()]);
-    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--cache-fresh-window", FRESH]).await;
+    let mpp = with_cache(&file, &[]).await;
     let began = now().floor();
     wait_until("20 s of data", Duration::from_secs(40), || async { now() > began + 22.0 }).await;
 
@@ -90,6 +100,30 @@ async fn a_sliding_dashboard_gets_the_replicas_answers_byte_for_byte_from_the_ca
     assert_eq!(cache_result(&again).as_deref(), Some("hit"));
     assert_eq!(again.text(), first.text());
     assert_eq!(again.text(), get(&format!("{}{path}", prometheus.url())).await.unwrap().text());
+
+    // The steps, by where they came from: the hit's all from the cache, and every step the
+    // replicas answered counted as theirs.
+    let metrics = get(&mpp.url("/mpp/metrics")).await.unwrap().text();
+    let steps = |source: &str| -> f64 {
+        let prefix = format!("mpp_cache_steps_total{{source=\"{source}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.parse().unwrap())
+    };
+    assert!(steps("cache") >= 16.0, "{metrics}");
+    assert!(steps("replica") >= (QUERIES.len() * 16) as f64, "every first answer's 16 steps at least: {metrics}");
+
+    // Prometheus's error about a query is passed on, and not kept: asked again, a miss again.
+    let failing = range(
+        r#"label_replace({__name__=~"up|scrape_duration_seconds"}, "__name__", "same", "", "")"#,
+        end - 15.0,
+        end,
+        "1s",
+    );
+    for _ in 0..2 {
+        let answer = get(&mpp.url(&failing)).await.unwrap();
+        assert_eq!(answer.status, 422, "{}", answer.text());
+        assert!(answer.text().contains(r#""errorType":"execution""#), "{}", answer.text());
+        assert_eq!(cache_result(&answer).as_deref(), Some("miss"));
+    }
 
     // A form POST of the same query shares the entry.
     let form = format!("query={}&start={}&end={end}&step=1", encode(QUERIES[1]), end - 15.0);
@@ -129,8 +163,7 @@ async fn a_sliding_dashboard_gets_the_replicas_answers_byte_for_byte_from_the_ca
     // A delete through mpp empties the cache.
     let mpp = {
         drop(mpp);
-        Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--cache-fresh-window", FRESH, "--admin-api", "all"])
-            .await
+        with_cache(&file, &["--admin-api", "all"]).await
     };
     mpp.wait_selected(&[&prometheus.url()]).await;
     assert_eq!(cache_result(&get(&mpp.url(&path)).await.unwrap()).as_deref(), Some("miss"));
@@ -146,7 +179,7 @@ async fn bad_ranges_get_prometheus_answers_and_nothing_is_kept() {
     let prometheus = replica().await;
     let dir = tempfile::tempdir().unwrap();
     let file = endpoints_file(dir.path(), &[prometheus.url()]);
-    let mpp = Mpp::start(&["--endpoints-file", file.to_str().unwrap(), "--cache-fresh-window", FRESH]).await;
+    let mpp = with_cache(&file, &[]).await;
     mpp.wait_selected(&[&prometheus.url()]).await;
     let end = (now() - 60.0).floor();
     for path in [

@@ -278,7 +278,7 @@ impl Cache {
         }
         if dropped {
             let extents: Vec<Extent> = kept.iter().map(|&e| e.clone()).collect();
-            self.replace(&query.key, &entry, extents);
+            self.replace(query, &entry, extents);
         }
         let mut plan = Plan { oldest, ..Plan::default() };
         let mut next = query.start;
@@ -315,8 +315,10 @@ impl Cache {
 
     /// The last step of `query` that may be kept at `now`: its read ends outside the fresh
     /// window; `None` when no step may.
-    pub fn keepable_until(&self, query: &Query, now: Millis) -> Option<Millis> {
-        let limit = now - self.fresh - query.after;
+    /// `held` is what every replica that may serve had ingested ([`newest_held`]): no step
+    /// reads past it, so that a kept step is never newer than what each of them held.
+    pub fn keepable_until(&self, query: &Query, now: Millis, held: Option<Millis>) -> Option<Millis> {
+        let limit = (now - self.fresh).min(held.unwrap_or(Millis::MAX)) - query.after;
         if limit < query.start {
             return None;
         }
@@ -330,6 +332,9 @@ impl Cache {
         if body.len() > self.max_entry || self.generation.load(Ordering::Acquire) != query.generation {
             return;
         }
+        // Held apart from the buffer it was read or stitched into, whose capacity can be
+        // several times its length: what the cache counts is what it holds.
+        let body = Bytes::copy_from_slice(&body);
         let extent = Extent { first: query.start, last: until, body, replicas, oldest };
         let mut extents: Vec<Extent> = match self.entries.get(&query.key) {
             Some(entry) => {
@@ -346,7 +351,18 @@ impl Cache {
         if entry.bytes() + query.key.len() > self.max_entry {
             return;
         }
+        self.insert(query, entry);
+    }
+
+    /// Puts `entry` in as `query`'s, unless the cache was emptied since `query` arrived: what
+    /// was asked for, or planned, before a delete is not kept after it.
+    fn insert(&self, query: &Query, entry: Entry) {
         self.entries.insert(query.key.clone(), Arc::new(entry));
+        // An emptying between the caller's check and the insert: taken out again. (One
+        // before the insert finds the generation moved; one after it removes the entry.)
+        if self.generation.load(Ordering::Acquire) != query.generation {
+            self.entries.invalidate(&query.key);
+        }
         self.publish();
     }
 
@@ -395,14 +411,14 @@ impl Cache {
         }
     }
 
-    fn replace(&self, key: &Arc<str>, old: &Entry, extents: Vec<Extent>) {
+    /// `query`'s entry `old` with only `extents` left.
+    fn replace(&self, query: &Query, old: &Entry, extents: Vec<Extent>) {
         if extents.is_empty() {
-            self.entries.invalidate(key);
+            self.entries.invalidate(&query.key);
+            self.publish();
         } else {
-            let entry = Entry { path: old.path.clone(), expr: old.expr.clone(), extents };
-            self.entries.insert(key.clone(), Arc::new(entry));
+            self.insert(query, Entry { path: old.path.clone(), expr: old.expr.clone(), extents });
         }
-        self.publish();
     }
 
     fn publish(&self) {
@@ -460,6 +476,15 @@ fn align_up(time: Millis, start: Millis, step: Millis) -> Millis {
 
 /// The oldest data every scanned replica of the selection still holds (the coverage scan's
 /// start), when known.
+/// The newest sample every viable replica had ingested at its last probe
+/// (`prometheus_tsdb_head_max_time_seconds`), when each said.
+pub fn newest_held(snapshot: &Snapshot) -> Option<Millis> {
+    let viable = snapshot.candidates.iter().filter(|c| snapshot.viable.iter().any(|v| Arc::ptr_eq(v, &c.replica)));
+    let mut newest = viable.map(|c| c.probe.head_max_time.filter(|t| t.is_finite()).map(|t| (t * 1000.0) as Millis));
+    let first = newest.next()??;
+    newest.try_fold(first, |held, t| Some(held.min(t?)))
+}
+
 fn oldest_data(snapshot: &Snapshot) -> Option<Millis> {
     snapshot.viable.iter().filter_map(|r| Some(r.coverage()).filter(|c| c.known()).map(|c| c.from)).max()
 }

@@ -142,7 +142,9 @@ fn no_cache_asks_again_and_fresh_steps_are_not_kept() {
     let snapshot = Snapshot { viable: replicas.clone(), ..Snapshot::empty() };
     let query = range(&cache, "up", 9000, 9998, 1, &HeaderMap::new()).unwrap();
     // Now is 10,000 s and the fresh window 5 s: up to 9,995 s.
-    assert_eq!(cache.keepable_until(&query, 10_000 * SECOND), Some(9_995 * SECOND));
+    assert_eq!(cache.keepable_until(&query, 10_000 * SECOND, None), Some(9_995 * SECOND));
+    // A replica that had ingested only up to 9,990 s when last probed: up to there.
+    assert_eq!(cache.keepable_until(&query, 10_000 * SECOND, Some(9_990 * SECOND)), Some(9_990 * SECOND));
     cache.store(&query, 9_995 * SECOND, answer(9000..=9995), urls(&replicas), None);
     let mut fresh = HeaderMap::new();
     fresh.insert(http::header::CACHE_CONTROL, "no-cache".parse().unwrap());
@@ -203,4 +205,64 @@ fn an_answer_asked_for_before_the_cache_was_emptied_is_not_kept() {
     cache.clear();
     cache.store(&query, 1_600_000, answer((1000..=1600).step_by(60)), urls(&replicas), None);
     assert_eq!(cache.summary(1).entries, 0);
+}
+
+#[test]
+fn what_a_plan_keeps_of_an_entry_read_before_an_emptying_is_not_put_back_after_it() {
+    let cache = cache();
+    let replicas = replicas(&["http://a:9090"]);
+    let query = range(&cache, "up", 1000, 1600, 60, &HeaderMap::new()).unwrap();
+    cache.store(&query, 1_600_000, answer((1000..=1600).step_by(60)), urls(&replicas), None);
+    // The plan read the entry, and a delete emptied the cache before it put back the extents it
+    // kept (say one of two had a hole found in it).
+    let entry = cache.entries.get(&query.key).expect("kept");
+    cache.clear();
+    cache.replace(&query, &entry, entry.extents.clone());
+    assert_eq!(cache.summary(1).entries, 0);
+}
+
+#[test]
+fn a_kept_answer_is_held_apart_from_the_buffer_it_came_in() {
+    let cache = cache();
+    let replicas = replicas(&["http://a:9090"]);
+    let snapshot = Snapshot { viable: replicas.clone(), ..Snapshot::empty() };
+    let query = range(&cache, "up", 1000, 1600, 60, &HeaderMap::new()).unwrap();
+    // The answer as a slice of a buffer ten times its size (read or stitched into one sized
+    // for more): keeping the slice would keep the whole buffer.
+    let body = answer((1000..=1600).step_by(60));
+    let mut buffer = Vec::with_capacity(body.len() * 10);
+    buffer.extend_from_slice(&body);
+    buffer.resize(body.len() * 10, b' ');
+    let buffer = Bytes::from(buffer);
+    cache.store(&query, 1_600_000, buffer.slice(..body.len()), urls(&replicas), None);
+    let plan = cache.plan(&query, &snapshot);
+    let held = &plan.cached[0].0.body;
+    assert_eq!(held, &body);
+    let inside = buffer.as_ptr_range();
+    assert!(!inside.contains(&held.as_ptr()), "the kept answer shares the big buffer");
+}
+
+#[test]
+fn what_every_viable_replica_holds_is_the_least_of_their_newest_samples() {
+    let replicas = replicas(&["http://a:9090", "http://b:9090", "http://c:9090"]);
+    let candidate = |replica: &Arc<crate::registry::Replica>, newest: Option<f64>| crate::selection::CandidateState {
+        replica: replica.clone(),
+        probe: crate::probe::Probe { head_max_time: newest, ..Default::default() },
+        selected: true,
+        data: Default::default(),
+    };
+    // C is not viable: what it lacks does not count.
+    let mut snapshot = Snapshot {
+        candidates: vec![
+            candidate(&replicas[0], Some(100.0)),
+            candidate(&replicas[1], Some(90.5)),
+            candidate(&replicas[2], Some(10.0)),
+        ],
+        viable: replicas[..2].to_vec(),
+        ..Snapshot::empty()
+    };
+    assert_eq!(newest_held(&snapshot), Some(90_500));
+    // A viable replica that did not say: nothing is known.
+    snapshot.candidates[1].probe.head_max_time = None;
+    assert_eq!(newest_held(&snapshot), None);
 }

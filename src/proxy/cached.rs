@@ -19,7 +19,7 @@ use super::slice::{SLICES, Times, rewrite};
 use super::{Exchange, Prepared, Proxy, headers, now_millis};
 use crate::api::Api;
 use crate::body::Guarded;
-use crate::cache::{Cache, Query};
+use crate::cache::{self, Cache, Query};
 use crate::client::pool::Transport;
 use crate::coverage::Millis;
 use crate::error::{ProxyBody, ProxyError};
@@ -78,13 +78,13 @@ impl<P: Transport> Proxy<P> {
         // Answers are read to be stitched and kept: asked for uncompressed. What may be kept is
         // judged by the time they were asked at.
         exchange.prepared.outgoing_headers.remove(header::ACCEPT_ENCODING);
-        let asked_at = now_millis();
         let plan = cache.plan(&query, &exchange.snapshot);
+        let asked = Asked { at: now_millis(), oldest: plan.oldest, held: cache::newest_held(&exchange.snapshot) };
         if plan.cached.is_empty() {
             cache.count("miss");
             let deadline = exchange.deadline;
             let answer = self.dispatch(exchange).await?;
-            return Ok(self.keep_whole(cache, deadline, &query, answer, (asked_at, plan.oldest)).await);
+            return Ok(self.keep_whole(cache, deadline, &query, answer, asked).await);
         }
         let pieces: Vec<Piece> = plan
             .cached
@@ -99,21 +99,24 @@ impl<P: Transport> Proxy<P> {
         if plan.hit() {
             cache.count("hit");
             cache.count_steps(steps_in(&pieces, query.step), 0);
-            return self.stitched(cache, &query, pieces, None, (asked_at, plan.oldest)).await;
+            return self.stitched(cache, &query, pieces, None, asked).await;
         }
-        cache.count("partial");
-        let mut asked = Vec::with_capacity(plan.missing.len());
+        let mut sub_queries = Vec::with_capacity(plan.missing.len());
         for &(first, last) in &plan.missing {
-            asked.push(exchange.for_steps(&query, first, last)?);
+            sub_queries.push(exchange.for_steps(&query, first, last)?);
         }
-        let answers = join_all(asked.into_iter().map(|sub| self.dispatch(sub))).await;
+        let answers = join_all(sub_queries.into_iter().map(|sub| self.dispatch(sub))).await;
         let mut fetched = Vec::with_capacity(answers.len());
         let mut head = None;
         let mut held = Vec::new();
         for (answer, &steps) in answers.into_iter().zip(&plan.missing) {
             let answer = answer?;
             if answer.status() != StatusCode::OK || !headers::is_plain_json(answer.headers()) {
-                // Prometheus's own answer about the query (an error, as a rule): the client's.
+                // Prometheus's own answer about the query (an error, as a rule): the client's,
+                // and none of it from the cache.
+                cache.count("miss");
+                let mut answer = answer;
+                answer.headers_mut().insert(headers::MPP_CACHE.clone(), HeaderValue::from_static("miss"));
                 return Ok(answer);
             }
             let (parts, body) = answer.into_parts();
@@ -125,16 +128,21 @@ impl<P: Transport> Proxy<P> {
                 }
                 Read::Stream(_) => {
                     // Too much to stitch: the whole query, as it came, streamed on.
-                    return self.dispatch(exchange.again()).await;
+                    cache.count("miss");
+                    cache.count_steps(0, steps_of(&query));
+                    let mut answer = self.dispatch(exchange.again()).await?;
+                    answer.headers_mut().insert(headers::MPP_CACHE.clone(), HeaderValue::from_static("miss"));
+                    return Ok(answer);
                 }
             }
             head.get_or_insert(parts);
         }
+        cache.count("partial");
         cache.count_steps(steps_in(&pieces, query.step), steps_in(&fetched, query.step));
         let mut all = pieces;
         all.extend(fetched);
         all.sort_by_key(|piece| piece.steps.0);
-        let answer = self.stitched(cache, &query, all, head, (asked_at, plan.oldest)).await;
+        let answer = self.stitched(cache, &query, all, head, asked).await;
         drop(held);
         answer
     }
@@ -147,7 +155,7 @@ impl<P: Transport> Proxy<P> {
         query: &Query,
         pieces: Vec<Piece>,
         head: Option<http::response::Parts>,
-        (asked_at, oldest): (Millis, Option<Millis>),
+        asked: Asked,
     ) -> Result<Response<ProxyBody<P::Body>>, ProxyError> {
         let hit = head.is_none();
         let pieces_bytes: usize = pieces.iter().map(|p| p.body.len()).sum();
@@ -158,7 +166,7 @@ impl<P: Transport> Proxy<P> {
             all.into()
         };
         // A hit teaches the cache nothing: only what the replicas added is kept.
-        let keep = if hit { None } else { cache.keepable_until(query, asked_at) };
+        let keep = if hit { None } else { cache.keepable_until(query, asked.at, asked.held) };
         let (start, endpoint) = (query.start, query.endpoint);
         let stitch = move || -> Result<(Bytes, Option<Bytes>), String> {
             if endpoint == Endpoint::Query || (pieces.len() == 1 && pieces[0].whole && keep.is_none()) {
@@ -189,7 +197,7 @@ impl<P: Transport> Proxy<P> {
             }
         };
         if let (Some(kept), Some(until)) = (kept, keep) {
-            cache.store(query, until, kept, replicas.clone(), oldest);
+            cache.store(query, until, kept, replicas.clone(), asked.oldest);
         }
         let mut parts = match head {
             Some(parts) => parts,
@@ -223,11 +231,14 @@ impl<P: Transport> Proxy<P> {
         deadline: Instant,
         query: &Query,
         answer: Response<ProxyBody<P::Body>>,
-        (asked_at, oldest): (Millis, Option<Millis>),
+        asked: Asked,
     ) -> Response<ProxyBody<P::Body>> {
         let mut answer = answer;
         answer.headers_mut().insert(headers::MPP_CACHE.clone(), HeaderValue::from_static("miss"));
-        let Some(until) = cache.keepable_until(query, asked_at) else { return answer };
+        if query.endpoint == Endpoint::QueryRange && answer.status() == StatusCode::OK {
+            cache.count_steps(0, steps_of(query));
+        }
+        let Some(until) = cache.keepable_until(query, asked.at, asked.held) else { return answer };
         if answer.status() != StatusCode::OK || !headers::is_plain_json(answer.headers()) {
             return answer;
         }
@@ -238,9 +249,6 @@ impl<P: Transport> Proxy<P> {
             Ok(Read::Stream(body)) => return Response::from_parts(parts, body),
             Err(error) => return self.refuse(error),
         };
-        if query.endpoint == Endpoint::QueryRange {
-            cache.count_steps(0, (until.min(query.last) - query.start) as u64 / query.step as u64 + 1);
-        }
         let (start, endpoint) = (query.start, query.endpoint);
         let body = bytes.clone();
         let keep = move || {
@@ -253,7 +261,7 @@ impl<P: Transport> Proxy<P> {
             if bytes.len() <= STITCH_INLINE { keep() } else { tokio::task::spawn_blocking(keep).await.ok().flatten() };
         drop(permit);
         if let Some(kept) = kept {
-            cache.store(query, until, kept, replicas, oldest);
+            cache.store(query, until, kept, replicas, asked.oldest);
         }
         Response::from_parts(parts, Either::Right(Full::new(bytes)))
     }
@@ -365,6 +373,21 @@ fn answered_by(headers: &http::HeaderMap) -> Arc<[Box<str>]> {
 }
 
 /// The steps the pieces hold, counted from their bounds.
+/// When a query was asked and what the replicas held then: what may be kept of its answer.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    at: Millis,
+    /// The oldest data the replicas hold ([`crate::cache::Plan::oldest`]).
+    oldest: Option<Millis>,
+    /// The newest sample every viable replica had ingested ([`cache::newest_held`]).
+    held: Option<Millis>,
+}
+
+/// The steps a range query asks for.
+fn steps_of(query: &Query) -> u64 {
+    ((query.last - query.start) / query.step.max(1) + 1) as u64
+}
+
 fn steps_in(pieces: &[Piece], step: Millis) -> u64 {
     pieces.iter().map(|p| ((p.steps.1 - p.steps.0) / step.max(1) + 1) as u64).sum()
 }
@@ -396,4 +419,27 @@ fn is_form(headers: &http::HeaderMap) -> bool {
 enum Read<B: hyper::body::Body> {
     Whole(Bytes, Option<OwnedSemaphorePermit>),
     Stream(ProxyBody<B>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A matrix answer of one series with points at 1, 2 and 3 s, and `extra` after `data`.
+    fn matrix(extra: &str) -> String {
+        format!(
+            r#"{{"status":"success","data":{{"resultType":"matrix","result":[{{"metric":{{}},"values":[[1,"1"],[2,"2"],[3,"3"]]}}]}}{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn answers_with_warnings_are_not_kept_and_others_only_up_to_the_last_keepable_step() {
+        let plain = matrix("");
+        let kept = keepable(plain.as_bytes(), 1000, Some(2000)).unwrap().expect("kept");
+        let kept = String::from_utf8(kept.to_vec()).unwrap();
+        assert!(kept.contains(r#"[2,"2"]"#) && !kept.contains(r#"[3,"3"]"#), "{kept}");
+        let warned = matrix(r#","warnings":["answered by one replica: the merge was over --merge-max-bytes"]"#);
+        assert_eq!(keepable(warned.as_bytes(), 1000, Some(2000)).unwrap(), None);
+        assert_eq!(keepable(plain.as_bytes(), 1000, None).unwrap(), None, "no step may be kept");
+    }
 }

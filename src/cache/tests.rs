@@ -266,3 +266,22 @@ fn what_every_viable_replica_holds_is_the_least_of_their_newest_samples() {
     snapshot.candidates[1].probe.head_max_time = None;
     assert_eq!(newest_held(&snapshot), None);
 }
+
+#[test]
+fn over_its_budget_the_cache_evicts_the_least_recently_used_and_holds_no_more() {
+    const BUDGET: u64 = 64 * 1024;
+    let cache = Cache::new(BUDGET, 5 * SECOND, CacheMetrics::default());
+    let replicas = replicas(&["http://a:9090"]);
+    let snapshot = Snapshot { viable: replicas.clone(), ..Snapshot::empty() };
+    let query = |n: usize| range(&cache, &format!("up%7Bn%3D%22{n}%22%7D"), 1000, 1600, 60, &HeaderMap::new()).unwrap();
+    for n in 0..200 {
+        cache.store(&query(n), 1_600_000, answer((1000..=1600).step_by(60)), urls(&replicas), None);
+        // The first query is used all along: the most recently used is kept.
+        assert!(cache.plan(&query(0), &snapshot).hit(), "query 0 evicted after {n}");
+        let held = cache.summary(0).bytes;
+        assert!(held <= BUDGET, "{held} bytes held after {n} queries");
+    }
+    assert!(!cache.plan(&query(1), &snapshot).hit(), "the least recently used are gone");
+    assert!(cache.plan(&query(199), &snapshot).hit(), "the last one is held");
+    assert!(cache.summary(0).entries < 200);
+}

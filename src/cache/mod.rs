@@ -489,9 +489,11 @@ fn oldest_data(snapshot: &Snapshot) -> Option<Millis> {
     snapshot.viable.iter().filter_map(|r| Some(r.coverage()).filter(|c| c.known()).map(|c| c.from)).max()
 }
 
-/// Whether one of `replicas` (by URL) is now known to lack data in `read`.
+/// Whether one of `replicas` (by URL) is now known to lack data in `read`. Every candidate's
+/// last coverage counts, viable or not: a replica whose hole was found just before it went
+/// down answered those steps from incomplete data all the same.
 fn holed(snapshot: &Snapshot, replicas: &[Box<str>], read: (Millis, Millis)) -> bool {
-    snapshot.viable.iter().any(|replica| {
+    snapshot.candidates.iter().map(|c| &c.replica).any(|replica| {
         replicas.iter().any(|url| **url == *replica.url()) && {
             let coverage = replica.coverage();
             coverage.known() && !coverage.covers(read.0, read.1)

@@ -24,6 +24,20 @@ fn answer(times: impl Iterator<Item = i64>) -> Bytes {
     ))
 }
 
+/// A snapshot in which every one of `replicas` is a viable candidate.
+fn serving(replicas: &[Arc<crate::registry::Replica>]) -> Snapshot {
+    let candidates = replicas
+        .iter()
+        .map(|replica| crate::selection::CandidateState {
+            replica: replica.clone(),
+            probe: Default::default(),
+            selected: true,
+            data: Default::default(),
+        })
+        .collect();
+    Snapshot { candidates, viable: replicas.to_vec(), ..Snapshot::empty() }
+}
+
 fn urls(replicas: &[Arc<crate::registry::Replica>]) -> Arc<[Box<str>]> {
     replicas.iter().map(|r| Box::<str>::from(r.url())).collect()
 }
@@ -40,7 +54,7 @@ fn scanned(replica: &crate::registry::Replica, from: Millis, holes: &[(Millis, M
 fn a_sliding_range_asks_only_for_the_steps_it_lacks() {
     let cache = cache();
     let replicas = replicas(&["http://a:9090"]);
-    let snapshot = Snapshot { viable: replicas.clone(), ..Snapshot::empty() };
+    let snapshot = serving(&replicas);
     let none = HeaderMap::new();
     let first = range(&cache, "up", 1000, 1600, 60, &none).unwrap();
     assert_eq!((first.start, first.last, first.step), (1_000_000, 1_600_000, 60_000));
@@ -83,7 +97,7 @@ fn a_sliding_range_asks_only_for_the_steps_it_lacks() {
 fn an_extent_with_a_hole_found_later_is_dropped() {
     let cache = cache();
     let replicas = replicas(&["http://a:9090", "http://b:9090"]);
-    let snapshot = Snapshot { viable: replicas.clone(), ..Snapshot::empty() };
+    let snapshot = serving(&replicas);
     let query = range(&cache, "up", 1000, 1600, 60, &HeaderMap::new()).unwrap();
     scanned(&replicas[0], 0, &[]);
     cache.store(&query, 1_600_000, answer((1000..=1600).step_by(60)), urls(&replicas[..1]), None);
@@ -99,10 +113,24 @@ fn an_extent_with_a_hole_found_later_is_dropped() {
 }
 
 #[test]
+fn a_hole_found_on_a_replica_that_is_down_now_drops_what_it_answered() {
+    let cache = cache();
+    let replicas = replicas(&["http://a:9090", "http://b:9090"]);
+    let query = range(&cache, "up", 1000, 1600, 60, &HeaderMap::new()).unwrap();
+    scanned(&replicas[0], 0, &[]);
+    cache.store(&query, 1_600_000, answer((1000..=1600).step_by(60)), urls(&replicas[..1]), None);
+    // Its last scan found a hole, then it stopped answering probes: a candidate, not viable.
+    scanned(&replicas[0], 0, &[(1_200_000, 1_260_000)]);
+    let snapshot = Snapshot { viable: replicas[1..].to_vec(), ..serving(&replicas) };
+    let plan = cache.plan(&query, &snapshot);
+    assert_eq!(plan.missing, [(1_000_000, 1_600_000)]);
+}
+
+#[test]
 fn steps_that_read_data_the_replicas_no_longer_hold_are_not_served() {
     let cache = cache();
     let replicas = replicas(&["http://a:9090"]);
-    let snapshot = Snapshot { viable: replicas.clone(), ..Snapshot::empty() };
+    let snapshot = serving(&replicas);
     scanned(&replicas[0], 500 * SECOND, &[]);
     let query = range(&cache, "rate(x[2m])", 1000, 1600, 60, &HeaderMap::new()).unwrap();
     let plan = cache.plan(&query, &snapshot);
@@ -139,7 +167,7 @@ fn queries_the_cache_cannot_keep_are_left_alone() {
 fn no_cache_asks_again_and_fresh_steps_are_not_kept() {
     let cache = cache();
     let replicas = replicas(&["http://a:9090"]);
-    let snapshot = Snapshot { viable: replicas.clone(), ..Snapshot::empty() };
+    let snapshot = serving(&replicas);
     let query = range(&cache, "up", 9000, 9998, 1, &HeaderMap::new()).unwrap();
     // Now is 10,000 s and the fresh window 5 s: up to 9,995 s.
     assert_eq!(cache.keepable_until(&query, 10_000 * SECOND, None), Some(9_995 * SECOND));

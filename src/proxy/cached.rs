@@ -109,8 +109,13 @@ impl<P: Transport> Proxy<P> {
         let mut fetched = Vec::with_capacity(answers.len());
         let mut head = None;
         let mut held = Vec::new();
+        // An error of mpp's own asking for the missing steps: the answer has none from the cache.
+        let missed = |error: ProxyError| {
+            cache.count("miss");
+            error
+        };
         for (answer, &steps) in answers.into_iter().zip(&plan.missing) {
-            let answer = answer?;
+            let answer = answer.map_err(missed)?;
             if answer.status() != StatusCode::OK || !headers::is_plain_json(answer.headers()) {
                 // Prometheus's own answer about the query (an error, as a rule): the client's,
                 // and none of it from the cache.
@@ -121,7 +126,7 @@ impl<P: Transport> Proxy<P> {
             }
             let (parts, body) = answer.into_parts();
             let replicas = answered_by(&parts.headers);
-            match self.read_answer(body, exchange.deadline).await? {
+            match self.read_answer(body, exchange.deadline).await.map_err(missed)? {
                 Read::Whole(bytes, permit) => {
                     held.push(permit);
                     fetched.push(Piece { body: bytes, steps, replicas, whole: true });

@@ -32,8 +32,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Lines waiting for standard error at most; more are dropped and counted.
-const QUEUED_LINES: usize = 16_384;
+/// Lines waiting for standard error at most; more are dropped and counted. With lines of at
+/// most a few KiB (the slow-query line is cut at 4 KiB), a few tens of MiB.
+const QUEUED_LINES: usize = 4_096;
 
 /// The count of lines dropped because standard error did not take them in time, once
 /// logging has started.

@@ -41,13 +41,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A log pipeline reading JSON lines gets the reason as one of them too.
+            // After the lines logged before it (they are written by the log's thread), and
+            // written here, whatever the filter or a full queue would do to a log line.
+            drop(logging);
             match log_format {
-                mpp::logging::LogFormat::Json => tracing::error!(error = format!("{e:#}"), "mpp cannot go on"),
-                mpp::logging::LogFormat::Logfmt => {
-                    // After the lines logged before it: they are written by the log's thread.
-                    drop(logging);
-                    eprintln!("mpp: error: {e:#}");
+                mpp::logging::LogFormat::Json => {
+                    let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+                    let line = serde_json::json!({"ts": ts, "level": "error", "msg": "mpp cannot go on", "error": format!("{e:#}")});
+                    eprintln!("{line}");
                 }
+                mpp::logging::LogFormat::Logfmt => eprintln!("mpp: error: {e:#}"),
             }
             ExitCode::FAILURE
         }

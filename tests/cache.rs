@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use common::{Answer, Mpp, Prometheus, endpoints_file, get, ready, send, wait_until};
 
-/// The fresh window the tests run mpp with: steps newer than this are never cached.
 /// The fresh window the tests keep; steps are kept up to what the replicas had ingested at
 /// their last selection round too, so the tests run rounds every second.
 const FRESH: &str = "3s";

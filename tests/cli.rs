@@ -367,7 +367,8 @@ async fn log_of_a_query(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
         common::get(&query).await.is_ok_and(|answer| answer.status == 200)
     })
     .await;
-    let _ = child.kill();
+    // Stopped as a service manager stops it, so that its log thread writes what it holds.
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     let _ = child.wait();
     BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok).collect()
 }
@@ -416,8 +417,6 @@ async fn a_standard_error_nobody_reads_holds_no_request() {
         let answer = answer.unwrap_or_else(|_| panic!("query {n} held for 10 s")).unwrap();
         assert_eq!(answer.status, 200, "query {n}");
     }
-    let metrics = common::get(&format!("http://{listen}/mpp/metrics")).await.unwrap().text();
-    assert!(metrics.contains("mpp_log_lines_dropped_total "), "{metrics}");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -474,8 +474,6 @@ fn align_up(time: Millis, start: Millis, step: Millis) -> Millis {
     start + (time - start + step - 1) / step * step
 }
 
-/// The oldest data every scanned replica of the selection still holds (the coverage scan's
-/// start), when known.
 /// The newest sample every viable replica had ingested at its last probe
 /// (`prometheus_tsdb_head_max_time_seconds`), when each said.
 pub fn newest_held(snapshot: &Snapshot) -> Option<Millis> {
@@ -485,6 +483,8 @@ pub fn newest_held(snapshot: &Snapshot) -> Option<Millis> {
     newest.try_fold(first, |held, t| Some(held.min(t?)))
 }
 
+/// The oldest data every scanned replica of the selection still holds (the coverage scan's
+/// start), when known.
 fn oldest_data(snapshot: &Snapshot) -> Option<Millis> {
     snapshot.viable.iter().filter_map(|r| Some(r.coverage()).filter(|c| c.known()).map(|c| c.from)).max()
 }

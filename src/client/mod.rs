@@ -112,10 +112,15 @@ impl BackendTls {
         } else {
             builder.with_root_certificates(root_store())
         };
-        let tls = match &self.client_cert {
+        let mut tls = match &self.client_cert {
             Some(client_cert) => builder.with_client_cert_resolver(client_cert.clone()),
             None => builder.with_no_client_auth(),
         };
+        if self.reads_files() {
+            // A resumed session skips the certificates: a CA or client certificate read again
+            // must hold for every new connection.
+            tls.resumption = rustls::client::Resumption::disabled();
+        }
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));

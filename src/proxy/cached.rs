@@ -134,8 +134,10 @@ impl<P: Transport> Proxy<P> {
                 Read::Stream(_) => {
                     // Too much to stitch: the whole query, as it came, streamed on.
                     cache.count("miss");
-                    cache.count_steps(0, steps_of(&query));
                     let mut answer = self.dispatch(exchange.again()).await?;
+                    if answer.status() == StatusCode::OK {
+                        cache.count_steps(0, steps_of(&query));
+                    }
                     answer.headers_mut().insert(headers::MPP_CACHE.clone(), HeaderValue::from_static("miss"));
                     return Ok(answer);
                 }
@@ -377,7 +379,6 @@ fn answered_by(headers: &http::HeaderMap) -> Arc<[Box<str>]> {
     replicas.into()
 }
 
-/// The steps the pieces hold, counted from their bounds.
 /// When a query was asked and what the replicas held then: what may be kept of its answer.
 #[derive(Debug, Clone, Copy)]
 struct Asked {
@@ -393,6 +394,7 @@ fn steps_of(query: &Query) -> u64 {
     ((query.last - query.start) / query.step.max(1) + 1) as u64
 }
 
+/// The steps the pieces hold, counted from their bounds.
 fn steps_in(pieces: &[Piece], step: Millis) -> u64 {
     pieces.iter().map(|p| ((p.steps.1 - p.steps.0) / step.max(1) + 1) as u64).sum()
 }

@@ -16,10 +16,12 @@ thread, with bench.py's configurations otherwise), and the ratios printed.
 A BINARY may carry flags of its own, in one argument: `"target/dist/mpp --query-log-file=/tmp/q"`
 counts the same build with its query log on. `--path` sends another request than bench.py's
 instant query: `--path "/api/v1/query?query=up&time=1700000000"` is a dashboard cache hit
-after the first (an instant query at a past time).
+after the first (an instant query at a past time). `--keep DIR` keeps each proxy's callgrind dump there, for
+`callgrind_annotate --inclusive=yes`.
 """
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,8 +42,11 @@ def mpp_argv(work, spec, backend, port):
             "--liveness-interval", "30s", *flags]
 
 
-def count(procs, work, name, argv, port, requests, connections, path):
-    """Instructions per request of the proxy `argv` (listening on `port`) under callgrind."""
+def count(procs, work, name, argv, port, requests, connections, path, keep=None):
+    """Instructions per request of the proxy `argv` (listening on `port`) under callgrind.
+
+    With `keep` (a directory), callgrind's dump of the counted stretch is copied there, named
+    after the proxy, for `callgrind_annotate`."""
     out = work / f"callgrind-{port}"
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no", *argv]
     process = procs.start(f"callgrind-{port}", argv)
@@ -66,6 +71,9 @@ def count(procs, work, name, argv, port, requests, connections, path):
         time.sleep(0.1)
     summary = re.search(r"^summary:\s+(\d+)", dump.read_text(errors="replace"), re.M)
     procs.stop(process)
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, Path(keep) / f"callgrind.{Path(name.split()[0]).name}-{port}")
     if not summary:
         sys.exit(f"callgrind wrote no summary for {name} ({dump})")
     return int(summary.group(1)) / requests
@@ -77,6 +85,7 @@ def main():
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--path", default=bench.QUERY, help="the request's path and query")
+    parser.add_argument("--keep", metavar="DIR", help="copy each proxy's callgrind dump into DIR")
     parser.add_argument("--no-references", action="store_true", help="count mpp only, not nginx and HAProxy")
     args = parser.parse_args()
     for tool, package in [("valgrind", "valgrind"), ("callgrind_control", "valgrind"), ("h2load", "nghttp2-client"),
@@ -99,7 +108,8 @@ def main():
                         ("haproxy", lambda port: bench.haproxy_argv(work, port, backend, threads=1))]
         for name, argv in proxies:
             port = bench.free_port()
-            counted[name] = count(procs, work, name, argv(port), port, args.requests, args.connections, args.path)
+            counted[name] = count(procs, work, name, argv(port), port, args.requests, args.connections, args.path,
+                                   args.keep)
             print(f"{name}: {counted[name]:,.0f} instructions per proxied request "
                   f"({args.requests} requests, {args.connections} connections, {args.path})", flush=True)
         for reference in ("nginx", "haproxy"):

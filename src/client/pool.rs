@@ -96,7 +96,8 @@ pub trait Transport: Clone + Send + Sync + 'static {
     type Body: hyper::body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static;
 
     /// Sends `request` to the replica at `scheme` and `authority` and waits for the
-    /// answer's head; the body streams after.
+    /// answer's head; the body streams after. The head carries no hop-by-hop header (RFC 9110
+    /// section 7.6.1): those were the connection's, and the answer goes on without them.
     fn send(
         &self,
         scheme: &Scheme,

@@ -49,36 +49,70 @@ pub enum Framing {
     UntilClose,
 }
 
-/// Whether the last coding `Transfer-Encoding` names is `chunked`; `None` without one.
-pub fn ends_in_chunked(headers: &HeaderMap) -> Option<bool> {
-    let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back()?;
-    Some(
-        last.to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked")),
-    )
+/// Whether the last coding a `Transfer-Encoding` line names is `chunked`.
+pub fn ends_in_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+    same_name(last.trim_ascii(), b"chunked")
 }
 
 /// The length `headers` give in `Content-Length` (every value, and every item of a list,
 /// the same number), if any.
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProtocolError> {
-    let mut length: Option<u64> = None;
+    let mut length = Length::default();
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| ProtocolError::InvalidContentLength)?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ProtocolError::InvalidContentLength);
+        length.note(value.as_bytes());
+    }
+    length.get()
+}
+
+/// A message's `Content-Length`, gathered from each of its lines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Length {
+    length: Option<u64>,
+    invalid: bool,
+}
+
+impl Length {
+    /// Notes one `Content-Length` line: a number, or a list of the same number.
+    pub fn note(&mut self, value: &[u8]) {
+        // The usual line is one number: read as it is, not split and trimmed.
+        if let Some(n) = decimal(value) {
+            self.add(n);
+            return;
+        }
+        for part in value.split(|&b| b == b',') {
+            match decimal(part.trim_ascii()) {
+                Some(n) => self.add(n),
+                None => self.invalid = true,
             }
-            let n: u64 = part.parse().map_err(|_| ProtocolError::InvalidContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError::InvalidContentLength);
-            }
-            length = Some(n);
         }
     }
-    Ok(length)
+
+    fn add(&mut self, n: u64) {
+        self.invalid |= self.length.is_some_and(|l| l != n);
+        self.length = Some(n);
+    }
+
+    /// Whether the message has a `Content-Length` line.
+    pub fn given(&self) -> bool {
+        self.length.is_some() || self.invalid
+    }
+
+    /// The length, if one was given and every line agrees.
+    pub fn get(&self) -> Result<Option<u64>, ProtocolError> {
+        if self.invalid { Err(ProtocolError::InvalidContentLength) } else { Ok(self.length) }
+    }
+}
+
+/// `digits` read as a decimal number; `None` unless it is one (no sign, no space) that fits.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 { None } else { n.checked_mul(10)?.checked_add(u64::from(digit)) }
+    })
 }
 
 /// Whether the connection stays open after this answer: HTTP/1.1 unless it says `close`,
@@ -116,6 +150,122 @@ impl FramingHeaders {
             self.content_length = true;
         } else if *name == header::EXPECT {
             self.expect = true;
+        }
+    }
+}
+
+/// What a header's name means to the one who reads the head, told from its bytes before any
+/// [`HeaderName`] is made: the headers that frame the message or belong to the connection are
+/// the reader's, the rest travel on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    /// Another hop-by-hop header (RFC 9110 section 7.6.1: `Keep-Alive`, `TE`, `Trailer`,
+    /// `Upgrade`, `Proxy-Authenticate`, `Proxy-Authorization`, and old clients'
+    /// `Proxy-Connection`).
+    HopByHop,
+    /// Any other header.
+    Plain,
+}
+
+impl Role {
+    /// The role of the header named `raw` (a token, as httparse checked it).
+    pub fn of(raw: &[u8]) -> Role {
+        // Told apart by length first: most names have no other of their length here.
+        match raw.len() {
+            2 if same_name(raw, b"te") => Role::HopByHop,
+            7 if same_name(raw, b"trailer") || same_name(raw, b"upgrade") => Role::HopByHop,
+            10 if same_name(raw, b"connection") => Role::Connection,
+            10 if same_name(raw, b"keep-alive") => Role::HopByHop,
+            14 if same_name(raw, b"content-length") => Role::ContentLength,
+            16 if same_name(raw, b"proxy-connection") => Role::HopByHop,
+            17 if same_name(raw, b"transfer-encoding") => Role::TransferEncoding,
+            18 if same_name(raw, b"proxy-authenticate") => Role::HopByHop,
+            19 if same_name(raw, b"proxy-authorization") => Role::HopByHop,
+            _ => Role::Plain,
+        }
+    }
+}
+
+/// The name `raw` (a token, as httparse checked it), made without a hash or a copy for the
+/// names Prometheus's answers and its clients' requests carry most, and by
+/// [`HeaderName::from_bytes`] otherwise (which lowercases every name into a buffer first:
+/// about 110 instructions a header in the profile).
+pub fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    let common = match raw.len() {
+        4 if same_name(raw, b"date") => Some(header::DATE),
+        4 if same_name(raw, b"host") => Some(header::HOST),
+        4 if same_name(raw, b"vary") => Some(header::VARY),
+        6 if same_name(raw, b"accept") => Some(header::ACCEPT),
+        6 if same_name(raw, b"server") => Some(header::SERVER),
+        6 if same_name(raw, b"cookie") => Some(header::COOKIE),
+        10 if same_name(raw, b"user-agent") => Some(header::USER_AGENT),
+        12 if same_name(raw, b"content-type") => Some(header::CONTENT_TYPE),
+        13 if same_name(raw, b"authorization") => Some(header::AUTHORIZATION),
+        14 if same_name(raw, b"content-length") => Some(header::CONTENT_LENGTH),
+        15 if same_name(raw, b"accept-encoding") => Some(header::ACCEPT_ENCODING),
+        16 if same_name(raw, b"content-encoding") => Some(header::CONTENT_ENCODING),
+        _ => None,
+    };
+    match common {
+        Some(name) => Ok(name),
+        None => HeaderName::from_bytes(raw),
+    }
+}
+
+/// Whether the token `raw` is `lower` in any case. Setting bit 5 of each byte lowercases a
+/// letter and leaves the digits and `-` as they are; the other token characters it would
+/// change (`^`, `_`) are in none of the names compared here. Eight bytes at a time.
+fn same_name(raw: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    if raw.len() != lower.len() {
+        return false;
+    }
+    let (mut raw_words, mut lower_words) = (raw.chunks_exact(8), lower.chunks_exact(8));
+    let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().expect("chunks of eight bytes"));
+    let mut differ = 0;
+    for (r, l) in raw_words.by_ref().zip(lower_words.by_ref()) {
+        differ |= (word(r) | CASE) ^ word(l);
+    }
+    for (r, l) in raw_words.remainder().iter().zip(lower_words.remainder()) {
+        differ |= u64::from((r | 0x20) ^ l);
+    }
+    differ == 0
+}
+
+/// What a message's `Connection` lines say, read from their bytes.
+#[derive(Debug, Default)]
+pub struct ConnectionOptions {
+    pub close: bool,
+    pub keep_alive: bool,
+    /// The other options it names: headers of those names belong to the connection too.
+    pub named: Vec<HeaderName>,
+}
+
+impl ConnectionOptions {
+    /// Notes the options of one `Connection` line.
+    pub fn note(&mut self, value: &[u8]) {
+        // The usual line is one option: no split, no trim.
+        if same_name(value, b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        for option in value.split(|&b| b == b',') {
+            let option = option.trim_ascii();
+            if same_name(option, b"keep-alive") {
+                self.keep_alive = true;
+                continue;
+            }
+            if same_name(option, b"close") {
+                self.close = true;
+            }
+            // A field named like the option (`Close: x` too) goes, as RFC 9110 section 7.6.1
+            // requires.
+            if let Ok(name) = HeaderName::from_bytes(option) {
+                self.named.push(name);
+            }
         }
     }
 }

@@ -6,10 +6,12 @@
 //! one in HTTP/1.0 are refused.
 
 use bytes::BytesMut;
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
-use super::{Decoder, Framing, FramingHeaders, content_length, ends_in_chunked, format_u64, header_line, keep_alive};
+use super::{
+    Decoder, Framing, FramingHeaders, content_length, ends_in_chunked, format_u64, header_line, header_name, keep_alive,
+};
 
 /// The longest request target taken; longer ones get 414 (hyper's limit).
 pub const MAX_TARGET: usize = u16::MAX as usize - 1;
@@ -130,7 +132,7 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
     // looking each up in the map costs a hash.
     let mut present = FramingHeaders::default();
     for h in request.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Invalid("a header name"))?;
+        let name = header_name(h.name.as_bytes()).map_err(|_| HeadError::Invalid("a header name"))?;
         present.note(&name);
         names.push((name, within(h.value)?));
     }
@@ -146,7 +148,11 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
         headers.append(name, value);
     }
     let mut keep_alive = keep_alive(version, &headers, &present);
-    let chunked = if present.transfer_encoding { ends_in_chunked(&headers) } else { None };
+    let chunked = if present.transfer_encoding {
+        headers.get_all(header::TRANSFER_ENCODING).iter().next_back().map(|last| ends_in_chunked(last.as_bytes()))
+    } else {
+        None
+    };
     let decoder = if let Some(chunked) = chunked {
         if version == Version::HTTP_10 {
             return Err(HeadError::Invalid("HTTP/1.0 with a Transfer-Encoding"));

@@ -10,7 +10,8 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::{
-    Framing, FramingHeaders, ProtocolError, connection_says, content_length, ends_in_chunked, header_line, keep_alive,
+    ConnectionOptions, Framing, Length, ProtocolError, Role, connection_says, content_length, ends_in_chunked,
+    header_line, header_name,
 };
 
 /// The largest answer head (status line and headers) taken: hyper's client limit (a
@@ -23,7 +24,9 @@ pub const MAX_HEADERS: usize = 100;
 /// An answer's head, parsed.
 #[derive(Debug)]
 pub struct Head {
-    /// Status, version and headers (with no body yet).
+    /// Status, version and headers (with no body yet). The headers that belong to the
+    /// connection (RFC 9110 section 7.6.1: `Connection`, those it names, `Transfer-Encoding`
+    /// and the other hop-by-hop headers) are the client's, and left out.
     pub response: Response<()>,
     /// How the body is delimited.
     pub framing: Framing,
@@ -36,18 +39,36 @@ pub struct Head {
 /// it are skipped); what follows it stays.
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
     loop {
-        let Some(Parsed { len, status, version, names, present }) = parse_one(buf)? else {
+        let Some(parsed) = parse_one(buf)? else {
             if buf.len() > MAX_HEAD_BYTES {
                 return Err(ProtocolError::HeadTooLarge);
             }
             return Ok(None);
         };
+        let Parsed { len, status, version, mut names, connection, transfer_encoding, length } = parsed;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProtocolError::SwitchingProtocols);
         }
         if status.is_informational() {
             buf.advance(len);
             continue;
+        }
+        if version == Version::HTTP_10 && transfer_encoding.is_some() {
+            // RFC 9112 section 6.1: an HTTP/1.0 message's framing cannot be trusted then.
+            return Err(ProtocolError::TransferEncodingInHttp10);
+        }
+        let framing = framing(method, status, transfer_encoding, &length)?;
+        let (close, keep) = connection.as_ref().map_or((false, false), |c| (c.close, c.keep_alive));
+        let keep_alive = !(transfer_encoding.is_some() && length.given())
+            && if version == Version::HTTP_10 { keep } else { !close }
+            && framing != Framing::UntilClose;
+        if framing == Framing::Chunked || connection.as_ref().is_some_and(|c| !c.named.is_empty()) {
+            // RFC 9112 section 6.3: the chunked framing wins, and a length beside it must not
+            // travel on (the listener would frame the answer by it); and what `Connection`
+            // names is the connection's.
+            let named = connection.as_ref().map_or(&[][..], |c| &c.named[..]);
+            let chunked = framing == Framing::Chunked;
+            names.retain(|(name, ..)| !(named.contains(name) || chunked && name == header::CONTENT_LENGTH));
         }
         let head = buf.split_to(len).freeze();
         // Room for what the proxy adds (`MPP.ServedBy`, the web config's headers).
@@ -56,17 +77,6 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| ProtocolError::InvalidHeader(name.as_str().to_owned()))?;
             headers.append(name, value);
-        }
-        if version == Version::HTTP_10 && present.transfer_encoding {
-            // RFC 9112 section 6.1: an HTTP/1.0 message's framing cannot be trusted then.
-            return Err(ProtocolError::TransferEncodingInHttp10);
-        }
-        let framing = framing(method, status, &headers, &present)?;
-        let keep_alive = keep_alive(version, &headers, &present) && framing != Framing::UntilClose;
-        if framing == Framing::Chunked {
-            // RFC 9112 section 6.3: the chunked framing wins, and a length beside it must not
-            // travel on (the listener would frame the answer by it).
-            headers.remove(header::CONTENT_LENGTH);
         }
         let mut response = Response::new(());
         *response.status_mut() = status;
@@ -77,14 +87,18 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
 }
 
 /// One head at the front of a buffer: its length, status, version, and each header's name
-/// with where its value lies in the head.
+/// with where its value lies in the head; with what the headers that are the connection's
+/// said, read as they were parsed.
 struct Parsed {
     len: usize,
     status: StatusCode,
     version: Version,
     names: Vec<(HeaderName, usize, usize)>,
-    /// Which of the framing headers are among them.
-    present: FramingHeaders,
+    /// What its `Connection` lines say, if it has any.
+    connection: Option<ConnectionOptions>,
+    /// Whether its last `Transfer-Encoding` ends in `chunked`, if it has one.
+    transfer_encoding: Option<bool>,
+    length: Length,
 }
 
 fn parse_one(buf: &BytesMut) -> Result<Option<Parsed>, ProtocolError> {
@@ -111,37 +125,52 @@ fn located(
     let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Malformed(httparse::Error::Status))?;
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let base = buf.as_ptr() as usize;
-    let mut names = Vec::with_capacity(response.headers.len());
-    let mut present = FramingHeaders::default();
+    let mut parsed = Parsed {
+        len,
+        status,
+        version,
+        names: Vec::with_capacity(response.headers.len()),
+        connection: None,
+        transfer_encoding: None,
+        length: Length::default(),
+    };
     for h in response.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ProtocolError::InvalidHeader(h.name.chars().take(64).collect()))?;
-        present.note(&name);
-        // httparse's values are slices of `buf`; anything else is refused, not trusted.
-        let start = (h.value.as_ptr() as usize).checked_sub(base).filter(|s| s + h.value.len() <= buf.len());
-        let Some(start) = start else { return Err(ProtocolError::Malformed(httparse::Error::HeaderValue)) };
-        names.push((name, start, start + h.value.len()));
+        let raw = h.name.as_bytes();
+        match Role::of(raw) {
+            Role::Connection => parsed.connection.get_or_insert_default().note(h.value),
+            Role::TransferEncoding => parsed.transfer_encoding = Some(ends_in_chunked(h.value)),
+            Role::HopByHop => {}
+            role => {
+                if role == Role::ContentLength {
+                    parsed.length.note(h.value);
+                }
+                let name =
+                    header_name(raw).map_err(|_| ProtocolError::InvalidHeader(h.name.chars().take(64).collect()))?;
+                // httparse's values are slices of `buf`; anything else is refused, not trusted.
+                let start = (h.value.as_ptr() as usize).checked_sub(base).filter(|s| s + h.value.len() <= buf.len());
+                let Some(start) = start else { return Err(ProtocolError::Malformed(httparse::Error::HeaderValue)) };
+                parsed.names.push((name, start, start + h.value.len()));
+            }
+        }
     }
-    Ok(Some(Parsed { len, status, version, names, present }))
+    Ok(Some(parsed))
 }
 
-/// How the body of an answer with `status` and `headers` to a `method` request is
-/// delimited (RFC 9112 section 6.3).
+/// How the body of an answer with `status` to a `method` request is delimited (RFC 9112
+/// section 6.3), by its `Transfer-Encoding` (whether it ends in `chunked`) and its length.
 fn framing(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
-    present: &FramingHeaders,
+    transfer_encoding: Option<bool>,
+    length: &Length,
 ) -> Result<Framing, ProtocolError> {
     if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    let chunked = if present.transfer_encoding { ends_in_chunked(headers) } else { None };
-    if let Some(chunked) = chunked {
+    if let Some(chunked) = transfer_encoding {
         return Ok(if chunked { Framing::Chunked } else { Framing::UntilClose });
     }
-    let length = if present.content_length { content_length(headers)? } else { None };
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+    Ok(length.get()?.map_or(Framing::UntilClose, Framing::Length))
 }
 
 /// How an answer goes out, decided by [`write_head`].

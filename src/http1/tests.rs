@@ -406,3 +406,80 @@ fn a_body_that_breaks_its_own_length_is_refused() {
     assert!(matches!(encoder.piece(&mut out, 2), Err(response::EncodeError::TooLong(4))));
     assert!(matches!(encoder.finish(&mut out), Err(response::EncodeError::TooShort { sent: 3, length: 4 })));
 }
+
+#[test]
+fn an_answer_head_leaves_the_connections_headers_to_the_client() {
+    let head = complete(concat!(
+        "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\n",
+        "Proxy-Connection: keep-alive\r\nTrailer: x\r\nUpgrade: h2c\r\nTE: trailers\r\nContent-Type: text/plain\r\n",
+        "Vary: Origin\r\nContent-Length: 2\r\n\r\nok"
+    ));
+    let names: Vec<_> = head.response.headers().keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["content-type", "vary", "content-length"]);
+    assert!(head.keep_alive);
+    assert_eq!(head.framing, Framing::Length(2));
+    let chunked = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n");
+    let names: Vec<_> = chunked.response.headers().keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["x-kept"], "the framing is the client's to say again");
+}
+
+#[test]
+fn common_names_are_made_as_any_other_name_in_any_case() {
+    let names = [
+        "Date",
+        "HOST",
+        "vary",
+        "Accept",
+        "SerVer",
+        "Cookie",
+        "User-Agent",
+        "content-TYPE",
+        "Authorization",
+        "Content-Length",
+        "Accept-Encoding",
+        "Content-Encoding",
+        "X-Other",
+        "Dat3",
+        "content_type",
+        "Content-Typ",
+    ];
+    for raw in names {
+        let slow = HeaderName::from_bytes(raw.as_bytes()).unwrap();
+        assert_eq!(header_name(raw.as_bytes()).unwrap(), slow, "{raw}");
+        assert_eq!(header_name(raw.as_bytes()).unwrap().as_str(), raw.to_ascii_lowercase(), "{raw}");
+    }
+    assert!(header_name(b"bad name").is_err());
+    for (raw, role) in [
+        ("Connection", Role::Connection),
+        ("TRANSFER-ENCODING", Role::TransferEncoding),
+        ("content-length", Role::ContentLength),
+        ("Expect", Role::Plain),
+        ("te", Role::HopByHop),
+        ("Keep-Alive", Role::HopByHop),
+        ("Proxy-Authorization", Role::HopByHop),
+        ("Connectiom", Role::Plain),
+        ("Content-Type", Role::Plain),
+    ] {
+        assert_eq!(Role::of(raw.as_bytes()), role, "{raw}");
+    }
+}
+
+#[test]
+fn lengths_and_codings_are_read_from_their_bytes() {
+    let length = |lines: &[&str]| {
+        let mut length = Length::default();
+        lines.iter().for_each(|line| length.note(line.as_bytes()));
+        length.get().ok()
+    };
+    assert_eq!(length(&[]), Some(None));
+    assert_eq!(length(&["0"]), Some(Some(0)));
+    assert_eq!(length(&["18446744073709551615"]), Some(Some(u64::MAX)));
+    assert_eq!(length(&["18446744073709551616"]), None, "too large");
+    assert_eq!(length(&["7, 7", "7"]), Some(Some(7)));
+    for bad in [&["7, 8"][..], &["-1"], &["+1"], &[" "], &[""], &["7,"], &["7", "9"], &["1e3"]] {
+        assert_eq!(length(bad), None, "{bad:?}");
+    }
+    assert!(ends_in_chunked(b"gzip, Chunked "));
+    assert!(!ends_in_chunked(b"chunked, gzip"));
+    assert!(!ends_in_chunked(b"chunkedx"));
+}

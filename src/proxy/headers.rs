@@ -153,11 +153,25 @@ pub fn wants_timeout(api: Api, path_and_query: &PathAndQuery, headers: &HeaderMa
     if !matches!(api, Api::Read(Endpoint::Query | Endpoint::QueryRange)) {
         return false;
     }
-    let names_timeout = |form: &[u8]| form_urlencoded::parse(form).any(|(name, _)| name == "timeout");
+    let names_timeout = |form: &[u8]| names_field(form, "timeout");
     if path_and_query.query().is_some_and(|q| names_timeout(q.as_bytes())) {
         return false;
     }
     !form_body(headers, body).is_some_and(names_timeout)
+}
+
+/// Whether the form `form` (a query string, or a form body) has a field named `name`. Only a
+/// name with an escape (`%`, `+`) is decoded, not every field (decoding a query's PromQL to
+/// look at its name showed in the profile).
+fn names_field(form: &[u8], name: &str) -> bool {
+    form.split(|&b| b == b'&').any(|field| {
+        let raw = field.split(|&b| b == b'=').next().unwrap_or_default();
+        if raw.iter().any(|&b| b == b'%' || b == b'+') {
+            form_urlencoded::parse(raw).next().is_some_and(|(decoded, _)| decoded == name)
+        } else {
+            raw == name.as_bytes()
+        }
+    })
 }
 
 /// The body, when it is a form (`application/x-www-form-urlencoded`), whose fields Prometheus
@@ -321,6 +335,9 @@ mod tests {
         form.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
         assert!(!wants("/api/v1/query", &form, b"query=up&timeout=1m"));
         assert!(wants("/api/v1/query", &form, b"query=up"));
+        assert!(!wants("/api/v1/query?query=up&time%6Fut=5s", &none, b""), "an escaped name is read decoded");
+        assert!(!wants("/api/v1/query?timeout&query=up", &none, b""), "a name without a value is a name");
+        assert!(wants("/api/v1/query?query=timeout&timeouts=1", &none, b""), "a value or a longer name is not");
         let timed = timeout_parameter(&pq("/api/v1/query?query=up"), Duration::from_millis(119_500));
         assert_eq!(timed.as_str(), "&timeout=119.500");
         assert_eq!(timeout_parameter(&pq("/api/v1/query"), Duration::ZERO).as_str(), "?timeout=0.001");

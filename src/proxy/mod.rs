@@ -738,8 +738,7 @@ impl<P: Transport> Proxy<P> {
         self.finish(exchange, parts, Either::Left(Guarded::new(body, slot)), backend)
     }
 
-    /// An answer's head made ready for the client (hop-by-hop headers out, `MPP.ServedBy`
-    /// in), counted.
+    /// An answer's head made ready for the client (`MPP.ServedBy` in), counted.
     fn finish(
         &self,
         exchange: &Exchange,
@@ -764,9 +763,9 @@ impl<P: Transport> Proxy<P> {
     }
 }
 
-/// An answer's head made ready for the client: hop-by-hop headers out, `MPP.ServedBy` in.
+/// An answer's head made ready for the client: `MPP.ServedBy` in. (Its hop-by-hop headers
+/// are already out: a [`Transport`]'s answers carry none.)
 fn present<B>(mut parts: http::response::Parts, body: B, backend: &Replica) -> Response<B> {
-    headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
     Response::from_parts(parts, body)
 }

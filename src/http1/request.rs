@@ -40,7 +40,9 @@ pub fn write_head(
         out.extend_from_slice(piece.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(header::HOST) {
+    // A look at each name rather than a hashed lookup: the request path's headers never
+    // name the host (the client's `Host` became `X-Forwarded-Host`).
+    if !headers.keys().any(|name| name == header::HOST) {
         header_line(out, b"host", host.as_bytes());
     }
     for (name, value) in headers {

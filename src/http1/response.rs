@@ -10,8 +10,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::{
-    ConnectionOptions, Framing, Length, ProtocolError, Role, connection_says, content_length, ends_in_chunked,
-    header_line, header_name,
+    ConnectionOptions, Framing, Length, ProtocolError, Role, connection_says, ends_in_chunked, header_line, header_name,
 };
 
 /// The largest answer head (status line and headers) taken: hyper's client limit (a
@@ -199,10 +198,22 @@ pub fn write_head(
     keep_alive: bool,
 ) -> Plan {
     let status = parts.status;
-    let mut keep_alive = keep_alive && !connection_says(&parts.headers, "close");
+    // The headers this writer reads, found in one look at each name (standard names compare
+    // as integers) rather than three hashed lookups of names most answers lack.
+    let (mut connection, mut length, mut dated) = (false, Length::default(), false);
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            length.note(value.as_bytes());
+        } else if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::DATE {
+            dated = true;
+        }
+    }
+    let mut keep_alive = keep_alive && !(connection && connection_says(&parts.headers, "close"));
     let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     // A length that cannot be read is not passed on (the client could not frame by it).
-    let length = content_length(&parts.headers);
+    let length = length.get();
     let lengthless = length.is_err() || (no_body && status != StatusCode::NOT_MODIFIED);
     status_line(out, status, version);
     for (name, value) in &parts.headers {
@@ -235,7 +246,7 @@ pub fn write_head(
     } else if version == Version::HTTP_10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         date_line(out);
     }
     out.extend_from_slice(b"\r\n");

@@ -90,6 +90,11 @@ impl Affinity {
         Affinity { options }
     }
 
+    /// Whether the `MPP.Route` cookie pins clients (otherwise requests' cookies are not read).
+    pub fn uses_cookies(&self) -> bool {
+        self.options.cookies
+    }
+
     /// The replica this client is pinned to, if it is still selected. Only consulted when
     /// more than one replica is selected.
     /// `cookie` is the value of the request's `MPP.Route` cookie ([`route_cookie`]).

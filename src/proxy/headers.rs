@@ -157,7 +157,7 @@ pub fn wants_timeout(api: Api, path_and_query: &PathAndQuery, headers: &HeaderMa
     if path_and_query.query().is_some_and(|q| names_timeout(q.as_bytes())) {
         return false;
     }
-    !form_body(headers, body).is_some_and(names_timeout)
+    body.is_empty() || !form_body(headers, body).is_some_and(names_timeout)
 }
 
 /// Whether the form `form` (a query string, or a form body) has a field named `name`. Only a

@@ -635,7 +635,11 @@ impl<P: Transport> Proxy<P> {
         let api = Api::of(path_and_query.path());
         let pass_timeout = headers::wants_timeout(api, &path_and_query, &parts.headers, &body.bytes);
         let client = self.inner.trusted_proxies.client_address(&parts.headers, peer);
-        let route_cookie = affinity::route_cookie(&parts.headers).map(str::to_owned);
+        let route_cookie = if self.inner.affinity.uses_cookies() {
+            affinity::route_cookie(&parts.headers).map(str::to_owned)
+        } else {
+            None
+        };
         let tls = parts.extensions.get::<headers::ClientTls>().is_some();
         let mut incoming = parts.headers;
         self.inner.trusted_proxies.drop_untrusted_forwarding(&mut incoming, peer);

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Response, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri};
 use hyper::body::{Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
@@ -80,6 +80,8 @@ pub struct Outgoing<'a> {
     pub target: [&'a str; 3],
     /// The headers, as they are to be sent (`Host` is added when they have none).
     pub headers: &'a HeaderMap,
+    /// More headers, sent after those.
+    pub added: &'a [(HeaderName, HeaderValue)],
     /// The whole body.
     pub body: &'a Bytes,
     /// Whether the request may reach the replica twice (a query): it then goes again on a
@@ -428,9 +430,9 @@ struct Failed {
 /// whole (a replica may answer before it has read a large body: an error, typically, after
 /// which it closes). A write that fails still yields the answer when its head had arrived.
 async fn exchange(conn: &mut Conn, request: &Outgoing<'_>) -> Result<(http1::response::Head, bool), Failed> {
-    let Outgoing { method, target, headers, body, .. } = *request;
+    let Outgoing { method, target, headers, added, body, .. } = *request;
     conn.write.clear();
-    http1::request::write_head(&mut conn.write, method, &target, headers, &conn.host, body.len());
+    http1::request::write_head(&mut conn.write, method, &target, headers, added, &conn.host, body.len());
     let inline = body.len() <= INLINE_BODY;
     if inline {
         conn.write.extend_from_slice(body);

@@ -6,7 +6,7 @@
 //! one in HTTP/1.0 are refused.
 
 use bytes::BytesMut;
-use http::header;
+use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
 use super::{
@@ -22,8 +22,8 @@ pub const MAX_TARGET: usize = u16::MAX as usize - 1;
 pub const MAX_HEADERS: usize = 256;
 
 /// Writes a request head for `method` and `target` (origin form, in pieces written one after
-/// another) into `out`, with `headers` and, unless they name one, `host`; then the body's
-/// length. The headers' own
+/// another) into `out`, with `headers` and, unless they name one, `host`; then `added`, and
+/// the body's length. The headers' own
 /// `Content-Length` and `Transfer-Encoding` are left out: the body is sent whole, with its
 /// length (`0` too, for the methods that carry a body).
 pub fn write_head(
@@ -31,6 +31,7 @@ pub fn write_head(
     method: &Method,
     target: &[&str],
     headers: &HeaderMap,
+    added: &[(HeaderName, HeaderValue)],
     host: &HeaderValue,
     body_len: usize,
 ) {
@@ -49,6 +50,9 @@ pub fn write_head(
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in added {
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {

@@ -47,15 +47,16 @@ fn a_request_head_carries_the_headers_the_host_and_the_body_length() {
     headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     let host = HeaderValue::from_static("replica:9090");
     let mut out = Vec::new();
-    write_head(&mut out, &Method::POST, &["/prefix", "/api/v1/query"], &headers, &host, 12);
+    let added = [(header::VIA, HeaderValue::from_static("1.1 mpp"))];
+    write_head(&mut out, &Method::POST, &["/prefix", "/api/v1/query"], &headers, &added, &host, 12);
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "POST /prefix/api/v1/query HTTP/1.1\r\nhost: replica:9090\r\nx-forwarded-for: 10.0.0.1\r\ncontent-length: 12\r\n\r\n"
+        "POST /prefix/api/v1/query HTTP/1.1\r\nhost: replica:9090\r\nx-forwarded-for: 10.0.0.1\r\nvia: 1.1 mpp\r\ncontent-length: 12\r\n\r\n"
     );
 
     headers.insert(header::HOST, HeaderValue::from_static("named"));
     let mut out = Vec::new();
-    write_head(&mut out, &Method::GET, &["/api/v1/query?query=up"], &headers, &host, 0);
+    write_head(&mut out, &Method::GET, &["/api/v1/query?query=up"], &headers, &[], &host, 0);
     let text = String::from_utf8(out).unwrap();
     assert!(
         text.starts_with("GET /api/v1/query?query=up HTTP/1.1\r\nx-forwarded-for: 10.0.0.1\r\nhost: named\r\n"),
@@ -64,7 +65,7 @@ fn a_request_head_carries_the_headers_the_host_and_the_body_length() {
     assert!(!text.contains("content-length"), "a GET without a body names no length: {text}");
 
     let mut out = Vec::new();
-    write_head(&mut out, &Method::POST, &["/"], &HeaderMap::new(), &host, 0);
+    write_head(&mut out, &Method::POST, &["/"], &HeaderMap::new(), &[], &host, 0);
     assert!(String::from_utf8(out).unwrap().contains("content-length: 0\r\n"), "an empty POST says so");
 }
 

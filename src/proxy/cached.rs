@@ -337,6 +337,7 @@ impl Prepared {
             route_cookie: self.route_cookie.clone(),
             body: Buffered::made(body),
             outgoing_headers: self.outgoing_headers.clone(),
+            added: self.added.clone(),
             path_and_query,
             client: self.client,
             replayable: self.replayable,

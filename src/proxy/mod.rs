@@ -171,7 +171,10 @@ struct Prepared {
     /// The client's `MPP.Route` cookie, if any.
     route_cookie: Option<String>,
     body: Buffered,
+    /// The client's headers, as they go on.
     outgoing_headers: HeaderMap,
+    /// The forwarding headers mpp adds, written after them.
+    added: headers::Added,
     path_and_query: PathAndQuery,
     client: IpAddr,
     replayable: bool,
@@ -643,8 +646,8 @@ impl<P: Transport> Proxy<P> {
         let tls = parts.extensions.get::<headers::ClientTls>().is_some();
         let mut incoming = parts.headers;
         self.inner.trusted_proxies.drop_untrusted_forwarding(&mut incoming, peer);
-        let mut outgoing_headers = headers::request_headers(incoming, peer, tls);
-        outgoing_headers.append(header::VIA, self.inner.pseudonym.via().clone());
+        let (mut outgoing_headers, mut added) = headers::request_headers(incoming, peer, tls);
+        added.push(header::VIA, self.inner.pseudonym.via().clone());
         if let Some(credentials) = &self.inner.credentials {
             credentials.apply(&mut outgoing_headers);
         }
@@ -654,6 +657,7 @@ impl<P: Transport> Proxy<P> {
             replayable: api.replayable(&parts.method),
             api,
             outgoing_headers,
+            added,
             method: parts.method,
             path_and_query,
             body,
@@ -700,6 +704,7 @@ impl<P: Transport> Proxy<P> {
             method: &prepared.method,
             target: [backend.prefix(), prepared.path_and_query.as_str(), timeout.as_ref().map_or("", |t| t.as_str())],
             headers: trace.as_ref().map_or(&prepared.outgoing_headers, |trace| &trace.headers),
+            added: prepared.added.lines(),
             body: &prepared.body.bytes,
             replayable: prepared.replayable,
         };

@@ -103,6 +103,7 @@ impl<P: Transport> Proxy<P> {
                 route_cookie: None,
                 body: body.map_or_else(|| Buffered::made(prepared.body.bytes.clone()), Buffered::made),
                 outgoing_headers: prepared.outgoing_headers.clone(),
+                added: prepared.added.clone(),
                 path_and_query,
                 client: prepared.client,
                 replayable: prepared.replayable,

@@ -53,6 +53,7 @@ async fn send(pool: &Pool, request: Sending) -> Result<Response<Body>, Error> {
         method: &request.method,
         target: ["", target, ""],
         headers: &headers,
+        added: &[],
         body: &request.body,
         replayable,
     };

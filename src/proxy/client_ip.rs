@@ -91,8 +91,12 @@ impl TrustedProxies {
     /// Removes the `X-Forwarded-*` headers a peer that is not a trusted proxy sent: what it
     /// says about earlier hops is not passed on to the replicas as if mpp vouched for it.
     pub fn drop_untrusted_forwarding(&self, headers: &mut HeaderMap, peer: IpAddr) {
-        if !self.trusts(peer.to_canonical()) {
-            for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
+        if self.trusts(peer.to_canonical()) {
+            return;
+        }
+        // Most requests carry none: a look at each name finds out without hashing three.
+        for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
+            if headers.keys().any(|present| *present == name) {
                 headers.remove(name);
             }
         }

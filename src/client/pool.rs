@@ -313,13 +313,13 @@ impl Pool {
 
 impl Shared {
     /// Puts an idle connection back on top, if there is room.
-    fn checkin(&self, key: Key, mut conn: Box<Conn>) {
+    fn checkin(&self, key: &Key, mut conn: Box<Conn>) {
         conn.idle_sweeps = 0;
         let mut replicas = self.replicas.lock().expect("no code panics holding the pool's lock");
-        let index = match replicas.iter().position(|c| c.key == key) {
+        let index = match replicas.iter().position(|c| c.key == *key) {
             Some(index) => index,
             None => {
-                replicas.push(Connections { key, idle: Vec::new() });
+                replicas.push(Connections { key: key.clone(), idle: Vec::new() });
                 replicas.len() - 1
             }
         };
@@ -359,7 +359,7 @@ impl Body {
             && conn.read.is_empty()
             && let Some(shared) = self.home.upgrade()
         {
-            shared.checkin(self.key.clone(), conn);
+            shared.checkin(&self.key, conn);
         }
     }
 

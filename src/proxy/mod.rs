@@ -697,9 +697,11 @@ impl<P: Transport> Proxy<P> {
                 }
             }
         };
-        let timeout = prepared.pass_timeout.then(|| {
-            headers::timeout_parameter(&prepared.path_and_query, deadline.saturating_duration_since(Instant::now()))
-        });
+        // One reading of the clock for the time left and the attempt's start.
+        let now = Instant::now();
+        let timeout = prepared
+            .pass_timeout
+            .then(|| headers::timeout_parameter(&prepared.path_and_query, deadline.saturating_duration_since(now)));
         let request = pool::Outgoing {
             method: &prepared.method,
             target: [backend.prefix(), prepared.path_and_query.as_str(), timeout.as_ref().map_or("", |t| t.as_str())],
@@ -713,7 +715,7 @@ impl<P: Transport> Proxy<P> {
         let sent = std::pin::pin!(self.pool.send(backend.scheme(), backend.authority(), request));
         let movable =
             || prepared.replayable && retry::has_alternative(&self.inner.snapshot.load(), tried, backend, target);
-        let answer = retry::wait_for_answer(sent, movable, backend.health(), patience, deadline).await;
+        let answer = retry::wait_for_answer(sent, movable, backend.health(), patience, now, deadline).await;
         let outcome = retry::judge(answer, prepared.replayable, backend);
         if let Some(trace) = &trace {
             match &outcome {

@@ -127,6 +127,8 @@ pub fn judge<B>(sent: Result<Response<B>, AttemptError>, replayable: bool, repli
 /// an atomic read every [`DOWN_CHECK`] rather than a wake-up, so that no request registers
 /// with anything the background tasks lock; `movable` is asked only then.
 ///
+/// `started` is when the attempt started (the caller has just read the clock).
+///
 /// `send` comes pinned where the caller keeps it: an `async fn` keeps a future it is given
 /// by value twice in its state (as given, and where it is pinned), and this one is large.
 pub async fn wait_for_answer<F, T, E>(
@@ -134,13 +136,13 @@ pub async fn wait_for_answer<F, T, E>(
     movable: impl Fn() -> bool,
     health: &Health,
     patience: Duration,
+    started: Instant,
     deadline: Instant,
 ) -> Result<T, AttemptError>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<AttemptError>,
 {
-    let started = Instant::now();
     let mut check_at = started + DOWN_CHECK;
     loop {
         match tokio::time::timeout_at(deadline.min(check_at), &mut send).await {
@@ -347,11 +349,15 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(120);
         let waiting = tokio::spawn({
             let a = a.clone();
-            async move { wait_for_answer(pin!(never()), || true, a.health(), Duration::ZERO, deadline).await }
+            async move {
+                wait_for_answer(pin!(never()), || true, a.health(), Duration::ZERO, Instant::now(), deadline).await
+            }
         });
         let write = tokio::spawn({
             let a = a.clone();
-            async move { wait_for_answer(pin!(never()), || false, a.health(), Duration::ZERO, deadline).await }
+            async move {
+                wait_for_answer(pin!(never()), || false, a.health(), Duration::ZERO, Instant::now(), deadline).await
+            }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished());
@@ -388,7 +394,9 @@ mod tests {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(2);
         let never = std::future::pending::<Result<(), AttemptError>>();
-        let failure = wait_for_answer(pin!(never), || true, a.health(), Duration::ZERO, deadline).await.unwrap_err();
+        let failure = wait_for_answer(pin!(never), || true, a.health(), Duration::ZERO, Instant::now(), deadline)
+            .await
+            .unwrap_err();
         assert!(matches!(failure, AttemptError::TimedOut));
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         let mut snapshot = Snapshot::empty();

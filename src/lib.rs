@@ -117,7 +117,7 @@ pub mod fuzzing {
     pub use crate::discovery::marathon::{PrincipalSecret, candidates_from_tasks};
     pub use crate::http1::request::{HeadError, RequestHead, parse_request};
     pub use crate::http1::response::{Encoder, Plan, parse_head, write_head};
-    pub use crate::http1::{Decoded, Decoder, Framing};
+    pub use crate::http1::{Decoded, Decoder, Framing, Role};
     pub use crate::merge::{Part, add_warning, merge};
     pub use crate::probe::{SAMPLES_METRIC, exposition, query_has_result};
     pub use crate::proxy::affinity::{AffinityOptions, route_cookie};

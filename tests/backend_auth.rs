@@ -211,3 +211,33 @@ async fn a_rotated_ca_and_client_certificate_are_taken_without_a_restart_and_a_b
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_get_one_line_of_each_forwarding_header_and_none_of_the_clients_connection_headers() {
+    let replica = RecordingReplica::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = endpoints_file(dir.path(), std::slice::from_ref(&replica.url));
+    let mpp = start_mpp(&[format!("--endpoints-file={}", endpoints.display())]).await;
+    mpp.wait_selected(&[&replica.url]).await;
+    let request = Request::get(mpp.url("/api/v1/labels"))
+        .header("x-forwarded-for", "192.0.2.1")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "1")
+        .header("te", "trailers")
+        .header("x-kept", "2");
+    let answer = send(request, Bytes::new()).await.expect("an answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = replica.requests_for("/api/v1/labels");
+    let head = seen.last().expect("the replica got the request");
+    let lines = |name: &str| head.get_all(name).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(lines("x-forwarded-for"), ["192.0.2.1, 127.0.0.1"], "{head:?}");
+    assert_eq!(lines("x-forwarded-proto"), ["http"], "{head:?}");
+    assert_eq!(lines("x-forwarded-host"), [mpp.addr.to_string()], "the client's Host: {head:?}");
+    let via = lines("via");
+    assert!(via.len() == 1 && via[0].starts_with("1.1 "), "one Via line, mpp's: {head:?}");
+    assert_eq!(lines("host"), [replica.url.trim_start_matches("http://")], "the replica's own: {head:?}");
+    assert_eq!(lines("x-kept"), ["2"]);
+    for gone in ["x-secret", "te"] {
+        assert!(lines(gone).is_empty(), "{gone} went on: {head:?}");
+    }
+}

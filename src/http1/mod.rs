@@ -220,6 +220,10 @@ pub fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeader
 /// change (`^`, `_`) are in none of the names compared here. Eight bytes at a time.
 fn same_name(raw: &[u8], lower: &[u8]) -> bool {
     const CASE: u64 = 0x2020_2020_2020_2020;
+    debug_assert!(
+        lower.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+        "names compared are lowercase letters, digits and '-'"
+    );
     if raw.len() != lower.len() {
         return false;
     }

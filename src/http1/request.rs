@@ -144,9 +144,9 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Invalid("the request target"))?;
-    // Room for what the proxy adds (X-Forwarded-For, -Proto, -Host, Via, credentials), so
-    // that the map is not grown, and rehashed, on the way to the replica.
-    let mut headers = HeaderMap::with_capacity(names.len() + 5);
+    // Room for what the proxy adds to the map (credentials), so that it is not grown, and
+    // rehashed, on the way to the replica (its forwarding headers go beside the map).
+    let mut headers = HeaderMap::with_capacity(names.len() + 1);
     for (name, value) in names {
         // httparse has checked the value's bytes (no CR, LF or other controls but tab).
         let value =

@@ -61,13 +61,13 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
         let keep_alive = !(transfer_encoding.is_some() && length.given())
             && if version == Version::HTTP_10 { keep } else { !close }
             && framing != Framing::UntilClose;
-        if framing == Framing::Chunked || connection.as_ref().is_some_and(|c| !c.named.is_empty()) {
-            // RFC 9112 section 6.3: the chunked framing wins, and a length beside it must not
+        let coded = transfer_encoding.is_some() && length.given();
+        if coded || connection.as_ref().is_some_and(|c| !c.named.is_empty()) {
+            // RFC 9112 section 6.3: a Transfer-Encoding wins, and a length beside it must not
             // travel on (the listener would frame the answer by it); and what `Connection`
             // names is the connection's.
             let named = connection.as_ref().map_or(&[][..], |c| &c.named[..]);
-            let chunked = framing == Framing::Chunked;
-            names.retain(|(name, ..)| !(named.contains(name) || chunked && name == header::CONTENT_LENGTH));
+            names.retain(|(name, ..)| !(named.contains(name) || coded && name == header::CONTENT_LENGTH));
         }
         let head = buf.split_to(len).freeze();
         // Room for what the proxy adds (`MPP.ServedBy`, the web config's headers).

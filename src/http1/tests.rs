@@ -422,6 +422,19 @@ fn an_answer_head_leaves_the_connections_headers_to_the_client() {
     let chunked = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n");
     let names: Vec<_> = chunked.response.headers().keys().map(|n| n.as_str()).collect();
     assert_eq!(names, ["x-kept"], "the framing is the client's to say again");
+
+    let names = |text: &str| {
+        let head = complete(text);
+        let names: Vec<String> = head.response.headers().keys().map(|n| n.to_string()).collect();
+        (names, head.keep_alive)
+    };
+    let (kept, keep_alive) = names("HTTP/1.1 200 OK\r\nConnection: close\r\nClose: x\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!((kept, keep_alive), (vec!["content-length".to_string()], false), "a field named like the option goes");
+    let (kept, _) = names("HTTP/1.1 200 OK\r\nCONNECTION: X-HOP\r\nx-hop: 1\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(kept, ["x-kept", "content-length"], "names and options in any case");
+    let gzip = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\nX-Kept: 1\r\n\r\n");
+    assert_eq!(gzip.framing, Framing::UntilClose);
+    assert!(!gzip.response.headers().contains_key("content-length"), "any Transfer-Encoding wins over a length");
 }
 
 #[test]

@@ -174,7 +174,8 @@ impl Cache {
 
     /// The cache's side of a request for `endpoint` (path, query string, form body, headers
     /// the replicas get), when it can keep the query: a range query of at most 11,000 steps, or
-    /// an instant query at an explicit time older than the fresh window; `None` otherwise.
+    /// an instant query at an explicit time older than the fresh window; `None` otherwise. `now`
+    /// reads the clock, only for a query that may be kept.
     pub fn query(
         &self,
         endpoint: Endpoint,
@@ -182,12 +183,14 @@ impl Cache {
         query_string: Option<&str>,
         form: Option<&[u8]>,
         headers: &HeaderMap,
-        now: Millis,
+        now: impl FnOnce() -> Millis,
     ) -> Option<Query> {
-        // The usual instant query, at now (no `time`), is turned away before anything is read.
+        // The usual instant query, at now (no `time`), is turned away before anything is read,
+        // the clock included.
         if endpoint == Endpoint::Query && !names_time(query_string.unwrap_or_default().as_bytes(), form) {
             return None;
         }
+        let now = now();
         let params = window::Params::new(query_string, form);
         let expr = params.get("query")?;
         // Evaluated at the query's own start or end (PromQL reads `@ END ( )` too): the same

@@ -12,7 +12,7 @@ fn cache() -> Cache {
 /// `query_range` of `expr` from `start` to `end` (seconds), every `step` seconds.
 fn range(cache: &Cache, expr: &str, start: i64, end: i64, step: i64, headers: &HeaderMap) -> Option<Query> {
     let query_string = format!("query={expr}&start={start}&end={end}&step={step}");
-    cache.query(Endpoint::QueryRange, "/api/v1/query_range", Some(&query_string), None, headers, 10_000 * SECOND)
+    cache.query(Endpoint::QueryRange, "/api/v1/query_range", Some(&query_string), None, headers, || 10_000 * SECOND)
 }
 
 /// A matrix answer of one series with a point at each of `times` (seconds).
@@ -89,7 +89,8 @@ fn a_sliding_range_asks_only_for_the_steps_it_lacks() {
     assert_ne!(range(&cache, "up", 1000, 1600, 60, &authorized).unwrap().key, first.key);
     // `timeout` changes no answer.
     let query_string = "query=up&start=1000&end=1600&step=60&timeout=5s";
-    let timed = cache.query(Endpoint::QueryRange, "/api/v1/query_range", Some(query_string), None, &none, 10_000_000);
+    let timed =
+        cache.query(Endpoint::QueryRange, "/api/v1/query_range", Some(query_string), None, &none, || 10_000_000);
     assert_eq!(timed.unwrap().key, first.key);
 }
 
@@ -155,11 +156,11 @@ fn queries_the_cache_cannot_keep_are_left_alone() {
     assert!(range(&cache, "sum(", 1000, 1600, 60, &none).is_none(), "not PromQL");
     let instant = |time: &str| {
         let query_string = format!("query=up&time={time}");
-        cache.query(Endpoint::Query, "/api/v1/query", Some(&query_string), None, &none, 10_000 * SECOND)
+        cache.query(Endpoint::Query, "/api/v1/query", Some(&query_string), None, &none, || 10_000 * SECOND)
     };
     assert!(instant("9999").is_none(), "within the fresh window");
     assert!(instant("9000").is_some());
-    let now = cache.query(Endpoint::Query, "/api/v1/query", Some("query=up"), None, &none, 10_000 * SECOND);
+    let now = cache.query(Endpoint::Query, "/api/v1/query", Some("query=up"), None, &none, || 10_000 * SECOND);
     assert!(now.is_none(), "no time: now");
 }
 
@@ -202,7 +203,7 @@ fn what_the_key_cannot_tell_apart_is_not_kept() {
     }
     // Hostile times: no overflow, nothing kept.
     let huge = "query=up&start=-1e300&end=1e300&step=60";
-    assert!(cache.query(Endpoint::QueryRange, "/api/v1/query_range", Some(huge), None, &none, 0).is_none());
+    assert!(cache.query(Endpoint::QueryRange, "/api/v1/query_range", Some(huge), None, &none, || 0).is_none());
     // `@` a time within the fresh window (now is 10,000 s): not kept; long before: kept.
     assert!(range(&cache, "x%20%40%209998", 1000, 1600, 60, &none).is_none());
     let fixed = range(&cache, "x%20%40%205000", 1000, 1600, 60, &none).unwrap();

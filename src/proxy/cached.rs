@@ -60,7 +60,7 @@ impl<P: Transport> Proxy<P> {
             }
         };
         let path = &prepared.path_and_query;
-        let query = cache.query(endpoint, path.path(), path.query(), form, &prepared.outgoing_headers, now_millis());
+        let query = cache.query(endpoint, path.path(), path.query(), form, &prepared.outgoing_headers, now_millis);
         if query.is_none() {
             cache.count("bypass");
         }

@@ -141,6 +141,14 @@ struct Shared {
 /// Connections are shared by the replicas that have the same scheme and authority.
 type Key = (Scheme, Authority);
 
+/// Whether `key` is `scheme` and `authority`. The authority is compared byte for byte (a
+/// memcmp), not as `Authority`'s own `==` does (ignoring case, a byte at a time: it showed
+/// twice per request in the profile): a replica's authority is always the same text, its
+/// URL's, and two spellings of one host would only keep two lists of connections.
+fn same_key(key: &Key, scheme: &Scheme, authority: &Authority) -> bool {
+    key.1.as_str() == authority.as_str() && key.0 == *scheme
+}
+
 /// One replica's idle connections, the most recently used last.
 struct Connections {
     key: Key,
@@ -261,7 +269,7 @@ impl Pool {
     /// The most recently used idle connection to the replica, if any.
     fn checkout(&self, scheme: &Scheme, authority: &Authority) -> Option<Box<Conn>> {
         let mut replicas = self.shared.replicas.lock().expect("no code panics holding the pool's lock");
-        replicas.iter_mut().find(|c| c.key.1 == *authority && c.key.0 == *scheme)?.idle.pop()
+        replicas.iter_mut().find(|c| same_key(&c.key, scheme, authority))?.idle.pop()
     }
 
     /// Opens a connection to the replica.
@@ -316,7 +324,7 @@ impl Shared {
     fn checkin(&self, key: &Key, mut conn: Box<Conn>) {
         conn.idle_sweeps = 0;
         let mut replicas = self.replicas.lock().expect("no code panics holding the pool's lock");
-        let index = match replicas.iter().position(|c| c.key == *key) {
+        let index = match replicas.iter().position(|c| same_key(&c.key, &key.0, &key.1)) {
             Some(index) => index,
             None => {
                 replicas.push(Connections { key: key.clone(), idle: Vec::new() });

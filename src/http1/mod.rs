@@ -187,6 +187,11 @@ impl Role {
             _ => Role::Plain,
         }
     }
+
+    /// Whether a header of this role belongs to the connection rather than the message.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(self, Role::Connection | Role::TransferEncoding | Role::HopByHop)
+    }
 }
 
 /// The name `raw` (a token, as httparse checked it), made without a hash or a copy for the

@@ -57,11 +57,11 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
             return Err(ProtocolError::TransferEncodingInHttp10);
         }
         let framing = framing(method, status, transfer_encoding, &length)?;
-        let (close, keep) = connection.as_ref().map_or((false, false), |c| (c.close, c.keep_alive));
-        let keep_alive = !(transfer_encoding.is_some() && length.given())
-            && if version == Version::HTTP_10 { keep } else { !close }
-            && framing != Framing::UntilClose;
+        // A Transfer-Encoding beside a length: the connection is not reused after it.
         let coded = transfer_encoding.is_some() && length.given();
+        let (close, keep) = connection.as_ref().map_or((false, false), |c| (c.close, c.keep_alive));
+        let keep_alive =
+            !coded && if version == Version::HTTP_10 { keep } else { !close } && framing != Framing::UntilClose;
         if coded || connection.as_ref().is_some_and(|c| !c.named.is_empty()) {
             // RFC 9112 section 6.3: a Transfer-Encoding wins, and a length beside it must not
             // travel on (the listener would frame the answer by it); and what `Connection`

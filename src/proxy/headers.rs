@@ -10,6 +10,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Response};
 
 use crate::api::{Api, Endpoint};
+use crate::http1::Role;
 
 /// The de facto forwarding headers, as names made once.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -21,19 +22,12 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// The header naming the replica that answered, as the original mpp calls it.
 pub static SERVED_BY: HeaderName = HeaderName::from_static("mpp.servedby");
 
-/// Headers that describe one connection, not the message (RFC 9110, section 7.6.1), and
-/// the `Proxy-Connection` of old clients.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// Whether `name` describes one connection, not the message (RFC 9110, section 7.6.1; the
+/// `Proxy-Connection` of old clients too): the set the answer parser leaves out, told the
+/// same way ([`Role`]).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    Role::of(name.as_str().as_bytes()).is_hop_by_hop()
+}
 
 /// Removes hop-by-hop headers, including any that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -41,7 +35,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `Connection: keep-alive`): a look at each name present (standard names compare as
     // integers) finds them, and only those are removed, rather than hashing every
     // hop-by-hop name to remove nothing, which showed in the profile.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     // What `Connection` names besides the hop-by-hop headers removed anyway (`keep-alive`,
@@ -55,9 +49,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .map(str::trim)
         .filter(|token| !token.eq_ignore_ascii_case("keep-alive"))
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .filter(|name| !HOP_BY_HOP.contains(name))
+        .filter(|name| !is_hop_by_hop(name))
         .collect();
-    doomed.extend(headers.keys().filter(|name| HOP_BY_HOP.contains(name)).cloned());
+    doomed.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
     for name in &doomed {
         headers.remove(name);
     }

@@ -87,6 +87,10 @@ pub struct Outgoing<'a> {
     /// Whether the request may reach the replica twice (a query): it then goes again on a
     /// new connection when a reused one turns out closed before it answered.
     pub replayable: bool,
+    /// Whether the answer's headers may stay the bytes they came in
+    /// ([`http1::response::parse_head_as`]): the answer goes whole to mpp's HTTP/1.1
+    /// listener, and nothing reads its headers on the way.
+    pub keep_lines: bool,
 }
 
 /// What the request path needs of its connections to the replicas: send one request and
@@ -438,7 +442,7 @@ struct Failed {
 /// whole (a replica may answer before it has read a large body: an error, typically, after
 /// which it closes). A write that fails still yields the answer when its head had arrived.
 async fn exchange(conn: &mut Conn, request: &Outgoing<'_>) -> Result<(http1::response::Head, bool), Failed> {
-    let Outgoing { method, target, headers, added, body, .. } = *request;
+    let Outgoing { method, target, headers, added, body, keep_lines, .. } = *request;
     conn.write.clear();
     http1::request::write_head(&mut conn.write, method, &target, headers, added, &conn.host, body.len());
     let inline = body.len() <= INLINE_BODY;
@@ -466,13 +470,13 @@ async fn exchange(conn: &mut Conn, request: &Outgoing<'_>) -> Result<(http1::res
             Poll::Ready(tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read))
         })
         .await;
-        return match http1::response::parse_head(&mut conn.read, method) {
+        return match http1::response::parse_head_as(&mut conn.read, method, keep_lines) {
             Ok(Some(head)) => Ok((head, false)),
             _ => Err(Failed { unanswered: conn.read.is_empty(), error: e.into() }),
         };
     }
     loop {
-        match http1::response::parse_head(&mut conn.read, method) {
+        match http1::response::parse_head_as(&mut conn.read, method, keep_lines) {
             Ok(Some(head)) => return Ok((head, body_whole)),
             Ok(None) => {}
             Err(e) => return Err(Failed { error: e.into(), unanswered: false }),

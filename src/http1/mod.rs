@@ -10,6 +10,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, Version};
 
 pub mod body;
+pub mod lines;
 pub mod request;
 pub mod response;
 
@@ -86,6 +87,11 @@ impl Length {
                 None => self.invalid = true,
             }
         }
+    }
+
+    /// Notes a length read already.
+    pub fn note_number(&mut self, n: u64) {
+        self.add(n);
     }
 
     fn add(&mut self, n: u64) {
@@ -223,7 +229,7 @@ pub fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeader
 /// Whether the token `raw` is `lower` in any case. Setting bit 5 of each byte lowercases a
 /// letter and leaves the digits and `-` as they are; the other token characters it would
 /// change (`^`, `_`) are in none of the names compared here. Eight bytes at a time.
-fn same_name(raw: &[u8], lower: &[u8]) -> bool {
+pub(crate) fn same_name(raw: &[u8], lower: &[u8]) -> bool {
     const CASE: u64 = 0x2020_2020_2020_2020;
     debug_assert!(
         lower.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),

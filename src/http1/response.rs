@@ -5,12 +5,15 @@
 
 use std::io::Write as _;
 
-use bytes::{Buf, BytesMut};
-use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
+use std::ops::Range;
 
+use bytes::{Buf, Bytes, BytesMut};
+use http::header;
+use http::{Method, Response, StatusCode, Version};
+
+use super::lines::HeaderLines;
 use super::{
-    ConnectionOptions, Framing, Length, ProtocolError, Role, connection_says, ends_in_chunked, header_line, header_name,
+    ConnectionOptions, Framing, Length, ProtocolError, Role, connection_says, ends_in_chunked, header_line, same_name,
 };
 
 /// The largest answer head (status line and headers) taken: hyper's client limit (a
@@ -25,7 +28,9 @@ pub const MAX_HEADERS: usize = 100;
 pub struct Head {
     /// Status, version and headers (with no body yet). The headers that belong to the
     /// connection (RFC 9110 section 7.6.1: `Connection`, those it names, `Transfer-Encoding`
-    /// and the other hop-by-hop headers) are the client's, and left out.
+    /// and the other hop-by-hop headers) are the client's, and left out. The others are in
+    /// its map, or kept as the bytes they came in ([`HeaderLines`], an extension of the
+    /// response) when [`parse_head_as`] was asked to.
     pub response: Response<()>,
     /// How the body is delimited.
     pub framing: Framing,
@@ -37,6 +42,14 @@ pub struct Head {
 /// while it is incomplete. A complete head is taken off `buf` (interim `1xx` answers before
 /// it are skipped); what follows it stays.
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ProtocolError> {
+    parse_head_as(buf, method, false)
+}
+
+/// [`parse_head`], with the headers that travel on kept as the bytes they came in
+/// ([`HeaderLines`]) when `keep_lines` and the answer is one mpp's listener can write so:
+/// one with a body, and with no header of a name mpp sets on answers (`MPP...`: another
+/// mpp's answer), which mpp's own must replace.
+pub fn parse_head_as(buf: &mut BytesMut, method: &Method, keep_lines: bool) -> Result<Option<Head>, ProtocolError> {
     loop {
         let Some(parsed) = parse_one(buf)? else {
             if buf.len() > MAX_HEAD_BYTES {
@@ -44,7 +57,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
             }
             return Ok(None);
         };
-        let Parsed { len, status, version, mut names, connection, transfer_encoding, length } = parsed;
+        let Parsed { len, status, version, lines, coded, dated, ours, connection, transfer_encoding, length } = parsed;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProtocolError::SwitchingProtocols);
         }
@@ -57,47 +70,63 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, P
             return Err(ProtocolError::TransferEncodingInHttp10);
         }
         let framing = framing(method, status, transfer_encoding, &length)?;
-        // A Transfer-Encoding beside a length: the connection is not reused after it.
-        let coded = transfer_encoding.is_some() && length.given();
         let (close, keep) = connection.as_ref().map_or((false, false), |c| (c.close, c.keep_alive));
         let keep_alive =
             !coded && if version == Version::HTTP_10 { keep } else { !close } && framing != Framing::UntilClose;
-        if coded || connection.as_ref().is_some_and(|c| !c.named.is_empty()) {
-            // RFC 9112 section 6.3: a Transfer-Encoding wins, and a length beside it must not
-            // travel on (the listener would frame the answer by it); and what `Connection`
-            // names is the connection's.
-            let named = connection.as_ref().map_or(&[][..], |c| &c.named[..]);
-            names.retain(|(name, ..)| !(named.contains(name) || coded && name == header::CONTENT_LENGTH));
-        }
         let head = buf.split_to(len).freeze();
-        // Room for what the proxy adds (`MPP.ServedBy`, the web config's headers).
-        let mut headers = HeaderMap::with_capacity(names.len() + 2);
-        for (name, start, end) in names {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                .map_err(|_| ProtocolError::InvalidHeader(name.as_str().to_owned()))?;
-            headers.append(name, value);
-        }
+        let bytes = match lines {
+            Lines::None => Bytes::new(),
+            Lines::Run(run) => head.slice(run),
+            Lines::Copied(copy) => Bytes::from(copy),
+        };
+        // A length beside a Transfer-Encoding was left out of the lines.
+        let length = if coded { None } else { length.get()? };
+        let lines = HeaderLines::new(bytes, length, dated);
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
-        *response.headers_mut() = headers;
+        let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        if keep_lines && !ours && !bodiless {
+            response.extensions_mut().insert(lines);
+        } else {
+            lines.append_to(response.headers_mut());
+        }
         return Ok(Some(Head { response, framing, keep_alive }));
     }
 }
 
-/// One head at the front of a buffer: its length, status, version, and each header's name
-/// with where its value lies in the head; with what the headers that are the connection's
-/// said, read as they were parsed.
+/// One head at the front of a buffer: its length, status, version, and the header lines
+/// that travel on; with what the headers that are the connection's said, read as they were
+/// parsed.
 struct Parsed {
     len: usize,
     status: StatusCode,
     version: Version,
-    names: Vec<(HeaderName, usize, usize)>,
+    lines: Lines,
+    /// Whether it has a Transfer-Encoding beside a length: the connection is not reused
+    /// after it, and the length does not travel on (RFC 9112 section 6.3: the listener
+    /// would frame the answer by it).
+    coded: bool,
+    /// Whether a line that travels on is a `Date`.
+    dated: bool,
+    /// Whether a line that travels on has a name mpp sets on answers.
+    ours: bool,
     /// What its `Connection` lines say, if it has any.
     connection: Option<ConnectionOptions>,
     /// Whether its last `Transfer-Encoding` ends in `chunked`, if it has one.
     transfer_encoding: Option<bool>,
     length: Length,
+}
+
+/// Where a head's lines that travel on are.
+enum Lines {
+    None,
+    /// One run of well-formed lines of the head (the usual answer: only the connection's
+    /// headers, if any, at either end left out).
+    Run(Range<usize>),
+    /// Copied, one line at a time, as `name: value` lines: lines left out between them, or
+    /// lines with a space before the colon or after the value.
+    Copied(Vec<u8>),
 }
 
 fn parse_one(buf: &BytesMut) -> Result<Option<Parsed>, ProtocolError> {
@@ -123,16 +152,21 @@ fn located(
     let code = response.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Malformed(httparse::Error::Status))?;
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let base = buf.as_ptr() as usize;
     let mut parsed = Parsed {
         len,
         status,
         version,
-        names: Vec::with_capacity(response.headers.len()),
+        lines: Lines::None,
+        coded: false,
+        dated: false,
+        ours: false,
         connection: None,
         transfer_encoding: None,
         length: Length::default(),
     };
+    // The run of well-formed lines that travel on so far, while they are one.
+    let mut run: Option<Range<usize>> = None;
+    let mut scattered = false;
     for h in response.headers.iter() {
         let raw = h.name.as_bytes();
         match Role::of(raw) {
@@ -142,17 +176,65 @@ fn located(
             role => {
                 if role == Role::ContentLength {
                     parsed.length.note(h.value);
+                } else if raw.len() == 4 && same_name(raw, b"date") {
+                    parsed.dated = true;
                 }
-                let name =
-                    header_name(raw).map_err(|_| ProtocolError::InvalidHeader(h.name.chars().take(64).collect()))?;
-                // httparse's values are slices of `buf`; anything else is refused, not trusted.
-                let start = (h.value.as_ptr() as usize).checked_sub(base).filter(|s| s + h.value.len() <= buf.len());
-                let Some(start) = start else { return Err(ProtocolError::Malformed(httparse::Error::HeaderValue)) };
-                parsed.names.push((name, start, start + h.value.len()));
+                if raw.len() > usize::from(u16::MAX) {
+                    // Longer than a `HeaderName` can be.
+                    return Err(ProtocolError::InvalidHeader(h.name.chars().take(64).collect()));
+                }
+                parsed.ours |= raw.len() >= 3 && same_name(&raw[..3], b"mpp");
+                let line = well_formed(buf, raw, h.value);
+                match (&mut run, line) {
+                    (None, Some(line)) if !scattered => run = Some(line),
+                    (Some(run), Some(line)) if run.end == line.start => run.end = line.end,
+                    _ => scattered = true,
+                }
             }
         }
     }
+    parsed.coded = parsed.transfer_encoding.is_some() && parsed.length.given();
+    let named = parsed.connection.as_ref().is_some_and(|c| !c.named.is_empty());
+    parsed.lines = if scattered || named || parsed.coded {
+        copied(response, &mut parsed)
+    } else {
+        run.map_or(Lines::None, Lines::Run)
+    };
     Ok(Some(parsed))
+}
+
+/// Where the header line of `name` and `value` (slices of `buf`, as httparse gives them)
+/// lies in `buf`, CRLF included, if it is `name:`, blanks, `value`, CRLF: what mpp's
+/// listener may write as it is.
+fn well_formed(buf: &[u8], name: &[u8], value: &[u8]) -> Option<Range<usize>> {
+    let base = buf.as_ptr() as usize;
+    let start = (name.as_ptr() as usize).checked_sub(base)?;
+    let value_start = (value.as_ptr() as usize).checked_sub(base)?;
+    let end = value_start + value.len();
+    let colon = start + name.len();
+    (!value.is_empty() && buf.get(colon) == Some(&b':') && buf.get(end..end + 2) == Some(&b"\r\n"[..]))
+        .then_some(start..end + 2)
+}
+
+/// The lines of `response` that travel on, copied as `name: value` lines; whether one of
+/// them is a `Date` noted again (`Connection` may name it).
+fn copied(response: &httparse::Response<'_, '_>, parsed: &mut Parsed) -> Lines {
+    let named = parsed.connection.as_ref().map_or(&[][..], |c| &c.named[..]);
+    let mut copy = Vec::new();
+    parsed.dated = false;
+    for h in response.headers.iter() {
+        let raw = h.name.as_bytes();
+        let role = Role::of(raw);
+        // What `Connection` names is the connection's (RFC 9110 section 7.6.1).
+        let gone = role.is_hop_by_hop()
+            || parsed.coded && role == Role::ContentLength
+            || named.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(raw));
+        if !gone {
+            parsed.dated |= raw.len() == 4 && same_name(raw, b"date");
+            header_line(&mut copy, raw, h.value);
+        }
+    }
+    Lines::Copied(copy)
 }
 
 /// How the body of an answer with `status` to a `method` request is delimited (RFC 9112
@@ -198,9 +280,18 @@ pub fn write_head(
     keep_alive: bool,
 ) -> Plan {
     let status = parts.status;
+    // The replica's lines kept as they came, if they were: never a `Connection`, and their
+    // length and `Date` noted when they were parsed.
+    let lines = parts.extensions.get::<HeaderLines>();
     // The headers this writer reads, found in one look at each name (standard names compare
     // as integers) rather than three hashed lookups of names most answers lack.
     let (mut connection, mut length, mut dated) = (false, Length::default(), false);
+    if let Some(lines) = lines {
+        if let Some(n) = lines.length() {
+            length.note_number(n);
+        }
+        dated = lines.dated();
+    }
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
             length.note(value.as_bytes());
@@ -216,6 +307,10 @@ pub fn write_head(
     let length = length.get();
     let lengthless = length.is_err() || (no_body && status != StatusCode::NOT_MODIFIED);
     status_line(out, status, version);
+    if let Some(lines) = lines {
+        // Only answers with a body keep their lines: none has a length to drop.
+        out.extend_from_slice(lines.as_bytes());
+    }
     for (name, value) in &parts.headers {
         let ours = name == header::TRANSFER_ENCODING || name == header::CONNECTION;
         let dropped = lengthless && name == header::CONTENT_LENGTH;

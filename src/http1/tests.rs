@@ -5,15 +5,33 @@ use super::body::{MAX_CHUNK_LINE, MAX_EXTENSION_BYTES, MAX_TRAILER_BYTES};
 use super::request::{
     HeadError, MAX_HEADERS as MAX_REQUEST_HEADERS, MAX_TARGET, RequestHead, parse_request, write_head,
 };
-use super::response::{Head, MAX_HEAD_BYTES, MAX_HEADERS, parse_head};
+use super::response::{Head, MAX_HEAD_BYTES, MAX_HEADERS, parse_head, parse_head_as};
 use super::*;
 
 fn head_of(text: &str, method: &Method) -> Result<Option<Head>, ProtocolError> {
     parse_head(&mut BytesMut::from(text), method)
 }
 
+/// `text` parsed into a map; parsed with its lines kept as bytes as well, and those put in a
+/// map, which must hold the same.
 fn complete(text: &str) -> Head {
-    head_of(text, &Method::GET).expect("a valid head").expect("a complete head")
+    let head = head_of(text, &Method::GET).expect("a valid head").expect("a complete head");
+    let mut kept = kept(text);
+    lines::unpack(&mut kept.response);
+    assert_eq!(kept.response.headers(), head.response.headers(), "the same headers either way");
+    assert!(kept.response.extensions().get::<lines::HeaderLines>().is_none(), "unpacked");
+    head
+}
+
+/// `text` parsed with its lines kept as bytes where they may be.
+fn kept(text: &str) -> Head {
+    parse_head_as(&mut BytesMut::from(text), &Method::GET, true).expect("a valid head").expect("a complete head")
+}
+
+/// The lines `head` kept as bytes, as text.
+fn kept_lines(head: &Head) -> Option<&str> {
+    let lines = head.response.extensions().get::<lines::HeaderLines>()?;
+    Some(std::str::from_utf8(lines.as_bytes()).expect("ASCII"))
 }
 
 /// Feeds `wire` to a decoder for `framing` one byte at a time (the worst split a network can
@@ -496,4 +514,85 @@ fn lengths_and_codings_are_read_from_their_bytes() {
     assert!(ends_in_chunked(b"gzip, Chunked "));
     assert!(!ends_in_chunked(b"chunked, gzip"));
     assert!(!ends_in_chunked(b"chunkedx"));
+}
+
+#[test]
+fn an_answer_relayed_whole_keeps_its_lines_as_they_came_and_is_written_with_them() {
+    let text = concat!(
+        "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Fri, 04 Dec 2026 17:00:00 GMT\r\n",
+        "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
+    );
+    let head = kept(text);
+    let run = "Server: nginx\r\nDate: Fri, 04 Dec 2026 17:00:00 GMT\r\nContent-Type: application/json\r\nContent-Length: 2\r\n";
+    assert_eq!(kept_lines(&head), Some(run), "one run of the head, the connection's line left out");
+    assert!(head.response.headers().is_empty() && head.keep_alive);
+    assert_eq!(head.framing, Framing::Length(2));
+
+    let (mut parts, ()) = head.response.into_parts();
+    parts.headers.insert("mpp.servedby", HeaderValue::from_static("http://a:9090"));
+    let mut out = Vec::new();
+    let plan = response::write_head(&mut out, &parts, None, false, Version::HTTP_11, true);
+    let written = format!("HTTP/1.1 200 OK\r\n{run}mpp.servedby: http://a:9090\r\n\r\n");
+    assert_eq!(String::from_utf8(out).unwrap(), written, "its own length and date, nothing added");
+    assert_eq!(plan, response::Plan { framing: Framing::Length(2), keep_alive: true });
+
+    // HTTP/1.0 clients and HEAD requests: the same lines, framed for them.
+    let mut out = Vec::new();
+    let plan = response::write_head(&mut out, &parts, None, true, Version::HTTP_10, true);
+    let written = format!("HTTP/1.0 200 OK\r\n{run}mpp.servedby: http://a:9090\r\nconnection: keep-alive\r\n\r\n");
+    assert_eq!((String::from_utf8(out).unwrap(), plan.framing), (written, Framing::Empty));
+}
+
+#[test]
+fn kept_lines_are_copied_well_formed_when_they_are_not_one_run() {
+    let head = kept(concat!(
+        "HTTP/1.1 200 OK\r\nX-A: 1\r\nKeep-Alive: timeout=5\r\nX-B : 2\r\nX-Empty:\r\n",
+        "Transfer-Encoding: chunked\r\nX-Named: 3\r\nConnection: X-Named\r\nX-C:\t4\r\n\r\n"
+    ));
+    assert_eq!(kept_lines(&head), Some("X-A: 1\r\nX-B: 2\r\nX-Empty: \r\nX-C: 4\r\n"));
+    assert_eq!(head.framing, Framing::Chunked);
+    let (parts, ()) = head.response.into_parts();
+    let mut out = Vec::new();
+    response::write_head(&mut out, &parts, None, false, Version::HTTP_11, true);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.starts_with(
+        "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nX-Empty: \r\nX-C: 4\r\ntransfer-encoding: chunked\r\ndate: "
+    ));
+
+    // A length beside a Transfer-Encoding does not travel on, and a Date named by
+    // `Connection` is gone: the listener dates the answer itself.
+    let head = kept(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nDate: x\r\nConnection: date\r\n\r\n",
+    );
+    assert_eq!(kept_lines(&head), Some(""));
+    let (parts, ()) = head.response.into_parts();
+    let mut out = Vec::new();
+    response::write_head(&mut out, &parts, None, false, Version::HTTP_11, true);
+    assert!(String::from_utf8(out).unwrap().contains("\r\ndate: "), "dated by the listener");
+}
+
+#[test]
+fn answers_mpp_must_change_or_that_have_no_body_keep_a_map() {
+    let another_mpp = kept("HTTP/1.1 200 OK\r\nMPP.ServedBy: http://b:9090\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(kept_lines(&another_mpp), None, "its MPP.ServedBy is replaced, not repeated");
+    assert_eq!(another_mpp.response.headers()["mpp.servedby"], "http://b:9090");
+    for status in ["204 No Content", "304 Not Modified"] {
+        let bodiless = kept(&format!("HTTP/1.1 {status}\r\nETag: x\r\nContent-Length: 5\r\n\r\n"));
+        assert_eq!(kept_lines(&bodiless), None, "{status}");
+        assert_eq!(bodiless.response.headers()["etag"], "x");
+    }
+}
+
+#[test]
+fn unpacked_lines_come_before_what_mpp_added() {
+    let mut head = kept("HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nContent-Length: 0\r\n\r\n");
+    head.response.headers_mut().append("set-cookie", HeaderValue::from_static("mpp=x"));
+    head.response.headers_mut().append("set-cookie", HeaderValue::from_static("mpp=y"));
+    head.response.headers_mut().insert("mpp.servedby", HeaderValue::from_static("http://a:9090"));
+    lines::unpack(&mut head.response);
+    let cookies: Vec<_> = head.response.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "mpp=x", "mpp=y"]);
+    assert_eq!(head.response.headers()["content-length"], "0");
+    assert_eq!(head.response.headers()["mpp.servedby"], "http://a:9090");
+    assert_eq!(head.response.headers().len(), 5);
 }

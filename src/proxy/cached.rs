@@ -307,6 +307,8 @@ impl Exchange {
             deadline: self.deadline,
             started: self.started,
             target: self.target,
+            // The cache reads the answer.
+            keep_lines: false,
         }
     }
 
@@ -324,6 +326,8 @@ impl Exchange {
             deadline: self.deadline,
             started: self.started,
             target: self.target,
+            // The cache reads the answer.
+            keep_lines: false,
         })
     }
 }

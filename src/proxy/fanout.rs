@@ -106,6 +106,9 @@ impl<P: Transport> Proxy<P> {
         deadline: Instant,
     ) -> Response<ProxyBody<P::Body>> {
         let names = failed.iter().map(|r| r.url()).collect::<Vec<_>>().join(", ");
+        let mut answer = answer;
+        // Its headers are read, and its length may change.
+        crate::http1::lines::unpack(&mut answer);
         let (mut parts, body) = answer.into_parts();
         if let Ok(value) = HeaderValue::from_str(&names) {
             parts.headers.insert(headers::FAILOVER_FROM.clone(), value);

@@ -34,7 +34,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::{FutureExt, future};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{Either, Full};
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
@@ -48,6 +48,7 @@ use crate::client::pool::{self, Pool, Transport};
 use crate::coverage::Millis;
 use crate::credentials::Credentials;
 use crate::error::{ProxyBody, ProxyError};
+use crate::http1::lines;
 use crate::metrics::{AffinityLabels, BackendLabels, Metrics, RequestLabels};
 use crate::registry::Replica;
 use crate::selection::Snapshot;
@@ -196,6 +197,11 @@ struct Exchange {
     started: Instant,
     /// How the replica of the attempt under way was chosen.
     target: Target,
+    /// Whether an attempt's answer may keep the replica's headers as the bytes they came in
+    /// ([`crate::http1::lines`]): only one relayed whole to a client of mpp's HTTP/1.1
+    /// listener, whose headers nothing reads on the way (merges, slices, the cache and
+    /// failovers read them; HTTP/2 answers are hyper's to write).
+    keep_lines: bool,
 }
 
 /// An attempt's answer, with the replica's connection slot it holds until its body is done.
@@ -321,6 +327,7 @@ impl<P: Transport> Proxy<P> {
                 .expect("a valid answer"));
         }
         let path_and_query = request_path(&parts.uri)?;
+        let http1 = parts.version <= Version::HTTP_11;
         let body = self.inner.body.read(&parts.headers, body).await?;
         tap.read_body(&parts.headers, &body.bytes);
         let prepared = self.prepare(parts, path_and_query, body, peer);
@@ -330,10 +337,12 @@ impl<P: Transport> Proxy<P> {
             snapshot if snapshot.settled => snapshot,
             _ => Box::pin(self.settled_snapshot(deadline)).await,
         };
-        let exchange = Exchange { prepared, snapshot, deadline, started, target: Target::Replica };
+        let mut exchange =
+            Exchange { prepared, snapshot, deadline, started, target: Target::Replica, keep_lines: http1 };
         if let Some(cache) = &inner.cache
             && let Some(query) = self.cache_query(cache, &exchange.prepared)
         {
+            exchange.keep_lines = false;
             return Box::pin(self.cached(cache, exchange, query)).await;
         }
         self.dispatch(exchange).await
@@ -347,6 +356,7 @@ impl<P: Transport> Proxy<P> {
         let inner = &*self.inner;
         if let Some(kind) = Broadcast::of(&exchange.prepared.method, exchange.prepared.api) {
             exchange.target = Target::Diverted;
+            exchange.keep_lines = false;
             return Box::pin(self.within("mpp.broadcast", self.broadcast(exchange, kind)));
         }
         let (prepared, snapshot) = (&exchange.prepared, &exchange.snapshot);
@@ -374,6 +384,7 @@ impl<P: Transport> Proxy<P> {
         {
             let others = snapshot.viable.iter().filter(|r| **r != backend).cloned().collect();
             exchange.target = Target::Diverted;
+            exchange.keep_lines = false;
             return Box::pin(self.within("mpp.merge", self.merge(exchange, Union::Agreed(kind), backend, others)));
         }
         match self.coverage_read(prepared, snapshot, &backend) {
@@ -398,10 +409,12 @@ impl<P: Transport> Proxy<P> {
                 }
                 Route::Merge { primary, others } => {
                     exchange.target = Target::Diverted;
+                    exchange.keep_lines = false;
                     Box::pin(self.within("mpp.merge", self.merge(exchange, Union::Api(read.endpoint), primary, others)))
                 }
                 Route::Slices(slices) => {
                     exchange.target = Target::Diverted;
+                    exchange.keep_lines = false;
                     Box::pin(async move { self.within("mpp.slices", self.sliced(exchange, slices, &read)).await })
                 }
             },
@@ -709,13 +722,20 @@ impl<P: Transport> Proxy<P> {
             added: prepared.added.lines(),
             body: &prepared.body.bytes,
             replayable: prepared.replayable,
+            keep_lines: exchange.keep_lines,
         };
         let target = exchange.target;
         let patience = if target.is_last_resort() { retry::LAST_RESORT_PATIENCE } else { Duration::ZERO };
         let sent = std::pin::pin!(self.pool.send(backend.scheme(), backend.authority(), request));
         let movable =
             || prepared.replayable && retry::has_alternative(&self.inner.snapshot.load(), tried, backend, target);
-        let answer = retry::wait_for_answer(sent, movable, backend.health(), patience, now, deadline).await;
+        let mut answer = retry::wait_for_answer(sent, movable, backend.health(), patience, now, deadline).await;
+        if let Ok(response) = &mut answer
+            && response.status() == StatusCode::SERVICE_UNAVAILABLE
+        {
+            // Judged by its headers: Prometheus's own 503 or a replica not ready.
+            lines::unpack(response);
+        }
         let outcome = retry::judge(answer, prepared.replayable, backend);
         if let Some(trace) = &trace {
             match &outcome {

@@ -115,6 +115,7 @@ impl<P: Transport> Proxy<P> {
                 deadline,
                 started: exchange.started,
                 target: Target::Replica,
+                keep_lines: false,
             };
             sent.push(Sent { slice, exchange, tried: Vec::new() });
         }

@@ -439,7 +439,7 @@ async fn respond<B: ClientBody>(
         Ok(basic_auth) => basic_auth,
         Err(refusal) => {
             let mut refusal = refusal.map(Either::Right);
-            web.decorate(refusal.headers_mut());
+            web.decorate(&mut refusal);
             return refusal;
         }
     };
@@ -458,7 +458,7 @@ async fn respond<B: ClientBody>(
         request.extensions_mut().insert(crate::proxy::headers::ClientTls);
     }
     let mut response = route(proxy, shared, request, peer).await;
-    web.decorate(response.headers_mut());
+    web.decorate(&mut response);
     response
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_rustls::TlsAcceptor;
@@ -146,9 +146,15 @@ impl Web {
     }
 
     /// Adds the configured headers to an answer (replacing any a replica sent).
-    pub fn decorate(&self, headers: &mut HeaderMap) {
-        for (name, value) in &self.in_force.load().config.headers {
-            headers.insert(name.clone(), value.clone());
+    pub fn decorate<B>(&self, response: &mut http::Response<B>) {
+        let in_force = self.in_force.load();
+        if in_force.config.headers.is_empty() {
+            return;
+        }
+        // They replace the replica's of the same names.
+        crate::http1::lines::unpack(response);
+        for (name, value) in &in_force.config.headers {
+            response.headers_mut().insert(name.clone(), value.clone());
         }
     }
 

@@ -56,6 +56,7 @@ async fn send(pool: &Pool, request: Sending) -> Result<Response<Body>, Error> {
         added: &[],
         body: &request.body,
         replayable,
+        keep_lines: false,
     };
     Pool::send(pool, url.scheme().unwrap(), url.authority().unwrap(), outgoing).await
 }

@@ -20,6 +20,8 @@ pub struct Backend {
     prefix: String,
     /// The `MPP.ServedBy` value, made once rather than per answer.
     served_by: http::HeaderValue,
+    /// The same as a header line.
+    served_by_line: bytes::Bytes,
 }
 
 impl PartialEq for Backend {
@@ -70,7 +72,8 @@ impl Backend {
         let id = format!("{key:016x}");
         let served_by =
             http::HeaderValue::from_str(&url).map_err(|_| format!("'{text}' is not a valid header value"))?;
-        Ok(Backend { url, id, key, scheme, authority, prefix, served_by })
+        let served_by_line = bytes::Bytes::from(format!("mpp.servedby: {url}\r\n"));
+        Ok(Backend { url, id, key, scheme, authority, prefix, served_by, served_by_line })
     }
 
     /// The normalized base URL, as shown in logs, metrics and the `MPP.ServedBy` header.
@@ -113,6 +116,12 @@ impl Backend {
     /// The URL as a header value, for `MPP.ServedBy`.
     pub fn served_by(&self) -> &http::HeaderValue {
         &self.served_by
+    }
+
+    /// The `MPP.ServedBy` header line, as written after a replica's own lines
+    /// ([`crate::http1::lines::HeaderLines::add`]).
+    pub fn served_by_line(&self) -> &bytes::Bytes {
+        &self.served_by_line
     }
 
     /// The URL of `path_and_query` on this backend (the prefix, if any, is prepended).

@@ -20,6 +20,8 @@ use super::header_name;
 #[derive(Debug, Clone)]
 pub struct HeaderLines {
     bytes: Bytes,
+    /// A line mpp adds after them, made once per replica (`MPP.ServedBy`), or nothing.
+    added: Bytes,
     length: Option<u64>,
     dated: bool,
 }
@@ -28,12 +30,23 @@ impl HeaderLines {
     /// `bytes`, lines as this type describes them, of which a `Content-Length` says `length`
     /// and a `Date` line is there when `dated`.
     pub(super) fn new(bytes: Bytes, length: Option<u64>, dated: bool) -> Self {
-        HeaderLines { bytes, length, dated }
+        HeaderLines { bytes, added: Bytes::new(), length, dated }
     }
 
-    /// The lines, as they are to be written.
+    /// Adds `line` (a `name: value` line, ending in CRLF, whose name is none of the lines')
+    /// after the lines, in place of one mpp added before.
+    pub fn add(&mut self, line: Bytes) {
+        self.added = line;
+    }
+
+    /// The replica's lines, as they are to be written.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The line mpp added, as it is to be written after them (empty if none).
+    pub fn added(&self) -> &[u8] {
+        &self.added
     }
 
     /// The length the lines' `Content-Length` gives (every line agreeing), if they have one.
@@ -46,9 +59,9 @@ impl HeaderLines {
         self.dated
     }
 
-    /// Each line's name and where its value lies in the bytes.
-    fn fields(&self) -> impl Iterator<Item = (&[u8], Range<usize>)> {
-        let bytes = &self.bytes[..];
+    /// Each line's name and where its value lies in `bytes`.
+    fn fields(bytes: &Bytes) -> impl Iterator<Item = (&[u8], Range<usize>)> {
+        let bytes = &bytes[..];
         let mut at = 0;
         std::iter::from_fn(move || {
             let line_end = at + bytes[at..].windows(2).position(|w| w == b"\r\n")?;
@@ -61,16 +74,17 @@ impl HeaderLines {
         })
     }
 
-    /// Appends each line to `map`.
+    /// Appends each line, the replica's and then the one mpp added, to `map`.
     pub fn append_to(&self, map: &mut HeaderMap) {
-        map.reserve(self.fields().count());
-        for (name, value) in self.fields() {
-            // Both were checked by httparse, whose tokens and value bytes are exactly what
-            // `HeaderName` and `HeaderValue` take (`parse_head` refused a name too long for
-            // one): neither fails here.
-            if let (Ok(name), Ok(value)) = (header_name(name), HeaderValue::from_maybe_shared(self.bytes.slice(value)))
-            {
-                map.append(name, value);
+        map.reserve(Self::fields(&self.bytes).count() + usize::from(!self.added.is_empty()));
+        for bytes in [&self.bytes, &self.added] {
+            for (name, value) in Self::fields(bytes) {
+                // Both were checked by httparse (or made by mpp), whose tokens and value bytes
+                // are exactly what `HeaderName` and `HeaderValue` take (`parse_head` refused
+                // a name too long for one): neither fails here.
+                if let (Ok(name), Ok(value)) = (header_name(name), HeaderValue::from_maybe_shared(bytes.slice(value))) {
+                    map.append(name, value);
+                }
             }
         }
     }

@@ -310,6 +310,7 @@ pub fn write_head(
     if let Some(lines) = lines {
         // Only answers with a body keep their lines: none has a length to drop.
         out.extend_from_slice(lines.as_bytes());
+        out.extend_from_slice(lines.added());
     }
     for (name, value) in &parts.headers {
         let ours = name == header::TRANSFER_ENCODING || name == header::CONNECTION;

@@ -529,18 +529,28 @@ fn an_answer_relayed_whole_keeps_its_lines_as_they_came_and_is_written_with_them
     assert_eq!(head.framing, Framing::Length(2));
 
     let (mut parts, ()) = head.response.into_parts();
-    parts.headers.insert("mpp.servedby", HeaderValue::from_static("http://a:9090"));
+    let kept = parts.extensions.get_mut::<lines::HeaderLines>().expect("kept lines");
+    kept.add(Bytes::from_static(b"mpp.servedby: http://a:9090\r\n"));
+    parts.headers.insert("x-mpp-added", HeaderValue::from_static("1"));
     let mut out = Vec::new();
     let plan = response::write_head(&mut out, &parts, None, false, Version::HTTP_11, true);
-    let written = format!("HTTP/1.1 200 OK\r\n{run}mpp.servedby: http://a:9090\r\n\r\n");
+    let written = format!("HTTP/1.1 200 OK\r\n{run}mpp.servedby: http://a:9090\r\nx-mpp-added: 1\r\n\r\n");
     assert_eq!(String::from_utf8(out).unwrap(), written, "its own length and date, nothing added");
     assert_eq!(plan, response::Plan { framing: Framing::Length(2), keep_alive: true });
 
     // HTTP/1.0 clients and HEAD requests: the same lines, framed for them.
     let mut out = Vec::new();
     let plan = response::write_head(&mut out, &parts, None, true, Version::HTTP_10, true);
-    let written = format!("HTTP/1.0 200 OK\r\n{run}mpp.servedby: http://a:9090\r\nconnection: keep-alive\r\n\r\n");
+    let written = format!(
+        "HTTP/1.0 200 OK\r\n{run}mpp.servedby: http://a:9090\r\nx-mpp-added: 1\r\nconnection: keep-alive\r\n\r\n"
+    );
     assert_eq!((String::from_utf8(out).unwrap(), plan.framing), (written, Framing::Empty));
+
+    // Put in the map, the added line comes after the replica's.
+    let mut response = http::Response::from_parts(parts, ());
+    lines::unpack(&mut response);
+    let names: Vec<_> = response.headers().keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["server", "date", "content-type", "content-length", "mpp.servedby", "x-mpp-added"]);
 }
 
 #[test]

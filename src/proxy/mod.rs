@@ -288,7 +288,9 @@ impl<P: Transport> Proxy<P> {
             Some(context) => forwarded.with_context(context.clone()).await,
             None => forwarded.await,
         };
-        let answer = answer.unwrap_or_else(|error| self.refuse(error));
+        let mut answer = answer.unwrap_or_else(|error| self.refuse(error));
+        // Both read its headers (which replicas answered).
+        lines::unpack(&mut answer);
         if let (Some(log), Some(pending)) = (&self.inner.query_log, &pending) {
             log.finish(pending, &answer, started.elapsed());
         }
@@ -794,10 +796,16 @@ impl<P: Transport> Proxy<P> {
     }
 }
 
-/// An answer's head made ready for the client: `MPP.ServedBy` in. (Its hop-by-hop headers
-/// are already out: a [`Transport`]'s answers carry none.)
+/// An answer's head made ready for the client: `MPP.ServedBy` in (after the replica's lines,
+/// when it kept them as they came). (Its hop-by-hop headers are already out: a
+/// [`Transport`]'s answers carry none.)
 fn present<B>(mut parts: http::response::Parts, body: B, backend: &Replica) -> Response<B> {
-    parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
+    match parts.extensions.get_mut::<lines::HeaderLines>() {
+        Some(lines) => lines.add(backend.served_by_line().clone()),
+        None => {
+            parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());
+        }
+    }
     Response::from_parts(parts, body)
 }
 

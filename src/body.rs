@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::http1::lines::{CarriesLines, HeaderLines};
+
 /// The error of a body or a connection, on the listener's side and the client's alike: only
 /// reported (logged, or wrapped in a typed error), never branched on, so boxed as hyper does.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -40,6 +42,16 @@ impl<B: Body, G> Guarded<B, G> {
     /// The body and the guard, apart again.
     pub fn into_parts(self) -> (B, G) {
         (self.body, self._guard)
+    }
+}
+
+impl<B: Body + CarriesLines, G> CarriesLines for Guarded<B, G> {
+    fn lines_mut(&mut self) -> Option<&mut HeaderLines> {
+        self.body.lines_mut()
+    }
+
+    fn take_lines(&mut self) -> Option<HeaderLines> {
+        self.body.take_lines()
     }
 }
 

@@ -115,8 +115,9 @@ pub mod fuzzing {
     pub use crate::discovery::file::{Line, parse_endpoints};
     pub use crate::discovery::kubernetes::{LabelSelector, PortRef, pod_backend, slice_backends};
     pub use crate::discovery::marathon::{PrincipalSecret, candidates_from_tasks};
+    pub use crate::http1::lines::{HeaderLines, unpack_into};
     pub use crate::http1::request::{HeadError, RequestHead, parse_request};
-    pub use crate::http1::response::{Encoder, Plan, parse_head, write_head};
+    pub use crate::http1::response::{Encoder, Plan, parse_head, parse_head_as, write_head};
     pub use crate::http1::{Decoded, Decoder, Framing, Role};
     pub use crate::merge::{Part, add_warning, merge};
     pub use crate::probe::{SAMPLES_METRIC, exposition, query_has_result};

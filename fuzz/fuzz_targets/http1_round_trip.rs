@@ -1,6 +1,7 @@
 //! The listener's answer writer read back by the client's answer parser: whatever answer
 //! the proxy hands the writer (any status, headers, body pieces, declared or exact length,
-//! HTTP/1.0 or 1.1, `HEAD` or not), the parser reads the same status, version and headers,
+//! HTTP/1.0 or 1.1, `HEAD` or not), the parser reads the same status, version and headers
+//! (the same whether it keeps the header lines as bytes or puts them in a map),
 //! the same body, and the same decision on keeping the connection. An answer whose body
 //! does not match its own `Content-Length` is refused by the writer, never sent.
 //!
@@ -12,7 +13,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use libfuzzer_sys::fuzz_target;
-use mpp::fuzzing::{Decoded, Decoder, Encoder, Framing, Role, parse_head, write_head};
+use mpp::fuzzing::{Decoded, Decoder, Encoder, Framing, Role, parse_head, parse_head_as, unpack_into, write_head};
 
 fuzz_target!(|data: &[u8]| {
     let [flags, high, low, rest @ ..] = data else { return };
@@ -41,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mut out = Vec::new();
     let exact = exact_known.then_some(whole.len() as u64);
-    let plan = write_head(&mut out, &parts, exact, answer_head, version, keep_alive);
+    let plan = write_head(&mut out, &parts, None, exact, answer_head, version, keep_alive);
     let mut sent = Vec::new();
     if plan.framing != Framing::Empty && plan.framing != Framing::Length(0) {
         let mut encoder = Encoder::new(plan.framing);
@@ -67,6 +68,13 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(head)) => head,
         other => panic!("the writer's head does not parse: {other:?}\n{}", String::from_utf8_lossy(&out)),
     };
+    // Read with its lines kept as bytes, the head holds the same headers.
+    let mut again = BytesMut::from(&out[..]);
+    let mut kept = parse_head_as(&mut again, &method, true).expect("a valid head").expect("a complete head");
+    if let Some(lines) = kept.lines.take() {
+        unpack_into(lines, kept.response.headers_mut());
+    }
+    assert_eq!(kept.response.headers(), head.response.headers(), "the same headers, kept as bytes or not");
     assert_eq!(head.response.status(), status);
     assert_eq!(head.response.version(), version);
     assert_eq!(head.keep_alive, plan.keep_alive && plan.framing != Framing::UntilClose, "the same connection decision");

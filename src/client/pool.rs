@@ -36,6 +36,7 @@ use tower_service::Service;
 
 use super::Connector;
 use crate::body::BoxError;
+use crate::http1::lines::{CarriesLines, HeaderLines};
 use crate::http1::{self, Decoded, Decoder};
 
 /// A connection that has not carried a request for this long is closed (as the legacy
@@ -99,7 +100,7 @@ pub struct Outgoing<'a> {
 /// generic over it (monomorphised, not `dyn`), so that it costs [`Pool`] nothing.
 pub trait Transport: Clone + Send + Sync + 'static {
     /// An answer's body.
-    type Body: hyper::body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static;
+    type Body: hyper::body::Body<Data = Bytes, Error = BoxError> + CarriesLines + Send + Unpin + 'static;
 
     /// Sends `request` to the replica at `scheme` and `authority` and waits for the
     /// answer's head; the body streams after. The head carries no hop-by-hop header (RFC 9110
@@ -228,6 +229,7 @@ impl Pool {
             match exchange(&mut conn, &request).await {
                 Ok((head, body_whole)) => {
                     let mut answer = Body {
+                        lines: head.lines.map(Box::new),
                         conn: Some(conn),
                         decoder: Decoder::new(head.framing),
                         // A body the replica answered before it read it whole leaves the
@@ -345,12 +347,26 @@ impl Shared {
 /// An answer's body, read from its connection as the client takes it. Once it is read whole,
 /// the connection goes back to the pool it came from.
 pub struct Body {
+    /// The answer's header lines, when they were kept as bytes (until the listener writes
+    /// them or they are put in the answer's map). Boxed: the body is moved several times on
+    /// its way to the listener, and a pointer moves cheaper than the lines.
+    lines: Option<Box<HeaderLines>>,
     /// The connection, until the body is complete (or failed).
     conn: Option<Box<Conn>>,
     decoder: Decoder,
     keep_alive: bool,
     home: Weak<Shared>,
     key: Key,
+}
+
+impl CarriesLines for Body {
+    fn lines_mut(&mut self) -> Option<&mut HeaderLines> {
+        self.lines.as_deref_mut()
+    }
+
+    fn take_lines(&mut self) -> Option<HeaderLines> {
+        self.lines.take().map(|lines| *lines)
+    }
 }
 
 impl std::fmt::Debug for Body {

@@ -2,8 +2,8 @@
 //! relayed whole to an HTTP/1.1 client: nothing on that path reads the replica's headers,
 //! so they go from one socket to the other with one copy, where a map would have each
 //! name made, hashed, inserted, looked at again when written, and dropped (about a tenth of
-//! a request's instructions). Whatever reads or changes an answer's headers puts them in
-//! its map first ([`unpack`]).
+//! a request's instructions). The answer's body carries them ([`CarriesLines`]); whatever
+//! reads or changes an answer's headers puts them in its map first ([`unpack`]).
 
 use std::ops::Range;
 
@@ -15,8 +15,8 @@ use super::header_name;
 /// The header lines of a replica's answer that travel on to the client, as they came:
 /// `name: value` lines (the name in the replica's case), each ending in CRLF, none of them
 /// one that belongs to the connection, each checked by httparse (a token for a name, the
-/// bytes a [`HeaderValue`] takes for a value). An answer carries them as an extension, its
-/// map holding only what mpp adds; the listener writes them before the map's.
+/// bytes a [`HeaderValue`] takes for a value). An answer's body carries them, its map
+/// holding only what mpp adds; the listener writes them before the map's.
 #[derive(Debug, Clone)]
 pub struct HeaderLines {
     bytes: Bytes,
@@ -82,21 +82,67 @@ impl HeaderLines {
                 // Both were checked by httparse (or made by mpp), whose tokens and value bytes
                 // are exactly what `HeaderName` and `HeaderValue` take (`parse_head` refused
                 // a name too long for one): neither fails here.
-                if let (Ok(name), Ok(value)) = (header_name(name), HeaderValue::from_maybe_shared(bytes.slice(value))) {
-                    map.append(name, value);
+                match (header_name(name), HeaderValue::from_maybe_shared(bytes.slice(value))) {
+                    (Ok(name), Ok(value)) => {
+                        map.append(name, value);
+                    }
+                    _ => debug_assert!(false, "a kept line httparse took that the map does not"),
                 }
             }
         }
     }
 }
 
-/// Puts the header lines `response` kept as bytes (if it did) into its map, before what mpp
-/// added there: for whatever reads or changes an answer's headers, or hands the answer to
-/// another writer than mpp's HTTP/1.1 listener.
-pub fn unpack<B>(response: &mut Response<B>) {
-    let Some(lines) = response.extensions_mut().remove::<HeaderLines>() else { return };
-    let added = std::mem::take(response.headers_mut());
-    let headers = response.headers_mut();
+/// A body that may carry its answer's header lines kept as bytes. The body carries them,
+/// not the answer's extensions, because an extension costs its answer three allocations
+/// (the map of extensions, its table, the value's box), a third of what keeping the lines
+/// saves.
+pub trait CarriesLines {
+    /// The lines the body carries, if it does.
+    fn lines_mut(&mut self) -> Option<&mut HeaderLines> {
+        None
+    }
+
+    /// The lines the body carries (if it does), which it no longer does.
+    fn take_lines(&mut self) -> Option<HeaderLines> {
+        None
+    }
+}
+
+impl CarriesLines for http_body_util::Full<Bytes> {}
+
+impl<D, E> CarriesLines for http_body_util::combinators::BoxBody<D, E> {}
+
+impl<S> CarriesLines for http_body_util::StreamBody<S> {}
+
+impl<L: CarriesLines, R: CarriesLines> CarriesLines for http_body_util::Either<L, R> {
+    fn lines_mut(&mut self) -> Option<&mut HeaderLines> {
+        match self {
+            http_body_util::Either::Left(body) => body.lines_mut(),
+            http_body_util::Either::Right(body) => body.lines_mut(),
+        }
+    }
+
+    fn take_lines(&mut self) -> Option<HeaderLines> {
+        match self {
+            http_body_util::Either::Left(body) => body.take_lines(),
+            http_body_util::Either::Right(body) => body.take_lines(),
+        }
+    }
+}
+
+/// Puts the header lines `response`'s body carries (if it does) into its map, before what
+/// mpp added there: for whatever reads or changes an answer's headers, or hands the answer
+/// to another writer than mpp's HTTP/1.1 listener.
+pub fn unpack<B: CarriesLines>(response: &mut Response<B>) {
+    if let Some(lines) = response.body_mut().take_lines() {
+        unpack_into(lines, response.headers_mut());
+    }
+}
+
+/// Puts `lines` into `headers`, before what is there.
+pub fn unpack_into(lines: HeaderLines, headers: &mut HeaderMap) {
+    let added = std::mem::take(headers);
     lines.append_to(headers);
     headers.reserve(added.len());
     let mut name = None;

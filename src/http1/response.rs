@@ -29,9 +29,11 @@ pub struct Head {
     /// Status, version and headers (with no body yet). The headers that belong to the
     /// connection (RFC 9110 section 7.6.1: `Connection`, those it names, `Transfer-Encoding`
     /// and the other hop-by-hop headers) are the client's, and left out. The others are in
-    /// its map, or kept as the bytes they came in ([`HeaderLines`], an extension of the
-    /// response) when [`parse_head_as`] was asked to.
+    /// its map, or in `lines`.
     pub response: Response<()>,
+    /// The headers that travel on, kept as the bytes they came in, when [`parse_head_as`]
+    /// was asked to and could.
+    pub lines: Option<HeaderLines>,
     /// How the body is delimited.
     pub framing: Framing,
     /// Whether the connection may carry another request after this answer.
@@ -57,7 +59,19 @@ pub fn parse_head_as(buf: &mut BytesMut, method: &Method, keep_lines: bool) -> R
             }
             return Ok(None);
         };
-        let Parsed { len, status, version, lines, coded, dated, ours, connection, transfer_encoding, length } = parsed;
+        let Parsed {
+            len,
+            status,
+            version,
+            lines,
+            coded,
+            dated,
+            ours,
+            connection,
+            transfer_encoding,
+            length,
+            kept_length,
+        } = parsed;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProtocolError::SwitchingProtocols);
         }
@@ -79,19 +93,20 @@ pub fn parse_head_as(buf: &mut BytesMut, method: &Method, keep_lines: bool) -> R
             Lines::Run(run) => head.slice(run),
             Lines::Copied(copy) => Bytes::from(copy),
         };
-        // A length beside a Transfer-Encoding was left out of the lines.
-        let length = if coded { None } else { length.get()? };
-        let lines = HeaderLines::new(bytes, length, dated);
+        // The length the lines that travel on give (none when a Transfer-Encoding left it
+        // out, or `Connection` named it): the listener frames by it without a line of its own.
+        let lines = HeaderLines::new(bytes, kept_length.get()?, dated);
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
         let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        if keep_lines && !ours && !bodiless {
-            response.extensions_mut().insert(lines);
+        let lines = if keep_lines && !ours && !bodiless {
+            Some(lines)
         } else {
             lines.append_to(response.headers_mut());
-        }
-        return Ok(Some(Head { response, framing, keep_alive }));
+            None
+        };
+        return Ok(Some(Head { response, lines, framing, keep_alive }));
     }
 }
 
@@ -115,7 +130,10 @@ struct Parsed {
     connection: Option<ConnectionOptions>,
     /// Whether its last `Transfer-Encoding` ends in `chunked`, if it has one.
     transfer_encoding: Option<bool>,
+    /// What its `Content-Length` lines say, which frames its body.
     length: Length,
+    /// What the `Content-Length` lines that travel on say.
+    kept_length: Length,
 }
 
 /// Where a head's lines that travel on are.
@@ -163,6 +181,7 @@ fn located(
         connection: None,
         transfer_encoding: None,
         length: Length::default(),
+        kept_length: Length::default(),
     };
     // The run of well-formed lines that travel on so far, while they are one.
     let mut run: Option<Range<usize>> = None;
@@ -195,6 +214,7 @@ fn located(
     }
     parsed.coded = parsed.transfer_encoding.is_some() && parsed.length.given();
     let named = parsed.connection.as_ref().is_some_and(|c| !c.named.is_empty());
+    parsed.kept_length = parsed.length;
     parsed.lines = if scattered || named || parsed.coded {
         copied(response, &mut parsed)
     } else {
@@ -216,12 +236,14 @@ fn well_formed(buf: &[u8], name: &[u8], value: &[u8]) -> Option<Range<usize>> {
         .then_some(start..end + 2)
 }
 
-/// The lines of `response` that travel on, copied as `name: value` lines; whether one of
-/// them is a `Date` noted again (`Connection` may name it).
+/// The lines of `response` that travel on, copied as `name: value` lines; their length and
+/// whether one of them is a `Date` noted again (`Connection` may name either, and a length
+/// beside a Transfer-Encoding stays behind).
 fn copied(response: &httparse::Response<'_, '_>, parsed: &mut Parsed) -> Lines {
     let named = parsed.connection.as_ref().map_or(&[][..], |c| &c.named[..]);
     let mut copy = Vec::new();
     parsed.dated = false;
+    parsed.kept_length = Length::default();
     for h in response.headers.iter() {
         let raw = h.name.as_bytes();
         let role = Role::of(raw);
@@ -231,6 +253,9 @@ fn copied(response: &httparse::Response<'_, '_>, parsed: &mut Parsed) -> Lines {
             || named.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(raw));
         if !gone {
             parsed.dated |= raw.len() == 4 && same_name(raw, b"date");
+            if role == Role::ContentLength {
+                parsed.kept_length.note(h.value);
+            }
             header_line(&mut copy, raw, h.value);
         }
     }
@@ -263,8 +288,9 @@ pub struct Plan {
     pub keep_alive: bool,
 }
 
-/// Writes the head of the answer `parts` to a request of `version` (a `HEAD` request when
-/// `answer_head`) into `out`; `exact` is the body's size when known. The framing is this
+/// Writes the head of the answer `parts` (with the replica's `lines` kept as bytes before
+/// its map's, if any) to a request of `version` (a `HEAD` request when `answer_head`) into
+/// `out`; `exact` is the body's size when known. The framing is this
 /// writer's to say: the answer's own `Content-Length` is kept (and its body held to it),
 /// else the exact size is given, else HTTP/1.1 clients get `chunked` and HTTP/1.0 clients
 /// the body up to the close; `Transfer-Encoding` and `Connection` are dropped and written
@@ -274,15 +300,15 @@ pub struct Plan {
 pub fn write_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
+    lines: Option<&HeaderLines>,
     exact: Option<u64>,
     answer_head: bool,
     version: Version,
     keep_alive: bool,
 ) -> Plan {
     let status = parts.status;
-    // The replica's lines kept as they came, if they were: never a `Connection`, and their
-    // length and `Date` noted when they were parsed.
-    let lines = parts.extensions.get::<HeaderLines>();
+    // The replica's lines kept as they came (if they were) go first: never a `Connection`,
+    // and their length and `Date` noted when they were parsed.
     // The headers this writer reads, found in one look at each name (standard names compare
     // as integers) rather than three hashed lookups of names most answers lack.
     let (mut connection, mut length, mut dated) = (false, Length::default(), false);
@@ -294,6 +320,9 @@ pub fn write_head(
     }
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
+            // Whatever changes an answer's length puts its lines in the map first: a length
+            // beside kept lines would frame it twice.
+            debug_assert!(lines.is_none(), "a Content-Length in the map of an answer with kept lines");
             length.note(value.as_bytes());
         } else if name == header::CONNECTION {
             connection = true;

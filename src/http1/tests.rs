@@ -17,9 +17,20 @@ fn head_of(text: &str, method: &Method) -> Result<Option<Head>, ProtocolError> {
 fn complete(text: &str) -> Head {
     let head = head_of(text, &Method::GET).expect("a valid head").expect("a complete head");
     let mut kept = kept(text);
-    lines::unpack(&mut kept.response);
+    if let Some(lines) = &kept.lines {
+        // The length and date it notes are those of the lines it keeps.
+        let mut length = Length::default();
+        for value in head.response.headers().get_all("content-length") {
+            length.note(value.as_bytes());
+        }
+        assert_eq!(lines.length(), length.get().expect("a valid length"), "the kept lines' length");
+        assert_eq!(lines.dated(), head.response.headers().contains_key("date"), "the kept lines' date");
+    }
+    if let Some(lines) = kept.lines.take() {
+        lines::unpack_into(lines, kept.response.headers_mut());
+    }
     assert_eq!(kept.response.headers(), head.response.headers(), "the same headers either way");
-    assert!(kept.response.extensions().get::<lines::HeaderLines>().is_none(), "unpacked");
+    assert!(head.lines.is_none(), "kept only when asked");
     head
 }
 
@@ -30,8 +41,7 @@ fn kept(text: &str) -> Head {
 
 /// The lines `head` kept as bytes, as text.
 fn kept_lines(head: &Head) -> Option<&str> {
-    let lines = head.response.extensions().get::<lines::HeaderLines>()?;
-    Some(std::str::from_utf8(lines.as_bytes()).expect("ASCII"))
+    Some(std::str::from_utf8(head.lines.as_ref()?.as_bytes()).expect("ASCII"))
 }
 
 /// Feeds `wire` to a decoder for `framing` one byte at a time (the worst split a network can
@@ -359,7 +369,8 @@ fn round_trip(
 ) -> (Head, Vec<u8>, response::Plan) {
     let (parts, ()) = response.into_parts();
     let mut out = Vec::new();
-    let plan = response::write_head(&mut out, &parts, exact.then_some(body.len() as u64), answer_head, version, true);
+    let plan =
+        response::write_head(&mut out, &parts, None, exact.then_some(body.len() as u64), answer_head, version, true);
     if plan.framing != Framing::Empty {
         let mut encoder = response::Encoder::new(plan.framing);
         for piece in body.chunks(3) {
@@ -529,27 +540,26 @@ fn an_answer_relayed_whole_keeps_its_lines_as_they_came_and_is_written_with_them
     assert_eq!(head.framing, Framing::Length(2));
 
     let (mut parts, ()) = head.response.into_parts();
-    let kept = parts.extensions.get_mut::<lines::HeaderLines>().expect("kept lines");
+    let mut kept = head.lines.expect("kept lines");
     kept.add(Bytes::from_static(b"mpp.servedby: http://a:9090\r\n"));
     parts.headers.insert("x-mpp-added", HeaderValue::from_static("1"));
     let mut out = Vec::new();
-    let plan = response::write_head(&mut out, &parts, None, false, Version::HTTP_11, true);
+    let plan = response::write_head(&mut out, &parts, Some(&kept), None, false, Version::HTTP_11, true);
     let written = format!("HTTP/1.1 200 OK\r\n{run}mpp.servedby: http://a:9090\r\nx-mpp-added: 1\r\n\r\n");
     assert_eq!(String::from_utf8(out).unwrap(), written, "its own length and date, nothing added");
     assert_eq!(plan, response::Plan { framing: Framing::Length(2), keep_alive: true });
 
     // HTTP/1.0 clients and HEAD requests: the same lines, framed for them.
     let mut out = Vec::new();
-    let plan = response::write_head(&mut out, &parts, None, true, Version::HTTP_10, true);
+    let plan = response::write_head(&mut out, &parts, Some(&kept), None, true, Version::HTTP_10, true);
     let written = format!(
         "HTTP/1.0 200 OK\r\n{run}mpp.servedby: http://a:9090\r\nx-mpp-added: 1\r\nconnection: keep-alive\r\n\r\n"
     );
     assert_eq!((String::from_utf8(out).unwrap(), plan.framing), (written, Framing::Empty));
 
     // Put in the map, the added line comes after the replica's.
-    let mut response = http::Response::from_parts(parts, ());
-    lines::unpack(&mut response);
-    let names: Vec<_> = response.headers().keys().map(|n| n.as_str()).collect();
+    lines::unpack_into(kept, &mut parts.headers);
+    let names: Vec<_> = parts.headers.keys().map(|n| n.as_str()).collect();
     assert_eq!(names, ["server", "date", "content-type", "content-length", "mpp.servedby", "x-mpp-added"]);
 }
 
@@ -563,7 +573,7 @@ fn kept_lines_are_copied_well_formed_when_they_are_not_one_run() {
     assert_eq!(head.framing, Framing::Chunked);
     let (parts, ()) = head.response.into_parts();
     let mut out = Vec::new();
-    response::write_head(&mut out, &parts, None, false, Version::HTTP_11, true);
+    response::write_head(&mut out, &parts, head.lines.as_ref(), None, false, Version::HTTP_11, true);
     let out = String::from_utf8(out).unwrap();
     assert!(out.starts_with(
         "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nX-Empty: \r\nX-C: 4\r\ntransfer-encoding: chunked\r\ndate: "
@@ -577,7 +587,7 @@ fn kept_lines_are_copied_well_formed_when_they_are_not_one_run() {
     assert_eq!(kept_lines(&head), Some(""));
     let (parts, ()) = head.response.into_parts();
     let mut out = Vec::new();
-    response::write_head(&mut out, &parts, None, false, Version::HTTP_11, true);
+    response::write_head(&mut out, &parts, head.lines.as_ref(), None, false, Version::HTTP_11, true);
     assert!(String::from_utf8(out).unwrap().contains("\r\ndate: "), "dated by the listener");
 }
 
@@ -599,10 +609,28 @@ fn unpacked_lines_come_before_what_mpp_added() {
     head.response.headers_mut().append("set-cookie", HeaderValue::from_static("mpp=x"));
     head.response.headers_mut().append("set-cookie", HeaderValue::from_static("mpp=y"));
     head.response.headers_mut().insert("mpp.servedby", HeaderValue::from_static("http://a:9090"));
-    lines::unpack(&mut head.response);
+    lines::unpack_into(head.lines.take().expect("kept lines"), head.response.headers_mut());
     let cookies: Vec<_> = head.response.headers().get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["a=1", "mpp=x", "mpp=y"]);
     assert_eq!(head.response.headers()["content-length"], "0");
     assert_eq!(head.response.headers()["mpp.servedby"], "http://a:9090");
     assert_eq!(head.response.headers().len(), 5);
+}
+
+#[test]
+fn a_length_connection_names_does_not_frame_the_answer_it_left() {
+    // The replica's length frames what mpp reads; named by `Connection`, it does not travel
+    // on, and the listener frames the answer itself.
+    let head = kept("HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-A: 1\r\nConnection: Content-Length\r\n\r\n");
+    assert_eq!(head.framing, Framing::Length(10));
+    assert_eq!(kept_lines(&head), Some("X-A: 1\r\n"));
+    assert_eq!(head.lines.as_ref().unwrap().length(), None);
+    let (parts, ()) = head.response.into_parts();
+    for (exact, framing) in [(Some(10), "content-length: 10\r\n"), (None, "transfer-encoding: chunked\r\n")] {
+        let mut out = Vec::new();
+        let plan = response::write_head(&mut out, &parts, head.lines.as_ref(), exact, false, Version::HTTP_11, true);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.starts_with(&format!("HTTP/1.1 200 OK\r\nX-A: 1\r\n{framing}")), "{out}");
+        assert_ne!(plan.framing, Framing::UntilClose);
+    }
 }

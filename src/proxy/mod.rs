@@ -799,8 +799,9 @@ impl<P: Transport> Proxy<P> {
 /// An answer's head made ready for the client: `MPP.ServedBy` in (after the replica's lines,
 /// when it kept them as they came). (Its hop-by-hop headers are already out: a
 /// [`Transport`]'s answers carry none.)
-fn present<B>(mut parts: http::response::Parts, body: B, backend: &Replica) -> Response<B> {
-    match parts.extensions.get_mut::<lines::HeaderLines>() {
+fn present<B: lines::CarriesLines>(parts: http::response::Parts, mut body: B, backend: &Replica) -> Response<B> {
+    let mut parts = parts;
+    match body.lines_mut() {
         Some(lines) => lines.add(backend.served_by_line().clone()),
         None => {
             parts.headers.insert(headers::SERVED_BY.clone(), backend.served_by().clone());

@@ -28,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 
+use crate::http1::lines::{CarriesLines, HeaderLines};
+
 /// How long a write to a client may make no progress before the connection is dropped.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The idle timeout while connection slots run short (fewer than a tenth left).
@@ -222,6 +224,16 @@ pub struct Answer<B> {
 impl<B> Drop for Answer<B> {
     fn drop(&mut self) {
         self.in_flight.0.answering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<B: CarriesLines> CarriesLines for Answer<B> {
+    fn lines_mut(&mut self) -> Option<&mut HeaderLines> {
+        self.body.lines_mut()
+    }
+
+    fn take_lines(&mut self) -> Option<HeaderLines> {
+        self.body.take_lines()
     }
 }
 

@@ -410,7 +410,13 @@ async fn serve_http2(
 ) -> Result<(), BoxError> {
     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.answer(request, true).await) }
+        async move {
+            let mut answer = handler.answer(request, true).await;
+            // hyper writes the answer from its map (requests over HTTP/2 never ask for kept
+            // lines; this keeps it so should that change).
+            crate::http1::lines::unpack(&mut answer);
+            Ok::<_, Infallible>(answer)
+        }
     });
     let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
     let mut asked = false;

@@ -146,7 +146,7 @@ impl Web {
     }
 
     /// Adds the configured headers to an answer (replacing any a replica sent).
-    pub fn decorate<B>(&self, response: &mut http::Response<B>) {
+    pub fn decorate<B: crate::http1::lines::CarriesLines>(&self, response: &mut http::Response<B>) {
         let in_force = self.in_force.load();
         if in_force.config.headers.is_empty() {
             return;

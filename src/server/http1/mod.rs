@@ -36,6 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::body::BoxError;
 use crate::http1::Framing;
+use crate::http1::lines::CarriesLines;
 use crate::http1::request::{HeadError, RequestHead, parse_request};
 use crate::http1::response::{self, Encoder, date_line, status_line};
 
@@ -65,7 +66,7 @@ const COPY_LIMIT: usize = 16 * 1024;
 /// [`super::respond`], with the connection's activity kept.
 pub trait Service {
     /// The answer's body.
-    type Body: Body<Data = Bytes, Error: Into<BoxError> + Send> + Unpin + Send;
+    type Body: Body<Data = Bytes, Error: Into<BoxError> + Send> + CarriesLines + Unpin + Send;
     /// The answer to `request`.
     fn call(&self, request: Request<RequestBody>) -> impl Future<Output = Response<Self::Body>> + Send;
 
@@ -290,12 +291,14 @@ async fn write_response<B>(
     keep_alive: bool,
 ) -> Result<bool, BoxError>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + CarriesLines + Unpin,
     B::Error: Into<BoxError>,
 {
     let (parts, mut body) = response.into_parts();
     out.clear();
-    let plan = response::write_head(out, &parts, body.size_hint().exact(), answer_head, version, keep_alive);
+    let lines = body.take_lines();
+    let plan =
+        response::write_head(out, &parts, lines.as_ref(), body.size_hint().exact(), answer_head, version, keep_alive);
     if plan.framing == Framing::Empty || plan.framing == Framing::Length(0) {
         drop(body);
         reader.io.write_all(out).await?;

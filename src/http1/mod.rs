@@ -2,7 +2,8 @@
 //! its own client ([`crate::client::pool`]): the framing and header rules of RFC 9112 they
 //! share (this file), request heads ([`request`]: the client writes them, the listener
 //! parses them), answer heads ([`response`]: the listener writes them, the client parses
-//! them) and the body decoder ([`body`]). Pure functions over buffers, parsed with
+//! them), an answer's header lines kept as bytes on their way through ([`lines`]) and the
+//! body decoder ([`body`]). Pure functions over buffers, parsed with
 //! `httparse` (header values slices of the bytes read, not copies): the callers do the
 //! reading and writing.
 

@@ -76,7 +76,6 @@ impl HeaderLines {
 
     /// Appends each line, the replica's and then the one mpp added, to `map`.
     pub fn append_to(&self, map: &mut HeaderMap) {
-        map.reserve(Self::fields(&self.bytes).count() + usize::from(!self.added.is_empty()));
         for bytes in [&self.bytes, &self.added] {
             for (name, value) in Self::fields(bytes) {
                 // Both were checked by httparse (or made by mpp), whose tokens and value bytes

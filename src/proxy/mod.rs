@@ -799,8 +799,7 @@ impl<P: Transport> Proxy<P> {
 /// An answer's head made ready for the client: `MPP.ServedBy` in (after the replica's lines,
 /// when it kept them as they came). (Its hop-by-hop headers are already out: a
 /// [`Transport`]'s answers carry none.)
-fn present<B: lines::CarriesLines>(parts: http::response::Parts, mut body: B, backend: &Replica) -> Response<B> {
-    let mut parts = parts;
+fn present<B: lines::CarriesLines>(mut parts: http::response::Parts, mut body: B, backend: &Replica) -> Response<B> {
     match body.lines_mut() {
         Some(lines) => lines.add(backend.served_by_line().clone()),
         None => {

@@ -265,7 +265,8 @@ pub struct Server {
     )]
     pub max_connections: u32,
 
-    /// Threads that serve client connections (0: one per CPU this process may use)
+    /// Threads that serve client connections (0: one per CPU this process may use, less one
+    /// left to the kernel's network work and mpp's background thread; at least one)
     #[arg(
         long,
         env = "MPP_SERVING_THREADS",
@@ -451,12 +452,22 @@ fn parse_budget(value: &str) -> Result<u64, String> {
     Ok(bytes.min(1 << 60))
 }
 
-/// `--serving-threads`: 0 stands for one per CPU this process may use.
+/// `--serving-threads`: 0 stands for one per CPU this process may use, less one, and at least
+/// one. A proxied request spends more of its CPU time in the kernel (four socket calls and
+/// the network stack's work under them) than in mpp, and mpp's accepting and background
+/// thread runs beside the serving ones; on 2 CPUs shared with a load generator and the
+/// backend, one serving thread gave more requests/s, less CPU per request and a third of the
+/// p99 of two (BENCHMARKS.md, "Eighth round").
 fn serving_threads(n: u16) -> usize {
     match n {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        0 => default_serving_threads(std::thread::available_parallelism().map_or(1, usize::from)),
         n => usize::from(n),
     }
+}
+
+/// The serving threads `--serving-threads 0` stands for on `cpus` CPUs.
+pub(crate) fn default_serving_threads(cpus: usize) -> usize {
+    cpus.saturating_sub(1).max(1)
 }
 
 /// `--coverage-bucket`: derived from the scrape interval, or fixed.

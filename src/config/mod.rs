@@ -283,9 +283,13 @@ mod tests {
     }
 
     #[test]
-    fn serving_threads_default_to_one_per_cpu() {
+    fn serving_threads_default_to_one_per_cpu_less_one() {
+        for (cpus, threads) in [(1, 1), (2, 1), (3, 2), (4, 3), (64, 63)] {
+            assert_eq!(flags::default_serving_threads(cpus), threads, "{cpus} CPUs");
+        }
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(parse(&["--endpoints-file", "/tmp/x"]).unwrap().server.serving_threads, cpus);
+        let threads = parse(&["--endpoints-file", "/tmp/x"]).unwrap().server.serving_threads;
+        assert_eq!(threads, flags::default_serving_threads(cpus));
         assert_eq!(parse(&["--endpoints-file", "/tmp/x", "--serving-threads", "3"]).unwrap().server.serving_threads, 3);
         let error = parse(&["--endpoints-file", "/tmp/x", "--serving-threads", "-1"]).unwrap_err();
         assert!(error.contains("--serving-threads"), "{error}");

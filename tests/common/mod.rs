@@ -414,7 +414,11 @@ impl Mpp {
         if let Ok(filter) = std::env::var("MPP_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
-        let argv = ["mpp", "--listen-address", listen].into_iter().chain(args.iter().copied());
+        // Two serving threads whatever the machine's CPUs (the default leaves one CPU out), so
+        // that connections are always handed between threads as on a bigger machine.
+        let threads: &[&str] =
+            if args.iter().any(|a| a.starts_with("--serving-threads")) { &[] } else { &["--serving-threads", "2"] };
+        let argv = ["mpp", "--listen-address", listen].into_iter().chain(threads.iter().chain(args).copied());
         let config = mpp::Config::parse_from(argv).expect("valid test command line");
         let listeners = mpp::bind(&config).await.expect("bind");
         let addr = listeners[0].local_addr().unwrap();

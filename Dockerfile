@@ -12,6 +12,7 @@ ARG REVISION
 ARG BRANCH
 ENV MPP_BUILD_REVISION=${REVISION} MPP_BUILD_BRANCH=${BRANCH}
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo ./.cargo
 COPY src ./src
 RUN cargo build --profile dist --locked && strip target/dist/mpp
 

@@ -610,8 +610,8 @@ def report(m, summary, stream, start, rnd, h2, tls, args):
              "All five targets serve the same fast backend (nginx returning a fixed Prometheus",
              "answer) on 127.0.0.1, under the same `wrk -t1` load, measured in alternation",
              f"(direct, mpp, nginx, HAProxy, Pingora; {args.rounds} rounds of {args.seconds} s each); figures are",
-             "medians. nginx, HAProxy and Pingora each run 2 workers (threads), one per core as their",
-             "defaults do; mpp runs its default (one serving thread per CPU less one: "
+             "medians. nginx, HAProxy and Pingora each run 2 workers (threads), set in their",
+             "configurations; mpp runs its default (one serving thread per CPU less one: "
              f"{max(1, len(os.sched_getaffinity(0)) - 1)} here).", "",
              "## Machine", ""]
     for k, v in m.items():

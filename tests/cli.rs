@@ -152,6 +152,16 @@ fn version_and_help_flags_match_the_original() {
     }
 }
 
+#[test]
+fn the_allocator_is_built_with_the_larger_per_thread_cache() {
+    // .cargo/config.toml builds jemalloc with it (BENCHMARKS.md, "Eighth round"); a build that
+    // misses that file, or a jemalloc that no longer knows the option, shows here.
+    let (code, _, stderr) = run(&["--version"], &[("_RJEM_MALLOC_CONF", "stats_print:true")]);
+    assert_eq!(code, 0);
+    assert!(stderr.contains("config.malloc_conf: \"tcache_nslots_small_min:64\""), "{stderr}");
+    assert!(stderr.contains("opt.tcache_nslots_small_min: 64"), "{stderr}");
+}
+
 /// A real replica, and an endpoints file naming it in a temporary folder (kept while the
 /// folder is).
 async fn one_replica() -> (common::Prometheus, tempfile::TempDir, std::path::PathBuf) {

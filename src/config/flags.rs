@@ -265,8 +265,8 @@ pub struct Server {
     )]
     pub max_connections: u32,
 
-    /// Threads that serve client connections (0: one per CPU this process may use, less one
-    /// left to the kernel's network work and mpp's background thread; at least one)
+    /// Threads that serve client connections (0: one per CPU this process may use, less one,
+    /// and at least one)
     #[arg(
         long,
         env = "MPP_SERVING_THREADS",
@@ -453,11 +453,11 @@ fn parse_budget(value: &str) -> Result<u64, String> {
 }
 
 /// `--serving-threads`: 0 stands for one per CPU this process may use, less one, and at least
-/// one. A proxied request spends more of its CPU time in the kernel (four socket calls and
-/// the network stack's work under them) than in mpp, and mpp's accepting and background
-/// thread runs beside the serving ones; on 2 CPUs shared with a load generator and the
-/// backend, one serving thread gave more requests/s, less CPU per request and a third of the
-/// p99 of two (BENCHMARKS.md, "Eighth round").
+/// one. Each busy serving thread competes for a CPU with everything else that runs (mpp's own
+/// accepting and background thread, and the machine's other work), and a request waits while
+/// the thread holding it waits; on 2 CPUs shared with a load generator and the backend, one
+/// serving thread gave a third of the p99 of two at 32 connections and less CPU per request,
+/// at as many requests/s (about 3 % fewer at 256 connections; BENCHMARKS.md, "Eighth round").
 fn serving_threads(n: u16) -> usize {
     match n {
         0 => default_serving_threads(std::thread::available_parallelism().map_or(1, usize::from)),

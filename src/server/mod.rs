@@ -5,8 +5,8 @@
 //! deadline ([`connection`]). With a web config file, [`Web`] decides each connection's TLS
 //! and each request's admission and extra headers.
 //!
-//! Connections are served thread-per-core: the accepting task hands each new connection, in
-//! turn, to one of the serving threads (`--serving-threads`), each running its own
+//! Connections are served by threads of their own: the accepting task hands each new
+//! connection, in turn, to one of the serving threads (`--serving-threads`), each running its own
 //! single-threaded runtime with its own [`Proxy`] (and so its own pool of backend
 //! connections). A request and the backend connection it uses then live on one thread from
 //! start to end: no work stealing and no cross-thread wake-ups. What the threads share is
